@@ -1,0 +1,493 @@
+//! Hook points and intervention plans: how callers read and edit the residual stream.
+//!
+//! Hooks are data, not callbacks: a forward call takes an [`InterventionPlan`] listing edits
+//! (add a vector, project out a direction) and captures, each at a [`HookPoint`] and for a
+//! [`Positions`] selector, optionally scaled per batch row. An empty plan is checked once per
+//! forward call and costs nothing else.
+//!
+//! ```
+//! use earguard_model::hooks::{HookPoint, InterventionPlan, Positions};
+//! use candle_core::{Device, Tensor};
+//! let v = Tensor::zeros(8, candle_core::DType::F32, &Device::Cpu).unwrap();
+//! let plan = InterventionPlan::new()
+//!     .add(HookPoint::ResidPost(3), Positions::Last, v)
+//!     .capture(HookPoint::ResidPost(3), Positions::Last);
+//! assert_eq!(plan.captures().len(), 1);
+//! assert_eq!("blocks.3.hook_resid_post".parse::<HookPoint>().unwrap(), HookPoint::ResidPost(3));
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// A place in the forward pass, named as in TransformerLens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookPoint {
+    /// Input of block l (the residual stream before it).
+    ResidPre(usize),
+    /// Attention output of block l, before it is added to the residual stream.
+    AttnOut(usize),
+    /// MLP output of block l, before it is added to the residual stream.
+    MlpOut(usize),
+    /// Output of block l (the residual stream after it).
+    ResidPost(usize),
+    /// Output of the final RMSNorm, what the LM head reads.
+    FinalNorm,
+}
+
+impl HookPoint {
+    pub fn layer(&self) -> Option<usize> {
+        match *self {
+            HookPoint::ResidPre(l)
+            | HookPoint::AttnOut(l)
+            | HookPoint::MlpOut(l)
+            | HookPoint::ResidPost(l) => Some(l),
+            HookPoint::FinalNorm => None,
+        }
+    }
+
+    /// The same kind of hook point at another layer (FinalNorm stays FinalNorm).
+    pub fn at_layer(&self, l: usize) -> HookPoint {
+        match self {
+            HookPoint::ResidPre(_) => HookPoint::ResidPre(l),
+            HookPoint::AttnOut(_) => HookPoint::AttnOut(l),
+            HookPoint::MlpOut(_) => HookPoint::MlpOut(l),
+            HookPoint::ResidPost(_) => HookPoint::ResidPost(l),
+            HookPoint::FinalNorm => HookPoint::FinalNorm,
+        }
+    }
+
+    /// The kind name without a layer: `resid_pre`, `attn_out`, `mlp_out`, `resid_post`, `final_norm`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HookPoint::ResidPre(_) => "resid_pre",
+            HookPoint::AttnOut(_) => "attn_out",
+            HookPoint::MlpOut(_) => "mlp_out",
+            HookPoint::ResidPost(_) => "resid_post",
+            HookPoint::FinalNorm => "final_norm",
+        }
+    }
+}
+
+impl fmt::Display for HookPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.layer() {
+            Some(l) => write!(f, "blocks.{l}.hook_{}", self.kind()),
+            None => write!(f, "ln_final.hook_normalized"),
+        }
+    }
+}
+
+impl FromStr for HookPoint {
+    type Err = ModelError;
+
+    /// Accepts TransformerLens names (`blocks.5.hook_resid_post`, `ln_final.hook_normalized`)
+    /// and short ones (`resid_post.5`, `final_norm`).
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            ModelError::Invalid(format!(
+                "unknown hook point '{s}' (expected e.g. blocks.5.hook_resid_post, resid_post.5, \
+                 attn_out.5, mlp_out.5, resid_pre.5 or final_norm)"
+            ))
+        };
+        if s == "final_norm" || s == "ln_final.hook_normalized" {
+            return Ok(HookPoint::FinalNorm);
+        }
+        let (kind, layer) = if let Some(rest) = s.strip_prefix("blocks.") {
+            let (l, hook) = rest.split_once('.').ok_or_else(bad)?;
+            (hook.strip_prefix("hook_").ok_or_else(bad)?, l)
+        } else {
+            s.split_once('.').ok_or_else(bad)?
+        };
+        let l: usize = layer.parse().map_err(|_| bad())?;
+        match kind {
+            "resid_pre" => Ok(HookPoint::ResidPre(l)),
+            "attn_out" => Ok(HookPoint::AttnOut(l)),
+            "mlp_out" => Ok(HookPoint::MlpOut(l)),
+            "resid_post" => Ok(HookPoint::ResidPost(l)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl Serialize for HookPoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HookPoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which sequence positions of a forward call an edit or capture touches.
+///
+/// "Prompt" is what the first forward call on an empty cache fed in; everything after is
+/// "generated". Ranges count tokens of each row from its first real (non-padding) token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Positions {
+    /// The last position of every forward call (the last prompt token at prefill, then each
+    /// new token).
+    Last,
+    All,
+    PromptOnly,
+    GeneratedOnly,
+    /// Token indices `start..end` of each row.
+    Range { start: usize, end: usize },
+}
+
+impl FromStr for Positions {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "last" => Ok(Positions::Last),
+            "all" => Ok(Positions::All),
+            "prompt" | "prompt-only" | "prompt_only" => Ok(Positions::PromptOnly),
+            "generated" | "generated-only" | "generated_only" => Ok(Positions::GeneratedOnly),
+            _ => {
+                let bad = || {
+                    ModelError::Invalid(format!(
+                        "unknown positions '{s}' (last, all, prompt-only, generated-only, START..END)"
+                    ))
+                };
+                let (a, b) = s.split_once("..").ok_or_else(bad)?;
+                let start = a.parse().map_err(|_| bad())?;
+                let end = b.parse().map_err(|_| bad())?;
+                if end <= start {
+                    return Err(bad());
+                }
+                Ok(Positions::Range { start, end })
+            }
+        }
+    }
+}
+
+/// What an edit does to the hidden state `x` at the selected positions.
+#[derive(Debug, Clone)]
+pub enum Edit {
+    /// `x ← x + c·v`.
+    Add(Tensor),
+    /// `x ← x − c·(x·r̂) r̂` with r̂ the unit direction (c = 1 removes the component).
+    ProjectOut(Tensor),
+}
+
+#[derive(Debug, Clone)]
+pub struct Intervention {
+    pub point: HookPoint,
+    pub positions: Positions,
+    pub edit: Edit,
+    /// Per batch row coefficient `c` (None: 1 for every row). Zero switches a row off, which is
+    /// how conditional defenses steer some sequences of a batch and not others.
+    pub row_scale: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capture {
+    pub point: HookPoint,
+    pub positions: Positions,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InterventionPlan {
+    edits: Vec<Intervention>,
+    captures: Vec<Capture>,
+}
+
+impl InterventionPlan {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.edits.is_empty() && self.captures.is_empty()
+    }
+
+    pub fn edits(&self) -> &[Intervention] {
+        &self.edits
+    }
+
+    pub fn captures(&self) -> &[Capture] {
+        &self.captures
+    }
+
+    pub fn push(&mut self, edit: Intervention) {
+        self.edits.push(edit);
+    }
+
+    pub fn add(mut self, point: HookPoint, positions: Positions, vector: Tensor) -> Self {
+        self.edits.push(Intervention { point, positions, edit: Edit::Add(vector), row_scale: None });
+        self
+    }
+
+    /// Project `direction` (normalised here) out of the hidden state.
+    pub fn project_out(
+        mut self,
+        point: HookPoint,
+        positions: Positions,
+        direction: &Tensor,
+    ) -> Result<Self> {
+        let norm = direction.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+        if !norm.is_finite() || norm == 0.0 {
+            return Err(ModelError::Invalid(format!(
+                "cannot project out a direction of norm {norm} at {point}"
+            )));
+        }
+        let unit = (direction / f64::from(norm))?;
+        self.edits.push(Intervention {
+            point,
+            positions,
+            edit: Edit::ProjectOut(unit),
+            row_scale: None,
+        });
+        Ok(self)
+    }
+
+    pub fn capture(mut self, point: HookPoint, positions: Positions) -> Self {
+        self.captures.push(Capture { point, positions });
+        self
+    }
+
+    /// Append every edit and capture of `other`.
+    pub fn extend(mut self, other: InterventionPlan) -> Self {
+        self.edits.extend(other.edits);
+        self.captures.extend(other.captures);
+        self
+    }
+
+    /// Check every edit against the model's shape before any forward work is done.
+    pub fn validate(&self, n_layers: usize, hidden: usize, batch: usize) -> Result<()> {
+        let check_point = |p: &HookPoint| match p.layer() {
+            Some(l) if l >= n_layers => Err(ModelError::Shape(format!(
+                "hook point {p} is past the model's last layer {}",
+                n_layers - 1
+            ))),
+            _ => Ok(()),
+        };
+        for e in &self.edits {
+            check_point(&e.point)?;
+            let v = match &e.edit {
+                Edit::Add(v) | Edit::ProjectOut(v) => v,
+            };
+            if v.dims() != [hidden] {
+                return Err(ModelError::Shape(format!(
+                    "edit at {} has shape {:?}, the model's hidden size is {hidden}",
+                    e.point,
+                    v.dims()
+                )));
+            }
+            if let Some(rows) = &e.row_scale {
+                if rows.len() != batch {
+                    return Err(ModelError::Shape(format!(
+                        "edit at {} has {} row scales for a batch of {batch}",
+                        e.point,
+                        rows.len()
+                    )));
+                }
+            }
+        }
+        for c in &self.captures {
+            check_point(&c.point)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where one forward call sits in its sequences: what position selectors need to know.
+#[derive(Debug, Clone)]
+pub(crate) struct StepLayout {
+    /// Batch size and number of new positions in this call.
+    pub batch: usize,
+    pub seq: usize,
+    /// Column (in the padded timeline) of this call's first position.
+    pub start: usize,
+    /// Columns below this are prompt.
+    pub prompt_end: usize,
+    /// Left padding of each row.
+    pub pad: Vec<usize>,
+}
+
+impl StepLayout {
+    /// 0/1 weights `[batch, seq, 1]` for a selector, times the per-row scale; None when the
+    /// selector touches nothing in this call.
+    pub fn weights(
+        &self,
+        positions: Positions,
+        row_scale: Option<&[f32]>,
+        device: &Device,
+    ) -> Result<Option<Tensor>> {
+        let (b, q) = (self.batch, self.seq);
+        let mut w = vec![0f32; b * q];
+        let mut any = false;
+        for row in 0..b {
+            let scale = row_scale.map_or(1.0, |r| r[row]);
+            if scale == 0.0 {
+                continue;
+            }
+            for i in 0..q {
+                let col = self.start + i;
+                let on = match positions {
+                    Positions::Last => i == q - 1,
+                    Positions::All => col >= self.pad[row],
+                    Positions::PromptOnly => col < self.prompt_end && col >= self.pad[row],
+                    Positions::GeneratedOnly => col >= self.prompt_end,
+                    Positions::Range { start, end } => {
+                        let tok = col.checked_sub(self.pad[row]);
+                        tok.is_some_and(|t| t >= start && t < end)
+                    }
+                };
+                if on {
+                    w[row * q + i] = scale;
+                    any = true;
+                }
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        Ok(Some(Tensor::from_vec(w, (b, q, 1), device)?))
+    }
+}
+
+/// Apply every edit of `plan` at `point` to `x` (`[batch, seq, hidden]`), then record captures.
+pub(crate) fn run_hooks(
+    plan: &InterventionPlan,
+    point: HookPoint,
+    layout: &StepLayout,
+    x: Tensor,
+    captured: &mut Vec<(HookPoint, Tensor)>,
+) -> Result<Tensor> {
+    let mut x = x;
+    for e in plan.edits.iter().filter(|e| e.point == point) {
+        let Some(w) = layout.weights(e.positions, e.row_scale.as_deref(), x.device())? else {
+            continue;
+        };
+        x = match &e.edit {
+            Edit::Add(v) => {
+                let v = v.to_dtype(x.dtype())?.reshape((1, 1, ()))?;
+                (&x + w.broadcast_mul(&v)?)?
+            }
+            Edit::ProjectOut(r) => {
+                let r = r.to_dtype(x.dtype())?;
+                // (x·r̂) for every position: [b, q, 1]
+                let coef = x.broadcast_mul(&r.reshape((1, 1, ()))?)?.sum_keepdim(D::Minus1)?;
+                (&x - (coef * w)?.broadcast_mul(&r.reshape((1, 1, ()))?)?)?
+            }
+        };
+    }
+    for c in plan.captures.iter().filter(|c| c.point == point) {
+        if let Some(t) = select_capture(c.positions, layout, &x)? {
+            captured.push((point, t));
+        }
+    }
+    Ok(x)
+}
+
+/// The captured slice: `[batch, hidden]` for `Last`, `[batch, n, hidden]` otherwise (padding
+/// and unselected positions are zeroed so rows stay aligned).
+fn select_capture(positions: Positions, layout: &StepLayout, x: &Tensor) -> Result<Option<Tensor>> {
+    if positions == Positions::Last {
+        return Ok(Some(x.narrow(1, layout.seq - 1, 1)?.squeeze(1)?.contiguous()?));
+    }
+    match layout.weights(positions, None, x.device())? {
+        None => Ok(None),
+        Some(w) => Ok(Some(x.broadcast_mul(&w.to_dtype(x.dtype())?)?)),
+    }
+}
+
+/// Captures made during one forward call, in the order they happened.
+#[derive(Debug, Clone, Default)]
+pub struct Captures {
+    pub items: Vec<(HookPoint, Tensor)>,
+}
+
+impl Captures {
+    pub fn get(&self, point: HookPoint) -> Option<&Tensor> {
+        self.items.iter().find(|(p, _)| *p == point).map(|(_, t)| t)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// `[hidden]` zeros, handy for no-op edits in tests and defaults.
+pub fn zeros(hidden: usize) -> Result<Tensor> {
+    Ok(Tensor::zeros(hidden, DType::F32, &Device::Cpu)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_names_round_trip() {
+        for p in [
+            HookPoint::ResidPre(0),
+            HookPoint::AttnOut(7),
+            HookPoint::MlpOut(2),
+            HookPoint::ResidPost(27),
+            HookPoint::FinalNorm,
+        ] {
+            assert_eq!(p.to_string().parse::<HookPoint>().unwrap(), p);
+        }
+        assert_eq!("mlp_out.4".parse::<HookPoint>().unwrap(), HookPoint::MlpOut(4));
+        assert!("blocks.x.hook_resid_post".parse::<HookPoint>().is_err());
+        assert!("resid_mid.3".parse::<HookPoint>().is_err());
+    }
+
+    #[test]
+    fn positions_select_the_right_columns() {
+        // Two rows, row 1 left-padded by 2; prefill of 4 columns.
+        let layout = StepLayout { batch: 2, seq: 4, start: 0, prompt_end: 4, pad: vec![0, 2] };
+        let w = |p| {
+            layout
+                .weights(p, None, &Device::Cpu)
+                .unwrap()
+                .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        };
+        assert_eq!(w(Positions::Last).unwrap(), [0., 0., 0., 1., 0., 0., 0., 1.]);
+        assert_eq!(w(Positions::All).unwrap(), [1., 1., 1., 1., 0., 0., 1., 1.]);
+        assert_eq!(
+            w(Positions::Range { start: 1, end: 2 }).unwrap(),
+            [0., 1., 0., 0., 0., 0., 0., 1.]
+        );
+        assert!(w(Positions::GeneratedOnly).is_none());
+        let decode = StepLayout { batch: 2, seq: 1, start: 4, prompt_end: 4, pad: vec![0, 2] };
+        let scaled = decode.weights(Positions::GeneratedOnly, Some(&[0.0, 2.0]), &Device::Cpu);
+        assert_eq!(scaled.unwrap().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0., 2.]);
+    }
+
+    #[test]
+    fn project_out_removes_the_component() {
+        let layout = StepLayout { batch: 1, seq: 1, start: 0, prompt_end: 1, pad: vec![0] };
+        let x = Tensor::new(&[[[3f32, 4.0]]], &Device::Cpu).unwrap();
+        let dir = Tensor::new(&[0f32, 2.0], &Device::Cpu).unwrap();
+        let plan = InterventionPlan::new()
+            .project_out(HookPoint::ResidPost(0), Positions::All, &dir)
+            .unwrap();
+        let mut cap = vec![];
+        let y = run_hooks(&plan, HookPoint::ResidPost(0), &layout, x, &mut cap).unwrap();
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [3.0, 0.0]);
+    }
+
+    #[test]
+    fn bad_plans_are_refused() {
+        let v = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+        let plan = InterventionPlan::new().add(HookPoint::ResidPost(1), Positions::Last, v.clone());
+        assert!(plan.validate(2, 4, 1).unwrap_err().to_string().contains("hidden size is 4"));
+        let plan = InterventionPlan::new().add(HookPoint::ResidPost(5), Positions::Last, v);
+        assert!(plan.validate(2, 3, 1).unwrap_err().to_string().contains("past the model's last"));
+        let zero = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
+        assert!(InterventionPlan::new()
+            .project_out(HookPoint::ResidPost(0), Positions::All, &zero)
+            .is_err());
+    }
+}

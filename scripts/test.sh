@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: install what is needed, fetch the real models, run every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+bash scripts/fetch-models.sh
+EARGUARD_REQUIRE_MODELS=1 cargo test --workspace --release
