@@ -1,0 +1,1 @@
+//! earguard-audio: audio decoding, resampling, Whisper log-mel features, perturbations and offline speech.

@@ -1,0 +1,1 @@
+//! earguard-steer: activation capture, direction fitting, defenses and steering-vector artifacts.
