@@ -1,1 +1,5 @@
 //! earguard-steer: activation capture, direction fitting, defenses and steering-vector artifacts.
+
+pub mod error;
+
+pub use error::{Result, SteerError};
