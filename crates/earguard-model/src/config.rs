@@ -160,6 +160,14 @@ pub struct HfConfig {
     pub max_position_embeddings: Option<usize>,
     pub tie_word_embeddings: Option<bool>,
     pub rope_scaling: Option<serde_json::Value>,
+    /// transformers ≥ 5 writes `{"rope_theta": …, "rope_type": "default"}` here instead.
+    pub rope_parameters: Option<RopeParameters>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RopeParameters {
+    pub rope_theta: Option<f64>,
+    pub rope_type: Option<String>,
 }
 
 impl HfConfig {
@@ -170,6 +178,11 @@ impl HfConfig {
                 "rope_scaling {scaling} is not supported yet"
             )));
         }
+        let params = self.rope_parameters.as_ref();
+        if let Some(kind) = params.and_then(|p| p.rope_type.as_deref()).filter(|t| *t != "default") {
+            return Err(ModelError::Invalid(format!("rope_type '{kind}' is not supported yet")));
+        }
+        let rope_theta = self.rope_theta.or_else(|| params.and_then(|p| p.rope_theta));
         let head_dim = self
             .head_dim
             .or_else(|| self.hidden_size.checked_div(self.num_attention_heads))
@@ -183,7 +196,7 @@ impl HfConfig {
             n_heads: self.num_attention_heads,
             n_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
             head_dim,
-            rope_theta: self.rope_theta.unwrap_or(10_000.0) as f32,
+            rope_theta: rope_theta.unwrap_or(10_000.0) as f32,
             rms_norm_eps: self.rms_norm_eps,
             context_length: self.max_position_embeddings.unwrap_or(4096),
             // transformers defaults tie_word_embeddings to true when the field is absent.
@@ -213,6 +226,17 @@ mod tests {
             "num_hidden_layers":1,"num_attention_heads":2,"rms_norm_eps":1e-6}"#;
         let err = DecoderConfig::from_hf_json(json, Path::new("config.json")).unwrap_err();
         assert!(matches!(err, ModelError::UnknownArchitecture(ref a) if a == "gpt_neox"), "{err}");
+    }
+
+    #[test]
+    fn rope_theta_is_read_from_rope_parameters() {
+        let json = r#"{"model_type":"qwen2","vocab_size":10,"hidden_size":8,"intermediate_size":8,
+            "num_hidden_layers":1,"num_attention_heads":2,"rms_norm_eps":1e-6,
+            "rope_parameters":{"rope_theta":1000000.0,"rope_type":"default"}}"#;
+        let cfg = DecoderConfig::from_hf_json(json, Path::new("config.json")).unwrap();
+        assert_eq!(cfg.rope_theta, 1e6);
+        let yarn = json.replace("\"default\"", "\"yarn\"");
+        assert!(DecoderConfig::from_hf_json(&yarn, Path::new("config.json")).is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::config::DecoderConfig;
 use crate::decoder::Decoder;
 use crate::error::{ModelError, Result};
 use crate::tokenizer::Tokenizer;
-use crate::weights::{GgufWeights, SafeTensorWeights, WeightStore};
+use crate::weights::{safetensor_files, GgufWeights, SafeTensorWeights, WeightStore};
 
 /// Models `scripts/fetch-models.sh` knows how to install.
 pub const KNOWN_MODELS: &[&str] =
@@ -165,34 +165,6 @@ fn load_hf_dir(dir: &Path, name: String) -> Result<Model> {
     Ok(Model { decoder, tokenizer, chat_template, info })
 }
 
-/// The safetensors files of an HF directory: the shards listed by the index, or the single file.
-pub fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::file(&index, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| ModelError::file(&index, format!("malformed index: {e}")))?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| ModelError::file(&index, "index has no weight_map object"))?;
-        let mut files: Vec<String> =
-            map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
-        files.sort();
-        files.dedup();
-        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
-        if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
-            return Err(ModelError::file(missing, "shard listed in the index is missing"));
-        }
-        return Ok(paths);
-    }
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    Err(ModelError::file(dir, "has no model.safetensors nor model.safetensors.index.json"))
-}
-
 /// The 8-byte length plus JSON header of a safetensors file.
 fn safetensors_header(path: &Path) -> Result<Vec<u8>> {
     let mut f = std::fs::File::open(path).map_err(|e| ModelError::file(path, e))?;
@@ -271,7 +243,13 @@ impl Model {
             messages.push(ChatMessage::system(s));
         }
         messages.push(ChatMessage::user(user));
-        let text = self.render_chat(&messages)?;
+        self.encode_messages(&messages)
+    }
+
+    /// Token ids of a conversation rendered with the chat template, ending in the assistant
+    /// prompt; refused if longer than the model's context.
+    pub fn encode_messages(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let text = self.render_chat(messages)?;
         let ids = self.tokenizer.encode(&text, true)?;
         let context = self.decoder.config().context_length;
         if ids.len() > context {

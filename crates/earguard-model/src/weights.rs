@@ -177,6 +177,34 @@ impl SafeTensorWeights {
     }
 }
 
+/// The safetensors files of an HF directory: the shards listed by the index, or the single file.
+pub fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::file(&index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::file(&index, format!("malformed index: {e}")))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::file(&index, "index has no weight_map object"))?;
+        let mut files: Vec<String> =
+            map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        files.sort();
+        files.dedup();
+        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
+            return Err(ModelError::file(missing, "shard listed in the index is missing"));
+        }
+        return Ok(paths);
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(ModelError::file(dir, "has no model.safetensors nor model.safetensors.index.json"))
+}
+
 /// llama.cpp's name for an HF decoder tensor name (without the `.weight`/`.bias` suffix).
 fn gguf_name(hf: &str) -> Option<String> {
     let hf = hf.strip_prefix("language_model.").unwrap_or(hf);
