@@ -80,6 +80,9 @@ pub enum FinishReason {
 pub struct Generation {
     pub tokens: Vec<u32>,
     pub finish: FinishReason,
+    /// `log P(S) − log(1 − P(S))` of the first answer token over `score_tokens` (the
+    /// refusal score of SPEC §2 when those are refusal-start tokens); None if none were given.
+    pub first_token_log_odds: Option<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +92,8 @@ pub struct GenerateRequest<'a> {
     pub stop_tokens: &'a [u32],
     /// Token fed into padding columns; never attended to.
     pub pad_token: u32,
+    /// Tokens whose first-step probability mass is reported as log-odds (may be empty).
+    pub score_tokens: &'a [u32],
 }
 
 /// Generate for every prompt in one left-padded batch. `on_token(row, token)` sees each new
@@ -131,13 +136,19 @@ pub fn generate_batch(
         })
         .collect();
 
-    let mut out: Vec<Generation> =
-        (0..b).map(|_| Generation { tokens: vec![], finish: FinishReason::Length }).collect();
+    let mut out: Vec<Generation> = (0..b)
+        .map(|_| Generation { tokens: vec![], finish: FinishReason::Length, first_token_log_odds: None })
+        .collect();
     let mut done = vec![false; b];
     let mut logits = decoder.forward(&ids, &mut cache, plan, Logits::Last)?.logits;
     for step in 0..request.max_tokens {
         let Some(step_logits) = logits.take() else { break };
         let step_logits = step_logits.to_dtype(DType::F32)?;
+        if step == 0 && !request.score_tokens.is_empty() {
+            for (g, odds) in out.iter_mut().zip(log_odds(&step_logits, request.score_tokens)?) {
+                g.first_token_log_odds = Some(odds);
+            }
+        }
         let mut next = Vec::with_capacity(b);
         for row in 0..b {
             if done[row] {
@@ -169,4 +180,26 @@ pub fn generate_batch(
         logits = decoder.forward(&next, &mut cache, plan, Logits::Last)?.logits;
     }
     Ok(out)
+}
+
+/// Per row of `logits` (`[batch, vocab]`): `log P(S) − log(1 − P(S))` with P(S) the softmax
+/// mass of `tokens`.
+pub fn log_odds(logits: &Tensor, tokens: &[u32]) -> Result<Vec<f32>> {
+    let vocab = logits.dim(1)?;
+    if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(ModelError::Invalid(format!("score token {t} is outside the vocabulary")));
+    }
+    let logp = candle_nn::ops::log_softmax(logits, 1)?;
+    let ids = Tensor::new(tokens, logits.device())?;
+    let rows: Vec<Vec<f32>> = logp.index_select(&ids, 1)?.to_vec2()?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            // log-sum-exp of the selected log-probs, then log-odds; clamp keeps ±inf out.
+            let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let log_p = m + r.iter().map(|x| (x - m).exp()).sum::<f32>().ln();
+            let p = log_p.exp().clamp(1e-12, 1.0 - 1e-7);
+            p.ln() - (1.0 - p).ln()
+        })
+        .collect())
 }

@@ -59,6 +59,7 @@ fn greedy(model: &Model, prompts: &[&str], max_tokens: usize, plan: &Interventio
         sampling: SamplingParams::greedy(),
         stop_tokens: &stop,
         pad_token: model.tokenizer.pad_id(),
+        score_tokens: &[],
     };
     generate_batch(&model.decoder, &ids, &request, plan, None, |_, _| {})
         .expect("generate")

@@ -112,6 +112,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         },
         stop_tokens: &stop,
         pad_token: model.tokenizer.pad_id(),
+        score_tokens: &[],
     };
     let t0 = Instant::now();
     let mut stream = TokenStream::new(&model.tokenizer);
