@@ -1,0 +1,235 @@
+//! Activation capture over a prompt set: the last-position activation at one hook kind of
+//! every layer, batched, with a progress bar, stored as safetensors so a fit can be re-run
+//! without the model, and resumable: each finished batch is written as its own chunk file, and
+//! a restarted capture skips the chunks already on disk.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use earguard_model::{ForwardOutput, HookPoint, InterventionPlan, Logits, Model, Positions};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, SteerError};
+
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Hook kind captured at every layer (its layer number is ignored).
+    pub hook: HookPoint,
+    pub batch_size: usize,
+    /// Where chunks and the final `activations.safetensors` go (None: memory only).
+    pub dir: Option<PathBuf>,
+    /// Progress-bar label; None hides the bar.
+    pub progress: Option<String>,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        Self { hook: HookPoint::ResidPost(0), batch_size: 8, dir: None, progress: None }
+    }
+}
+
+/// What identifies a capture, so a resume never mixes activations of different inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct CaptureManifest {
+    hook: String,
+    n_inputs: usize,
+    batch_size: usize,
+    inputs_sha256: String,
+    model_identity: String,
+    n_layers: usize,
+    hidden_size: usize,
+}
+
+const FINAL: &str = "activations.safetensors";
+
+/// `[n, layers, hidden]` activations of the last prompt position of each input.
+pub fn capture_last(model: &Model, inputs: &[Vec<u32>], opts: &CaptureOptions) -> Result<Tensor> {
+    if inputs.is_empty() {
+        return Err(SteerError::Invalid("nothing to capture: the prompt list is empty".into()));
+    }
+    let cfg = model.decoder.config();
+    let batch_size = opts.batch_size.max(1);
+    let manifest = CaptureManifest {
+        hook: opts.hook.kind().to_string(),
+        n_inputs: inputs.len(),
+        batch_size,
+        inputs_sha256: hash_inputs(inputs),
+        model_identity: model.info.identity.clone(),
+        n_layers: cfg.n_layers,
+        hidden_size: cfg.hidden_size,
+    };
+    if let Some(dir) = &opts.dir {
+        if let Some(done) = load_finished(dir, &manifest)? {
+            return Ok(done);
+        }
+    }
+
+    // Batches of similar length waste less compute on padding; results go back in input order.
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    order.sort_by_key(|&i| (inputs[i].len(), i));
+    let mut plan = InterventionPlan::new();
+    for l in 0..cfg.n_layers {
+        plan = plan.capture(opts.hook.at_layer(l), Positions::Last);
+    }
+    let bar = progress_bar(opts.progress.as_deref(), inputs.len());
+    let mut rows: Vec<Option<Tensor>> = vec![None; inputs.len()];
+    for (chunk, idx) in order.chunks(batch_size).enumerate() {
+        let acts = match opts.dir.as_deref().map(|d| chunk_path(d, chunk)).filter(|p| p.is_file()) {
+            Some(path) => read_tensor(&path, "acts")?,
+            None => {
+                let batch: Vec<&Vec<u32>> = idx.iter().map(|&i| &inputs[i]).collect();
+                let acts = capture_batch(model, &batch, &plan)?;
+                if let Some(dir) = &opts.dir {
+                    write_tensors(&chunk_path(dir, chunk), &[("acts", &acts)])?;
+                }
+                acts
+            }
+        };
+        if acts.dim(0)? != idx.len() {
+            return Err(SteerError::Artifact(format!(
+                "capture chunk {chunk} holds {} rows, expected {}",
+                acts.dim(0)?,
+                idx.len()
+            )));
+        }
+        for (r, &i) in idx.iter().enumerate() {
+            rows[i] = Some(acts.get(r)?);
+        }
+        bar.inc(idx.len() as u64);
+    }
+    bar.finish_and_clear();
+    let rows: Vec<Tensor> = rows.into_iter().flatten().collect();
+    let all = Tensor::stack(&rows, 0)?;
+    if let Some(dir) = &opts.dir {
+        write_tensors(&dir.join(FINAL), &[("acts", &all)])?;
+        for chunk in 0..order.chunks(batch_size).len() {
+            let _ = std::fs::remove_file(chunk_path(dir, chunk));
+        }
+    }
+    Ok(all)
+}
+
+/// One left-padded batch: `[batch, layers, hidden]`.
+fn capture_batch(model: &Model, batch: &[&Vec<u32>], plan: &InterventionPlan) -> Result<Tensor> {
+    let out = forward_batch(model, batch, plan)?;
+    let per_layer: Vec<Tensor> = out.captures.items.into_iter().map(|(_, t)| t).collect();
+    Ok(Tensor::stack(&per_layer, 1)?)
+}
+
+/// One left-padded prefill of a batch of prompts without logits (for captures and probes).
+pub fn forward_batch<P: AsRef<[u32]>>(
+    model: &Model,
+    batch: &[P],
+    plan: &InterventionPlan,
+) -> Result<ForwardOutput> {
+    let width = batch.iter().map(|p| p.as_ref().len()).max().unwrap_or(0);
+    if width == 0 || batch.iter().any(|p| p.as_ref().is_empty()) {
+        return Err(SteerError::Invalid("cannot run an empty prompt".into()));
+    }
+    let pad_id = model.tokenizer.pad_id();
+    let mut ids = Vec::with_capacity(batch.len() * width);
+    let mut pad = Vec::with_capacity(batch.len());
+    for p in batch {
+        let p = p.as_ref();
+        pad.push(width - p.len());
+        ids.extend(std::iter::repeat_n(pad_id, width - p.len()));
+        ids.extend_from_slice(p);
+    }
+    let ids = Tensor::from_vec(ids, (batch.len(), width), &Device::Cpu)?;
+    let mut cache = model.decoder.new_cache(pad);
+    Ok(model.decoder.forward(&ids, &mut cache, plan, Logits::None)?)
+}
+
+/// A finished capture in `dir` for exactly these inputs, if there is one; a manifest for other
+/// inputs is an error, so activations of two different runs are never mixed.
+fn load_finished(dir: &Path, manifest: &CaptureManifest) -> Result<Option<Tensor>> {
+    std::fs::create_dir_all(dir).map_err(|e| SteerError::io(dir, e))?;
+    let path = dir.join("manifest.json");
+    if path.is_file() {
+        let text = std::fs::read_to_string(&path).map_err(|e| SteerError::io(&path, e))?;
+        let found: CaptureManifest = serde_json::from_str(&text)
+            .map_err(|e| SteerError::io(&path, format!("malformed capture manifest: {e}")))?;
+        if &found != manifest {
+            return Err(SteerError::io(
+                &path,
+                "this capture directory belongs to other inputs, another model or other settings; \
+                 delete it or choose another output directory",
+            ));
+        }
+    } else {
+        let text = serde_json::to_string_pretty(manifest).map_err(|e| SteerError::Invalid(e.to_string()))?;
+        write_atomic(&path, text.as_bytes())?;
+    }
+    let final_path = dir.join(FINAL);
+    if final_path.is_file() {
+        return Ok(Some(read_tensor(&final_path, "acts")?));
+    }
+    Ok(None)
+}
+
+/// Is a finished capture for these inputs already in `dir`? (Lets callers skip model loading.)
+pub fn is_finished(dir: &Path) -> bool {
+    dir.join(FINAL).is_file() && dir.join("manifest.json").is_file()
+}
+
+/// Read a finished capture without the model.
+pub fn read_finished(dir: &Path) -> Result<Tensor> {
+    read_tensor(&dir.join(FINAL), "acts")
+}
+
+fn chunk_path(dir: &Path, chunk: usize) -> PathBuf {
+    dir.join(format!("chunk-{chunk:05}.safetensors"))
+}
+
+fn hash_inputs(inputs: &[Vec<u32>]) -> String {
+    let mut h = Sha256::new();
+    for ids in inputs {
+        h.update((ids.len() as u64).to_le_bytes());
+        for t in ids {
+            h.update(t.to_le_bytes());
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn read_tensor(path: &Path, key: &str) -> Result<Tensor> {
+    let mut map = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| SteerError::io(path, format!("not a readable safetensors file: {e}")))?;
+    map.remove(key).ok_or_else(|| SteerError::io(path, format!("has no tensor '{key}'")))
+}
+
+/// Write tensors through a temporary file and a rename, so a kill never leaves half a file.
+pub(crate) fn write_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
+    let tmp = tmp_path(path);
+    let map: std::collections::HashMap<String, Tensor> =
+        tensors.iter().map(|(k, t)| (k.to_string(), (*t).clone())).collect();
+    candle_core::safetensors::save(&map, &tmp).map_err(|e| SteerError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| SteerError::io(path, e))
+}
+
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = tmp_path(path);
+    std::fs::write(&tmp, bytes).map_err(|e| SteerError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| SteerError::io(path, e))
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+pub(crate) fn progress_bar(label: Option<&str>, len: usize) -> indicatif::ProgressBar {
+    let Some(label) = label else { return indicatif::ProgressBar::hidden() };
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>16} [{bar:30}] {pos}/{len} prompts, {elapsed} elapsed, eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(label.to_string());
+    bar
+}

@@ -1,0 +1,308 @@
+//! Defenses: one trait, one file per defense, selected by a spec string.
+//!
+//! A defense may rewrite the conversation before it is templated (prompt defenses) and may
+//! return an intervention plan for each batch (steering, ablation, conditional steering).
+//!
+//! Spec grammar: `NAME[=ARTIFACT][:key=value,...]`, several joined with `+` (applied in order):
+//!
+//! | name | artifact | options |
+//! |---|---|---|
+//! | `none` | – | – |
+//! | `prompt` | – | `variant=system\|prefix\|suffix\|adashield` |
+//! | `sarsteer` | steering vector dir | `alpha=0.1`, `layers=0-27`, `beta=1.0`, `positions=last`, `normalize=false` |
+//! | `text-steer` | a SARSteer fit made on text-only inputs | as sarsteer |
+//! | `actadd` | refusal-direction dir | `layer=L`, `coeff=1.0` |
+//! | `ablate` | refusal-direction dir | `layer=L` |
+//! | `cast` | cast dir (`earguard fit cast`) | `alpha=…`, `threshold=…` |
+//!
+//! ```
+//! use earguard_steer::defense::DefenseSpec;
+//! let spec: DefenseSpec = "ablate=vec/rd+sarsteer=vec/sar:alpha=0.2".parse().unwrap();
+//! assert_eq!(spec.parts.len(), 2);
+//! assert_eq!(spec.parts[1].option_f64("alpha").unwrap(), Some(0.2));
+//! ```
+
+mod ablate;
+mod actadd;
+mod cast;
+mod prompt;
+mod sarsteer;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use earguard_model::chat::ChatMessage;
+use earguard_model::{InterventionPlan, Model};
+
+use crate::error::{Result, SteerError};
+
+pub use ablate::Ablate;
+pub use actadd::ActAdd;
+pub use cast::Cast;
+pub use prompt::{SafetyPrompt, PROMPT_VARIANTS};
+pub use sarsteer::SarSteer;
+
+pub trait Defense: Send + Sync {
+    /// The spec that recreates this defense (for reports and results).
+    fn describe(&self) -> String;
+
+    /// Rewrite the conversation before the chat template (prompt defenses).
+    fn rewrite(&self, messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
+        messages
+    }
+
+    /// The plan applied to every forward call of a batch of tokenised prompts.
+    fn plan(&self, _model: &Model, _batch: &[Vec<u32>]) -> Result<InterventionPlan> {
+        Ok(InterventionPlan::new())
+    }
+}
+
+/// No defense.
+pub struct NoDefense;
+
+impl Defense for NoDefense {
+    fn describe(&self) -> String {
+        "none".into()
+    }
+}
+
+/// Several defenses applied in order (e.g. `ablate+sarsteer`: the attack, then the defense).
+pub struct Stack(pub Vec<Box<dyn Defense>>);
+
+impl Defense for Stack {
+    fn describe(&self) -> String {
+        self.0.iter().map(|d| d.describe()).collect::<Vec<_>>().join("+")
+    }
+
+    fn rewrite(&self, messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
+        self.0.iter().fold(messages, |m, d| d.rewrite(m))
+    }
+
+    fn plan(&self, model: &Model, batch: &[Vec<u32>]) -> Result<InterventionPlan> {
+        let mut plan = InterventionPlan::new();
+        for d in &self.0 {
+            plan = plan.extend(d.plan(model, batch)?);
+        }
+        Ok(plan)
+    }
+}
+
+/// One component of a spec: `NAME[=ARTIFACT][:key=value,...]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefensePart {
+    pub name: String,
+    pub artifact: Option<PathBuf>,
+    pub options: Vec<(String, String)>,
+}
+
+impl DefensePart {
+    pub fn option(&self, key: &str) -> Option<&str> {
+        self.options.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    pub fn option_f64(&self, key: &str) -> Result<Option<f64>> {
+        self.option(key)
+            .map(|v| {
+                v.parse::<f64>().ok().filter(|x| x.is_finite()).ok_or_else(|| {
+                    SteerError::Invalid(format!("{}: option {key}={v} is not a number", self.name))
+                })
+            })
+            .transpose()
+    }
+
+    pub fn option_usize(&self, key: &str) -> Result<Option<usize>> {
+        self.option(key)
+            .map(|v| {
+                v.parse::<usize>().map_err(|_| {
+                    SteerError::Invalid(format!("{}: option {key}={v} is not a whole number", self.name))
+                })
+            })
+            .transpose()
+    }
+
+    /// Refuse options this defense does not know, so a typo never silently does nothing.
+    pub fn only_options(&self, known: &[&str]) -> Result<()> {
+        match self.options.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            None => Ok(()),
+            Some((k, _)) => Err(SteerError::Invalid(format!(
+                "{} has no option '{k}' (known: {})",
+                self.name,
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            ))),
+        }
+    }
+
+    pub fn artifact(&self) -> Result<&PathBuf> {
+        self.artifact.as_ref().ok_or_else(|| {
+            SteerError::Invalid(format!(
+                "{} needs a fitted vector: --defense {}=DIR (see earguard fit)",
+                self.name, self.name
+            ))
+        })
+    }
+
+    /// Add an option unless the spec already sets it (CLI flags like `--alpha`).
+    pub fn set_default(&mut self, key: &str, value: String) {
+        if self.option(key).is_none() {
+            self.options.push((key.to_string(), value));
+        }
+    }
+}
+
+impl fmt::Display for DefensePart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.name)?;
+        if let Some(a) = &self.artifact {
+            write!(f, "={}", a.display())?;
+        }
+        if !self.options.is_empty() {
+            let opts: Vec<String> = self.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            write!(f, ":{}", opts.join(","))?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefenseSpec {
+    pub parts: Vec<DefensePart>,
+}
+
+pub const DEFENSE_NAMES: &[&str] = &["none", "prompt", "sarsteer", "text-steer", "actadd", "ablate", "cast"];
+
+impl FromStr for DefenseSpec {
+    type Err = SteerError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let mut parts = Vec::new();
+        for raw in s.split('+') {
+            let (head, opts) = match raw.split_once(':') {
+                Some((h, o)) => (h, Some(o)),
+                None => (raw, None),
+            };
+            let (name, artifact) = match head.split_once('=') {
+                Some((n, a)) => (n.trim(), Some(PathBuf::from(a.trim()))),
+                None => (head.trim(), None),
+            };
+            if !DEFENSE_NAMES.contains(&name) {
+                return Err(SteerError::Invalid(format!(
+                    "unknown defense '{name}' (known: {})",
+                    DEFENSE_NAMES.join(", ")
+                )));
+            }
+            let mut options = Vec::new();
+            for kv in opts.into_iter().flat_map(|o| o.split(',')).filter(|kv| !kv.is_empty()) {
+                let (k, v) = kv.split_once('=').ok_or_else(|| {
+                    SteerError::Invalid(format!("option '{kv}' of {name} must be key=value"))
+                })?;
+                options.push((k.trim().to_string(), v.trim().to_string()));
+            }
+            parts.push(DefensePart { name: name.to_string(), artifact, options });
+        }
+        Ok(Self { parts })
+    }
+}
+
+impl fmt::Display for DefenseSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s: Vec<String> = self.parts.iter().map(|p| p.to_string()).collect();
+        f.write_str(&s.join("+"))
+    }
+}
+
+/// Build the defense a spec names, loading and checking its artifacts against `model`.
+/// `force` skips only the model-identity check of artifacts (never the shape checks).
+pub fn build(spec: &DefenseSpec, model: &Model, force: bool) -> Result<Box<dyn Defense>> {
+    let mut built: Vec<Box<dyn Defense>> = Vec::new();
+    for part in &spec.parts {
+        let d: Box<dyn Defense> = match part.name.as_str() {
+            "none" => {
+                part.only_options(&[])?;
+                Box::new(NoDefense)
+            }
+            "prompt" => Box::new(SafetyPrompt::from_part(part)?),
+            "sarsteer" | "text-steer" => Box::new(SarSteer::from_part(part, model, force)?),
+            "actadd" => Box::new(ActAdd::from_part(part, model, force)?),
+            "ablate" => Box::new(Ablate::from_part(part, model, force)?),
+            "cast" => Box::new(Cast::from_part(part, model, force)?),
+            other => return Err(SteerError::Invalid(format!("unknown defense '{other}'"))),
+        };
+        built.push(d);
+    }
+    Ok(match built.len() {
+        1 => built.pop().expect("one defense"),
+        _ => Box::new(Stack(built)),
+    })
+}
+
+/// Parse `a-b` / `a,b,c` layer lists (inclusive ranges).
+pub fn parse_layers(s: &str, n_layers: usize) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for piece in s.split(['|', ';']).flat_map(|p| p.split(' ')).filter(|p| !p.is_empty()) {
+        let bad = || SteerError::Invalid(format!("layers '{s}': expected e.g. 4-20 or 3|5|7"));
+        let (a, b) = match piece.split_once('-') {
+            Some((a, b)) => (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?),
+            None => {
+                let x: usize = piece.parse().map_err(|_| bad())?;
+                (x, x)
+            }
+        };
+        if a > b || b >= n_layers {
+            return Err(SteerError::Invalid(format!(
+                "layers '{s}' out of range for a model with {n_layers} layers"
+            )));
+        }
+        out.extend(a..=b);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_print() {
+        let s: DefenseSpec = "ablate=a/b:layer=12+sarsteer=c:alpha=0.2,layers=3-5".parse().unwrap();
+        assert_eq!(s.parts[0].name, "ablate");
+        assert_eq!(s.parts[0].option_usize("layer").unwrap(), Some(12));
+        assert_eq!(s.to_string(), "ablate=a/b:layer=12+sarsteer=c:alpha=0.2,layers=3-5");
+        assert!("sarsteer=x:alpha".parse::<DefenseSpec>().is_err());
+        assert!("magic".parse::<DefenseSpec>().unwrap_err().to_string().contains("unknown defense"));
+        let bad: DefenseSpec = "sarsteer=x:alpha=abc".parse().unwrap();
+        assert!(bad.parts[0].option_f64("alpha").is_err());
+    }
+
+    #[test]
+    fn layer_lists() {
+        assert_eq!(parse_layers("2-4|7", 10).unwrap(), [2, 3, 4, 7]);
+        assert!(parse_layers("5-30", 28).is_err());
+        assert!(parse_layers("x", 28).is_err());
+    }
+}
+
+/// The hook kind a vector was fitted at (its layer number is replaced per layer).
+pub(crate) fn hook_of(vector: &crate::artifact::SteeringVector) -> Result<earguard_model::HookPoint> {
+    format!("{}.0", vector.meta.hook).parse::<earguard_model::HookPoint>().map_err(|_| {
+        SteerError::Artifact(format!("unknown hook kind '{}' in meta.json", vector.meta.hook))
+    })
+}
+
+/// The layer a refusal-direction artifact recommends (`extra.selected_layer`), or `fallback`.
+pub(crate) fn selected_layer(
+    vector: &crate::artifact::SteeringVector,
+    part: &DefensePart,
+) -> Result<usize> {
+    if let Some(l) = part.option_usize("layer")? {
+        return Ok(l);
+    }
+    if let Some(l) = vector.meta.extra.get("selected_layer").and_then(|v| v.as_u64()) {
+        return Ok(l as usize);
+    }
+    // No selection recorded: the middle layer, where refusal directions are usually strongest.
+    let layers: Vec<usize> = vector.directions.keys().copied().collect();
+    layers.get(layers.len() / 2).copied().ok_or_else(|| SteerError::Artifact("the vector has no directions".into()))
+}

@@ -1,0 +1,107 @@
+//! SARSteer (SPEC §1): add `α·β_l·v_l` to block l's output at the last position of every
+//! forward call — the last prompt token at prefill, then each generated token — for every
+//! layer with a direction. `text-steer` is the same application of a fit made on text-only
+//! inputs (the "LLM steering" baseline).
+
+use candle_core::Tensor;
+use earguard_model::{HookPoint, InterventionPlan, Model, Positions};
+
+use super::{parse_layers, Defense, DefensePart};
+use crate::artifact::SteeringVector;
+use crate::error::{Result, SteerError};
+
+pub const DEFAULT_ALPHA: f64 = 0.1;
+
+pub struct SarSteer {
+    name: String,
+    describe: String,
+    /// (hook, α·β_l·v_l) for every steered layer, ready to add.
+    additions: Vec<(HookPoint, Tensor)>,
+    positions: Positions,
+}
+
+impl SarSteer {
+    pub fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
+        part.only_options(&["alpha", "layers", "beta", "positions", "normalize"])?;
+        let vector = SteeringVector::load(part.artifact()?)?;
+        vector.check_compatible(&model.info, force)?;
+        let n_layers = model.decoder.config().n_layers;
+        let alpha = part.option_f64("alpha")?.unwrap_or(DEFAULT_ALPHA);
+        let layers = match part.option("layers") {
+            Some(s) => parse_layers(s, n_layers)?,
+            None => vector.directions.keys().copied().collect(),
+        };
+        let betas: Vec<f64> = match part.option("beta") {
+            None => vec![1.0; layers.len()],
+            Some(s) => {
+                let b: Vec<f64> = s
+                    .split('|')
+                    .map(|x| x.parse::<f64>())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|_| SteerError::Invalid(format!("beta '{s}': expected numbers like 1|0.5|1")))?;
+                match b.len() {
+                    1 => vec![b[0]; layers.len()],
+                    n if n == layers.len() => b,
+                    n => {
+                        return Err(SteerError::Invalid(format!(
+                            "beta has {n} values for {} steered layers",
+                            layers.len()
+                        )))
+                    }
+                }
+            }
+        };
+        let positions: Positions = part.option("positions").unwrap_or("last").parse()?;
+        let normalize = matches!(part.option("normalize"), Some("true" | "1" | "yes"));
+        let hook = super::hook_of(&vector)?;
+        let mut additions = Vec::with_capacity(layers.len());
+        for (&l, &beta) in layers.iter().zip(&betas) {
+            let v = vector.directions.get(&l).ok_or_else(|| {
+                SteerError::Invalid(format!("the vector has no direction for layer {l}"))
+            })?;
+            let v = if normalize { unit(v)? } else { v.clone() };
+            additions.push((hook.at_layer(l), (v * (alpha * beta))?));
+        }
+        Ok(Self { name: part.name.clone(), describe: part.to_string(), additions, positions })
+    }
+
+    /// Steering directly from vectors (for tests and sweeps): `α·v_l` at `hook` of each layer.
+    pub fn from_vectors(hook: HookPoint, vectors: &[(usize, Tensor)], alpha: f64) -> Result<Self> {
+        let additions = vectors
+            .iter()
+            .map(|(l, v)| Ok((hook.at_layer(*l), (v * alpha)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            name: "sarsteer".into(),
+            describe: format!("sarsteer:alpha={alpha}"),
+            additions,
+            positions: Positions::Last,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+pub(crate) fn unit(v: &Tensor) -> Result<Tensor> {
+    let norm = v.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+    if !(norm.is_finite() && norm > 0.0) {
+        return Err(SteerError::Invalid(format!("cannot normalise a direction of norm {norm}")));
+    }
+    Ok((v / f64::from(norm))?)
+}
+
+impl Defense for SarSteer {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn plan(&self, _model: &Model, _batch: &[Vec<u32>]) -> Result<InterventionPlan> {
+        let mut plan = InterventionPlan::new();
+        for (hook, v) in &self.additions {
+            plan = plan.add(*hook, self.positions, v.clone());
+        }
+        Ok(plan)
+    }
+}
