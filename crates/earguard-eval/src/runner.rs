@@ -194,20 +194,6 @@ pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
         .collect()
 }
 
-/// The refusal-start tokens R of SPEC §2: the first token of "I" and "As" at the start of an
-/// answer (for Qwen: {"I", "As"}).
-pub fn refusal_tokens(model: &Model) -> Result<Vec<u32>> {
-    let mut out = Vec::new();
-    for word in ["I", "As"] {
-        if let Some(&t) = model.tokenizer.encode(word, false)?.first() {
-            if !out.contains(&t) {
-                out.push(t);
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Deterministic per-(prompt, sample) seed, independent of batching and sharding.
 fn row_seed(seed: u64, id: &str, sample: usize) -> u64 {
     let h = Sha256::digest(format!("{seed}\0{id}\0{sample}").as_bytes());
@@ -244,7 +230,7 @@ pub fn run(
         .open(&path)
         .map_err(|e| EvalError::io(&path, e))?;
     let stop = model.tokenizer.stop_token_ids();
-    let score_tokens = refusal_tokens(model)?;
+    let score_tokens = earguard_steer::pipeline::refusal_start_tokens(model)?;
     let sampling = SamplingParams { temperature: config.temperature, top_k: None, top_p: config.top_p, seed: config.seed };
     let request = GenerateRequest {
         max_tokens: config.max_tokens,

@@ -112,16 +112,17 @@ pub fn capture_last(model: &Model, inputs: &[Vec<u32>], opts: &CaptureOptions) -
 
 /// One left-padded batch: `[batch, layers, hidden]`.
 fn capture_batch(model: &Model, batch: &[&Vec<u32>], plan: &InterventionPlan) -> Result<Tensor> {
-    let out = forward_batch(model, batch, plan)?;
+    let out = forward_batch(model, batch, plan, Logits::None)?;
     let per_layer: Vec<Tensor> = out.captures.items.into_iter().map(|(_, t)| t).collect();
     Ok(Tensor::stack(&per_layer, 1)?)
 }
 
-/// One left-padded prefill of a batch of prompts without logits (for captures and probes).
+/// One left-padded prefill of a batch of prompts (for captures, probes and scores).
 pub fn forward_batch<P: AsRef<[u32]>>(
     model: &Model,
     batch: &[P],
     plan: &InterventionPlan,
+    logits: Logits,
 ) -> Result<ForwardOutput> {
     let width = batch.iter().map(|p| p.as_ref().len()).max().unwrap_or(0);
     if width == 0 || batch.iter().any(|p| p.as_ref().is_empty()) {
@@ -138,7 +139,7 @@ pub fn forward_batch<P: AsRef<[u32]>>(
     }
     let ids = Tensor::from_vec(ids, (batch.len(), width), &Device::Cpu)?;
     let mut cache = model.decoder.new_cache(pad);
-    Ok(model.decoder.forward(&ids, &mut cache, plan, Logits::None)?)
+    Ok(model.decoder.forward(&ids, &mut cache, plan, logits)?)
 }
 
 /// A finished capture in `dir` for exactly these inputs, if there is one; a manifest for other

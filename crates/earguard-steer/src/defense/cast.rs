@@ -65,7 +65,7 @@ impl Cast {
     /// Which prompts of the batch meet the condition (cosine similarity above the threshold).
     pub fn condition_met(&self, model: &Model, batch: &[Vec<u32>]) -> Result<Vec<bool>> {
         let probe = InterventionPlan::new().capture(self.condition_hook, Positions::Last);
-        let acts = crate::capture::forward_batch(model, batch, &probe)?;
+        let acts = crate::capture::forward_batch(model, batch, &probe, earguard_model::Logits::None)?;
         let h = acts.captures.get(self.condition_hook).ok_or_else(|| SteerError::Invalid("probe captured nothing".into()))?;
         let norms = h.sqr()?.sum_keepdim(1)?.sqrt()?;
         let cos = h.matmul(&self.condition.unsqueeze(1)?)?.div(&norms)?.flatten_all()?.to_vec1::<f32>()?;

@@ -41,7 +41,7 @@ pub use ablate::Ablate;
 pub use actadd::ActAdd;
 pub use cast::Cast;
 pub use prompt::{SafetyPrompt, PROMPT_VARIANTS};
-pub use sarsteer::SarSteer;
+pub use sarsteer::{SarSteer, DEFAULT_ALPHA as SARSTEER_DEFAULT_ALPHA};
 
 pub trait Defense: Send + Sync {
     /// The spec that recreates this defense (for reports and results).

@@ -1,0 +1,244 @@
+//! End-to-end fits over prompt sets: render each prompt for the mode, capture activations
+//! (cached and resumable under the work directory), fit, and package a [`SteeringVector`].
+//!
+//! - [`FitSetup::sarsteer`]: SPEC §1 — suffix contrast on harmful prompts, benign top-k
+//!   subspace ablated with weight λ. On text-only inputs this is the `text-steer` baseline.
+//! - [`FitSetup::refusal_direction`]: Arditi et al. — harmful-minus-benign mean difference per
+//!   layer, with the layer selection of SPEC §2 recorded as `extra.selected_layer`.
+//! - [`FitSetup::cast`]: CAST — behaviour vectors plus the condition that gates them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Tensor};
+use earguard_data::PromptItem;
+use earguard_model::decoder::log_softmax;
+use earguard_model::{HookPoint, InterventionPlan, Logits, Model};
+use serde_json::json;
+
+use crate::artifact::{DatasetRef, SteeringVector, VectorMeta};
+use crate::capture::{capture_last, forward_batch, CaptureOptions};
+use crate::defense::{Ablate, Defense};
+use crate::error::{Result, SteerError};
+use crate::fit;
+use crate::inputs::InputStyle;
+
+pub struct FitSetup<'a> {
+    pub model: &'a Model,
+    pub style: InputStyle,
+    pub hook: HookPoint,
+    pub batch_size: usize,
+    /// Captures are kept here (one folder per set) so an interrupted fit resumes and a re-fit
+    /// with other hyper-parameters needs no forward passes.
+    pub work_dir: Option<PathBuf>,
+    pub progress: bool,
+    pub training_sets: Vec<DatasetRef>,
+}
+
+impl FitSetup<'_> {
+    /// Token ids of each prompt in this setup's mode, with an optional suffix.
+    pub fn encode(&self, items: &[PromptItem], suffix: Option<&str>) -> Result<Vec<Vec<u32>>> {
+        if self.style.mode.needs_audio() {
+            return Err(SteerError::Invalid(format!(
+                "{} fits need an audio-language model with audio inputs; use --mode text-only \
+                 with a text model",
+                self.style.mode
+            )));
+        }
+        items
+            .iter()
+            .map(|item| {
+                let messages = self.style.messages(item, suffix)?;
+                self.model.encode_messages(&messages).map_err(|e| {
+                    SteerError::Invalid(format!("prompt {}: {e}", item.id))
+                })
+            })
+            .collect()
+    }
+
+    /// `[n, layers, hidden]` last-position activations of `items` (named `name` on disk).
+    pub fn capture(&self, name: &str, items: &[PromptItem], suffix: Option<&str>) -> Result<Tensor> {
+        if items.is_empty() {
+            return Err(SteerError::Invalid(format!("the {name} set is empty")));
+        }
+        let inputs = self.encode(items, suffix)?;
+        let opts = CaptureOptions {
+            hook: self.hook,
+            batch_size: self.batch_size,
+            dir: self.work_dir.as_ref().map(|d| d.join(name)),
+            progress: self.progress.then(|| name.to_string()),
+        };
+        capture_last(self.model, &inputs, &opts)
+    }
+
+    fn meta(&self, method: &str, hyper: serde_json::Value) -> VectorMeta {
+        let mut meta = VectorMeta::for_model(method, &self.model.info, self.hook.kind());
+        meta.hyper_parameters = hyper;
+        meta.training_sets = self.training_sets.clone();
+        meta
+    }
+
+    fn package(&self, meta: VectorMeta, directions: &Tensor) -> Result<SteeringVector> {
+        let mut map = BTreeMap::new();
+        for l in 0..directions.dim(0)? {
+            map.insert(l, directions.get(l)?);
+        }
+        SteeringVector::new(meta, map)
+    }
+
+    /// SARSteer (SPEC §1).
+    pub fn sarsteer(
+        &self,
+        harmful: &[PromptItem],
+        benign: &[PromptItem],
+        suffix: &str,
+        k: usize,
+        lambda: f64,
+    ) -> Result<SteeringVector> {
+        check_sets(harmful, benign)?;
+        if k > benign.len() {
+            return Err(SteerError::Invalid(format!(
+                "k = {k} is larger than the benign set ({} prompts)",
+                benign.len()
+            )));
+        }
+        let plain = self.capture("harmful", harmful, None)?;
+        let with_suffix = self.capture("harmful+suffix", harmful, Some(suffix))?;
+        let benign_acts = self.capture("benign", benign, None)?;
+        let v = fit::sarsteer(&with_suffix, &plain, &benign_acts, k, lambda)?;
+        let method = if self.style.mode == earguard_data::Mode::TextOnly { "text-steer" } else { "sarsteer" };
+        let meta = self.meta(
+            method,
+            json!({"k": k, "lambda": lambda, "suffix": suffix, "mode": self.style.mode,
+                   "instruction": self.style.instruction, "alpha_default": crate::defense::SARSTEER_DEFAULT_ALPHA}),
+        );
+        self.package(meta, &v)
+    }
+
+    /// Refusal direction (Arditi et al.) with layer selection when `select` is set.
+    pub fn refusal_direction(
+        &self,
+        harmful: &[PromptItem],
+        benign: &[PromptItem],
+        select: Option<&LayerSelection>,
+    ) -> Result<SteeringVector> {
+        check_sets(harmful, benign)?;
+        let h = self.capture("harmful", harmful, None)?;
+        let b = self.capture("benign", benign, None)?;
+        let directions = fit::mean_difference(&h, &b)?;
+        let mut meta = self.meta("refusal-direction", json!({"mode": self.style.mode}));
+        if let Some(sel) = select {
+            let picked = self.select_layer(&directions, sel)?;
+            meta.extra = json!({"selected_layer": picked.layer, "layer_search": picked.table});
+        }
+        self.package(meta, &directions)
+    }
+
+    /// CAST: behaviour = harmful-minus-benign mean difference per layer; condition fitted on
+    /// the same sets.
+    pub fn cast(&self, harmful: &[PromptItem], benign: &[PromptItem], alpha: f64) -> Result<SteeringVector> {
+        check_sets(harmful, benign)?;
+        let h = self.capture("harmful", harmful, None)?;
+        let b = self.capture("benign", benign, None)?;
+        let behaviour = fit::mean_difference(&h, &b)?;
+        let cond = fit::fit_condition(&h, &b)?;
+        let mut meta = self.meta("cast", json!({"mode": self.style.mode, "alpha": alpha}));
+        meta.extra = json!({
+            "condition_layer": cond.layer,
+            "condition_direction": cond.direction.to_vec1::<f32>()?,
+            "threshold": cond.threshold,
+            "train_accuracy": cond.accuracy,
+            "alpha": alpha,
+        });
+        self.package(meta, &behaviour)
+    }
+
+    /// SPEC §2 layer selection: among layers below `max_fraction`·L, the direction whose
+    /// ablation lowers the harmful refusal score most while the KL divergence of the next-token
+    /// distribution on harmless prompts stays below `max_kl`.
+    fn select_layer(&self, directions: &Tensor, sel: &LayerSelection) -> Result<LayerPick> {
+        let harm = self.encode(&sel.harmful, None)?;
+        let safe = self.encode(&sel.harmless, None)?;
+        let refusal = refusal_start_tokens(self.model)?;
+        let base_logits = self.logits(&safe, &InterventionPlan::new())?;
+        let n_layers = directions.dim(0)?;
+        let last = ((n_layers as f64) * sel.max_fraction).floor() as usize;
+        let bar = crate::capture::progress_bar(self.progress.then_some("layer search"), last);
+        let mut table = Vec::new();
+        for l in 0..last {
+            let plan = Ablate::from_direction(directions.get(l)?).plan(self.model, &harm)?;
+            let score = mean(&earguard_model::generate::log_odds(&self.logits(&harm, &plan)?, &refusal)?);
+            let plan = Ablate::from_direction(directions.get(l)?).plan(self.model, &safe)?;
+            let kl = mean_kl(&base_logits, &self.logits(&safe, &plan)?)?;
+            table.push(json!({"layer": l, "harmful_refusal_score": score, "harmless_kl": kl}));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let score_of = |row: &serde_json::Value, k: &str| row[k].as_f64().unwrap_or(f64::INFINITY);
+        let best = table
+            .iter()
+            .filter(|r| score_of(r, "harmless_kl") < sel.max_kl)
+            .min_by(|a, b| score_of(a, "harmful_refusal_score").total_cmp(&score_of(b, "harmful_refusal_score")))
+            .or_else(|| table.iter().min_by(|a, b| score_of(a, "harmless_kl").total_cmp(&score_of(b, "harmless_kl"))))
+            .ok_or_else(|| SteerError::Invalid("no candidate layers to search".into()))?;
+        let layer = best["layer"].as_u64().unwrap_or(0) as usize;
+        Ok(LayerPick { layer, table: serde_json::Value::Array(table) })
+    }
+
+    fn logits(&self, batch: &[Vec<u32>], plan: &InterventionPlan) -> Result<Tensor> {
+        let mut rows = Vec::new();
+        for chunk in batch.chunks(self.batch_size.max(1)) {
+            let out = forward_batch(self.model, chunk, plan, Logits::Last)?;
+            rows.push(out.logits.ok_or_else(|| SteerError::Invalid("no logits".into()))?);
+        }
+        Ok(Tensor::cat(&rows, 0)?.to_dtype(DType::F32)?)
+    }
+}
+
+/// Prompts held out for the layer search, and its limits.
+pub struct LayerSelection {
+    pub harmful: Vec<PromptItem>,
+    pub harmless: Vec<PromptItem>,
+    pub max_fraction: f64,
+    pub max_kl: f64,
+}
+
+struct LayerPick {
+    layer: usize,
+    table: serde_json::Value,
+}
+
+fn check_sets(harmful: &[PromptItem], benign: &[PromptItem]) -> Result<()> {
+    if harmful.is_empty() {
+        return Err(SteerError::Invalid("the training data has no harmful prompts".into()));
+    }
+    if benign.is_empty() {
+        return Err(SteerError::Invalid("the training data has no benign prompts".into()));
+    }
+    Ok(())
+}
+
+/// SPEC §2's refusal-start tokens R: the first token of "I" and "As".
+pub fn refusal_start_tokens(model: &Model) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for word in ["I", "As"] {
+        if let Some(&t) = model.tokenizer.encode(word, false)?.first() {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn mean(xs: &[f32]) -> f64 {
+    xs.iter().map(|&x| f64::from(x)).sum::<f64>() / xs.len().max(1) as f64
+}
+
+/// Mean over rows of KL(p ‖ q) between next-token distributions given as logits.
+fn mean_kl(p_logits: &Tensor, q_logits: &Tensor) -> Result<f64> {
+    let lp = log_softmax(p_logits)?;
+    let lq = log_softmax(q_logits)?;
+    let kl = (lp.exp()? * (&lp - &lq)?)?.sum(1)?;
+    Ok(mean(&kl.to_vec1::<f32>()?))
+}
