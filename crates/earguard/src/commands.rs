@@ -8,7 +8,9 @@ use clap::Args;
 use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
 use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::tokenizer::TokenStream;
-use earguard_model::{InterventionPlan, Model};
+use earguard_model::chat::ChatMessage;
+use earguard_model::Model;
+use earguard_steer::defense::DefenseSpec;
 use serde_json::json;
 
 #[derive(Args)]
@@ -50,6 +52,16 @@ pub struct GenerateArgs {
     /// Print one JSON object (text, n_tokens, finish_reason, timings) instead of streaming.
     #[arg(long)]
     pub json: bool,
+    /// Defense spec: none, prompt[:variant=…], sarsteer=DIR, actadd=DIR, ablate=DIR, cast=DIR,
+    /// or several joined with + (see `earguard eval --help`).
+    #[arg(long, default_value = "none")]
+    pub defense: String,
+    /// Steering strength for sarsteer / text-steer / cast when the spec does not set alpha.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// Skip the model-identity check of steering vectors (sizes are always checked).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn load_model(spec: &str, quiet: bool) -> Result<Model> {
@@ -100,7 +112,20 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let model = load_model(&args.model, args.json)?;
-    let prompt = model.encode_chat(args.system.as_deref(), &args.prompt)?;
+    let mut spec: DefenseSpec = args.defense.parse()?;
+    if let Some(alpha) = args.alpha {
+        for part in spec.parts.iter_mut().filter(|p| matches!(p.name.as_str(), "sarsteer" | "text-steer" | "cast")) {
+            part.set_default("alpha", alpha.to_string());
+        }
+    }
+    let defense = earguard_steer::defense::build(&spec, &model, args.force)?;
+    let mut messages = Vec::new();
+    if let Some(s) = &args.system {
+        messages.push(ChatMessage::system(s));
+    }
+    messages.push(ChatMessage::user(&args.prompt));
+    let prompt = model.encode_messages(&defense.rewrite(messages))?;
+    let plan = defense.plan(&model, std::slice::from_ref(&prompt))?;
     let stop = model.tokenizer.stop_token_ids();
     let request = GenerateRequest {
         max_tokens: args.max_tokens,
@@ -122,7 +147,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         &model.decoder,
         std::slice::from_ref(&prompt),
         &request,
-        &InterventionPlan::new(),
+        &plan,
         None,
         |_, token| {
             if args.json {
@@ -148,6 +173,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         let value = json!({
             "model": model.info.name,
             "prompt": args.prompt,
+            "defense": spec.to_string(),
             "text": text,
             "n_tokens": generation.tokens.len(),
             "n_prompt_tokens": prompt.len(),

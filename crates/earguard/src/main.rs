@@ -2,6 +2,9 @@
 
 mod bench;
 mod commands;
+mod demo;
+mod eval;
+mod fit;
 
 use clap::{Parser, Subcommand};
 
@@ -12,6 +15,8 @@ use clap::{Parser, Subcommand};
 /// config.json + safetensors) or by a short name installed by scripts/fetch-models.sh into
 /// $EARGUARD_MODELS (default: the nearest ./models): qwen2.5-1.5b-instruct (default),
 /// smollm2-135m-instruct.
+///
+/// Typical flow: `fit sarsteer` → `generate --defense sarsteer=DIR` → `eval` / `sweep`.
 #[derive(Parser)]
 #[command(name = "earguard", version, about, long_about)]
 struct Cli {
@@ -23,8 +28,23 @@ struct Cli {
 enum Command {
     /// Show a model's architecture, sizes, quantization and chat template.
     Inspect(commands::InspectArgs),
-    /// Generate a reply to one prompt (streamed to stdout), optionally as JSON.
+    /// Generate a reply to one prompt (streamed to stdout), optionally defended, optionally JSON.
     Generate(commands::GenerateArgs),
+    /// Fit a steering vector from prompt sets (captures are cached and resumable).
+    #[command(subcommand)]
+    Fit(fit::FitCommand),
+    /// Export a steering vector to another tool's format (llama.cpp control vector).
+    Export(fit::ExportArgs),
+    /// Import a llama.cpp control vector as an earguard steering vector.
+    Import(fit::ImportArgs),
+    /// Evaluate a defense: responses, judges, ASR / ORR / NSI with intervals, report + plots.
+    Eval(eval::EvalArgs),
+    /// Merge shard runs (`eval --shard I/N`) into one run and report.
+    Merge(eval::MergeArgs),
+    /// Sweep SARSteer's strength (and layer sets); pick the strongest within an ORR budget.
+    Sweep(eval::SweepArgs),
+    /// The main job: fit SARSteer on the default model and compare defenses end to end.
+    Demo(demo::DemoArgs),
     /// Benchmarks that print ratios against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -35,6 +55,13 @@ fn main() {
     let result = match cli.command {
         Command::Inspect(args) => commands::inspect(args),
         Command::Generate(args) => commands::generate(args),
+        Command::Fit(cmd) => fit::run(cmd),
+        Command::Export(args) => fit::export(args),
+        Command::Import(args) => fit::import(args),
+        Command::Eval(args) => eval::eval(args),
+        Command::Merge(args) => eval::merge(args),
+        Command::Sweep(args) => eval::sweep(args),
+        Command::Demo(args) => demo::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     if let Err(e) = result {

@@ -1,0 +1,191 @@
+//! `earguard demo`: the README's main job. On the default model, text-only, greedy: fit
+//! SARSteer and the refusal direction on the FigStep mirror training set, evaluate none /
+//! prompt / sarsteer / ablate / ablate+sarsteer on a fixed subset of AdvBench mirror pairs,
+//! print the table and write the report with plots.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use earguard_data::{Label, Mode};
+use earguard_eval::plots::{self, ScatterPoint, TradeoffPoint};
+use earguard_eval::report::Report;
+use earguard_model::loader::DEFAULT_MODEL;
+use earguard_model::HookPoint;
+use earguard_steer::artifact::DatasetRef;
+use earguard_steer::inputs::{InputStyle, DEFAULT_INSTRUCTION, DEFAULT_REFUSAL_SUFFIX};
+use earguard_steer::pipeline::{FitSetup, LayerSelection};
+
+use crate::eval::{evaluate, prepare, print_table, tradeoff_point, EvalSettings};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Model path or short name.
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Where shared/data lives (training and evaluation sets).
+    #[arg(long, default_value = "../shared/data")]
+    pub data_dir: PathBuf,
+    /// AdvBench mirror pairs evaluated (each pair = one harmful + one benign prompt).
+    #[arg(long, default_value_t = 12)]
+    pub pairs: usize,
+    /// Tokens per response.
+    #[arg(long, default_value_t = 48)]
+    pub max_tokens: usize,
+    /// SARSteer strength.
+    #[arg(long, default_value_t = 0.1)]
+    pub alpha: f64,
+    /// Output directory (vectors, runs, report.md with plots). Re-running resumes.
+    #[arg(long, short, default_value = "out/demo")]
+    pub out: PathBuf,
+}
+
+pub fn run(args: DemoArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let train = args.data_dir.join("figstep_mirror_train.jsonl");
+    let eval_set = args.data_dir.join("advbench_mirror.jsonl");
+    for p in [&train, &eval_set] {
+        if !p.is_file() {
+            anyhow::bail!("{} not found: pass --data-dir pointing at shared/data", p.display());
+        }
+    }
+    let model = crate::commands::load_model(&args.model, false)?;
+    let (harmful, benign, refs) = crate::fit::read_sets(&[train.clone()], &[], &[], false)?;
+    std::fs::create_dir_all(&args.out)?;
+
+    let setup = FitSetup {
+        model: &model,
+        style: InputStyle::new(Mode::TextOnly),
+        hook: HookPoint::ResidPost(0),
+        batch_size: 8,
+        work_dir: Some(args.out.join("captures")),
+        progress: true,
+        training_sets: refs.clone(),
+    };
+    let sar_dir = args.out.join("vectors/sarsteer");
+    let rd_dir = args.out.join("vectors/refusal-direction");
+    eprintln!("[demo] fitting SARSteer on {} harmful + {} benign prompts", harmful.len(), benign.len());
+    let sar = setup.sarsteer(&harmful, &benign, DEFAULT_REFUSAL_SUFFIX, 10, 1.0)?;
+    sar.save(&sar_dir)?;
+    eprintln!("[demo] fitting the refusal direction (with layer search)");
+    let n = 8.min(harmful.len()).min(benign.len());
+    let selection = LayerSelection {
+        harmful: harmful[harmful.len() - n..].to_vec(),
+        harmless: benign[benign.len() - n..].to_vec(),
+        max_fraction: 0.8,
+        max_kl: 0.1,
+    };
+    let rd = setup.refusal_direction(&harmful, &benign, Some(&selection))?;
+    rd.save(&rd_dir)?;
+    let fit_seconds = t0.elapsed().as_secs_f64();
+
+    let settings = EvalSettings {
+        model: args.model.clone(),
+        data: vec![eval_set],
+        mode: Mode::TextOnly,
+        instruction: DEFAULT_INSTRUCTION.into(),
+        system: None,
+        samples: 1,
+        temperature: 0.0,
+        top_p: None,
+        max_tokens: args.max_tokens,
+        seed: 0,
+        judges: vec!["substring".into(), "refusal-score".into()],
+        batch_size: 8,
+        limit: Some(args.pairs),
+        skip_bad_lines: false,
+        force: false,
+        alpha: Some(args.alpha),
+    };
+    let prepared = prepare(&settings)?;
+    let sar_s = sar_dir.display().to_string();
+    let rd_s = rd_dir.display().to_string();
+    let runs: Vec<(&str, String)> = vec![
+        ("none", "none".into()),
+        ("prompt", "prompt".into()),
+        ("sarsteer", format!("sarsteer={sar_s}")),
+        ("ablate", format!("ablate={rd_s}")),
+        ("ablate+sarsteer", format!("ablate={rd_s}+sarsteer={sar_s}")),
+    ];
+    let base_dir = args.out.join("runs/none");
+    let mut reports: Vec<(String, Report)> = Vec::new();
+    for (name, spec) in &runs {
+        eprintln!("[demo] evaluating {name}");
+        let baseline = (*name != "none").then_some(base_dir.as_path());
+        let r = evaluate(&model, &settings, &prepared, spec, None, baseline, &args.out.join("runs").join(name))?;
+        reports.push((name.to_string(), r));
+    }
+
+    // Plots: the trade-off of every defense, per-layer norms of the fitted directions, and a
+    // 2-D PCA of harmful vs benign representations at the selected layer.
+    let points: Vec<TradeoffPoint> = reports.iter().filter_map(|(n, r)| tradeoff_point(r, n)).collect();
+    plots::tradeoff(&args.out, "tradeoff", &points, "Defenses on AdvBench mirror pairs (text-only)", false)?;
+    let norms = |v: &earguard_steer::artifact::SteeringVector| -> Result<Vec<f32>> {
+        v.directions.values().map(|t| Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?)).collect()
+    };
+    plots::layer_norms(
+        &args.out,
+        "layer_norms",
+        &[("SARSteer v_l".into(), norms(&sar)?), ("refusal direction r_l".into(), norms(&rd)?)],
+        "Per-layer norm of fitted directions",
+    )?;
+    let layer = rd.meta.extra.get("selected_layer").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+    pca_plot(&args.out, layer)?;
+
+    let table: Vec<(String, &Report)> = reports.iter().map(|(n, r)| (n.clone(), r)).collect();
+    println!();
+    println!("earguard demo — {} on {} AdvBench mirror pairs, text-only, greedy, {} tokens", model.info.name, args.pairs, args.max_tokens);
+    print_table(&table);
+    write_summary(&args, &reports, &refs, layer, fit_seconds)?;
+    println!("report: {} ({:.0} s in all)", args.out.join("report.md").display(), t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// PCA of the captured last-position activations (harmful vs benign) at one layer.
+fn pca_plot(out: &Path, layer: usize) -> Result<()> {
+    let mut rows = Vec::new();
+    let mut groups = Vec::new();
+    for (name, label) in [("harmful", Label::Harmful), ("benign", Label::Benign)] {
+        let acts = earguard_steer::capture::read_finished(&out.join("captures").join(name))
+            .with_context(|| format!("reading {name} captures"))?;
+        let at = acts.narrow(1, layer, 1)?.squeeze(1)?.to_vec2::<f32>()?;
+        groups.extend(std::iter::repeat_n(label.to_string(), at.len()));
+        rows.extend(at);
+    }
+    let xy = plots::pca_2d(&rows)?;
+    let points: Vec<ScatterPoint> =
+        xy.into_iter().zip(groups).map(|((x, y), group)| ScatterPoint { x, y, group }).collect();
+    plots::pca_scatter(out, "pca", &points, &format!("Last-position representations, layer {layer} (PCA)"))?;
+    Ok(())
+}
+
+fn write_summary(args: &DemoArgs, reports: &[(String, Report)], refs: &[DatasetRef], layer: usize, fit_s: f64) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut md = String::new();
+    writeln!(md, "# earguard demo\n")?;
+    writeln!(md, "Model `{}`, text-only, greedy, {} tokens per response, substring judge (SPEC §2).", args.model, args.max_tokens)?;
+    writeln!(md, "SARSteer (k = 10, λ = 1, α = {}) and the refusal direction (selected layer {layer}) were fitted on", args.alpha)?;
+    for r in refs {
+        writeln!(md, "`{}` ({} harmful + {} benign, sha256 {}…)", r.path, r.n_harmful, r.n_benign, &r.sha256[..12])?;
+    }
+    writeln!(md, "in {fit_s:.0} s, then evaluated on the first {} pairs of `advbench_mirror.jsonl`.\n", args.pairs)?;
+    writeln!(md, "| defense | ASR (harmful answered) | ORR (benign refused) | mirror pairs split | NSI vs none |")?;
+    writeln!(md, "|---|---|---|---|---|")?;
+    for (name, r) in reports {
+        let split = r.pairs.as_ref().map_or("–".into(), |p| p.split_correctly.display_percent());
+        let nsi = r.baseline.as_ref().and_then(|b| b.nsi).map_or("–".into(), |v| format!("{:+.1} pts", 100.0 * v));
+        writeln!(md, "| `{name}` | {} | {} | {split} | {nsi} |", r.asr_rate.display_percent(), r.orr_rate.display_percent())?;
+    }
+    writeln!(md, "\nEach run's responses and report: `runs/<defense>/`.\n")?;
+    writeln!(md, "![ASR vs ORR](tradeoff.png)\n\n![Per-layer norms](layer_norms.png)\n\n![PCA](pca.png)")?;
+    std::fs::write(args.out.join("report.md"), md)?;
+    let json = serde_json::json!({
+        "model": args.model,
+        "pairs": args.pairs,
+        "selected_layer": layer,
+        "runs": reports.iter().map(|(n, r)| serde_json::json!({"defense": n, "asr": r.asr, "orr": r.orr, "n_harmful": r.n_harmful, "n_benign": r.n_benign, "nsi": r.baseline.as_ref().and_then(|b| b.nsi)})).collect::<Vec<_>>(),
+    });
+    std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&json)?)?;
+    Ok(())
+}

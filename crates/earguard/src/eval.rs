@@ -1,0 +1,348 @@
+//! `earguard eval`, `earguard merge`, `earguard sweep`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use earguard_data::{Mode, PromptSet, ReadOptions};
+use earguard_eval::judge::{self, Judge};
+use earguard_eval::plots::{self, TradeoffPoint};
+use earguard_eval::report::{self, Report};
+use earguard_eval::runner::{self, DataRef, ResultRow, RunConfig, RunItem, RunOptions, Shard};
+use earguard_model::loader::DEFAULT_MODEL;
+use earguard_model::Model;
+use earguard_steer::defense::{self, DefenseSpec};
+use earguard_steer::inputs::{InputStyle, DEFAULT_INSTRUCTION};
+
+/// What every evaluation takes, shared by eval, sweep and demo.
+#[derive(Args, Clone)]
+pub struct EvalSettings {
+    /// Model path or short name.
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Prompt set(s) (JSONL; audio modes need an audio manifest from `earguard tts`).
+    #[arg(long = "data", required = true)]
+    pub data: Vec<PathBuf>,
+    /// Input mode.
+    #[arg(long, default_value = "text-only")]
+    pub mode: Mode,
+    /// Text instruction of audio-text mode.
+    #[arg(long, default_value = DEFAULT_INSTRUCTION)]
+    pub instruction: String,
+    /// System message added to every conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Responses per prompt (SPEC §5 uses 5 sampled; 1 greedy for fast runs).
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling threshold.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Most tokens per response (refusals show in the first few dozen).
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Base seed; each (prompt, sample) gets its own stream, whatever the batching.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Judges, first is primary: substring, substring:extended, refusal-score, llm=MODEL.
+    #[arg(long = "judge", default_values_t = ["substring".to_string(), "refusal-score".to_string()])]
+    pub judges: Vec<String>,
+    /// Prompts per batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Only the first N mirror pairs (or items) of each set.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Report malformed JSONL lines and go on (otherwise the first one stops the run).
+    #[arg(long)]
+    pub skip_bad_lines: bool,
+    /// Skip the model-identity check of steering vectors (sizes are always checked).
+    #[arg(long)]
+    pub force: bool,
+    /// Steering strength for sarsteer / text-steer / cast when the spec does not set alpha.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub settings: EvalSettings,
+    /// Defense spec, e.g. none, prompt, sarsteer=DIR, ablate=DIR+sarsteer=DIR:alpha=0.2.
+    #[arg(long, default_value = "none")]
+    pub defense: String,
+    /// Run only shard I of N (pairs stay together); combine with `earguard merge`.
+    #[arg(long)]
+    pub shard: Option<Shard>,
+    /// A finished run on the same prompts to compare against (NSI, McNemar).
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    /// Run directory (results.jsonl, report.json, report.md, plots). Resumes if it exists.
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct MergeArgs {
+    /// Shard run directories.
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Merged run directory.
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub settings: EvalSettings,
+    /// Steering vector (sarsteer/text-steer fit) to sweep.
+    #[arg(long)]
+    pub vector: PathBuf,
+    /// Steering strengths (α).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.05, 0.1, 0.2])]
+    pub alphas: Vec<f64>,
+    /// Layer sets to try (e.g. 0-27, 8-20); default: every layer of the vector.
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<String>,
+    /// Defense applied before the swept one (e.g. ablate=DIR to test robustness).
+    #[arg(long)]
+    pub under: Option<String>,
+    /// Pick the strongest setting whose ORR stays within this many points of the undefended run.
+    #[arg(long)]
+    pub max_orr: Option<f64>,
+    /// Sweep directory: one run per point plus sweep.json / sweep.md / tradeoff plot.
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+pub struct Prepared {
+    pub items: Vec<RunItem>,
+    pub data: Vec<DataRef>,
+    pub judges: Vec<Box<dyn Judge>>,
+}
+
+pub fn prepare(s: &EvalSettings) -> Result<Prepared> {
+    let opts = ReadOptions { skip_bad_lines: s.skip_bad_lines };
+    let mut sets = Vec::new();
+    for path in &s.data {
+        let mut set = PromptSet::read(path, &opts)?;
+        for bad in &set.skipped {
+            eprintln!("warning: {}:{}: skipped: {}", path.display(), bad.line, bad.message);
+        }
+        if let Some(n) = s.limit {
+            set.items = set.take_pairs(n);
+        }
+        sets.push(set);
+    }
+    let data = sets
+        .iter()
+        .map(|set| DataRef { path: set.path.clone(), sha256: set.sha256.clone(), n_items: set.items.len() })
+        .collect();
+    let judges = s.judges.iter().map(|j| judge::build(j)).collect::<Result<Vec<_>, _>>()?;
+    if judges.is_empty() {
+        bail!("at least one --judge is needed");
+    }
+    Ok(Prepared { items: runner::run_items(&sets, None), data, judges })
+}
+
+/// Run (or resume) one evaluation into `dir` and write its report.
+pub fn evaluate(
+    model: &Model,
+    s: &EvalSettings,
+    prepared: &Prepared,
+    spec_text: &str,
+    shard: Option<Shard>,
+    baseline: Option<&Path>,
+    dir: &Path,
+) -> Result<Report> {
+    let mut spec: DefenseSpec = spec_text.parse()?;
+    if let Some(alpha) = s.alpha {
+        for part in spec.parts.iter_mut().filter(|p| matches!(p.name.as_str(), "sarsteer" | "text-steer" | "cast")) {
+            part.set_default("alpha", alpha.to_string());
+        }
+    }
+    let defense = defense::build(&spec, model, s.force)?;
+    let mut style = InputStyle::new(s.mode);
+    style.instruction = s.instruction.clone();
+    style.system = s.system.clone();
+    let config = RunConfig {
+        model: model.info.name.clone(),
+        model_identity: model.info.identity.clone(),
+        data: prepared.data.clone(),
+        defense: spec.to_string(),
+        mode: s.mode,
+        instruction: s.mode.needs_audio().then(|| s.instruction.clone()),
+        system: s.system.clone(),
+        samples: s.samples.max(1),
+        temperature: s.temperature,
+        top_p: s.top_p,
+        max_tokens: s.max_tokens,
+        seed: s.seed,
+        judges: prepared.judges.iter().map(|j| j.name()).collect(),
+        shard,
+    };
+    let items: Vec<RunItem> = prepared
+        .items
+        .iter()
+        .filter(|r| shard.is_none_or(|sh| sh.contains(&r.item)))
+        .cloned()
+        .collect();
+    if items.is_empty() {
+        bail!("no prompts to evaluate (empty set, or an empty shard)");
+    }
+    let rows = runner::run(
+        model,
+        defense.as_ref(),
+        &prepared.judges,
+        &style,
+        &items,
+        &config,
+        dir,
+        &RunOptions { batch_size: s.batch_size, progress: true },
+    )?;
+    finish_report(&rows, dir, baseline, &config.judges[0], &spec.to_string())
+}
+
+/// Build, plot and write the report of finished rows.
+pub fn finish_report(rows: &[ResultRow], dir: &Path, baseline: Option<&Path>, judge: &str, title: &str) -> Result<Report> {
+    let base_rows = baseline
+        .map(|b| runner::read_results(&b.join(runner::RESULTS)).with_context(|| format!("baseline {}", b.display())))
+        .transpose()?;
+    let base_name = baseline.map(|b| b.display().to_string()).unwrap_or_default();
+    let report = report::build(rows, judge, base_rows.as_deref().map(|r| (base_name.as_str(), r)))?;
+    let mut points = Vec::new();
+    if let Some(base) = &base_rows {
+        let b = report::build(base, judge, None)?;
+        points.extend(tradeoff_point(&b, "baseline"));
+    }
+    points.extend(tradeoff_point(&report, title));
+    let mut links = Vec::new();
+    if !points.is_empty() {
+        plots::tradeoff(dir, "tradeoff", &points, "ASR vs ORR", false)?;
+        links.push(("ASR vs ORR".to_string(), "tradeoff.png".to_string()));
+    }
+    report::write(dir, &report, &format!("earguard eval: {title}"), &links)?;
+    Ok(report)
+}
+
+pub fn tradeoff_point(r: &Report, label: &str) -> Option<TradeoffPoint> {
+    Some(TradeoffPoint {
+        label: label.to_string(),
+        asr: r.asr?,
+        orr: r.orr?,
+        asr_ci: r.asr_rate.ci_low.zip(r.asr_rate.ci_high),
+        orr_ci: r.orr_rate.ci_low.zip(r.orr_rate.ci_high),
+    })
+}
+
+pub fn print_table(rows: &[(String, &Report)]) {
+    println!("{:<34} {:>26} {:>26}", "defense", "ASR (harmful answered)", "ORR (benign refused)");
+    for (name, r) in rows {
+        println!("{:<34} {:>26} {:>26}", name, r.asr_rate.display_percent(), r.orr_rate.display_percent());
+    }
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let prepared = prepare(&args.settings)?;
+    let model = crate::commands::load_model(&args.settings.model, false)?;
+    let report = evaluate(&model, &args.settings, &prepared, &args.defense, args.shard, args.baseline.as_deref(), &args.out)?;
+    print_table(&[(args.defense.clone(), &report)]);
+    if let Some(b) = &report.baseline {
+        if let Some(nsi) = b.nsi {
+            println!("NSI vs {}: {:+.1} points", b.baseline, 100.0 * nsi);
+        }
+    }
+    println!("report: {}", args.out.join("report.md").display());
+    Ok(())
+}
+
+pub fn merge(args: MergeArgs) -> Result<()> {
+    let mut configs: Vec<RunConfig> = Vec::new();
+    let mut rows: Vec<ResultRow> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for dir in &args.dirs {
+        let path = dir.join(runner::CONFIG);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut c: RunConfig = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        c.shard = None;
+        if let Some(first) = configs.first() {
+            if *first != c {
+                bail!("{} was made with another configuration than {}", dir.display(), args.dirs[0].display());
+            }
+        }
+        configs.push(c);
+        for r in runner::read_results(&dir.join(runner::RESULTS))? {
+            if seen.insert((r.id.clone(), r.sample)) {
+                rows.push(r);
+            }
+        }
+    }
+    let config = configs.into_iter().next().context("no directories given")?;
+    runner::prepare_dir(&args.out, &config)?;
+    let mut text = String::new();
+    for r in &rows {
+        text.push_str(&serde_json::to_string(r)?);
+        text.push('\n');
+    }
+    std::fs::write(args.out.join(runner::RESULTS), text)?;
+    let report = finish_report(&rows, &args.out, None, &config.judges[0], &config.defense)?;
+    print_table(&[(config.defense.clone(), &report)]);
+    println!("merged {} responses from {} shards into {}", rows.len(), args.dirs.len(), args.out.display());
+    Ok(())
+}
+
+pub fn sweep(args: SweepArgs) -> Result<()> {
+    let prepared = prepare(&args.settings)?;
+    let model = crate::commands::load_model(&args.settings.model, false)?;
+    std::fs::create_dir_all(&args.out)?;
+    let under = args.under.as_deref().map(|u| format!("{u}+")).unwrap_or_default();
+    let base_spec = args.under.clone().unwrap_or_else(|| "none".into());
+    let base_dir = args.out.join("baseline");
+    eprintln!("sweep: baseline {base_spec}");
+    let base = evaluate(&model, &args.settings, &prepared, &base_spec, None, None, &base_dir)?;
+    let layer_sets = if args.layers.is_empty() { vec![None] } else { args.layers.iter().cloned().map(Some).collect() };
+    let mut points = vec![("baseline".to_string(), base.clone())];
+    for layers in &layer_sets {
+        for &alpha in &args.alphas {
+            let mut opts = vec![format!("alpha={alpha}")];
+            if let Some(l) = layers {
+                opts.push(format!("layers={}", l.replace(',', "|")));
+            }
+            let spec = format!("{under}sarsteer={}:{}", args.vector.display(), opts.join(","));
+            let name = format!("alpha={alpha}{}", layers.as_ref().map(|l| format!(",layers={l}")).unwrap_or_default());
+            eprintln!("sweep: {name}");
+            let r = evaluate(&model, &args.settings, &prepared, &spec, None, Some(&base_dir), &args.out.join(&name))?;
+            points.push((name, r));
+        }
+    }
+    let tradeoff: Vec<TradeoffPoint> = points.iter().filter_map(|(n, r)| tradeoff_point(r, n)).collect();
+    plots::tradeoff(&args.out, "tradeoff", &tradeoff, "SARSteer sweep: ASR vs ORR", true)?;
+    let pick = args.max_orr.and_then(|x| {
+        let limit = base.orr? + x / 100.0;
+        points[1..]
+            .iter()
+            .filter(|(_, r)| r.orr.is_some_and(|o| o <= limit + 1e-12))
+            .min_by(|a, b| a.1.asr.unwrap_or(1.0).total_cmp(&b.1.asr.unwrap_or(1.0)))
+            .map(|(n, _)| n.clone())
+    });
+    let summary = serde_json::json!({
+        "baseline": base_spec,
+        "points": points.iter().map(|(n, r)| serde_json::json!({"setting": n, "asr": r.asr, "orr": r.orr, "nsi": r.baseline.as_ref().and_then(|b| b.nsi)})).collect::<Vec<_>>(),
+        "max_orr_points": args.max_orr,
+        "picked": pick,
+    });
+    std::fs::write(args.out.join("sweep.json"), serde_json::to_string_pretty(&summary)?)?;
+    let table: Vec<(String, &Report)> = points.iter().map(|(n, r)| (n.clone(), r)).collect();
+    print_table(&table);
+    match (&pick, args.max_orr) {
+        (Some(p), Some(x)) => println!("strongest setting within {x} ORR points of the baseline: {p}"),
+        (None, Some(x)) => println!("no setting keeps ORR within {x} points of the baseline"),
+        _ => {}
+    }
+    println!("sweep: {}", args.out.join("sweep.json").display());
+    Ok(())
+}

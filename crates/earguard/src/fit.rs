@@ -1,0 +1,265 @@
+//! `earguard fit sarsteer | refusal-direction | cast`, `earguard export`, `earguard import`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use earguard_data::{Label, Mode, PromptItem, PromptSet, ReadOptions};
+use earguard_model::loader::DEFAULT_MODEL;
+use earguard_model::{HookPoint, Model};
+use earguard_steer::artifact::{DatasetRef, SteeringVector};
+use earguard_steer::inputs::{InputStyle, DEFAULT_INSTRUCTION, DEFAULT_REFUSAL_SUFFIX};
+use earguard_steer::pipeline::{FitSetup, LayerSelection};
+
+#[derive(Subcommand)]
+pub enum FitCommand {
+    /// SARSteer: text-derived refusal steering with safe-space ablation (SPEC §1).
+    Sarsteer(SarsteerArgs),
+    /// Harmful-minus-benign refusal direction per layer, with layer selection (Arditi et al.).
+    RefusalDirection(RefusalArgs),
+    /// Conditional activation steering: behaviour vectors plus a harmfulness condition.
+    Cast(CastArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct FitCommon {
+    /// Model path or short name.
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Prompt set(s) (JSONL). Items are split by their "label"; a mirror set holds both.
+    #[arg(long = "data")]
+    pub data: Vec<PathBuf>,
+    /// Extra prompt set(s) whose items are all used as harmful.
+    #[arg(long)]
+    pub harmful: Vec<PathBuf>,
+    /// Extra prompt set(s) whose items are all used as benign.
+    #[arg(long)]
+    pub benign: Vec<PathBuf>,
+    /// Input mode of the fit.
+    #[arg(long, default_value = "text-only")]
+    pub mode: Mode,
+    /// Text instruction t of audio-text mode.
+    #[arg(long, default_value = DEFAULT_INSTRUCTION)]
+    pub instruction: String,
+    /// At most this many harmful and this many benign prompts (file order).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Hook kind whose last-position activation is fitted and steered.
+    #[arg(long, default_value = "resid_post")]
+    pub hook: String,
+    /// Prompts per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Report malformed JSONL lines and go on instead of stopping.
+    #[arg(long)]
+    pub skip_bad_lines: bool,
+    /// Output directory: vectors.safetensors + meta.json (captures are cached in OUT/captures).
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct SarsteerArgs {
+    #[command(flatten)]
+    pub common: FitCommon,
+    /// Benign principal directions removed from the steering vector.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Weight of the safe-space ablation (0 keeps the raw suffix contrast).
+    #[arg(long, default_value_t = 1.0)]
+    pub lambda: f64,
+    /// Refusal suffix r glued to the user's text.
+    #[arg(long, default_value = DEFAULT_REFUSAL_SUFFIX)]
+    pub suffix: String,
+}
+
+#[derive(Args)]
+pub struct RefusalArgs {
+    #[command(flatten)]
+    pub common: FitCommon,
+    /// Skip the layer search (ablate/actadd then default to the middle layer).
+    #[arg(long)]
+    pub no_select: bool,
+    /// Prompts per label held for the layer search (taken from the end of the sets).
+    #[arg(long, default_value_t = 8)]
+    pub select_prompts: usize,
+}
+
+#[derive(Args)]
+pub struct CastArgs {
+    #[command(flatten)]
+    pub common: FitCommon,
+    /// Default steering strength stored in the artifact.
+    #[arg(long, default_value_t = 0.1)]
+    pub alpha: f64,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Format to write.
+    #[arg(long, value_enum, default_value = "llama-cpp")]
+    pub format: ExportFormat,
+    /// Steering vector directory.
+    pub vector: PathBuf,
+    /// Output file (.gguf).
+    pub out: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    /// llama.cpp control vector GGUF.
+    LlamaCpp,
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// llama.cpp control vector GGUF.
+    pub input: PathBuf,
+    /// Output steering-vector directory.
+    pub out: PathBuf,
+    /// Model the vector is for (fills in identity and checks sizes).
+    #[arg(long, short)]
+    pub model: Option<String>,
+}
+
+/// Read prompt sets and split them into harmful and benign items.
+pub fn read_sets(
+    data: &[PathBuf],
+    harmful: &[PathBuf],
+    benign: &[PathBuf],
+    skip_bad_lines: bool,
+) -> Result<(Vec<PromptItem>, Vec<PromptItem>, Vec<DatasetRef>)> {
+    let opts = ReadOptions { skip_bad_lines };
+    let (mut h, mut b, mut refs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut read = |path: &Path, force: Option<Label>| -> Result<()> {
+        let set = PromptSet::read(path, &opts)?;
+        for bad in &set.skipped {
+            eprintln!("warning: {}:{}: skipped: {}", path.display(), bad.line, bad.message);
+        }
+        for item in set.items {
+            match force.unwrap_or(item.label) {
+                Label::Harmful => h.push(item),
+                Label::Benign => b.push(item),
+            }
+        }
+        refs.push(DatasetRef::from_file(path)?);
+        Ok(())
+    };
+    for p in data {
+        read(p, None)?;
+    }
+    for p in harmful {
+        read(p, Some(Label::Harmful))?;
+    }
+    for p in benign {
+        read(p, Some(Label::Benign))?;
+    }
+    Ok((h, b, refs))
+}
+
+fn setup<'a>(model: &'a Model, c: &FitCommon, refs: Vec<DatasetRef>) -> Result<FitSetup<'a>> {
+    let hook: HookPoint = format!("{}.0", c.hook)
+        .parse()
+        .with_context(|| format!("--hook {}", c.hook))?;
+    let mut style = InputStyle::new(c.mode);
+    style.instruction = c.instruction.clone();
+    Ok(FitSetup {
+        model,
+        style,
+        hook,
+        batch_size: c.batch_size,
+        work_dir: Some(c.out.join("captures")),
+        progress: true,
+        training_sets: refs,
+    })
+}
+
+fn limited(mut v: Vec<PromptItem>, limit: Option<usize>) -> Vec<PromptItem> {
+    if let Some(n) = limit {
+        v.truncate(n);
+    }
+    v
+}
+
+pub fn run(cmd: FitCommand) -> Result<()> {
+    let t0 = Instant::now();
+    let (common, kind) = match &cmd {
+        FitCommand::Sarsteer(a) => (&a.common, "sarsteer"),
+        FitCommand::RefusalDirection(a) => (&a.common, "refusal-direction"),
+        FitCommand::Cast(a) => (&a.common, "cast"),
+    };
+    let (harmful, benign, refs) =
+        read_sets(&common.data, &common.harmful, &common.benign, common.skip_bad_lines)?;
+    let (harmful, benign) = (limited(harmful, common.limit), limited(benign, common.limit));
+    if harmful.is_empty() || benign.is_empty() {
+        bail!(
+            "a fit needs harmful and benign prompts: got {} harmful and {} benign",
+            harmful.len(),
+            benign.len()
+        );
+    }
+    let model = crate::commands::load_model(&common.model, false)?;
+    let setup = setup(&model, common, refs)?;
+    eprintln!("fitting {kind} on {} harmful + {} benign prompts ({} mode)", harmful.len(), benign.len(), common.mode);
+    let vector = match &cmd {
+        FitCommand::Sarsteer(a) => setup.sarsteer(&harmful, &benign, &a.suffix, a.k, a.lambda)?,
+        FitCommand::RefusalDirection(a) => {
+            let selection = (!a.no_select).then(|| {
+                let n = a.select_prompts.min(harmful.len()).min(benign.len());
+                LayerSelection {
+                    harmful: harmful[harmful.len() - n..].to_vec(),
+                    harmless: benign[benign.len() - n..].to_vec(),
+                    max_fraction: 0.8,
+                    max_kl: 0.1,
+                }
+            });
+            setup.refusal_direction(&harmful, &benign, selection.as_ref())?
+        }
+        FitCommand::Cast(a) => setup.cast(&harmful, &benign, a.alpha)?,
+    };
+    vector.save(&common.out)?;
+    print_summary(&vector, &common.out, t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn print_summary(v: &SteeringVector, out: &Path, seconds: f64) {
+    let norms: Vec<String> = v
+        .directions
+        .values()
+        .map(|t| {
+            let n = t.sqr().and_then(|s| s.sum_all()).and_then(|s| s.sqrt()).and_then(|s| s.to_scalar::<f32>());
+            n.map_or("?".into(), |n| format!("{n:.2}"))
+        })
+        .collect();
+    println!("wrote {} ({} layers, method {}) in {seconds:.1}s", out.display(), v.directions.len(), v.meta.method);
+    println!("per-layer norms: {}", norms.join(" "));
+    if let Some(l) = v.meta.extra.get("selected_layer") {
+        println!("selected layer: {l}");
+    }
+}
+
+pub fn export(args: ExportArgs) -> Result<()> {
+    let vector = SteeringVector::load(&args.vector)?;
+    match args.format {
+        ExportFormat::LlamaCpp => {
+            let report = earguard_steer::llamacpp::export_control_vector(&vector, &args.out)?;
+            println!("wrote {} (layers {:?})", report.path.display(), report.written);
+            for s in &report.skipped {
+                eprintln!("warning: layer {} not exported: {}", s.layer, s.reason);
+            }
+            for n in &report.notes {
+                eprintln!("note: {n}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn import(args: ImportArgs) -> Result<()> {
+    let model = args.model.as_deref().map(|m| crate::commands::load_model(m, false)).transpose()?;
+    let vector = earguard_steer::llamacpp::import_control_vector(&args.input, model.as_ref().map(|m| &m.info))?;
+    vector.save(&args.out)?;
+    println!("wrote {} ({} layers)", args.out.display(), vector.directions.len());
+    Ok(())
+}
