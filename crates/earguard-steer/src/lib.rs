@@ -11,5 +11,6 @@ pub mod error;
 pub mod fit;
 pub mod inputs;
 pub mod llamacpp;
+pub mod pipeline;
 
 pub use error::{Result, SteerError};
