@@ -340,7 +340,7 @@ impl Decoder {
                 None
             }
             Logits::Last => {
-                let h = self.norm.forward(&x.i((.., q - 1..q, ..))?)?;
+                let h = self.norm.forward(&x.i((.., q - 1..q, ..))?.contiguous()?)?;
                 let h = hook(HookPoint::FinalNorm, h)?;
                 Some(self.lm_head.forward(&h)?.squeeze(1)?)
             }

@@ -14,6 +14,27 @@ use serde_json::json;
 pub enum BenchCommand {
     /// Decode and prefill tokens/s: ours (empty plan), ours steered, candle's stock model.
     Decode(DecodeArgs),
+    /// Responses/s of batched generation (batch 1 vs batch N) on the same prompts.
+    Eval(EvalBenchArgs),
+}
+
+#[derive(Args)]
+pub struct EvalBenchArgs {
+    /// Model path or short name.
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Prompt set whose first prompts are used.
+    #[arg(long, default_value = "../shared/data/advbench_mirror.jsonl")]
+    pub data: std::path::PathBuf,
+    /// Number of prompts (and the large batch size).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens per response.
+    #[arg(long, default_value_t = 32)]
+    pub max_tokens: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -33,11 +54,15 @@ pub struct DecodeArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also time these defenses (specs as in `eval --defense`, e.g. sarsteer=DIR, cast=DIR).
+    #[arg(long = "defense")]
+    pub defenses: Vec<String>,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Decode(args) => decode(args),
+        BenchCommand::Eval(args) => eval_batching(args),
     }
 }
 
@@ -163,11 +188,18 @@ fn decode(args: DecodeArgs) -> Result<()> {
     }
     let stock = Stock { path: model.info.path.clone(), arch: model.info.architecture };
     let stock_model = stock.load().context("loading candle's stock model")?;
-    let mut runners: Vec<(&str, Box<dyn Runner + '_>)> = vec![
-        ("ours", Box::new(Ours { model: &model, plan: InterventionPlan::new() })),
-        ("steered", Box::new(Ours { model: &model, plan: steer })),
-        ("stock", Box::new(StockRunner(stock_model))),
+    let mut runners: Vec<(String, Box<dyn Runner + '_>)> = vec![
+        ("ours".into(), Box::new(Ours { model: &model, plan: InterventionPlan::new() })),
+        ("steered".into(), Box::new(Ours { model: &model, plan: steer })),
+        ("stock".into(), Box::new(StockRunner(stock_model))),
     ];
+    for spec in &args.defenses {
+        let parsed: earguard_steer::defense::DefenseSpec = spec.parse()?;
+        let defense = earguard_steer::defense::build(&parsed, &model, false)?;
+        // The plan of a one-prompt batch (CAST decides here, from its probe pass).
+        let plan = defense.plan(&model, std::slice::from_ref(&prompt))?;
+        runners.push((spec.clone(), Box::new(Ours { model: &model, plan })));
+    }
     let mut best: Vec<Option<Timing>> = vec![None; runners.len()];
     // Warm-up (page in weights, allocator), then interleaved repeats.
     for (_, r) in runners.iter_mut() {
@@ -192,8 +224,14 @@ fn decode(args: DecodeArgs) -> Result<()> {
         }
     }
     progress.finish_and_clear();
-    let [ours, steered, stock] = [best[0], best[1], best[2]].map(|t| t.expect("measured"));
     let tok_s = |n: usize, s: f64| n as f64 / s.max(1e-12);
+    let best: Vec<Timing> = best.into_iter().map(|t| t.context("variant was not measured")).collect::<Result<_>>()?;
+    let (ours, steered, stock) = (best[0], best[1], best[2]);
+    let defenses: Vec<serde_json::Value> = runners[3..]
+        .iter()
+        .zip(&best[3..])
+        .map(|((name, _), t)| json!({"defense": name, "decode_tok_s": tok_s(args.tokens, t.decode_s), "time_vs_no_defense": t.decode_s / ours.decode_s}))
+        .collect();
     let report = json!({
         "model": model.info.name,
         "threads": candle_core::utils::get_num_threads(),
@@ -208,6 +246,7 @@ fn decode(args: DecodeArgs) -> Result<()> {
         "ours_over_stock_decode": stock.decode_s / ours.decode_s,
         "ours_over_stock_prefill": stock.prefill_s / ours.prefill_s,
         "steered_over_unsteered_time": steered.decode_s / ours.decode_s,
+        "defenses": defenses,
     });
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -222,11 +261,67 @@ fn decode(args: DecodeArgs) -> Result<()> {
             tok_s(prompt.len(), t.prefill_s)
         );
     }
+    for ((name, _), t) in runners[3..].iter().zip(&best[3..]) {
+        println!("defense {name}: decode {:.2} tok/s, time vs no defense {:.3}", tok_s(args.tokens, t.decode_s), t.decode_s / ours.decode_s);
+    }
     println!(
         "ours/stock speed: decode {:.3}×, prefill {:.3}×   steered/unsteered decode time: {:.3}",
         stock.decode_s / ours.decode_s,
         stock.prefill_s / ours.prefill_s,
         steered.decode_s / ours.decode_s
     );
+    Ok(())
+}
+
+/// Responses/s at batch 1 and at batch N on the same prompts, greedy, no early stop.
+fn eval_batching(args: EvalBenchArgs) -> Result<()> {
+    use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
+    let set = earguard_data::PromptSet::read(&args.data, &Default::default())?;
+    let model = crate::commands::load_model(&args.model, args.json)?;
+    let prompts: Vec<Vec<u32>> = set
+        .items
+        .iter()
+        .take(args.batch.max(1))
+        .map(|i| model.encode_chat(None, &i.text))
+        .collect::<Result<_, _>>()?;
+    // No stop tokens: every response has exactly max_tokens, so both runs do the same work.
+    let request = GenerateRequest {
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams::greedy(),
+        stop_tokens: &[],
+        pad_token: model.tokenizer.pad_id(),
+        score_tokens: &[],
+    };
+    let plan = InterventionPlan::new();
+    let t0 = Instant::now();
+    for p in &prompts {
+        generate_batch(&model.decoder, std::slice::from_ref(p), &request, &plan, None, |_, _| {})?;
+    }
+    let single = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    generate_batch(&model.decoder, &prompts, &request, &plan, None, |_, _| {})?;
+    let batched = t1.elapsed().as_secs_f64();
+    let n = prompts.len() as f64;
+    let report = json!({
+        "model": model.info.name,
+        "prompts": prompts.len(),
+        "max_tokens": args.max_tokens,
+        "batch1_responses_s": n / single,
+        "batched_responses_s": n / batched,
+        "speedup": single / batched,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} prompts × {} tokens: batch 1 {:.3} responses/s, batch {} {:.3} responses/s, speed-up {:.2}×",
+            prompts.len(),
+            args.max_tokens,
+            n / single,
+            prompts.len(),
+            n / batched,
+            single / batched
+        );
+    }
     Ok(())
 }
