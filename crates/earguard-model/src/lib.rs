@@ -6,13 +6,16 @@
 
 pub mod chat;
 pub mod config;
+pub mod ct2;
 pub mod decoder;
 pub mod error;
 pub mod generate;
 pub mod hooks;
 pub mod loader;
+pub mod qwen2_audio;
 pub mod tokenizer;
 pub mod weights;
+pub mod whisper;
 
 pub use config::{Architecture, DecoderConfig};
 pub use decoder::{Decoder, ForwardOutput, KvCache, Logits};

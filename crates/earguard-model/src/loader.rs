@@ -16,6 +16,7 @@ use crate::chat::{ChatMessage, ChatTemplate};
 use crate::config::DecoderConfig;
 use crate::decoder::Decoder;
 use crate::error::{ModelError, Result};
+use crate::qwen2_audio::{self, AudioTower, AudioTowerInfo, Qwen2AudioConfig};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{safetensor_files, GgufWeights, SafeTensorWeights, WeightStore};
 
@@ -47,6 +48,9 @@ pub struct ModelInfo {
     /// sha256 over the checkpoint's headers (GGUF header / config + safetensors headers):
     /// cheap to compute, and changes whenever the weights' layout or metadata does.
     pub identity: String,
+    /// The audio encoder of an audio-language model (Qwen2-Audio); absent for text models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_tower: Option<AudioTowerInfo>,
 }
 
 pub struct Model {
@@ -54,6 +58,9 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     pub chat_template: Option<ChatTemplate>,
     pub info: ModelInfo,
+    /// Audio tower + projector of an audio-language model (Qwen2-Audio); `decoder` is its
+    /// language model, usable on text alone.
+    pub audio: Option<AudioTower>,
 }
 
 /// The models directory: `$EARGUARD_MODELS`, else the first `models/` found walking up from
@@ -141,14 +148,23 @@ fn load_gguf(path: &Path, name: String) -> Result<Model> {
     let store = WeightStore::Gguf(weights);
     let decoder = Decoder::load(cfg, &store, "")?;
     let info = model_info(name, path, "gguf", &decoder, &store, chat_template.is_some(), identity);
-    Ok(Model { decoder, tokenizer, chat_template, info })
+    Ok(Model { decoder, tokenizer, chat_template, info, audio: None })
 }
 
 fn load_hf_dir(dir: &Path, name: String) -> Result<Model> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path)
         .map_err(|e| ModelError::file(&config_path, format!("cannot read: {e}")))?;
-    let cfg = DecoderConfig::from_hf_json(&text, &config_path)?;
+    // Qwen2-Audio: decoder under `language_model.`, plus audio tower and projector.
+    let audio_cfg = if Qwen2AudioConfig::is_qwen2_audio(&text) {
+        Some(Qwen2AudioConfig::from_json(&text, &config_path)?)
+    } else {
+        None
+    };
+    let (cfg, prefix) = match &audio_cfg {
+        Some(a) => (a.text.clone(), qwen2_audio::LANGUAGE_MODEL_PREFIX),
+        None => (DecoderConfig::from_hf_json(&text, &config_path)?, ""),
+    };
     let shards = safetensor_files(dir)?;
     let mut hasher = Sha256::new();
     hasher.update(text.as_bytes());
@@ -159,10 +175,16 @@ fn load_hf_dir(dir: &Path, name: String) -> Result<Model> {
     let store = WeightStore::SafeTensors(SafeTensorWeights::open(shards)?);
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
     let chat_template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
-    let decoder = Decoder::load(cfg, &store, "")?;
-    let info =
+    let chat_template = match &audio_cfg {
+        Some(_) => Some(qwen2_audio::chat_template(dir, chat_template)?),
+        None => chat_template,
+    };
+    let decoder = Decoder::load(cfg, &store, prefix)?;
+    let audio = audio_cfg.as_ref().map(|a| AudioTower::load(a, &store)).transpose()?;
+    let mut info =
         model_info(name, dir, "safetensors", &decoder, &store, chat_template.is_some(), identity);
-    Ok(Model { decoder, tokenizer, chat_template, info })
+    info.audio_tower = audio.as_ref().map(AudioTower::info);
+    Ok(Model { decoder, tokenizer, chat_template, info, audio })
 }
 
 /// The 8-byte length plus JSON header of a safetensors file.
@@ -219,6 +241,7 @@ fn model_info(
         quantization: store.quantization(),
         chat_template,
         identity,
+        audio_tower: None,
     }
 }
 

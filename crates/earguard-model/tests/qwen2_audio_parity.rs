@@ -1,0 +1,331 @@
+//! Qwen2-Audio against HF transformers (`Qwen2AudioForConditionalGeneration`) on the tiny random
+//! checkpoint: audio tower output (all 750 pooled rows), projected audio features, merged input
+//! embeddings, per-layer decoder outputs, final norm and logits; plus the processor's token
+//! count / placeholder expansion and the chat template. Fixtures: scripts/make_fixtures.py (see
+//! tests/fixtures/hf/README.md). Tolerance: 1e-4 absolute, f32.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use earguard_model::chat::ChatMessage;
+use earguard_model::qwen2_audio::{
+    expand_audio_ids, expand_audio_placeholders, n_audio_tokens, AudioLanguageModel, AudioTokenIds,
+    AudioTowerInfo,
+};
+use earguard_model::{HookPoint, InterventionPlan, Logits, Positions};
+
+const TOL: f32 = 1e-4;
+const AUDIO_ID: u32 = 499;
+const BOS_ID: u32 = 500;
+const EOS_ID: u32 = 501;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/tiny-qwen2-audio")
+}
+
+fn expected() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture().join("expected.safetensors"), &Device::Cpu).unwrap()
+}
+
+/// `__metadata__` of expected.safetensors (the safetensors header's JSON).
+fn metadata() -> serde_json::Map<String, serde_json::Value> {
+    let mut f = std::fs::File::open(fixture().join("expected.safetensors")).unwrap();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).unwrap();
+    let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
+    f.read_exact(&mut header).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    v["__metadata__"].as_object().unwrap().clone()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn check(name: &str, got: &Tensor, want: &Tensor) {
+    let d = max_diff(got, want);
+    println!("{name}: max abs diff {d:.3e}");
+    assert!(d < TOL, "{name} differs by {d}");
+}
+
+fn valid_frames(exp: &HashMap<String, Tensor>) -> usize {
+    let mask: Vec<i64> = exp["feature_attention_mask"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    mask.iter().filter(|&&m| m == 1).count()
+}
+
+#[test]
+fn qwen2_audio_matches_hf_end_to_end() {
+    let model = AudioLanguageModel::from_dir(&fixture()).unwrap();
+    let exp = expected();
+    assert_eq!(model.config.audio_token_index, AUDIO_ID);
+    let features = &exp["input_features"];
+    let valid = valid_frames(&exp);
+    assert_eq!(valid, 1234);
+    let n = model.n_audio_tokens(valid);
+    assert_eq!(n, 308);
+
+    // Tower output: all 750 rows (rows past 308 check that queries are not masked).
+    let pooled = model.audio.encode_pooled(features, &[valid]).unwrap();
+    check("audio_encoder_out", &pooled, &exp["audio_encoder_out"]);
+
+    let audio = model.encode_audio(features, valid).unwrap();
+    check("audio_features", &audio, &exp["audio_features"]);
+    // [n_mels, frames] input (what a mel extractor returns) gives the same rows.
+    let audio2 = model
+        .encode_audio(&features.squeeze(0).unwrap(), valid)
+        .unwrap();
+    assert_eq!(max_diff(&audio, &audio2), 0.0);
+
+    let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
+    let ids_vec: Vec<u32> = ids.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(ids_vec.iter().filter(|&&t| t == AUDIO_ID).count(), n);
+    let embeds = model.merge(&ids, &audio).unwrap();
+    check("inputs_embeds", &embeds, &exp["inputs_embeds"]);
+
+    let n_layers = model.decoder.config().n_layers;
+    let mut plan = InterventionPlan::new().capture(HookPoint::FinalNorm, Positions::All);
+    for l in 0..n_layers {
+        plan = plan.capture(HookPoint::ResidPost(l), Positions::All);
+    }
+    let mut cache = model.decoder.new_cache(vec![0]);
+    let out = model
+        .decoder
+        .forward_embeds(embeds, &mut cache, &plan, Logits::All)
+        .unwrap();
+    for l in 0..n_layers {
+        let got = out.captures.get(HookPoint::ResidPost(l)).unwrap();
+        check(
+            &format!("resid_post.{l}"),
+            got,
+            &exp[&format!("resid_post.{l}")],
+        );
+    }
+    check(
+        "final_norm",
+        out.captures.get(HookPoint::FinalNorm).unwrap(),
+        &exp["final_norm"],
+    );
+    check("logits", out.logits.as_ref().unwrap(), &exp["logits"]);
+}
+
+#[test]
+fn merge_refuses_a_count_mismatch() {
+    let model = AudioLanguageModel::from_dir(&fixture()).unwrap();
+    let exp = expected();
+    let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
+    let short = exp["audio_features"].i(0..307).unwrap();
+    let err = model.merge(&ids, &short).unwrap_err().to_string();
+    assert!(err.contains("308") && err.contains("307"), "{err}");
+    // Wrong width is refused too.
+    let wide = Tensor::zeros((308, 65), DType::F32, &Device::Cpu).unwrap();
+    assert!(model.merge(&ids, &wide).is_err());
+    // Features of the wrong length or mel count are refused with a clear message.
+    let f = &exp["input_features"];
+    let err = model
+        .encode_audio(&f.narrow(2, 0, 2999).unwrap(), 1234)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("3000"), "{err}");
+    let err = model
+        .encode_audio(&f.narrow(1, 0, 80).unwrap(), 1234)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mel bins"), "{err}");
+    let err = model.encode_audio(f, 0).unwrap_err().to_string();
+    assert!(err.contains("valid audio frame count 0"), "{err}");
+}
+
+/// The processor's expansion, on ids: collapsing the 308 copies back to one placeholder and
+/// expanding again gives exactly the fixture's input_ids.
+#[test]
+fn placeholder_expansion_reproduces_the_processor_ids() {
+    let exp = expected();
+    let ids: Vec<u32> = exp["input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(
+        (ids[20], ids[21], ids[328], ids[329]),
+        (BOS_ID, AUDIO_ID, AUDIO_ID, EOS_ID)
+    );
+    let mut collapsed = ids[..22].to_vec();
+    collapsed.extend_from_slice(&ids[329..]);
+    let tokens = AudioTokenIds {
+        audio: AUDIO_ID,
+        bos: BOS_ID,
+        eos: EOS_ID,
+    };
+    let expanded =
+        expand_audio_ids(&collapsed, tokens, &[n_audio_tokens(valid_frames(&exp))]).unwrap();
+    assert_eq!(expanded, ids);
+
+    let prompt = metadata()["prompt"].as_str().unwrap().to_string();
+    assert_eq!(prompt.matches("<|AUDIO|>").count(), 1);
+    let text = expand_audio_placeholders(&prompt, &[308]).unwrap();
+    assert_eq!(text.matches("<|AUDIO|>").count(), 308);
+    assert!(text.contains("<|audio_bos|><|AUDIO|>") && text.contains("<|AUDIO|><|audio_eos|>"));
+}
+
+fn audio_messages() -> Vec<ChatMessage> {
+    vec![ChatMessage {
+        role: "user".into(),
+        content: serde_json::json!([
+            {"type": "audio", "audio_url": "synthetic.wav"},
+            {"type": "text", "text": "What is it?"}
+        ]),
+    }]
+}
+
+/// `earguard_model::load` on the HF directory: audio tower found, the chat template renders
+/// the processor's prompt, tokenizer + expansion give the fixture's ids, and the loaded model
+/// reproduces HF's logits; the decoder alone still serves text prompts.
+#[test]
+fn loader_recognises_qwen2_audio() {
+    let model = earguard_model::load(fixture().to_str().unwrap()).unwrap();
+    let exp = expected();
+    let audio = model
+        .audio
+        .as_ref()
+        .expect("the loader found no audio tower");
+    assert_eq!(
+        model.info.audio_tower,
+        Some(AudioTowerInfo {
+            n_layers: 2,
+            d_model: 64,
+            n_mels: 128
+        })
+    );
+    assert_eq!(
+        (
+            model.info.architecture,
+            model.info.n_layers,
+            model.info.vocab_size
+        ),
+        ("qwen2", 2, 512)
+    );
+    let info_json = serde_json::to_value(&model.info).unwrap();
+    assert_eq!(info_json["audio_tower"]["n_mels"], 128);
+
+    let prompt = model.render_chat(&audio_messages()).unwrap();
+    assert_eq!(prompt, metadata()["prompt"].as_str().unwrap());
+    let want: Vec<u32> = exp["input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let valid = valid_frames(&exp);
+    let ids = model
+        .tokenizer
+        .encode(
+            &expand_audio_placeholders(&prompt, &[n_audio_tokens(valid)]).unwrap(),
+            false,
+        )
+        .unwrap();
+    assert_eq!(ids, want);
+    let t = |s: &str| model.tokenizer.token_to_id(s).unwrap();
+    let tokens = AudioTokenIds {
+        audio: t("<|AUDIO|>"),
+        bos: t("<|audio_bos|>"),
+        eos: t("<|audio_eos|>"),
+    };
+    assert_eq!(
+        tokens,
+        AudioTokenIds {
+            audio: AUDIO_ID,
+            bos: BOS_ID,
+            eos: EOS_ID
+        }
+    );
+    let short = model.tokenizer.encode(&prompt, false).unwrap();
+    assert_eq!(
+        expand_audio_ids(&short, tokens, &[n_audio_tokens(valid)]).unwrap(),
+        want
+    );
+
+    let feats = audio.encode(&exp["input_features"], valid).unwrap();
+    let ids_t = Tensor::new(want.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let embeds = audio.merge(&model.decoder, &ids_t, &feats).unwrap();
+    let mut cache = model.decoder.new_cache(vec![0]);
+    let out = model
+        .decoder
+        .forward_embeds(embeds, &mut cache, &InterventionPlan::new(), Logits::Last)
+        .unwrap();
+    let last = exp["logits"].i((.., 340, ..)).unwrap();
+    check("loader logits[-1]", out.logits.as_ref().unwrap(), &last);
+
+    // Text-only use of the audio model's language model.
+    let text_ids = model.encode_chat(None, "Hello you!").unwrap();
+    let ids_t = Tensor::new(text_ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mut cache = model.decoder.new_cache(vec![0]);
+    let logits = model
+        .decoder
+        .forward(&ids_t, &mut cache, &InterventionPlan::new(), Logits::Last)
+        .unwrap();
+    assert_eq!(logits.logits.unwrap().dims(), &[1, 512]);
+}
+
+/// A copy of the fixture directory with some files replaced or added.
+fn fixture_variant(tag: &str, edit: impl FnOnce(&Path)) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("earguard-qwen2-audio-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture()).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    edit(&dir);
+    dir
+}
+
+/// Where the template comes from: a text-only ChatML template in tokenizer_config.json is
+/// replaced by transformers' default Qwen2-Audio template; a processor `chat_template.json`
+/// wins over everything.
+#[test]
+fn audio_chat_template_is_found_like_the_processor_finds_it() {
+    let want = metadata()["prompt"].as_str().unwrap().to_string();
+    let text_only = fixture_variant("chatml", |dir| {
+        let p = dir.join("tokenizer_config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        cfg["chat_template"] = serde_json::Value::String(
+            "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}".into(),
+        );
+        std::fs::write(&p, serde_json::to_string(&cfg).unwrap()).unwrap();
+    });
+    let model = earguard_model::load(text_only.to_str().unwrap()).unwrap();
+    assert_eq!(model.render_chat(&audio_messages()).unwrap(), want);
+    std::fs::remove_dir_all(&text_only).unwrap();
+
+    let processor = fixture_variant("processor", |dir| {
+        let t = serde_json::json!({"chat_template": "{% for m in messages %}[{{ m['role'] }}]{% endfor %}"});
+        std::fs::write(dir.join("chat_template.json"), t.to_string()).unwrap();
+    });
+    let model = earguard_model::load(processor.to_str().unwrap()).unwrap();
+    assert_eq!(model.render_chat(&audio_messages()).unwrap(), "[user]");
+    std::fs::remove_dir_all(&processor).unwrap();
+}
