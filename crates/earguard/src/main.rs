@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod convert;
 mod demo;
 mod eval;
 mod fit;
@@ -45,6 +46,8 @@ enum Command {
     Sweep(eval::SweepArgs),
     /// The main job: fit SARSteer on the default model and compare defenses end to end.
     Demo(demo::DemoArgs),
+    /// Convert checkpoints from other formats (CTranslate2 Whisper → HF safetensors).
+    Convert(convert::ConvertArgs),
     /// Benchmarks that print ratios against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -62,6 +65,7 @@ fn main() {
         Command::Merge(args) => eval::merge(args),
         Command::Sweep(args) => eval::sweep(args),
         Command::Demo(args) => demo::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Bench(cmd) => bench::run(cmd),
     };
     if let Err(e) = result {
