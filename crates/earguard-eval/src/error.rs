@@ -20,7 +20,10 @@ pub enum EvalError {
 
 impl EvalError {
     pub fn io(path: impl Into<PathBuf>, e: impl std::fmt::Display) -> Self {
-        EvalError::Io { path: path.into(), message: e.to_string() }
+        EvalError::Io {
+            path: path.into(),
+            message: e.to_string(),
+        }
     }
 }
 

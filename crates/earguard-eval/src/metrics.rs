@@ -26,8 +26,20 @@ pub struct Rate {
 impl Rate {
     pub fn new(k: usize, n: usize) -> Self {
         match wilson(k, n) {
-            None => Rate { k, n, value: None, ci_low: None, ci_high: None },
-            Some((lo, hi)) => Rate { k, n, value: Some(k as f64 / n as f64), ci_low: Some(lo), ci_high: Some(hi) },
+            None => Rate {
+                k,
+                n,
+                value: None,
+                ci_low: None,
+                ci_high: None,
+            },
+            Some((lo, hi)) => Rate {
+                k,
+                n,
+                value: Some(k as f64 / n as f64),
+                ci_low: Some(lo),
+                ci_high: Some(hi),
+            },
         }
     }
 
@@ -35,7 +47,13 @@ impl Rate {
     pub fn display_percent(&self) -> String {
         match (self.value, self.ci_low, self.ci_high) {
             (Some(v), Some(lo), Some(hi)) => {
-                format!("{:.1} % [{:.1}, {:.1}] (n={})", 100.0 * v, 100.0 * lo, 100.0 * hi, self.n)
+                format!(
+                    "{:.1} % [{:.1}, {:.1}] (n={})",
+                    100.0 * v,
+                    100.0 * lo,
+                    100.0 * hi,
+                    self.n
+                )
             }
             _ => "–".into(),
         }
@@ -90,7 +108,13 @@ pub struct PairedComparison {
 }
 
 pub fn paired(first_refused: &[bool], second_refused: &[bool]) -> PairedComparison {
-    let mut c = PairedComparison { only_first: 0, only_second: 0, both: 0, neither: 0, p_value: 1.0 };
+    let mut c = PairedComparison {
+        only_first: 0,
+        only_second: 0,
+        both: 0,
+        neither: 0,
+        p_value: 1.0,
+    };
     for (&a, &b) in first_refused.iter().zip(second_refused) {
         match (a, b) {
             (true, true) => c.both += 1,
@@ -104,7 +128,12 @@ pub fn paired(first_refused: &[bool], second_refused: &[bool]) -> PairedComparis
 }
 
 /// NSI = ΔASR − ΔORR against a baseline (ASR decrease minus ORR increase); None if any is missing.
-pub fn nsi(asr: Option<f64>, orr: Option<f64>, base_asr: Option<f64>, base_orr: Option<f64>) -> Option<f64> {
+pub fn nsi(
+    asr: Option<f64>,
+    orr: Option<f64>,
+    base_asr: Option<f64>,
+    base_orr: Option<f64>,
+) -> Option<f64> {
     Some((base_asr? - asr?) - (orr? - base_orr?))
 }
 
@@ -116,7 +145,10 @@ mod tests {
     fn wilson_matches_reference_values() {
         // Reference: statsmodels proportion_confint(8, 20, method="wilson").
         let (lo, hi) = wilson(8, 20).unwrap();
-        assert!((lo - 0.218807).abs() < 1e-5 && (hi - 0.613418).abs() < 1e-5, "{lo} {hi}");
+        assert!(
+            (lo - 0.218807).abs() < 1e-5 && (hi - 0.613418).abs() < 1e-5,
+            "{lo} {hi}"
+        );
         let (lo, hi) = wilson(0, 10).unwrap();
         assert!(lo == 0.0 && (hi - 0.27753).abs() < 1e-4, "{hi}");
         assert!(wilson(0, 0).is_none());
@@ -142,6 +174,9 @@ mod tests {
     #[test]
     fn paired_counts() {
         let c = paired(&[true, true, false, false], &[true, false, true, false]);
-        assert_eq!((c.both, c.only_first, c.only_second, c.neither), (1, 1, 1, 1));
+        assert_eq!(
+            (c.both, c.only_first, c.only_second, c.neither),
+            (1, 1, 1, 1)
+        );
     }
 }

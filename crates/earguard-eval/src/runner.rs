@@ -63,7 +63,8 @@ impl std::str::FromStr for Shard {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || EvalError::Invalid(format!("--shard '{s}': expected I/N with 0 ≤ I < N"));
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count): (usize, usize) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+        let (index, count): (usize, usize) =
+            (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
         if count == 0 || index >= count {
             return Err(bad());
         }
@@ -124,8 +125,15 @@ pub struct RunItem {
 pub fn run_items(sets: &[PromptSet], shard: Option<Shard>) -> Vec<RunItem> {
     sets.iter()
         .flat_map(|s| {
-            let set = s.path.file_stem().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-            s.items.iter().map(move |i| RunItem { set: set.clone(), item: i.clone() })
+            let set = s
+                .path
+                .file_stem()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            s.items.iter().map(move |i| RunItem {
+                set: set.clone(),
+                item: i.clone(),
+            })
         })
         .filter(|r| shard.is_none_or(|s| s.contains(&r.item)))
         .collect()
@@ -143,7 +151,10 @@ pub fn prepare_dir(dir: &Path, config: &RunConfig) -> Result<()> {
         let found: RunConfig = serde_json::from_str(&text)
             .map_err(|e| EvalError::io(&path, format!("malformed run config: {e}")))?;
         if &found != config {
-            let (a, b) = (serde_json::to_value(&found).unwrap_or_default(), serde_json::to_value(config).unwrap_or_default());
+            let (a, b) = (
+                serde_json::to_value(&found).unwrap_or_default(),
+                serde_json::to_value(config).unwrap_or_default(),
+            );
             let differing: Vec<String> = a
                 .as_object()
                 .into_iter()
@@ -162,7 +173,8 @@ pub fn prepare_dir(dir: &Path, config: &RunConfig) -> Result<()> {
         }
         return Ok(());
     }
-    let text = serde_json::to_string_pretty(config).map_err(|e| EvalError::Invalid(e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(config).map_err(|e| EvalError::Invalid(e.to_string()))?;
     let tmp = dir.join(format!("{CONFIG}.tmp"));
     std::fs::write(&tmp, text).map_err(|e| EvalError::io(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| EvalError::io(&path, e))
@@ -181,15 +193,20 @@ pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
     if complete < bytes.len() {
         // The tail after the last newline was never finished: drop it from the file too, so the
         // next append starts on a clean line.
-        let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| EvalError::io(path, e))?;
-        f.set_len(complete as u64).map_err(|e| EvalError::io(path, e))?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| EvalError::io(path, e))?;
+        f.set_len(complete as u64)
+            .map_err(|e| EvalError::io(path, e))?;
     }
     let text = std::str::from_utf8(&bytes[..complete]).map_err(|e| EvalError::io(path, e))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| EvalError::io(path, format!("line {}: malformed result: {e}", i + 1)))
+            serde_json::from_str(l)
+                .map_err(|e| EvalError::io(path, format!("line {}: malformed result: {e}", i + 1)))
         })
         .collect()
 }
@@ -231,7 +248,12 @@ pub fn run(
         .map_err(|e| EvalError::io(&path, e))?;
     let stop = model.tokenizer.stop_token_ids();
     let score_tokens = earguard_steer::pipeline::refusal_start_tokens(model)?;
-    let sampling = SamplingParams { temperature: config.temperature, top_k: None, top_p: config.top_p, seed: config.seed };
+    let sampling = SamplingParams {
+        temperature: config.temperature,
+        top_k: None,
+        top_p: config.top_p,
+        seed: config.seed,
+    };
     let request = GenerateRequest {
         max_tokens: config.max_tokens,
         sampling,
@@ -245,20 +267,39 @@ pub fn run(
         let mut prompts = Vec::with_capacity(batch.len());
         for (it, _) in batch {
             let messages = defense.rewrite(style.messages(&it.item, None)?);
-            prompts.push(model.encode_messages(&messages).map_err(|e| {
-                EvalError::Invalid(format!("prompt {}: {e}", it.item.id))
-            })?);
+            prompts.push(
+                model
+                    .encode_messages(&messages)
+                    .map_err(|e| EvalError::Invalid(format!("prompt {}: {e}", it.item.id)))?,
+            );
         }
         let plan = defense.plan(model, &prompts)?;
-        let seeds: Vec<u64> = batch.iter().map(|(it, s)| row_seed(config.seed, &it.item.id, *s)).collect();
-        let gens = generate_batch(&model.decoder, &prompts, &request, &plan, Some(&seeds), |_, _| {})?;
+        let seeds: Vec<u64> = batch
+            .iter()
+            .map(|(it, s)| row_seed(config.seed, &it.item.id, *s))
+            .collect();
+        let gens = generate_batch(
+            &model.decoder,
+            &prompts,
+            &request,
+            &plan,
+            Some(&seeds),
+            |_, _| {},
+        )?;
         let seconds = t0.elapsed().as_secs_f64() / batch.len() as f64;
-        let texts = gens.iter().map(|g| model.tokenizer.decode(&g.tokens, true)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let texts = gens
+            .iter()
+            .map(|g| model.tokenizer.decode(&g.tokens, true))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let inputs: Vec<JudgeInput<'_>> = batch
             .iter()
             .zip(&texts)
             .zip(&gens)
-            .map(|(((it, _), text), g)| JudgeInput { prompt: &it.item.text, response: text, refusal_score: g.first_token_log_odds })
+            .map(|(((it, _), text), g)| JudgeInput {
+                prompt: &it.item.text,
+                response: text,
+                refusal_score: g.first_token_log_odds,
+            })
             .collect();
         let mut verdicts: Vec<BTreeMap<String, Verdict>> = vec![BTreeMap::new(); batch.len()];
         for judge in judges {
@@ -285,12 +326,15 @@ pub fn run(
                 finish: finish_name(g.finish).into(),
                 seconds,
             };
-            lines.push_str(&serde_json::to_string(&row).map_err(|e| EvalError::Invalid(e.to_string()))?);
+            lines.push_str(
+                &serde_json::to_string(&row).map_err(|e| EvalError::Invalid(e.to_string()))?,
+            );
             lines.push('\n');
             rows.push(row);
         }
         // One write per batch, then fsync: a kill leaves whole batches or a cut-off tail.
-        file.write_all(lines.as_bytes()).map_err(|e| EvalError::io(&path, e))?;
+        file.write_all(lines.as_bytes())
+            .map_err(|e| EvalError::io(&path, e))?;
         file.sync_data().map_err(|e| EvalError::io(&path, e))?;
         bar.inc(batch.len() as u64);
     }
@@ -312,9 +356,11 @@ fn progress(show: bool, total: usize, done: usize) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:>10} [{bar:30}] {pos}/{len} responses, {elapsed} elapsed, eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{msg:>10} [{bar:30}] {pos}/{len} responses, {elapsed} elapsed, eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.set_message("eval");
     bar.set_position(done as u64);
@@ -342,13 +388,19 @@ mod tests {
         for n in 0..50 {
             let it = item(&format!("x-{n}"), None);
             assert_eq!(shards.iter().filter(|s| s.contains(&it)).count(), 1);
-            let (h, b) = (item(&format!("h-{n}"), Some(&format!("p{n}"))), item(&format!("b-{n}"), Some(&format!("p{n}"))));
+            let (h, b) = (
+                item(&format!("h-{n}"), Some(&format!("p{n}"))),
+                item(&format!("b-{n}"), Some(&format!("p{n}"))),
+            );
             for s in &shards {
                 assert_eq!(s.contains(&h), s.contains(&b));
             }
         }
         assert!("3/3".parse::<Shard>().is_err());
-        assert_eq!("1/4".parse::<Shard>().unwrap(), Shard { index: 1, count: 4 });
+        assert_eq!(
+            "1/4".parse::<Shard>().unwrap(),
+            Shard { index: 1, count: 4 }
+        );
     }
 
     #[test]

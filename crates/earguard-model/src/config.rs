@@ -58,7 +58,8 @@ impl DecoderConfig {
     /// Reject shapes no Qwen2/Llama block can have, before any tensor is touched.
     pub fn validate(&self) -> Result<()> {
         let fail = |m: String| Err(ModelError::Invalid(format!("model config: {m}")));
-        if self.n_layers == 0 || self.hidden_size == 0 || self.n_heads == 0 || self.vocab_size == 0 {
+        if self.n_layers == 0 || self.hidden_size == 0 || self.n_heads == 0 || self.vocab_size == 0
+        {
             return fail(format!(
                 "n_layers {}, hidden_size {}, n_heads {} and vocab_size {} must all be positive",
                 self.n_layers, self.hidden_size, self.n_heads, self.vocab_size
@@ -71,7 +72,10 @@ impl DecoderConfig {
             ));
         }
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
-            return fail(format!("head_dim {} must be even and positive", self.head_dim));
+            return fail(format!(
+                "head_dim {} must be even and positive",
+                self.head_dim
+            ));
         }
         if self.context_length == 0 {
             return fail("context_length must be positive".into());
@@ -179,10 +183,17 @@ impl HfConfig {
             )));
         }
         let params = self.rope_parameters.as_ref();
-        if let Some(kind) = params.and_then(|p| p.rope_type.as_deref()).filter(|t| *t != "default") {
-            return Err(ModelError::Invalid(format!("rope_type '{kind}' is not supported yet")));
+        if let Some(kind) = params
+            .and_then(|p| p.rope_type.as_deref())
+            .filter(|t| *t != "default")
+        {
+            return Err(ModelError::Invalid(format!(
+                "rope_type '{kind}' is not supported yet"
+            )));
         }
-        let rope_theta = self.rope_theta.or_else(|| params.and_then(|p| p.rope_theta));
+        let rope_theta = self
+            .rope_theta
+            .or_else(|| params.and_then(|p| p.rope_theta));
         let head_dim = self
             .head_dim
             .or_else(|| self.hidden_size.checked_div(self.num_attention_heads))
@@ -214,10 +225,14 @@ mod tests {
 
     #[test]
     fn malformed_config_names_the_file() {
-        let err = DecoderConfig::from_hf_json("{\"model_type\": \"qwen2\"", Path::new("x/config.json"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("x/config.json") && err.contains("malformed"), "{err}");
+        let err =
+            DecoderConfig::from_hf_json("{\"model_type\": \"qwen2\"", Path::new("x/config.json"))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("x/config.json") && err.contains("malformed"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -225,7 +240,10 @@ mod tests {
         let json = r#"{"model_type":"gpt_neox","vocab_size":10,"hidden_size":8,"intermediate_size":8,
             "num_hidden_layers":1,"num_attention_heads":2,"rms_norm_eps":1e-6}"#;
         let err = DecoderConfig::from_hf_json(json, Path::new("config.json")).unwrap_err();
-        assert!(matches!(err, ModelError::UnknownArchitecture(ref a) if a == "gpt_neox"), "{err}");
+        assert!(
+            matches!(err, ModelError::UnknownArchitecture(ref a) if a == "gpt_neox"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -243,7 +261,9 @@ mod tests {
     fn inconsistent_heads_are_refused() {
         let json = r#"{"model_type":"qwen2","vocab_size":10,"hidden_size":8,"intermediate_size":8,
             "num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2,"rms_norm_eps":1e-6}"#;
-        let err = DecoderConfig::from_hf_json(json, Path::new("config.json")).unwrap_err().to_string();
+        let err = DecoderConfig::from_hf_json(json, Path::new("config.json"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("multiple of n_kv_heads"), "{err}");
     }
 }

@@ -20,7 +20,10 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn load(store: &WeightStore, module: &str, hidden: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: store.tensor_shaped(module, "weight", &[hidden])?, eps: eps as f32 })
+        Ok(Self {
+            weight: store.tensor_shaped(module, "weight", &[hidden])?,
+            eps: eps as f32,
+        })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -73,7 +76,11 @@ impl Rope {
             .to_dtype(DType::F32)?
             .reshape((cfg.context_length, 1))?;
         let angles = pos.matmul(&inv_freq)?;
-        Ok(Self { cos: angles.cos()?, sin: angles.sin()?, interleaved: cfg.rope_interleaved })
+        Ok(Self {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+            interleaved: cfg.rope_interleaved,
+        })
     }
 
     /// cos/sin for this call: `[seq, half]` when every row starts at the same position,
@@ -89,7 +96,9 @@ impl Rope {
         let ids: Vec<u32> = layout
             .pad
             .iter()
-            .flat_map(|&p| (0..layout.seq).map(move |i| (layout.start + i).saturating_sub(p) as u32))
+            .flat_map(|&p| {
+                (0..layout.seq).map(move |i| (layout.start + i).saturating_sub(p) as u32)
+            })
             .collect();
         let ids = Tensor::from_vec(ids, layout.batch * layout.seq, self.cos.device())?;
         let shape = (layout.batch, layout.seq, ());
@@ -120,7 +129,12 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `batch` rows with the given left padding (all zeros if unpadded).
     pub fn new(n_layers: usize, pad: Vec<usize>) -> Self {
-        Self { layers: vec![None; n_layers], len: 0, prompt_end: 0, pad }
+        Self {
+            layers: vec![None; n_layers],
+            len: 0,
+            prompt_end: 0,
+            pad,
+        }
     }
 
     /// Number of columns (padded timeline) already cached.
@@ -178,14 +192,21 @@ impl Decoder {
         let device = Device::Cpu;
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
         let m = |s: &str| format!("{prefix}{s}");
-        let embed = store.tensor_shaped(&m("model.embed_tokens"), "weight", &[cfg.vocab_size, d])?;
+        let embed =
+            store.tensor_shaped(&m("model.embed_tokens"), "weight", &[cfg.vocab_size, d])?;
         let qwen_bias = cfg.architecture == crate::config::Architecture::Qwen2;
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             let p = m(&format!("model.layers.{l}"));
-            let lin = |name: &str, out, inp, bias| store.linear(&format!("{p}.{name}"), out, inp, bias);
+            let lin =
+                |name: &str, out, inp, bias| store.linear(&format!("{p}.{name}"), out, inp, bias);
             blocks.push(Block {
-                attn_norm: RmsNorm::load(store, &format!("{p}.input_layernorm"), d, cfg.rms_norm_eps)?,
+                attn_norm: RmsNorm::load(
+                    store,
+                    &format!("{p}.input_layernorm"),
+                    d,
+                    cfg.rms_norm_eps,
+                )?,
                 attn: Attention {
                     q: lin("self_attn.q_proj", cfg.n_heads * hd, d, qwen_bias)?,
                     k: lin("self_attn.k_proj", cfg.n_kv_heads * hd, d, qwen_bias)?,
@@ -221,7 +242,15 @@ impl Decoder {
             )));
         };
         let rope = Rope::new(&cfg, &device)?;
-        Ok(Self { cfg, embed, blocks, norm, lm_head, rope, device })
+        Ok(Self {
+            cfg,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            rope,
+            device,
+        })
     }
 
     pub fn config(&self) -> &DecoderConfig {
@@ -247,7 +276,10 @@ impl Decoder {
                 self.cfg.vocab_size
             )));
         }
-        Ok(self.embed.index_select(&flat, 0)?.reshape((b, s, self.cfg.hidden_size))?)
+        Ok(self
+            .embed
+            .index_select(&flat, 0)?
+            .reshape((b, s, self.cfg.hidden_size))?)
     }
 
     /// Run token ids `[batch, seq]` through the model, appending to `cache`.
@@ -284,7 +316,9 @@ impl Decoder {
             )));
         }
         if q == 0 {
-            return Err(ModelError::Invalid("forward called with no positions".into()));
+            return Err(ModelError::Invalid(
+                "forward called with no positions".into(),
+            ));
         }
         let start = cache.len;
         if start + q > self.cfg.context_length {
@@ -301,7 +335,13 @@ impl Decoder {
             plan.validate(self.cfg.n_layers, d, b)?;
         }
         let prompt_end = if start == 0 { q } else { cache.prompt_end };
-        let layout = StepLayout { batch: b, seq: q, start, prompt_end, pad: cache.pad.clone() };
+        let layout = StepLayout {
+            batch: b,
+            seq: q,
+            start,
+            prompt_end,
+            pad: cache.pad.clone(),
+        };
         let (cos, sin) = self.rope.tables(&layout)?;
         let mask = attention_mask(&layout, &self.device)?;
         let mut captured = Vec::new();
@@ -319,7 +359,9 @@ impl Decoder {
             let kv = &mut cache.layers[l];
             x = hook(HookPoint::ResidPre(l), x)?;
             let h = block.attn_norm.forward(&x)?;
-            let a = block.attn.forward(&h, &self.rope, &cos, &sin, mask.as_ref(), kv)?;
+            let a = block
+                .attn
+                .forward(&h, &self.rope, &cos, &sin, mask.as_ref(), kv)?;
             let a = hook(HookPoint::AttnOut(l), a)?;
             x = (x + a)?;
             let h = block.mlp_norm.forward(&x)?;
@@ -333,7 +375,11 @@ impl Decoder {
 
         let logits = match logits {
             Logits::None => {
-                if plan.captures().iter().any(|c| c.point == HookPoint::FinalNorm) {
+                if plan
+                    .captures()
+                    .iter()
+                    .any(|c| c.point == HookPoint::FinalNorm)
+                {
                     let h = self.norm.forward(&x)?;
                     hook(HookPoint::FinalNorm, h)?;
                 }
@@ -350,7 +396,10 @@ impl Decoder {
                 Some(self.lm_head.forward(&h)?)
             }
         };
-        Ok(ForwardOutput { logits, captures: Captures { items: captured } })
+        Ok(ForwardOutput {
+            logits,
+            captures: Captures { items: captured },
+        })
     }
 }
 
@@ -376,7 +425,11 @@ fn attention_mask(layout: &StepLayout, device: &Device) -> Result<Option<Tensor>
             }
         }
     }
-    Ok(Some(Tensor::from_vec(m, (rows, 1, layout.seq, kv), device)?))
+    Ok(Some(Tensor::from_vec(
+        m,
+        (rows, 1, layout.seq, kv),
+        device,
+    )?))
 }
 
 impl Attention {
@@ -392,7 +445,9 @@ impl Attention {
     ) -> Result<Tensor> {
         let (b, q_len, _) = x.dims3()?;
         let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
-            t.reshape((b, q_len, n, self.head_dim))?.transpose(1, 2)?.contiguous()
+            t.reshape((b, q_len, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = heads(self.q.forward(x)?, self.n_heads)?;
         let k = heads(self.k.forward(x)?, self.n_kv_heads)?;
@@ -414,7 +469,9 @@ impl Attention {
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let y = probs.matmul(&v.contiguous()?)?;
-        let y = y.transpose(1, 2)?.reshape((b, q_len, self.n_heads * self.head_dim))?;
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, q_len, self.n_heads * self.head_dim))?;
         Ok(self.o.forward(&y)?)
     }
 }
@@ -425,7 +482,9 @@ fn repeat_kv(x: Tensor, rep: usize) -> candle_core::Result<Tensor> {
         return Ok(x);
     }
     let (b, n_kv, s, hd) = x.dims4()?;
-    x.unsqueeze(2)?.expand((b, n_kv, rep, s, hd))?.reshape((b, n_kv * rep, s, hd))
+    x.unsqueeze(2)?
+        .expand((b, n_kv, rep, s, hd))?
+        .reshape((b, n_kv * rep, s, hd))
 }
 
 impl Mlp {

@@ -27,7 +27,10 @@ pub enum ModelError {
 
 impl ModelError {
     pub fn file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
-        ModelError::File { path: path.into(), message: message.to_string() }
+        ModelError::File {
+            path: path.into(),
+            message: message.to_string(),
+        }
     }
 }
 

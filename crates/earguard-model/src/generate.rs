@@ -20,7 +20,12 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_k: None, top_p: None, seed: 0 }
+        Self {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+        }
     }
 }
 
@@ -38,7 +43,9 @@ impl SamplingParams {
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
-                return Err(ModelError::Invalid(format!("top_p must be in (0, 1], got {p}")));
+                return Err(ModelError::Invalid(format!(
+                    "top_p must be in (0, 1], got {p}"
+                )));
             }
         }
         if self.top_k == Some(0) {
@@ -118,7 +125,10 @@ pub fn generate_batch(
     let context = decoder.config().context_length;
     let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
     if width > context {
-        return Err(ModelError::PromptTooLong { n_tokens: width, context });
+        return Err(ModelError::PromptTooLong {
+            n_tokens: width,
+            context,
+        });
     }
     let b = prompts.len();
     let pad: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
@@ -137,15 +147,26 @@ pub fn generate_batch(
         .collect();
 
     let mut out: Vec<Generation> = (0..b)
-        .map(|_| Generation { tokens: vec![], finish: FinishReason::Length, first_token_log_odds: None })
+        .map(|_| Generation {
+            tokens: vec![],
+            finish: FinishReason::Length,
+            first_token_log_odds: None,
+        })
         .collect();
     let mut done = vec![false; b];
-    let mut logits = decoder.forward(&ids, &mut cache, plan, Logits::Last)?.logits;
+    let mut logits = decoder
+        .forward(&ids, &mut cache, plan, Logits::Last)?
+        .logits;
     for step in 0..request.max_tokens {
-        let Some(step_logits) = logits.take() else { break };
+        let Some(step_logits) = logits.take() else {
+            break;
+        };
         let step_logits = step_logits.to_dtype(DType::F32)?;
         if step == 0 && !request.score_tokens.is_empty() {
-            for (g, odds) in out.iter_mut().zip(log_odds(&step_logits, request.score_tokens)?) {
+            for (g, odds) in out
+                .iter_mut()
+                .zip(log_odds(&step_logits, request.score_tokens)?)
+            {
                 g.first_token_log_odds = Some(odds);
             }
         }
@@ -177,7 +198,9 @@ pub fn generate_batch(
             break;
         }
         let next = Tensor::from_vec(next, (b, 1), decoder.device())?;
-        logits = decoder.forward(&next, &mut cache, plan, Logits::Last)?.logits;
+        logits = decoder
+            .forward(&next, &mut cache, plan, Logits::Last)?
+            .logits;
     }
     Ok(out)
 }
@@ -187,7 +210,9 @@ pub fn generate_batch(
 pub fn log_odds(logits: &Tensor, tokens: &[u32]) -> Result<Vec<f32>> {
     let vocab = logits.dim(1)?;
     if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
-        return Err(ModelError::Invalid(format!("score token {t} is outside the vocabulary")));
+        return Err(ModelError::Invalid(format!(
+            "score token {t} is outside the vocabulary"
+        )));
     }
     let logp = candle_nn::ops::log_softmax(logits, 1)?;
     let ids = Tensor::new(tokens, logits.device())?;

@@ -141,7 +141,10 @@ pub enum Positions {
     PromptOnly,
     GeneratedOnly,
     /// Token indices `start..end` of each row.
-    Range { start: usize, end: usize },
+    Range {
+        start: usize,
+        end: usize,
+    },
 }
 
 impl FromStr for Positions {
@@ -223,7 +226,12 @@ impl InterventionPlan {
     }
 
     pub fn add(mut self, point: HookPoint, positions: Positions, vector: Tensor) -> Self {
-        self.edits.push(Intervention { point, positions, edit: Edit::Add(vector), row_scale: None });
+        self.edits.push(Intervention {
+            point,
+            positions,
+            edit: Edit::Add(vector),
+            row_scale: None,
+        });
         self
     }
 
@@ -377,7 +385,9 @@ pub(crate) fn run_hooks(
             Edit::ProjectOut(r) => {
                 let r = r.to_dtype(x.dtype())?;
                 // (x·r̂) for every position: [b, q, 1]
-                let coef = x.broadcast_mul(&r.reshape((1, 1, ()))?)?.sum_keepdim(D::Minus1)?;
+                let coef = x
+                    .broadcast_mul(&r.reshape((1, 1, ()))?)?
+                    .sum_keepdim(D::Minus1)?;
                 (&x - (coef * w)?.broadcast_mul(&r.reshape((1, 1, ()))?)?)?
             }
         };
@@ -394,7 +404,9 @@ pub(crate) fn run_hooks(
 /// and unselected positions are zeroed so rows stay aligned).
 fn select_capture(positions: Positions, layout: &StepLayout, x: &Tensor) -> Result<Option<Tensor>> {
     if positions == Positions::Last {
-        return Ok(Some(x.narrow(1, layout.seq - 1, 1)?.squeeze(1)?.contiguous()?));
+        return Ok(Some(
+            x.narrow(1, layout.seq - 1, 1)?.squeeze(1)?.contiguous()?,
+        ));
     }
     match layout.weights(positions, None, x.device())? {
         None => Ok(None),
@@ -438,7 +450,10 @@ mod tests {
         ] {
             assert_eq!(p.to_string().parse::<HookPoint>().unwrap(), p);
         }
-        assert_eq!("mlp_out.4".parse::<HookPoint>().unwrap(), HookPoint::MlpOut(4));
+        assert_eq!(
+            "mlp_out.4".parse::<HookPoint>().unwrap(),
+            HookPoint::MlpOut(4)
+        );
         assert!("blocks.x.hook_resid_post".parse::<HookPoint>().is_err());
         assert!("resid_mid.3".parse::<HookPoint>().is_err());
     }
@@ -446,28 +461,58 @@ mod tests {
     #[test]
     fn positions_select_the_right_columns() {
         // Two rows, row 1 left-padded by 2; prefill of 4 columns.
-        let layout = StepLayout { batch: 2, seq: 4, start: 0, prompt_end: 4, pad: vec![0, 2] };
+        let layout = StepLayout {
+            batch: 2,
+            seq: 4,
+            start: 0,
+            prompt_end: 4,
+            pad: vec![0, 2],
+        };
         let w = |p| {
             layout
                 .weights(p, None, &Device::Cpu)
                 .unwrap()
                 .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
         };
-        assert_eq!(w(Positions::Last).unwrap(), [0., 0., 0., 1., 0., 0., 0., 1.]);
+        assert_eq!(
+            w(Positions::Last).unwrap(),
+            [0., 0., 0., 1., 0., 0., 0., 1.]
+        );
         assert_eq!(w(Positions::All).unwrap(), [1., 1., 1., 1., 0., 0., 1., 1.]);
         assert_eq!(
             w(Positions::Range { start: 1, end: 2 }).unwrap(),
             [0., 1., 0., 0., 0., 0., 0., 1.]
         );
         assert!(w(Positions::GeneratedOnly).is_none());
-        let decode = StepLayout { batch: 2, seq: 1, start: 4, prompt_end: 4, pad: vec![0, 2] };
+        let decode = StepLayout {
+            batch: 2,
+            seq: 1,
+            start: 4,
+            prompt_end: 4,
+            pad: vec![0, 2],
+        };
         let scaled = decode.weights(Positions::GeneratedOnly, Some(&[0.0, 2.0]), &Device::Cpu);
-        assert_eq!(scaled.unwrap().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), [0., 2.]);
+        assert_eq!(
+            scaled
+                .unwrap()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            [0., 2.]
+        );
     }
 
     #[test]
     fn project_out_removes_the_component() {
-        let layout = StepLayout { batch: 1, seq: 1, start: 0, prompt_end: 1, pad: vec![0] };
+        let layout = StepLayout {
+            batch: 1,
+            seq: 1,
+            start: 0,
+            prompt_end: 1,
+            pad: vec![0],
+        };
         let x = Tensor::new(&[[[3f32, 4.0]]], &Device::Cpu).unwrap();
         let dir = Tensor::new(&[0f32, 2.0], &Device::Cpu).unwrap();
         let plan = InterventionPlan::new()
@@ -475,16 +520,27 @@ mod tests {
             .unwrap();
         let mut cap = vec![];
         let y = run_hooks(&plan, HookPoint::ResidPost(0), &layout, x, &mut cap).unwrap();
-        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), [3.0, 0.0]);
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [3.0, 0.0]
+        );
     }
 
     #[test]
     fn bad_plans_are_refused() {
         let v = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
         let plan = InterventionPlan::new().add(HookPoint::ResidPost(1), Positions::Last, v.clone());
-        assert!(plan.validate(2, 4, 1).unwrap_err().to_string().contains("hidden size is 4"));
+        assert!(plan
+            .validate(2, 4, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("hidden size is 4"));
         let plan = InterventionPlan::new().add(HookPoint::ResidPost(5), Positions::Last, v);
-        assert!(plan.validate(2, 3, 1).unwrap_err().to_string().contains("past the model's last"));
+        assert!(plan
+            .validate(2, 3, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("past the model's last"));
         let zero = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
         assert!(InterventionPlan::new()
             .project_out(HookPoint::ResidPost(0), Positions::All, &zero)

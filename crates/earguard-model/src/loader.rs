@@ -21,8 +21,11 @@ use crate::tokenizer::Tokenizer;
 use crate::weights::{safetensor_files, GgufWeights, SafeTensorWeights, WeightStore};
 
 /// Models `scripts/fetch-models.sh` knows how to install.
-pub const KNOWN_MODELS: &[&str] =
-    &["qwen2.5-1.5b-instruct", "smollm2-135m-instruct", "qwen2.5-0.5b-instruct"];
+pub const KNOWN_MODELS: &[&str] = &[
+    "qwen2.5-1.5b-instruct",
+    "smollm2-135m-instruct",
+    "qwen2.5-0.5b-instruct",
+];
 
 /// The default model of the product on CPU machines.
 pub const DEFAULT_MODEL: &str = "qwen2.5-1.5b-instruct";
@@ -93,7 +96,10 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     };
     Err(ModelError::file(
         &direct,
-        format!("no such model file or directory (looked in {}; {hint})", models_dir().display()),
+        format!(
+            "no such model file or directory (looked in {}; {hint})",
+            models_dir().display()
+        ),
     ))
 }
 
@@ -134,8 +140,14 @@ fn find_gguf(dir: &Path) -> Result<PathBuf> {
         .collect();
     match ggufs.as_slice() {
         [one] => Ok(one.clone()),
-        [] => Err(ModelError::file(dir, "holds neither config.json nor a .gguf file")),
-        _ => Err(ModelError::file(dir, "holds several .gguf files: name one of them")),
+        [] => Err(ModelError::file(
+            dir,
+            "holds neither config.json nor a .gguf file",
+        )),
+        _ => Err(ModelError::file(
+            dir,
+            "holds several .gguf files: name one of them",
+        )),
     }
 }
 
@@ -147,8 +159,22 @@ fn load_gguf(path: &Path, name: String) -> Result<Model> {
     let identity = hash_prefix(path, weights.content.tensor_data_offset)?;
     let store = WeightStore::Gguf(weights);
     let decoder = Decoder::load(cfg, &store, "")?;
-    let info = model_info(name, path, "gguf", &decoder, &store, chat_template.is_some(), identity);
-    Ok(Model { decoder, tokenizer, chat_template, info, audio: None })
+    let info = model_info(
+        name,
+        path,
+        "gguf",
+        &decoder,
+        &store,
+        chat_template.is_some(),
+        identity,
+    );
+    Ok(Model {
+        decoder,
+        tokenizer,
+        chat_template,
+        info,
+        audio: None,
+    })
 }
 
 fn load_hf_dir(dir: &Path, name: String) -> Result<Model> {
@@ -180,26 +206,47 @@ fn load_hf_dir(dir: &Path, name: String) -> Result<Model> {
         None => chat_template,
     };
     let decoder = Decoder::load(cfg, &store, prefix)?;
-    let audio = audio_cfg.as_ref().map(|a| AudioTower::load(a, &store)).transpose()?;
-    let mut info =
-        model_info(name, dir, "safetensors", &decoder, &store, chat_template.is_some(), identity);
+    let audio = audio_cfg
+        .as_ref()
+        .map(|a| AudioTower::load(a, &store))
+        .transpose()?;
+    let mut info = model_info(
+        name,
+        dir,
+        "safetensors",
+        &decoder,
+        &store,
+        chat_template.is_some(),
+        identity,
+    );
     info.audio_tower = audio.as_ref().map(AudioTower::info);
-    Ok(Model { decoder, tokenizer, chat_template, info, audio })
+    Ok(Model {
+        decoder,
+        tokenizer,
+        chat_template,
+        info,
+        audio,
+    })
 }
 
 /// The 8-byte length plus JSON header of a safetensors file.
 fn safetensors_header(path: &Path) -> Result<Vec<u8>> {
     let mut f = std::fs::File::open(path).map_err(|e| ModelError::file(path, e))?;
     let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|_| ModelError::file(path, "too short to be safetensors"))?;
+    f.read_exact(&mut len)
+        .map_err(|_| ModelError::file(path, "too short to be safetensors"))?;
     let n = u64::from_le_bytes(len);
     let size = f.metadata().map_err(|e| ModelError::file(path, e))?.len();
     if n > size.saturating_sub(8) || n > 100 << 20 {
-        return Err(ModelError::file(path, format!("corrupt safetensors header length {n}")));
+        return Err(ModelError::file(
+            path,
+            format!("corrupt safetensors header length {n}"),
+        ));
     }
     let mut header = len.to_vec();
     header.resize(8 + n as usize, 0);
-    f.read_exact(&mut header[8..]).map_err(|e| ModelError::file(path, e))?;
+    f.read_exact(&mut header[8..])
+        .map_err(|e| ModelError::file(path, e))?;
     Ok(header)
 }
 
@@ -276,7 +323,10 @@ impl Model {
         let ids = self.tokenizer.encode(&text, true)?;
         let context = self.decoder.config().context_length;
         if ids.len() > context {
-            return Err(ModelError::PromptTooLong { n_tokens: ids.len(), context });
+            return Err(ModelError::PromptTooLong {
+                n_tokens: ids.len(),
+                context,
+            });
         }
         Ok(ids)
     }

@@ -28,7 +28,11 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(weight: QMatMul, bias: Option<Tensor>, out_features: usize) -> Self {
-        Self { weight, bias, out_features }
+        Self {
+            weight,
+            bias,
+            out_features,
+        }
     }
 
     pub fn out_features(&self) -> usize {
@@ -92,20 +96,32 @@ impl GgufWeights {
                 ));
             }
             let bytes = (n / block * info.ggml_dtype.type_size()) as u64;
-            let end = content.tensor_data_offset.saturating_add(info.offset).saturating_add(bytes);
+            let end = content
+                .tensor_data_offset
+                .saturating_add(info.offset)
+                .saturating_add(bytes);
             if end > len {
                 return Err(ModelError::file(
                     path,
-                    format!("truncated: tensor {name} ends at byte {end} but the file has {len} bytes"),
+                    format!(
+                        "truncated: tensor {name} ends at byte {end} but the file has {len} bytes"
+                    ),
                 ));
             }
         }
-        Ok(Self { path: path.to_path_buf(), content, file: Mutex::new(file) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            file: Mutex::new(file),
+        })
     }
 
     fn qtensor(&self, gguf_name: &str) -> Result<QTensor> {
         if !self.content.tensor_infos.contains_key(gguf_name) {
-            return Err(ModelError::file(&self.path, format!("missing tensor {gguf_name}")));
+            return Err(ModelError::file(
+                &self.path,
+                format!("missing tensor {gguf_name}"),
+            ));
         }
         let mut file = self
             .file
@@ -125,7 +141,10 @@ impl GgufWeights {
             }
         }
         let mut by_count: Vec<_> = counts.into_iter().collect();
-        by_count.sort_by(|a, b| b.1.cmp(&a.1).then(format!("{:?}", a.0).cmp(&format!("{:?}", b.0))));
+        by_count.sort_by(|a, b| {
+            b.1.cmp(&a.1)
+                .then(format!("{:?}", a.0).cmp(&format!("{:?}", b.0)))
+        });
         match by_count.as_slice() {
             [] => "none".into(),
             [(t, _)] => format!("{t:?}"),
@@ -147,7 +166,11 @@ impl SafeTensorWeights {
         }
         let tensors = unsafe { MmapedSafetensors::multi(&paths) }
             .map_err(|e| ModelError::file(&paths[0], format!("cannot map safetensors: {e}")))?;
-        Ok(Self { paths, tensors, owner })
+        Ok(Self {
+            paths,
+            tensors,
+            owner,
+        })
     }
 
     fn load(&self, name: &str) -> Result<Tensor> {
@@ -188,13 +211,18 @@ pub fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| ModelError::file(&index, "index has no weight_map object"))?;
-        let mut files: Vec<String> =
-            map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect();
         files.sort();
         files.dedup();
         let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
         if let Some(missing) = paths.iter().find(|p| !p.is_file()) {
-            return Err(ModelError::file(missing, "shard listed in the index is missing"));
+            return Err(ModelError::file(
+                missing,
+                "shard listed in the index is missing",
+            ));
         }
         return Ok(paths);
     }
@@ -202,7 +230,10 @@ pub fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.is_file() {
         return Ok(vec![single]);
     }
-    Err(ModelError::file(dir, "has no model.safetensors nor model.safetensors.index.json"))
+    Err(ModelError::file(
+        dir,
+        "has no model.safetensors nor model.safetensors.index.json",
+    ))
 }
 
 /// llama.cpp's name for an HF decoder tensor name (without the `.weight`/`.bias` suffix).
@@ -243,7 +274,9 @@ impl WeightStore {
 
     /// Does `module.leaf` (e.g. `lm_head` + `weight`) exist in this checkpoint?
     pub fn contains(&self, module: &str, leaf: &str) -> bool {
-        let Ok(name) = self.resolve(module, leaf) else { return false };
+        let Ok(name) = self.resolve(module, leaf) else {
+            return false;
+        };
         match self {
             WeightStore::Gguf(g) => g.content.tensor_infos.contains_key(&name),
             WeightStore::SafeTensors(s) => s.owner.contains_key(&name),
@@ -293,7 +326,11 @@ impl WeightStore {
                 QMatMul::Tensor(self.tensor_shaped(module, "weight", &[out, inp])?)
             }
         };
-        let bias = if bias { Some(self.tensor_shaped(module, "bias", &[out])?) } else { None };
+        let bias = if bias {
+            Some(self.tensor_shaped(module, "bias", &[out])?)
+        } else {
+            None
+        };
         Ok(Linear::new(weight, bias, out))
     }
 
@@ -306,15 +343,20 @@ impl WeightStore {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::gguf_name;
 
     #[test]
     fn hf_names_map_to_llama_cpp_names() {
-        assert_eq!(gguf_name("model.layers.3.mlp.up_proj").as_deref(), Some("blk.3.ffn_up"));
-        assert_eq!(gguf_name("model.embed_tokens").as_deref(), Some("token_embd"));
+        assert_eq!(
+            gguf_name("model.layers.3.mlp.up_proj").as_deref(),
+            Some("blk.3.ffn_up")
+        );
+        assert_eq!(
+            gguf_name("model.embed_tokens").as_deref(),
+            Some("token_embd")
+        );
         assert_eq!(
             gguf_name("language_model.model.layers.0.self_attn.o_proj").as_deref(),
             Some("blk.0.attn_output")

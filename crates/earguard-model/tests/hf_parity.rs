@@ -13,16 +13,21 @@ use earguard_model::{Decoder, DecoderConfig, HookPoint, InterventionPlan, Logits
 const TOL: f32 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name)
 }
 
 fn load(name: &str) -> (Decoder, HashMap<String, Tensor>) {
     let dir = fixture(name);
     let cfg_path = dir.join("config.json");
-    let cfg = DecoderConfig::from_hf_json(&std::fs::read_to_string(&cfg_path).unwrap(), &cfg_path).unwrap();
-    let store = WeightStore::SafeTensors(SafeTensorWeights::open(safetensor_files(&dir).unwrap()).unwrap());
+    let cfg = DecoderConfig::from_hf_json(&std::fs::read_to_string(&cfg_path).unwrap(), &cfg_path)
+        .unwrap();
+    let store =
+        WeightStore::SafeTensors(SafeTensorWeights::open(safetensor_files(&dir).unwrap()).unwrap());
     let dec = Decoder::load(cfg, &store, "").unwrap();
-    let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let expected =
+        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
     (dec, expected)
 }
 
@@ -51,12 +56,20 @@ fn single_sequence(name: &str) {
     let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
     let n_layers = dec.config().n_layers;
     let mut cache = dec.new_cache(vec![0]);
-    let out = dec.forward(&ids, &mut cache, &all_positions_plan(n_layers), Logits::All).unwrap();
+    let out = dec
+        .forward(&ids, &mut cache, &all_positions_plan(n_layers), Logits::All)
+        .unwrap();
     for l in 0..n_layers {
-        let d = max_diff(out.captures.get(HookPoint::ResidPost(l)).unwrap(), &exp[&format!("resid_post.{l}")]);
+        let d = max_diff(
+            out.captures.get(HookPoint::ResidPost(l)).unwrap(),
+            &exp[&format!("resid_post.{l}")],
+        );
         assert!(d < TOL, "{name}: resid_post.{l} differs by {d}");
     }
-    let d = max_diff(out.captures.get(HookPoint::FinalNorm).unwrap(), &exp["final_norm"]);
+    let d = max_diff(
+        out.captures.get(HookPoint::FinalNorm).unwrap(),
+        &exp["final_norm"],
+    );
     assert!(d < TOL, "{name}: final_norm differs by {d}");
     let d = max_diff(out.logits.as_ref().unwrap(), &exp["logits"]);
     assert!(d < TOL, "{name}: logits differ by {d}");
@@ -67,10 +80,15 @@ fn left_padded_batch(name: &str) {
     let (dec, exp) = load(name);
     let ids = exp["batch.input_ids"].to_dtype(DType::U32).unwrap();
     let mask: Vec<Vec<i64>> = exp["batch.attention_mask"].to_vec2().unwrap();
-    let pad: Vec<usize> = mask.iter().map(|r| r.iter().take_while(|&&m| m == 0).count()).collect();
+    let pad: Vec<usize> = mask
+        .iter()
+        .map(|r| r.iter().take_while(|&&m| m == 0).count())
+        .collect();
     let n_layers = dec.config().n_layers;
     let mut cache = dec.new_cache(pad.clone());
-    let out = dec.forward(&ids, &mut cache, &all_positions_plan(n_layers), Logits::All).unwrap();
+    let out = dec
+        .forward(&ids, &mut cache, &all_positions_plan(n_layers), Logits::All)
+        .unwrap();
     let seq = ids.dim(1).unwrap();
     for (row, &p) in pad.iter().enumerate() {
         let real = |t: &Tensor| t.i((row, p..seq)).unwrap();
@@ -79,7 +97,10 @@ fn left_padded_batch(name: &str) {
             let d = max_diff(&real(got), &real(&exp[&format!("batch.resid_post.{l}")]));
             assert!(d < TOL, "{name}: row {row} resid_post.{l} differs by {d}");
         }
-        let d = max_diff(&real(out.logits.as_ref().unwrap()), &real(&exp["batch.logits"]));
+        let d = max_diff(
+            &real(out.logits.as_ref().unwrap()),
+            &real(&exp["batch.logits"]),
+        );
         assert!(d < TOL, "{name}: row {row} logits differ by {d}");
     }
 }
@@ -88,18 +109,41 @@ fn left_padded_batch(name: &str) {
 fn greedy_with_cache(name: &str) {
     let (dec, exp) = load(name);
     let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
-    let want: Vec<u32> = exp["greedy_tokens"].to_dtype(DType::U32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let want: Vec<u32> = exp["greedy_tokens"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let plan = InterventionPlan::new();
     let mut cache = dec.new_cache(vec![0]);
-    let mut logits = dec.forward(&ids, &mut cache, &plan, Logits::Last).unwrap().logits.unwrap();
+    let mut logits = dec
+        .forward(&ids, &mut cache, &plan, Logits::Last)
+        .unwrap()
+        .logits
+        .unwrap();
     let mut got = Vec::new();
     for step in 0..want.len() {
-        let d = max_diff(&logits.squeeze(0).unwrap(), &exp["greedy_logits"].i((0, step)).unwrap());
+        let d = max_diff(
+            &logits.squeeze(0).unwrap(),
+            &exp["greedy_logits"].i((0, step)).unwrap(),
+        );
         assert!(d < TOL, "{name}: step {step} logits differ by {d}");
-        let next = logits.squeeze(0).unwrap().argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        let next = logits
+            .squeeze(0)
+            .unwrap()
+            .argmax(0)
+            .unwrap()
+            .to_scalar::<u32>()
+            .unwrap();
         got.push(next);
         let input = Tensor::new(&[[next]], &Device::Cpu).unwrap();
-        logits = dec.forward(&input, &mut cache, &plan, Logits::Last).unwrap().logits.unwrap();
+        logits = dec
+            .forward(&input, &mut cache, &plan, Logits::Last)
+            .unwrap()
+            .logits
+            .unwrap();
     }
     assert_eq!(got, want, "{name}: greedy tokens differ");
 }
@@ -140,21 +184,31 @@ fn half_precision_checkpoints_load() {
     let (_, exp) = load("tiny-qwen2");
     let src = fixture("tiny-qwen2");
     for dtype in [DType::BF16, DType::F16] {
-        let dir = std::env::temp_dir().join(format!("earguard-half-{dtype:?}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("earguard-half-{dtype:?}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
-        let weights = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
-        let half: HashMap<String, Tensor> =
-            weights.into_iter().map(|(k, v)| (k, v.to_dtype(dtype).unwrap())).collect();
+        let weights =
+            candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+        let half: HashMap<String, Tensor> = weights
+            .into_iter()
+            .map(|(k, v)| (k, v.to_dtype(dtype).unwrap()))
+            .collect();
         candle_core::safetensors::save(&half, dir.join("model.safetensors")).unwrap();
         let cfg_path = dir.join("config.json");
-        let cfg = DecoderConfig::from_hf_json(&std::fs::read_to_string(&cfg_path).unwrap(), &cfg_path).unwrap();
-        let store = WeightStore::SafeTensors(SafeTensorWeights::open(safetensor_files(&dir).unwrap()).unwrap());
+        let cfg =
+            DecoderConfig::from_hf_json(&std::fs::read_to_string(&cfg_path).unwrap(), &cfg_path)
+                .unwrap();
+        let store = WeightStore::SafeTensors(
+            SafeTensorWeights::open(safetensor_files(&dir).unwrap()).unwrap(),
+        );
         assert_eq!(store.quantization(), format!("{dtype:?}").to_lowercase());
         let dec = Decoder::load(cfg, &store, "").unwrap();
         let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
         let mut cache = dec.new_cache(vec![0]);
-        let out = dec.forward(&ids, &mut cache, &InterventionPlan::new(), Logits::All).unwrap();
+        let out = dec
+            .forward(&ids, &mut cache, &InterventionPlan::new(), Logits::All)
+            .unwrap();
         let d = max_diff(out.logits.as_ref().unwrap(), &exp["logits"]);
         // Rounding the weights to 8 (bf16) or 11 (f16) mantissa bits moves logits a little.
         assert!(d < 0.5, "{dtype:?}: logits differ by {d}");

@@ -25,7 +25,12 @@ pub struct CaptureOptions {
 
 impl Default for CaptureOptions {
     fn default() -> Self {
-        Self { hook: HookPoint::ResidPost(0), batch_size: 8, dir: None, progress: None }
+        Self {
+            hook: HookPoint::ResidPost(0),
+            batch_size: 8,
+            dir: None,
+            progress: None,
+        }
     }
 }
 
@@ -46,7 +51,9 @@ const FINAL: &str = "activations.safetensors";
 /// `[n, layers, hidden]` activations of the last prompt position of each input.
 pub fn capture_last(model: &Model, inputs: &[Vec<u32>], opts: &CaptureOptions) -> Result<Tensor> {
     if inputs.is_empty() {
-        return Err(SteerError::Invalid("nothing to capture: the prompt list is empty".into()));
+        return Err(SteerError::Invalid(
+            "nothing to capture: the prompt list is empty".into(),
+        ));
     }
     let cfg = model.decoder.config();
     let batch_size = opts.batch_size.max(1);
@@ -75,7 +82,12 @@ pub fn capture_last(model: &Model, inputs: &[Vec<u32>], opts: &CaptureOptions) -
     let bar = progress_bar(opts.progress.as_deref(), inputs.len());
     let mut rows: Vec<Option<Tensor>> = vec![None; inputs.len()];
     for (chunk, idx) in order.chunks(batch_size).enumerate() {
-        let acts = match opts.dir.as_deref().map(|d| chunk_path(d, chunk)).filter(|p| p.is_file()) {
+        let acts = match opts
+            .dir
+            .as_deref()
+            .map(|d| chunk_path(d, chunk))
+            .filter(|p| p.is_file())
+        {
             Some(path) => read_tensor(&path, "acts")?,
             None => {
                 let batch: Vec<&Vec<u32>> = idx.iter().map(|&i| &inputs[i]).collect();
@@ -159,7 +171,8 @@ fn load_finished(dir: &Path, manifest: &CaptureManifest) -> Result<Option<Tensor
             ));
         }
     } else {
-        let text = serde_json::to_string_pretty(manifest).map_err(|e| SteerError::Invalid(e.to_string()))?;
+        let text = serde_json::to_string_pretty(manifest)
+            .map_err(|e| SteerError::Invalid(e.to_string()))?;
         write_atomic(&path, text.as_bytes())?;
     }
     let final_path = dir.join(FINAL);
@@ -197,14 +210,17 @@ fn hash_inputs(inputs: &[Vec<u32>]) -> String {
 pub(crate) fn read_tensor(path: &Path, key: &str) -> Result<Tensor> {
     let mut map = candle_core::safetensors::load(path, &Device::Cpu)
         .map_err(|e| SteerError::io(path, format!("not a readable safetensors file: {e}")))?;
-    map.remove(key).ok_or_else(|| SteerError::io(path, format!("has no tensor '{key}'")))
+    map.remove(key)
+        .ok_or_else(|| SteerError::io(path, format!("has no tensor '{key}'")))
 }
 
 /// Write tensors through a temporary file and a rename, so a kill never leaves half a file.
 pub(crate) fn write_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
     let tmp = tmp_path(path);
-    let map: std::collections::HashMap<String, Tensor> =
-        tensors.iter().map(|(k, t)| (k.to_string(), (*t).clone())).collect();
+    let map: std::collections::HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, t)| (k.to_string(), (*t).clone()))
+        .collect();
     candle_core::safetensors::save(&map, &tmp).map_err(|e| SteerError::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| SteerError::io(path, e))
 }
@@ -222,7 +238,9 @@ fn tmp_path(path: &Path) -> PathBuf {
 }
 
 pub(crate) fn progress_bar(label: Option<&str>, len: usize) -> indicatif::ProgressBar {
-    let Some(label) = label else { return indicatif::ProgressBar::hidden() };
+    let Some(label) = label else {
+        return indicatif::ProgressBar::hidden();
+    };
     let bar = indicatif::ProgressBar::new(len as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(

@@ -24,7 +24,10 @@ pub enum SteerError {
 
 impl SteerError {
     pub fn io(path: impl Into<PathBuf>, e: impl std::fmt::Display) -> Self {
-        SteerError::Io { path: path.into(), message: e.to_string() }
+        SteerError::Io {
+            path: path.into(),
+            message: e.to_string(),
+        }
     }
 }
 

@@ -12,9 +12,12 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::{Result, SteerError};
 
 fn check_acts(name: &str, t: &Tensor) -> Result<(usize, usize, usize)> {
-    let (n, l, d) = t
-        .dims3()
-        .map_err(|_| SteerError::Invalid(format!("{name}: expected [n, layers, hidden], got {:?}", t.dims())))?;
+    let (n, l, d) = t.dims3().map_err(|_| {
+        SteerError::Invalid(format!(
+            "{name}: expected [n, layers, hidden], got {:?}",
+            t.dims()
+        ))
+    })?;
     if n == 0 {
         return Err(SteerError::Invalid(format!("{name}: no prompts")));
     }
@@ -68,7 +71,9 @@ pub fn top_components(x: &Tensor, k: usize) -> Result<Tensor> {
             "k = {k} is larger than the benign set allows ({n} prompts, hidden {d})"
         )));
     }
-    let centred = x.to_dtype(DType::F64)?.broadcast_sub(&x.to_dtype(DType::F64)?.mean_keepdim(0)?)?;
+    let centred = x
+        .to_dtype(DType::F64)?
+        .broadcast_sub(&x.to_dtype(DType::F64)?.mean_keepdim(0)?)?;
     let rows: Vec<Vec<f64>> = centred.to_vec2()?;
     let m = faer::Mat::<f64>::from_fn(n, d, |i, j| rows[i][j]);
     let svd = m
@@ -157,11 +162,18 @@ pub fn fit_condition(harmful: &Tensor, benign: &Tensor) -> Result<Condition> {
         let cos = |x: &Tensor| -> Result<Vec<f32>> {
             let x = x.narrow(1, l, 1)?.squeeze(1)?.to_dtype(DType::F32)?;
             let norms = x.sqr()?.sum_keepdim(1)?.sqrt()?;
-            Ok(x.matmul(&dir.unsqueeze(1)?)?.div(&norms)?.flatten_all()?.to_vec1::<f32>()?)
+            Ok(x.matmul(&dir.unsqueeze(1)?)?
+                .div(&norms)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
         };
         let (h, b) = (cos(harmful)?, cos(benign)?);
         // Try every midpoint between sorted scores; keep the most accurate threshold.
-        let mut all: Vec<(f32, bool)> = h.iter().map(|&c| (c, true)).chain(b.iter().map(|&c| (c, false))).collect();
+        let mut all: Vec<(f32, bool)> = h
+            .iter()
+            .map(|&c| (c, true))
+            .chain(b.iter().map(|&c| (c, false)))
+            .collect();
         all.sort_by(|a, b| a.0.total_cmp(&b.0));
         // Threshold below everything: all predicted harmful.
         let (mut correct, mut best_correct, mut best_t) = (n_h, n_h, all[0].0 - 1e-3);
@@ -178,10 +190,17 @@ pub fn fit_condition(harmful: &Tensor, benign: &Tensor) -> Result<Condition> {
         }
         let accuracy = best_correct as f32 / (n_h + n_b) as f32;
         if best.as_ref().is_none_or(|b| accuracy > b.accuracy) {
-            best = Some(Condition { layer: l, direction: dir, threshold: best_t, accuracy });
+            best = Some(Condition {
+                layer: l,
+                direction: dir,
+                threshold: best_t,
+                accuracy,
+            });
         }
     }
-    best.ok_or_else(|| SteerError::Invalid("harmful and benign activations do not differ at any layer".into()))
+    best.ok_or_else(|| {
+        SteerError::Invalid("harmful and benign activations do not differ at any layer".into())
+    })
 }
 
 #[cfg(test)]
@@ -196,19 +215,33 @@ mod tests {
     fn mean_difference_is_unnormalised() {
         let a = t3(&[2., 0., 4., 0.], (2, 1, 2));
         let b = t3(&[0., 1., 0., 1.], (2, 1, 2));
-        let d = mean_difference(&a, &b).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let d = mean_difference(&a, &b)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(d, [3.0, -1.0]);
     }
 
     #[test]
     fn subspace_ablation_removes_the_benign_component() {
         // Benign points vary only along axis 0; D has components on axes 0 and 1.
-        let benign = t3(&[1., 0., 0., -1., 0., 0., 2., 0., 0., -2., 0., 0.], (4, 1, 3));
+        let benign = t3(
+            &[1., 0., 0., -1., 0., 0., 2., 0., 0., -2., 0., 0.],
+            (4, 1, 3),
+        );
         let u = benign_subspace(&benign, 1).unwrap().get(0).unwrap();
         let d = Tensor::new(&[3f32, 4.0, 0.0], &Device::Cpu).unwrap();
-        let v = ablate_subspace(&d, &u, 1.0).unwrap().to_vec1::<f32>().unwrap();
+        let v = ablate_subspace(&d, &u, 1.0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(v[0].abs() < 1e-5 && (v[1] - 4.0).abs() < 1e-5, "{v:?}");
-        let half = ablate_subspace(&d, &u, 0.5).unwrap().to_vec1::<f32>().unwrap();
+        let half = ablate_subspace(&d, &u, 0.5)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!((half[0] - 1.5).abs() < 1e-5, "{half:?}");
     }
 
@@ -216,9 +249,19 @@ mod tests {
     fn pca_sign_follows_the_mean_difference() {
         let a = t3(&[5., 0.1, 6., -0.1], (2, 1, 2));
         let b = t3(&[-5., 0.1, -6., -0.1], (2, 1, 2));
-        let p = pca_direction(&a, &b).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let p = pca_direction(&a, &b)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(p[0] > 10.0 && p[1].abs() < 1e-3, "{p:?}");
-        let p = pca_direction(&b, &a).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let p = pca_direction(&b, &a)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(p[0] < -10.0, "{p:?}");
     }
 
@@ -235,11 +278,17 @@ mod tests {
     #[test]
     fn bad_inputs_are_refused() {
         let benign = t3(&[1., 0., 0., 1.], (2, 1, 2));
-        assert!(benign_subspace(&benign, 5).unwrap_err().to_string().contains("larger than the benign set"));
+        assert!(benign_subspace(&benign, 5)
+            .unwrap_err()
+            .to_string()
+            .contains("larger than the benign set"));
         let a = t3(&[1., 0.], (1, 1, 2));
         let b = t3(&[1., 0., 0.], (1, 1, 3));
         assert!(mean_difference(&a, &b).is_err());
         let empty = Tensor::zeros((0, 1, 2), DType::F32, &Device::Cpu).unwrap();
-        assert!(mean_difference(&empty, &a).unwrap_err().to_string().contains("no prompts"));
+        assert!(mean_difference(&empty, &a)
+            .unwrap_err()
+            .to_string()
+            .contains("no prompts"));
     }
 }

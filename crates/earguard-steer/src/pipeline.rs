@@ -49,15 +49,20 @@ impl FitSetup<'_> {
             .iter()
             .map(|item| {
                 let messages = self.style.messages(item, suffix)?;
-                self.model.encode_messages(&messages).map_err(|e| {
-                    SteerError::Invalid(format!("prompt {}: {e}", item.id))
-                })
+                self.model
+                    .encode_messages(&messages)
+                    .map_err(|e| SteerError::Invalid(format!("prompt {}: {e}", item.id)))
             })
             .collect()
     }
 
     /// `[n, layers, hidden]` last-position activations of `items` (named `name` on disk).
-    pub fn capture(&self, name: &str, items: &[PromptItem], suffix: Option<&str>) -> Result<Tensor> {
+    pub fn capture(
+        &self,
+        name: &str,
+        items: &[PromptItem],
+        suffix: Option<&str>,
+    ) -> Result<Tensor> {
         if items.is_empty() {
             return Err(SteerError::Invalid(format!("the {name} set is empty")));
         }
@@ -106,7 +111,11 @@ impl FitSetup<'_> {
         let with_suffix = self.capture("harmful+suffix", harmful, Some(suffix))?;
         let benign_acts = self.capture("benign", benign, None)?;
         let v = fit::sarsteer(&with_suffix, &plain, &benign_acts, k, lambda)?;
-        let method = if self.style.mode == earguard_data::Mode::TextOnly { "text-steer" } else { "sarsteer" };
+        let method = if self.style.mode == earguard_data::Mode::TextOnly {
+            "text-steer"
+        } else {
+            "sarsteer"
+        };
         let meta = self.meta(
             method,
             json!({"k": k, "lambda": lambda, "suffix": suffix, "mode": self.style.mode,
@@ -136,7 +145,12 @@ impl FitSetup<'_> {
 
     /// CAST: behaviour = harmful-minus-benign mean difference per layer; condition fitted on
     /// the same sets.
-    pub fn cast(&self, harmful: &[PromptItem], benign: &[PromptItem], alpha: f64) -> Result<SteeringVector> {
+    pub fn cast(
+        &self,
+        harmful: &[PromptItem],
+        benign: &[PromptItem],
+        alpha: f64,
+    ) -> Result<SteeringVector> {
         check_sets(harmful, benign)?;
         let h = self.capture("harmful", harmful, None)?;
         let b = self.capture("benign", benign, None)?;
@@ -167,7 +181,10 @@ impl FitSetup<'_> {
         let mut table = Vec::new();
         for l in 0..last {
             let plan = Ablate::from_direction(directions.get(l)?).plan(self.model, &harm)?;
-            let score = mean(&earguard_model::generate::log_odds(&self.logits(&harm, &plan)?, &refusal)?);
+            let score = mean(&earguard_model::generate::log_odds(
+                &self.logits(&harm, &plan)?,
+                &refusal,
+            )?);
             let plan = Ablate::from_direction(directions.get(l)?).plan(self.model, &safe)?;
             let kl = mean_kl(&base_logits, &self.logits(&safe, &plan)?)?;
             table.push(json!({"layer": l, "harmful_refusal_score": score, "harmless_kl": kl}));
@@ -178,18 +195,31 @@ impl FitSetup<'_> {
         let best = table
             .iter()
             .filter(|r| score_of(r, "harmless_kl") < sel.max_kl)
-            .min_by(|a, b| score_of(a, "harmful_refusal_score").total_cmp(&score_of(b, "harmful_refusal_score")))
-            .or_else(|| table.iter().min_by(|a, b| score_of(a, "harmless_kl").total_cmp(&score_of(b, "harmless_kl"))))
+            .min_by(|a, b| {
+                score_of(a, "harmful_refusal_score")
+                    .total_cmp(&score_of(b, "harmful_refusal_score"))
+            })
+            .or_else(|| {
+                table.iter().min_by(|a, b| {
+                    score_of(a, "harmless_kl").total_cmp(&score_of(b, "harmless_kl"))
+                })
+            })
             .ok_or_else(|| SteerError::Invalid("no candidate layers to search".into()))?;
         let layer = best["layer"].as_u64().unwrap_or(0) as usize;
-        Ok(LayerPick { layer, table: serde_json::Value::Array(table) })
+        Ok(LayerPick {
+            layer,
+            table: serde_json::Value::Array(table),
+        })
     }
 
     fn logits(&self, batch: &[Vec<u32>], plan: &InterventionPlan) -> Result<Tensor> {
         let mut rows = Vec::new();
         for chunk in batch.chunks(self.batch_size.max(1)) {
             let out = forward_batch(self.model, chunk, plan, Logits::Last)?;
-            rows.push(out.logits.ok_or_else(|| SteerError::Invalid("no logits".into()))?);
+            rows.push(
+                out.logits
+                    .ok_or_else(|| SteerError::Invalid("no logits".into()))?,
+            );
         }
         Ok(Tensor::cat(&rows, 0)?.to_dtype(DType::F32)?)
     }
@@ -210,10 +240,14 @@ struct LayerPick {
 
 fn check_sets(harmful: &[PromptItem], benign: &[PromptItem]) -> Result<()> {
     if harmful.is_empty() {
-        return Err(SteerError::Invalid("the training data has no harmful prompts".into()));
+        return Err(SteerError::Invalid(
+            "the training data has no harmful prompts".into(),
+        ));
     }
     if benign.is_empty() {
-        return Err(SteerError::Invalid("the training data has no benign prompts".into()));
+        return Err(SteerError::Invalid(
+            "the training data has no benign prompts".into(),
+        ));
     }
     Ok(())
 }

@@ -89,16 +89,23 @@ impl Runner for Ours<'_> {
         let mut cache = dec.new_cache(vec![0]);
         let ids = Tensor::new(prompt, &Device::Cpu)?.unsqueeze(0)?;
         let t0 = Instant::now();
-        let mut logits = dec.forward(&ids, &mut cache, &self.plan, Logits::Last)?.logits;
+        let mut logits = dec
+            .forward(&ids, &mut cache, &self.plan, Logits::Last)?
+            .logits;
         let prefill_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         for _ in 0..n {
             let l = logits.take().context("no logits")?;
             let next = l.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
             let ids = Tensor::new(&[[next]], &Device::Cpu)?;
-            logits = dec.forward(&ids, &mut cache, &self.plan, Logits::Last)?.logits;
+            logits = dec
+                .forward(&ids, &mut cache, &self.plan, Logits::Last)?
+                .logits;
         }
-        Ok(Timing { prefill_s, decode_s: t1.elapsed().as_secs_f64() })
+        Ok(Timing {
+            prefill_s,
+            decode_s: t1.elapsed().as_secs_f64(),
+        })
     }
 }
 
@@ -159,7 +166,10 @@ impl Runner for StockRunner {
             let ids = Tensor::new(&[[next]], &Device::Cpu)?;
             logits = self.0.forward(&ids, prompt.len() + i)?;
         }
-        Ok(Timing { prefill_s, decode_s: t1.elapsed().as_secs_f64() })
+        Ok(Timing {
+            prefill_s,
+            decode_s: t1.elapsed().as_secs_f64(),
+        })
     }
 }
 
@@ -170,14 +180,18 @@ fn decode(args: DecodeArgs) -> Result<()> {
     }
     let cfg = model.decoder.config().clone();
     // A fixed, ordinary prompt repeated to the requested length.
-    let seed_text = "The quick brown fox jumps over the lazy dog while the sun sets behind the hills. ";
+    let seed_text =
+        "The quick brown fox jumps over the lazy dog while the sun sets behind the hills. ";
     let mut prompt = Vec::new();
     while prompt.len() < args.prompt_tokens {
         prompt.extend(model.tokenizer.encode(seed_text, false)?);
     }
     prompt.truncate(args.prompt_tokens.max(1));
     if prompt.len() + args.tokens + 1 > cfg.context_length {
-        bail!("prompt + tokens exceed the model's context of {}", cfg.context_length);
+        bail!(
+            "prompt + tokens exceed the model's context of {}",
+            cfg.context_length
+        );
     }
 
     // Steering as SARSteer applies it: a small vector added at the last position of every layer.
@@ -186,11 +200,26 @@ fn decode(args: DecodeArgs) -> Result<()> {
         let v = (Tensor::randn(0f32, 1.0, cfg.hidden_size, &Device::Cpu)? * 0.01)?;
         steer = steer.add(HookPoint::ResidPost(l), Positions::Last, v);
     }
-    let stock = Stock { path: model.info.path.clone(), arch: model.info.architecture };
+    let stock = Stock {
+        path: model.info.path.clone(),
+        arch: model.info.architecture,
+    };
     let stock_model = stock.load().context("loading candle's stock model")?;
     let mut runners: Vec<(String, Box<dyn Runner + '_>)> = vec![
-        ("ours".into(), Box::new(Ours { model: &model, plan: InterventionPlan::new() })),
-        ("steered".into(), Box::new(Ours { model: &model, plan: steer })),
+        (
+            "ours".into(),
+            Box::new(Ours {
+                model: &model,
+                plan: InterventionPlan::new(),
+            }),
+        ),
+        (
+            "steered".into(),
+            Box::new(Ours {
+                model: &model,
+                plan: steer,
+            }),
+        ),
         ("stock".into(), Box::new(StockRunner(stock_model))),
     ];
     for spec in &args.defenses {
@@ -198,7 +227,13 @@ fn decode(args: DecodeArgs) -> Result<()> {
         let defense = earguard_steer::defense::build(&parsed, &model, false)?;
         // The plan of a one-prompt batch (CAST decides here, from its probe pass).
         let plan = defense.plan(&model, std::slice::from_ref(&prompt))?;
-        runners.push((spec.clone(), Box::new(Ours { model: &model, plan })));
+        runners.push((
+            spec.clone(),
+            Box::new(Ours {
+                model: &model,
+                plan,
+            }),
+        ));
     }
     let mut best: Vec<Option<Timing>> = vec![None; runners.len()];
     // Warm-up (page in weights, allocator), then interleaved repeats.
@@ -225,7 +260,10 @@ fn decode(args: DecodeArgs) -> Result<()> {
     }
     progress.finish_and_clear();
     let tok_s = |n: usize, s: f64| n as f64 / s.max(1e-12);
-    let best: Vec<Timing> = best.into_iter().map(|t| t.context("variant was not measured")).collect::<Result<_>>()?;
+    let best: Vec<Timing> = best
+        .into_iter()
+        .map(|t| t.context("variant was not measured"))
+        .collect::<Result<_>>()?;
     let (ours, steered, stock) = (best[0], best[1], best[2]);
     let defenses: Vec<serde_json::Value> = runners[3..]
         .iter()
@@ -252,8 +290,15 @@ fn decode(args: DecodeArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    println!("model {} ({} threads)", model.info.name, candle_core::utils::get_num_threads());
-    println!("{:<10} {:>14} {:>15}", "variant", "decode tok/s", "prefill tok/s");
+    println!(
+        "model {} ({} threads)",
+        model.info.name,
+        candle_core::utils::get_num_threads()
+    );
+    println!(
+        "{:<10} {:>14} {:>15}",
+        "variant", "decode tok/s", "prefill tok/s"
+    );
     for (name, t) in [("ours", ours), ("steered", steered), ("stock", stock)] {
         println!(
             "{name:<10} {:>14.2} {:>15.1}",
@@ -262,7 +307,11 @@ fn decode(args: DecodeArgs) -> Result<()> {
         );
     }
     for ((name, _), t) in runners[3..].iter().zip(&best[3..]) {
-        println!("defense {name}: decode {:.2} tok/s, time vs no defense {:.3}", tok_s(args.tokens, t.decode_s), t.decode_s / ours.decode_s);
+        println!(
+            "defense {name}: decode {:.2} tok/s, time vs no defense {:.3}",
+            tok_s(args.tokens, t.decode_s),
+            t.decode_s / ours.decode_s
+        );
     }
     println!(
         "ours/stock speed: decode {:.3}×, prefill {:.3}×   steered/unsteered decode time: {:.3}",
@@ -295,7 +344,14 @@ fn eval_batching(args: EvalBenchArgs) -> Result<()> {
     let plan = InterventionPlan::new();
     let t0 = Instant::now();
     for p in &prompts {
-        generate_batch(&model.decoder, std::slice::from_ref(p), &request, &plan, None, |_, _| {})?;
+        generate_batch(
+            &model.decoder,
+            std::slice::from_ref(p),
+            &request,
+            &plan,
+            None,
+            |_, _| {},
+        )?;
     }
     let single = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();

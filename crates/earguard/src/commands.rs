@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use earguard_model::chat::ChatMessage;
 use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
 use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::tokenizer::TokenStream;
-use earguard_model::chat::ChatMessage;
 use earguard_model::Model;
 use earguard_steer::defense::DefenseSpec;
 use serde_json::json;
@@ -96,12 +96,18 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         ("n_layers", info.n_layers.to_string()),
         ("hidden_size", info.hidden_size.to_string()),
         ("intermediate_size", info.intermediate_size.to_string()),
-        ("heads (q / kv)", format!("{} / {}", info.n_heads, info.n_kv_heads)),
+        (
+            "heads (q / kv)",
+            format!("{} / {}", info.n_heads, info.n_kv_heads),
+        ),
         ("vocab_size", info.vocab_size.to_string()),
         ("context_length", info.context_length.to_string()),
         ("tied embeddings", info.tie_embeddings.to_string()),
         ("quantization", info.quantization.clone()),
-        ("chat template", if info.chat_template { "yes" } else { "no" }.to_string()),
+        (
+            "chat template",
+            if info.chat_template { "yes" } else { "no" }.to_string(),
+        ),
         ("identity", info.identity.clone()),
     ];
     for (k, v) in rows {
@@ -114,7 +120,11 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let model = load_model(&args.model, args.json)?;
     let mut spec: DefenseSpec = args.defense.parse()?;
     if let Some(alpha) = args.alpha {
-        for part in spec.parts.iter_mut().filter(|p| matches!(p.name.as_str(), "sarsteer" | "text-steer" | "cast")) {
+        for part in spec
+            .parts
+            .iter_mut()
+            .filter(|p| matches!(p.name.as_str(), "sarsteer" | "text-steer" | "cast"))
+        {
             part.set_default("alpha", alpha.to_string());
         }
     }

@@ -47,7 +47,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let eval_set = args.data_dir.join("advbench_mirror.jsonl");
     for p in [&train, &eval_set] {
         if !p.is_file() {
-            anyhow::bail!("{} not found: pass --data-dir pointing at shared/data", p.display());
+            anyhow::bail!(
+                "{} not found: pass --data-dir pointing at shared/data",
+                p.display()
+            );
         }
     }
     let model = crate::commands::load_model(&args.model, false)?;
@@ -65,7 +68,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
     };
     let sar_dir = args.out.join("vectors/sarsteer");
     let rd_dir = args.out.join("vectors/refusal-direction");
-    eprintln!("[demo] fitting SARSteer on {} harmful + {} benign prompts", harmful.len(), benign.len());
+    eprintln!(
+        "[demo] fitting SARSteer on {} harmful + {} benign prompts",
+        harmful.len(),
+        benign.len()
+    );
     let sar = setup.sarsteer(&harmful, &benign, DEFAULT_REFUSAL_SUFFIX, 10, 1.0)?;
     sar.save(&sar_dir)?;
     eprintln!("[demo] fitting the refusal direction (with layer search)");
@@ -113,32 +120,67 @@ pub fn run(args: DemoArgs) -> Result<()> {
     for (name, spec) in &runs {
         eprintln!("[demo] evaluating {name}");
         let baseline = (*name != "none").then_some(base_dir.as_path());
-        let r = evaluate(&model, &settings, &prepared, spec, None, baseline, &args.out.join("runs").join(name))?;
+        let r = evaluate(
+            &model,
+            &settings,
+            &prepared,
+            spec,
+            None,
+            baseline,
+            &args.out.join("runs").join(name),
+        )?;
         reports.push((name.to_string(), r));
     }
 
     // Plots: the trade-off of every defense, per-layer norms of the fitted directions, and a
     // 2-D PCA of harmful vs benign representations at the selected layer.
-    let points: Vec<TradeoffPoint> = reports.iter().filter_map(|(n, r)| tradeoff_point(r, n)).collect();
-    plots::tradeoff(&args.out, "tradeoff", &points, "Defenses on AdvBench mirror pairs (text-only)", false)?;
+    let points: Vec<TradeoffPoint> = reports
+        .iter()
+        .filter_map(|(n, r)| tradeoff_point(r, n))
+        .collect();
+    plots::tradeoff(
+        &args.out,
+        "tradeoff",
+        &points,
+        "Defenses on AdvBench mirror pairs (text-only)",
+        false,
+    )?;
     let norms = |v: &earguard_steer::artifact::SteeringVector| -> Result<Vec<f32>> {
-        v.directions.values().map(|t| Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?)).collect()
+        v.directions
+            .values()
+            .map(|t| Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?))
+            .collect()
     };
     plots::layer_norms(
         &args.out,
         "layer_norms",
-        &[("SARSteer v_l".into(), norms(&sar)?), ("refusal direction r_l".into(), norms(&rd)?)],
+        &[
+            ("SARSteer v_l".into(), norms(&sar)?),
+            ("refusal direction r_l".into(), norms(&rd)?),
+        ],
         "Per-layer norm of fitted directions",
     )?;
-    let layer = rd.meta.extra.get("selected_layer").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+    let layer = rd
+        .meta
+        .extra
+        .get("selected_layer")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0) as usize;
     pca_plot(&args.out, layer)?;
 
     let table: Vec<(String, &Report)> = reports.iter().map(|(n, r)| (n.clone(), r)).collect();
     println!();
-    println!("earguard demo — {} on {} AdvBench mirror pairs, text-only, greedy, {} tokens", model.info.name, args.pairs, args.max_tokens);
+    println!(
+        "earguard demo — {} on {} AdvBench mirror pairs, text-only, greedy, {} tokens",
+        model.info.name, args.pairs, args.max_tokens
+    );
     print_table(&table);
     write_summary(&args, &reports, &refs, layer, fit_seconds)?;
-    println!("report: {} ({:.0} s in all)", args.out.join("report.md").display(), t0.elapsed().as_secs_f64());
+    println!(
+        "report: {} ({:.0} s in all)",
+        args.out.join("report.md").display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -154,31 +196,78 @@ fn pca_plot(out: &Path, layer: usize) -> Result<()> {
         rows.extend(at);
     }
     let xy = plots::pca_2d(&rows)?;
-    let points: Vec<ScatterPoint> =
-        xy.into_iter().zip(groups).map(|((x, y), group)| ScatterPoint { x, y, group }).collect();
-    plots::pca_scatter(out, "pca", &points, &format!("Last-position representations, layer {layer} (PCA)"))?;
+    let points: Vec<ScatterPoint> = xy
+        .into_iter()
+        .zip(groups)
+        .map(|((x, y), group)| ScatterPoint { x, y, group })
+        .collect();
+    plots::pca_scatter(
+        out,
+        "pca",
+        &points,
+        &format!("Last-position representations, layer {layer} (PCA)"),
+    )?;
     Ok(())
 }
 
-fn write_summary(args: &DemoArgs, reports: &[(String, Report)], refs: &[DatasetRef], layer: usize, fit_s: f64) -> Result<()> {
+fn write_summary(
+    args: &DemoArgs,
+    reports: &[(String, Report)],
+    refs: &[DatasetRef],
+    layer: usize,
+    fit_s: f64,
+) -> Result<()> {
     use std::fmt::Write as _;
     let mut md = String::new();
     writeln!(md, "# earguard demo\n")?;
-    writeln!(md, "Model `{}`, text-only, greedy, {} tokens per response, substring judge (SPEC §2).", args.model, args.max_tokens)?;
+    writeln!(
+        md,
+        "Model `{}`, text-only, greedy, {} tokens per response, substring judge (SPEC §2).",
+        args.model, args.max_tokens
+    )?;
     writeln!(md, "SARSteer (k = 10, λ = 1, α = {}) and the refusal direction (selected layer {layer}) were fitted on", args.alpha)?;
     for r in refs {
-        writeln!(md, "`{}` ({} harmful + {} benign, sha256 {}…)", r.path, r.n_harmful, r.n_benign, &r.sha256[..12])?;
+        writeln!(
+            md,
+            "`{}` ({} harmful + {} benign, sha256 {}…)",
+            r.path,
+            r.n_harmful,
+            r.n_benign,
+            &r.sha256[..12]
+        )?;
     }
-    writeln!(md, "in {fit_s:.0} s, then evaluated on the first {} pairs of `advbench_mirror.jsonl`.\n", args.pairs)?;
+    writeln!(
+        md,
+        "in {fit_s:.0} s, then evaluated on the first {} pairs of `advbench_mirror.jsonl`.\n",
+        args.pairs
+    )?;
     writeln!(md, "| defense | ASR (harmful answered) | ORR (benign refused) | mirror pairs split | NSI vs none |")?;
     writeln!(md, "|---|---|---|---|---|")?;
     for (name, r) in reports {
-        let split = r.pairs.as_ref().map_or("–".into(), |p| p.split_correctly.display_percent());
-        let nsi = r.baseline.as_ref().and_then(|b| b.nsi).map_or("–".into(), |v| format!("{:+.1} pts", 100.0 * v));
-        writeln!(md, "| `{name}` | {} | {} | {split} | {nsi} |", r.asr_rate.display_percent(), r.orr_rate.display_percent())?;
+        let split = r
+            .pairs
+            .as_ref()
+            .map_or("–".into(), |p| p.split_correctly.display_percent());
+        let nsi = r
+            .baseline
+            .as_ref()
+            .and_then(|b| b.nsi)
+            .map_or("–".into(), |v| format!("{:+.1} pts", 100.0 * v));
+        writeln!(
+            md,
+            "| `{name}` | {} | {} | {split} | {nsi} |",
+            r.asr_rate.display_percent(),
+            r.orr_rate.display_percent()
+        )?;
     }
-    writeln!(md, "\nEach run's responses and report: `runs/<defense>/`.\n")?;
-    writeln!(md, "![ASR vs ORR](tradeoff.png)\n\n![Per-layer norms](layer_norms.png)\n\n![PCA](pca.png)")?;
+    writeln!(
+        md,
+        "\nEach run's responses and report: `runs/<defense>/`.\n"
+    )?;
+    writeln!(
+        md,
+        "![ASR vs ORR](tradeoff.png)\n\n![Per-layer norms](layer_norms.png)\n\n![PCA](pca.png)"
+    )?;
     std::fs::write(args.out.join("report.md"), md)?;
     let json = serde_json::json!({
         "model": args.model,
@@ -186,6 +275,9 @@ fn write_summary(args: &DemoArgs, reports: &[(String, Report)], refs: &[DatasetR
         "selected_layer": layer,
         "runs": reports.iter().map(|(n, r)| serde_json::json!({"defense": n, "asr": r.asr, "orr": r.orr, "n_harmful": r.n_harmful, "n_benign": r.n_benign, "nsi": r.baseline.as_ref().and_then(|b| b.nsi)})).collect::<Vec<_>>(),
     });
-    std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(
+        args.out.join("report.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
     Ok(())
 }

@@ -126,12 +126,19 @@ pub struct Prepared {
 }
 
 pub fn prepare(s: &EvalSettings) -> Result<Prepared> {
-    let opts = ReadOptions { skip_bad_lines: s.skip_bad_lines };
+    let opts = ReadOptions {
+        skip_bad_lines: s.skip_bad_lines,
+    };
     let mut sets = Vec::new();
     for path in &s.data {
         let mut set = PromptSet::read(path, &opts)?;
         for bad in &set.skipped {
-            eprintln!("warning: {}:{}: skipped: {}", path.display(), bad.line, bad.message);
+            eprintln!(
+                "warning: {}:{}: skipped: {}",
+                path.display(),
+                bad.line,
+                bad.message
+            );
         }
         if let Some(n) = s.limit {
             set.items = set.take_pairs(n);
@@ -140,13 +147,25 @@ pub fn prepare(s: &EvalSettings) -> Result<Prepared> {
     }
     let data = sets
         .iter()
-        .map(|set| DataRef { path: set.path.clone(), sha256: set.sha256.clone(), n_items: set.items.len() })
+        .map(|set| DataRef {
+            path: set.path.clone(),
+            sha256: set.sha256.clone(),
+            n_items: set.items.len(),
+        })
         .collect();
-    let judges = s.judges.iter().map(|j| judge::build(j)).collect::<Result<Vec<_>, _>>()?;
+    let judges = s
+        .judges
+        .iter()
+        .map(|j| judge::build(j))
+        .collect::<Result<Vec<_>, _>>()?;
     if judges.is_empty() {
         bail!("at least one --judge is needed");
     }
-    Ok(Prepared { items: runner::run_items(&sets, None), data, judges })
+    Ok(Prepared {
+        items: runner::run_items(&sets, None),
+        data,
+        judges,
+    })
 }
 
 /// Run (or resume) one evaluation into `dir` and write its report.
@@ -161,7 +180,11 @@ pub fn evaluate(
 ) -> Result<Report> {
     let mut spec: DefenseSpec = spec_text.parse()?;
     if let Some(alpha) = s.alpha {
-        for part in spec.parts.iter_mut().filter(|p| matches!(p.name.as_str(), "sarsteer" | "text-steer" | "cast")) {
+        for part in spec
+            .parts
+            .iter_mut()
+            .filter(|p| matches!(p.name.as_str(), "sarsteer" | "text-steer" | "cast"))
+        {
             part.set_default("alpha", alpha.to_string());
         }
     }
@@ -202,18 +225,36 @@ pub fn evaluate(
         &items,
         &config,
         dir,
-        &RunOptions { batch_size: s.batch_size, progress: true },
+        &RunOptions {
+            batch_size: s.batch_size,
+            progress: true,
+        },
     )?;
     finish_report(&rows, dir, baseline, &config.judges[0], &spec.to_string())
 }
 
 /// Build, plot and write the report of finished rows.
-pub fn finish_report(rows: &[ResultRow], dir: &Path, baseline: Option<&Path>, judge: &str, title: &str) -> Result<Report> {
+pub fn finish_report(
+    rows: &[ResultRow],
+    dir: &Path,
+    baseline: Option<&Path>,
+    judge: &str,
+    title: &str,
+) -> Result<Report> {
     let base_rows = baseline
-        .map(|b| runner::read_results(&b.join(runner::RESULTS)).with_context(|| format!("baseline {}", b.display())))
+        .map(|b| {
+            runner::read_results(&b.join(runner::RESULTS))
+                .with_context(|| format!("baseline {}", b.display()))
+        })
         .transpose()?;
-    let base_name = baseline.map(|b| b.display().to_string()).unwrap_or_default();
-    let report = report::build(rows, judge, base_rows.as_deref().map(|r| (base_name.as_str(), r)))?;
+    let base_name = baseline
+        .map(|b| b.display().to_string())
+        .unwrap_or_default();
+    let report = report::build(
+        rows,
+        judge,
+        base_rows.as_deref().map(|r| (base_name.as_str(), r)),
+    )?;
     let mut points = Vec::new();
     if let Some(base) = &base_rows {
         let b = report::build(base, judge, None)?;
@@ -240,16 +281,32 @@ pub fn tradeoff_point(r: &Report, label: &str) -> Option<TradeoffPoint> {
 }
 
 pub fn print_table(rows: &[(String, &Report)]) {
-    println!("{:<34} {:>26} {:>26}", "defense", "ASR (harmful answered)", "ORR (benign refused)");
+    println!(
+        "{:<34} {:>26} {:>26}",
+        "defense", "ASR (harmful answered)", "ORR (benign refused)"
+    );
     for (name, r) in rows {
-        println!("{:<34} {:>26} {:>26}", name, r.asr_rate.display_percent(), r.orr_rate.display_percent());
+        println!(
+            "{:<34} {:>26} {:>26}",
+            name,
+            r.asr_rate.display_percent(),
+            r.orr_rate.display_percent()
+        );
     }
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
     let prepared = prepare(&args.settings)?;
     let model = crate::commands::load_model(&args.settings.model, false)?;
-    let report = evaluate(&model, &args.settings, &prepared, &args.defense, args.shard, args.baseline.as_deref(), &args.out)?;
+    let report = evaluate(
+        &model,
+        &args.settings,
+        &prepared,
+        &args.defense,
+        args.shard,
+        args.baseline.as_deref(),
+        &args.out,
+    )?;
     print_table(&[(args.defense.clone(), &report)]);
     if let Some(b) = &report.baseline {
         if let Some(nsi) = b.nsi {
@@ -266,12 +323,18 @@ pub fn merge(args: MergeArgs) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     for dir in &args.dirs {
         let path = dir.join(runner::CONFIG);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let mut c: RunConfig = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut c: RunConfig =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         c.shard = None;
         if let Some(first) = configs.first() {
             if *first != c {
-                bail!("{} was made with another configuration than {}", dir.display(), args.dirs[0].display());
+                bail!(
+                    "{} was made with another configuration than {}",
+                    dir.display(),
+                    args.dirs[0].display()
+                );
             }
         }
         configs.push(c);
@@ -291,7 +354,12 @@ pub fn merge(args: MergeArgs) -> Result<()> {
     std::fs::write(args.out.join(runner::RESULTS), text)?;
     let report = finish_report(&rows, &args.out, None, &config.judges[0], &config.defense)?;
     print_table(&[(config.defense.clone(), &report)]);
-    println!("merged {} responses from {} shards into {}", rows.len(), args.dirs.len(), args.out.display());
+    println!(
+        "merged {} responses from {} shards into {}",
+        rows.len(),
+        args.dirs.len(),
+        args.out.display()
+    );
     Ok(())
 }
 
@@ -299,12 +367,28 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     let prepared = prepare(&args.settings)?;
     let model = crate::commands::load_model(&args.settings.model, false)?;
     std::fs::create_dir_all(&args.out)?;
-    let under = args.under.as_deref().map(|u| format!("{u}+")).unwrap_or_default();
+    let under = args
+        .under
+        .as_deref()
+        .map(|u| format!("{u}+"))
+        .unwrap_or_default();
     let base_spec = args.under.clone().unwrap_or_else(|| "none".into());
     let base_dir = args.out.join("baseline");
     eprintln!("sweep: baseline {base_spec}");
-    let base = evaluate(&model, &args.settings, &prepared, &base_spec, None, None, &base_dir)?;
-    let layer_sets = if args.layers.is_empty() { vec![None] } else { args.layers.iter().cloned().map(Some).collect() };
+    let base = evaluate(
+        &model,
+        &args.settings,
+        &prepared,
+        &base_spec,
+        None,
+        None,
+        &base_dir,
+    )?;
+    let layer_sets = if args.layers.is_empty() {
+        vec![None]
+    } else {
+        args.layers.iter().cloned().map(Some).collect()
+    };
     let mut points = vec![("baseline".to_string(), base.clone())];
     for layers in &layer_sets {
         for &alpha in &args.alphas {
@@ -312,15 +396,42 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
             if let Some(l) = layers {
                 opts.push(format!("layers={}", l.replace(',', "|")));
             }
-            let spec = format!("{under}sarsteer={}:{}", args.vector.display(), opts.join(","));
-            let name = format!("alpha={alpha}{}", layers.as_ref().map(|l| format!(",layers={l}")).unwrap_or_default());
+            let spec = format!(
+                "{under}sarsteer={}:{}",
+                args.vector.display(),
+                opts.join(",")
+            );
+            let name = format!(
+                "alpha={alpha}{}",
+                layers
+                    .as_ref()
+                    .map(|l| format!(",layers={l}"))
+                    .unwrap_or_default()
+            );
             eprintln!("sweep: {name}");
-            let r = evaluate(&model, &args.settings, &prepared, &spec, None, Some(&base_dir), &args.out.join(&name))?;
+            let r = evaluate(
+                &model,
+                &args.settings,
+                &prepared,
+                &spec,
+                None,
+                Some(&base_dir),
+                &args.out.join(&name),
+            )?;
             points.push((name, r));
         }
     }
-    let tradeoff: Vec<TradeoffPoint> = points.iter().filter_map(|(n, r)| tradeoff_point(r, n)).collect();
-    plots::tradeoff(&args.out, "tradeoff", &tradeoff, "SARSteer sweep: ASR vs ORR", true)?;
+    let tradeoff: Vec<TradeoffPoint> = points
+        .iter()
+        .filter_map(|(n, r)| tradeoff_point(r, n))
+        .collect();
+    plots::tradeoff(
+        &args.out,
+        "tradeoff",
+        &tradeoff,
+        "SARSteer sweep: ASR vs ORR",
+        true,
+    )?;
     let pick = args.max_orr.and_then(|x| {
         let limit = base.orr? + x / 100.0;
         points[1..]
@@ -335,11 +446,16 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         "max_orr_points": args.max_orr,
         "picked": pick,
     });
-    std::fs::write(args.out.join("sweep.json"), serde_json::to_string_pretty(&summary)?)?;
+    std::fs::write(
+        args.out.join("sweep.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
     let table: Vec<(String, &Report)> = points.iter().map(|(n, r)| (n.clone(), r)).collect();
     print_table(&table);
     match (&pick, args.max_orr) {
-        (Some(p), Some(x)) => println!("strongest setting within {x} ORR points of the baseline: {p}"),
+        (Some(p), Some(x)) => {
+            println!("strongest setting within {x} ORR points of the baseline: {p}")
+        }
         (None, Some(x)) => println!("no setting keeps ORR within {x} points of the baseline"),
         _ => {}
     }

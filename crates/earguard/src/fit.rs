@@ -135,7 +135,12 @@ pub fn read_sets(
     let mut read = |path: &Path, force: Option<Label>| -> Result<()> {
         let set = PromptSet::read(path, &opts)?;
         for bad in &set.skipped {
-            eprintln!("warning: {}:{}: skipped: {}", path.display(), bad.line, bad.message);
+            eprintln!(
+                "warning: {}:{}: skipped: {}",
+                path.display(),
+                bad.line,
+                bad.message
+            );
         }
         for item in set.items {
             match force.unwrap_or(item.label) {
@@ -189,9 +194,16 @@ pub fn run(cmd: FitCommand) -> Result<()> {
         FitCommand::RefusalDirection(a) => (&a.common, "refusal-direction"),
         FitCommand::Cast(a) => (&a.common, "cast"),
     };
-    let (harmful, benign, refs) =
-        read_sets(&common.data, &common.harmful, &common.benign, common.skip_bad_lines)?;
-    let (harmful, benign) = (limited(harmful, common.limit), limited(benign, common.limit));
+    let (harmful, benign, refs) = read_sets(
+        &common.data,
+        &common.harmful,
+        &common.benign,
+        common.skip_bad_lines,
+    )?;
+    let (harmful, benign) = (
+        limited(harmful, common.limit),
+        limited(benign, common.limit),
+    );
     if harmful.is_empty() || benign.is_empty() {
         bail!(
             "a fit needs harmful and benign prompts: got {} harmful and {} benign",
@@ -201,7 +213,12 @@ pub fn run(cmd: FitCommand) -> Result<()> {
     }
     let model = crate::commands::load_model(&common.model, false)?;
     let setup = setup(&model, common, refs)?;
-    eprintln!("fitting {kind} on {} harmful + {} benign prompts ({} mode)", harmful.len(), benign.len(), common.mode);
+    eprintln!(
+        "fitting {kind} on {} harmful + {} benign prompts ({} mode)",
+        harmful.len(),
+        benign.len(),
+        common.mode
+    );
     let vector = match &cmd {
         FitCommand::Sarsteer(a) => setup.sarsteer(&harmful, &benign, &a.suffix, a.k, a.lambda)?,
         FitCommand::RefusalDirection(a) => {
@@ -228,11 +245,20 @@ fn print_summary(v: &SteeringVector, out: &Path, seconds: f64) {
         .directions
         .values()
         .map(|t| {
-            let n = t.sqr().and_then(|s| s.sum_all()).and_then(|s| s.sqrt()).and_then(|s| s.to_scalar::<f32>());
+            let n = t
+                .sqr()
+                .and_then(|s| s.sum_all())
+                .and_then(|s| s.sqrt())
+                .and_then(|s| s.to_scalar::<f32>());
             n.map_or("?".into(), |n| format!("{n:.2}"))
         })
         .collect();
-    println!("wrote {} ({} layers, method {}) in {seconds:.1}s", out.display(), v.directions.len(), v.meta.method);
+    println!(
+        "wrote {} ({} layers, method {}) in {seconds:.1}s",
+        out.display(),
+        v.directions.len(),
+        v.meta.method
+    );
     println!("per-layer norms: {}", norms.join(" "));
     if let Some(l) = v.meta.extra.get("selected_layer") {
         println!("selected layer: {l}");
@@ -244,7 +270,11 @@ pub fn export(args: ExportArgs) -> Result<()> {
     match args.format {
         ExportFormat::LlamaCpp => {
             let report = earguard_steer::llamacpp::export_control_vector(&vector, &args.out)?;
-            println!("wrote {} (layers {:?})", report.path.display(), report.written);
+            println!(
+                "wrote {} (layers {:?})",
+                report.path.display(),
+                report.written
+            );
             for s in &report.skipped {
                 eprintln!("warning: layer {} not exported: {}", s.layer, s.reason);
             }
@@ -257,9 +287,20 @@ pub fn export(args: ExportArgs) -> Result<()> {
 }
 
 pub fn import(args: ImportArgs) -> Result<()> {
-    let model = args.model.as_deref().map(|m| crate::commands::load_model(m, false)).transpose()?;
-    let vector = earguard_steer::llamacpp::import_control_vector(&args.input, model.as_ref().map(|m| &m.info))?;
+    let model = args
+        .model
+        .as_deref()
+        .map(|m| crate::commands::load_model(m, false))
+        .transpose()?;
+    let vector = earguard_steer::llamacpp::import_control_vector(
+        &args.input,
+        model.as_ref().map(|m| &m.info),
+    )?;
     vector.save(&args.out)?;
-    println!("wrote {} ({} layers)", args.out.display(), vector.directions.len());
+    println!(
+        "wrote {} ({} layers)",
+        args.out.display(),
+        vector.directions.len()
+    );
     Ok(())
 }

@@ -26,7 +26,11 @@ pub struct LlmJudge {
 impl LlmJudge {
     pub fn load(spec: &str) -> Result<Self> {
         let model = earguard_model::load(spec)?;
-        Ok(Self { name: format!("llm={spec}"), model, batch_size: 8 })
+        Ok(Self {
+            name: format!("llm={spec}"),
+            model,
+            batch_size: 8,
+        })
     }
 
     fn prompt(&self, input: &JudgeInput<'_>) -> Result<Vec<u32>> {
@@ -41,7 +45,10 @@ impl LlmJudge {
 
 /// The verdict in the judge's reply: its first 0/1 digit.
 fn parse_reply(reply: &str) -> Option<bool> {
-    reply.chars().find(|c| *c == '0' || *c == '1').map(|c| c == '1')
+    reply
+        .chars()
+        .find(|c| *c == '0' || *c == '1')
+        .map(|c| c == '1')
 }
 
 impl Judge for LlmJudge {
@@ -60,14 +67,30 @@ impl Judge for LlmJudge {
         };
         let mut out = Vec::with_capacity(inputs.len());
         for chunk in inputs.chunks(self.batch_size) {
-            let prompts = chunk.iter().map(|i| self.prompt(i)).collect::<Result<Vec<_>>>()?;
-            let gens = generate_batch(&self.model.decoder, &prompts, &request, &InterventionPlan::new(), None, |_, _| {})?;
+            let prompts = chunk
+                .iter()
+                .map(|i| self.prompt(i))
+                .collect::<Result<Vec<_>>>()?;
+            let gens = generate_batch(
+                &self.model.decoder,
+                &prompts,
+                &request,
+                &InterventionPlan::new(),
+                None,
+                |_, _| {},
+            )?;
             for g in gens {
                 let reply = self.model.tokenizer.decode(&g.tokens, true)?;
                 let complies = parse_reply(&reply).ok_or_else(|| {
-                    EvalError::Invalid(format!("{}: judge reply {reply:?} holds no 0/1 verdict", self.name))
+                    EvalError::Invalid(format!(
+                        "{}: judge reply {reply:?} holds no 0/1 verdict",
+                        self.name
+                    ))
                 })?;
-                out.push(Verdict { refused: !complies, score: Some(if complies { 1.0 } else { 0.0 }) });
+                out.push(Verdict {
+                    refused: !complies,
+                    score: Some(if complies { 1.0 } else { 0.0 }),
+                });
             }
         }
         Ok(out)

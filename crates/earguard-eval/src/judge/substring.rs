@@ -49,11 +49,17 @@ impl Substring {
     }
 
     pub fn extended() -> Self {
-        Self::with("substring:extended", REFUSAL_SUBSTRINGS.iter().chain(EXTENDED_SUBSTRINGS))
+        Self::with(
+            "substring:extended",
+            REFUSAL_SUBSTRINGS.iter().chain(EXTENDED_SUBSTRINGS),
+        )
     }
 
     fn with<'a>(name: &'static str, phrases: impl Iterator<Item = &'a &'a str>) -> Self {
-        Self { name, needles: phrases.map(|p| normalise(p)).collect() }
+        Self {
+            name,
+            needles: phrases.map(|p| normalise(p)).collect(),
+        }
     }
 
     pub fn is_refusal(&self, response: &str) -> bool {
@@ -73,7 +79,13 @@ impl Judge for Substring {
     }
 
     fn judge_batch(&self, inputs: &[JudgeInput<'_>]) -> Result<Vec<Verdict>> {
-        Ok(inputs.iter().map(|i| Verdict { refused: self.is_refusal(i.response), score: None }).collect())
+        Ok(inputs
+            .iter()
+            .map(|i| Verdict {
+                refused: self.is_refusal(i.response),
+                score: None,
+            })
+            .collect())
     }
 }
 

@@ -20,15 +20,20 @@ impl Ablate {
         let vector = SteeringVector::load(part.artifact()?)?;
         vector.check_compatible(&model.info, force)?;
         let layer = selected_layer(&vector, part)?;
-        let r = vector
-            .directions
-            .get(&layer)
-            .ok_or_else(|| SteerError::Invalid(format!("the vector has no direction for layer {layer}")))?;
-        Ok(Self { describe: part.to_string(), direction: r.clone() })
+        let r = vector.directions.get(&layer).ok_or_else(|| {
+            SteerError::Invalid(format!("the vector has no direction for layer {layer}"))
+        })?;
+        Ok(Self {
+            describe: part.to_string(),
+            direction: r.clone(),
+        })
     }
 
     pub fn from_direction(direction: Tensor) -> Self {
-        Self { describe: "ablate".into(), direction }
+        Self {
+            describe: "ablate".into(),
+            direction,
+        }
     }
 }
 
@@ -40,7 +45,11 @@ impl Defense for Ablate {
     fn plan(&self, model: &Model, _batch: &[Vec<u32>]) -> Result<InterventionPlan> {
         let mut plan = InterventionPlan::new();
         for l in 0..model.decoder.config().n_layers {
-            for hook in [HookPoint::ResidPre(l), HookPoint::AttnOut(l), HookPoint::MlpOut(l)] {
+            for hook in [
+                HookPoint::ResidPre(l),
+                HookPoint::AttnOut(l),
+                HookPoint::MlpOut(l),
+            ] {
                 plan = plan.project_out(hook, Positions::All, &self.direction)?;
             }
         }

@@ -20,12 +20,15 @@ impl ActAdd {
         let vector = SteeringVector::load(part.artifact()?)?;
         vector.check_compatible(&model.info, force)?;
         let layer = selected_layer(&vector, part)?;
-        let r = vector
-            .directions
-            .get(&layer)
-            .ok_or_else(|| SteerError::Invalid(format!("the vector has no direction for layer {layer}")))?;
+        let r = vector.directions.get(&layer).ok_or_else(|| {
+            SteerError::Invalid(format!("the vector has no direction for layer {layer}"))
+        })?;
         let coeff = part.option_f64("coeff")?.unwrap_or(1.0);
-        Ok(Self { describe: part.to_string(), layer, vector: (r * coeff)? })
+        Ok(Self {
+            describe: part.to_string(),
+            layer,
+            vector: (r * coeff)?,
+        })
     }
 }
 
@@ -35,6 +38,10 @@ impl Defense for ActAdd {
     }
 
     fn plan(&self, _model: &Model, _batch: &[Vec<u32>]) -> Result<InterventionPlan> {
-        Ok(InterventionPlan::new().add(HookPoint::ResidPre(self.layer), Positions::All, self.vector.clone()))
+        Ok(InterventionPlan::new().add(
+            HookPoint::ResidPre(self.layer),
+            Positions::All,
+            self.vector.clone(),
+        ))
     }
 }

@@ -27,8 +27,15 @@ impl Cast {
         let vector = SteeringVector::load(part.artifact()?)?;
         vector.check_compatible(&model.info, force)?;
         let extra = &vector.meta.extra;
-        let missing = |k: &str| SteerError::Artifact(format!("cast vector has no extra.{k}: fit it with earguard fit cast"));
-        let layer = extra.get("condition_layer").and_then(|v| v.as_u64()).ok_or_else(|| missing("condition_layer"))? as usize;
+        let missing = |k: &str| {
+            SteerError::Artifact(format!(
+                "cast vector has no extra.{k}: fit it with earguard fit cast"
+            ))
+        };
+        let layer = extra
+            .get("condition_layer")
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| missing("condition_layer"))? as usize;
         let direction: Vec<f32> = extra
             .get("condition_direction")
             .and_then(|v| v.as_array())
@@ -36,7 +43,9 @@ impl Cast {
             .iter()
             .map(|x| x.as_f64().map(|f| f as f32))
             .collect::<Option<Vec<f32>>>()
-            .ok_or_else(|| SteerError::Artifact("condition_direction must be a list of numbers".into()))?;
+            .ok_or_else(|| {
+                SteerError::Artifact("condition_direction must be a list of numbers".into())
+            })?;
         let hidden = model.decoder.config().hidden_size;
         if direction.len() != hidden || direction.iter().any(|x| !x.is_finite()) {
             return Err(SteerError::Artifact(format!(
@@ -46,11 +55,17 @@ impl Cast {
         }
         let threshold = match part.option_f64("threshold")? {
             Some(t) => t as f32,
-            None => extra.get("threshold").and_then(|v| v.as_f64()).ok_or_else(|| missing("threshold"))? as f32,
+            None => extra
+                .get("threshold")
+                .and_then(|v| v.as_f64())
+                .ok_or_else(|| missing("threshold"))? as f32,
         };
         let alpha = match part.option_f64("alpha")? {
             Some(a) => a,
-            None => extra.get("alpha").and_then(|v| v.as_f64()).unwrap_or(super::sarsteer::DEFAULT_ALPHA),
+            None => extra
+                .get("alpha")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(super::sarsteer::DEFAULT_ALPHA),
         };
         let hook = hook_of(&vector)?;
         let condition = super::sarsteer::unit(&Tensor::from_vec(direction, hidden, &Device::Cpu)?)?;
@@ -59,16 +74,30 @@ impl Cast {
             .iter()
             .map(|(&l, v)| Ok((hook.at_layer(l), (v * alpha)?)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { describe: part.to_string(), condition_hook: hook.at_layer(layer), condition, threshold, additions })
+        Ok(Self {
+            describe: part.to_string(),
+            condition_hook: hook.at_layer(layer),
+            condition,
+            threshold,
+            additions,
+        })
     }
 
     /// Which prompts of the batch meet the condition (cosine similarity above the threshold).
     pub fn condition_met(&self, model: &Model, batch: &[Vec<u32>]) -> Result<Vec<bool>> {
         let probe = InterventionPlan::new().capture(self.condition_hook, Positions::Last);
-        let acts = crate::capture::forward_batch(model, batch, &probe, earguard_model::Logits::None)?;
-        let h = acts.captures.get(self.condition_hook).ok_or_else(|| SteerError::Invalid("probe captured nothing".into()))?;
+        let acts =
+            crate::capture::forward_batch(model, batch, &probe, earguard_model::Logits::None)?;
+        let h = acts
+            .captures
+            .get(self.condition_hook)
+            .ok_or_else(|| SteerError::Invalid("probe captured nothing".into()))?;
         let norms = h.sqr()?.sum_keepdim(1)?.sqrt()?;
-        let cos = h.matmul(&self.condition.unsqueeze(1)?)?.div(&norms)?.flatten_all()?.to_vec1::<f32>()?;
+        let cos = h
+            .matmul(&self.condition.unsqueeze(1)?)?
+            .div(&norms)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         Ok(cos.into_iter().map(|c| c > self.threshold).collect())
     }
 }
@@ -79,7 +108,11 @@ impl Defense for Cast {
     }
 
     fn plan(&self, model: &Model, batch: &[Vec<u32>]) -> Result<InterventionPlan> {
-        let rows: Vec<f32> = self.condition_met(model, batch)?.into_iter().map(|m| if m { 1.0 } else { 0.0 }).collect();
+        let rows: Vec<f32> = self
+            .condition_met(model, batch)?
+            .into_iter()
+            .map(|m| if m { 1.0 } else { 0.0 })
+            .collect();
         let mut plan = InterventionPlan::new();
         if rows.iter().all(|&r| r == 0.0) {
             return Ok(plan);

@@ -72,7 +72,11 @@ pub struct Stack(pub Vec<Box<dyn Defense>>);
 
 impl Defense for Stack {
     fn describe(&self) -> String {
-        self.0.iter().map(|d| d.describe()).collect::<Vec<_>>().join("+")
+        self.0
+            .iter()
+            .map(|d| d.describe())
+            .collect::<Vec<_>>()
+            .join("+")
     }
 
     fn rewrite(&self, messages: Vec<ChatMessage>) -> Vec<ChatMessage> {
@@ -98,15 +102,25 @@ pub struct DefensePart {
 
 impl DefensePart {
     pub fn option(&self, key: &str) -> Option<&str> {
-        self.options.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.options
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn option_f64(&self, key: &str) -> Result<Option<f64>> {
         self.option(key)
             .map(|v| {
-                v.parse::<f64>().ok().filter(|x| x.is_finite()).ok_or_else(|| {
-                    SteerError::Invalid(format!("{}: option {key}={v} is not a number", self.name))
-                })
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| {
+                        SteerError::Invalid(format!(
+                            "{}: option {key}={v} is not a number",
+                            self.name
+                        ))
+                    })
             })
             .transpose()
     }
@@ -115,7 +129,10 @@ impl DefensePart {
         self.option(key)
             .map(|v| {
                 v.parse::<usize>().map_err(|_| {
-                    SteerError::Invalid(format!("{}: option {key}={v} is not a whole number", self.name))
+                    SteerError::Invalid(format!(
+                        "{}: option {key}={v} is not a whole number",
+                        self.name
+                    ))
                 })
             })
             .transpose()
@@ -123,12 +140,20 @@ impl DefensePart {
 
     /// Refuse options this defense does not know, so a typo never silently does nothing.
     pub fn only_options(&self, known: &[&str]) -> Result<()> {
-        match self.options.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        match self
+            .options
+            .iter()
+            .find(|(k, _)| !known.contains(&k.as_str()))
+        {
             None => Ok(()),
             Some((k, _)) => Err(SteerError::Invalid(format!(
                 "{} has no option '{k}' (known: {})",
                 self.name,
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             ))),
         }
     }
@@ -157,7 +182,11 @@ impl fmt::Display for DefensePart {
             write!(f, "={}", a.display())?;
         }
         if !self.options.is_empty() {
-            let opts: Vec<String> = self.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let opts: Vec<String> = self
+                .options
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             write!(f, ":{}", opts.join(","))?;
         }
         Ok(())
@@ -169,7 +198,15 @@ pub struct DefenseSpec {
     pub parts: Vec<DefensePart>,
 }
 
-pub const DEFENSE_NAMES: &[&str] = &["none", "prompt", "sarsteer", "text-steer", "actadd", "ablate", "cast"];
+pub const DEFENSE_NAMES: &[&str] = &[
+    "none",
+    "prompt",
+    "sarsteer",
+    "text-steer",
+    "actadd",
+    "ablate",
+    "cast",
+];
 
 impl FromStr for DefenseSpec {
     type Err = SteerError;
@@ -192,13 +229,21 @@ impl FromStr for DefenseSpec {
                 )));
             }
             let mut options = Vec::new();
-            for kv in opts.into_iter().flat_map(|o| o.split(',')).filter(|kv| !kv.is_empty()) {
+            for kv in opts
+                .into_iter()
+                .flat_map(|o| o.split(','))
+                .filter(|kv| !kv.is_empty())
+            {
                 let (k, v) = kv.split_once('=').ok_or_else(|| {
                     SteerError::Invalid(format!("option '{kv}' of {name} must be key=value"))
                 })?;
                 options.push((k.trim().to_string(), v.trim().to_string()));
             }
-            parts.push(DefensePart { name: name.to_string(), artifact, options });
+            parts.push(DefensePart {
+                name: name.to_string(),
+                artifact,
+                options,
+            });
         }
         Ok(Self { parts })
     }
@@ -239,7 +284,11 @@ pub fn build(spec: &DefenseSpec, model: &Model, force: bool) -> Result<Box<dyn D
 /// Parse `a-b` / `a,b,c` layer lists (inclusive ranges).
 pub fn parse_layers(s: &str, n_layers: usize) -> Result<Vec<usize>> {
     let mut out = Vec::new();
-    for piece in s.split(['|', ';']).flat_map(|p| p.split(' ')).filter(|p| !p.is_empty()) {
+    for piece in s
+        .split(['|', ';'])
+        .flat_map(|p| p.split(' '))
+        .filter(|p| !p.is_empty())
+    {
         let bad = || SteerError::Invalid(format!("layers '{s}': expected e.g. 4-20 or 3|5|7"));
         let (a, b) = match piece.split_once('-') {
             Some((a, b)) => (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?),
@@ -266,12 +315,21 @@ mod tests {
 
     #[test]
     fn specs_parse_and_print() {
-        let s: DefenseSpec = "ablate=a/b:layer=12+sarsteer=c:alpha=0.2,layers=3-5".parse().unwrap();
+        let s: DefenseSpec = "ablate=a/b:layer=12+sarsteer=c:alpha=0.2,layers=3-5"
+            .parse()
+            .unwrap();
         assert_eq!(s.parts[0].name, "ablate");
         assert_eq!(s.parts[0].option_usize("layer").unwrap(), Some(12));
-        assert_eq!(s.to_string(), "ablate=a/b:layer=12+sarsteer=c:alpha=0.2,layers=3-5");
+        assert_eq!(
+            s.to_string(),
+            "ablate=a/b:layer=12+sarsteer=c:alpha=0.2,layers=3-5"
+        );
         assert!("sarsteer=x:alpha".parse::<DefenseSpec>().is_err());
-        assert!("magic".parse::<DefenseSpec>().unwrap_err().to_string().contains("unknown defense"));
+        assert!("magic"
+            .parse::<DefenseSpec>()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown defense"));
         let bad: DefenseSpec = "sarsteer=x:alpha=abc".parse().unwrap();
         assert!(bad.parts[0].option_f64("alpha").is_err());
     }
@@ -285,10 +343,17 @@ mod tests {
 }
 
 /// The hook kind a vector was fitted at (its layer number is replaced per layer).
-pub(crate) fn hook_of(vector: &crate::artifact::SteeringVector) -> Result<earguard_model::HookPoint> {
-    format!("{}.0", vector.meta.hook).parse::<earguard_model::HookPoint>().map_err(|_| {
-        SteerError::Artifact(format!("unknown hook kind '{}' in meta.json", vector.meta.hook))
-    })
+pub(crate) fn hook_of(
+    vector: &crate::artifact::SteeringVector,
+) -> Result<earguard_model::HookPoint> {
+    format!("{}.0", vector.meta.hook)
+        .parse::<earguard_model::HookPoint>()
+        .map_err(|_| {
+            SteerError::Artifact(format!(
+                "unknown hook kind '{}' in meta.json",
+                vector.meta.hook
+            ))
+        })
 }
 
 /// The layer a refusal-direction artifact recommends (`extra.selected_layer`), or `fallback`.
@@ -299,10 +364,18 @@ pub(crate) fn selected_layer(
     if let Some(l) = part.option_usize("layer")? {
         return Ok(l);
     }
-    if let Some(l) = vector.meta.extra.get("selected_layer").and_then(|v| v.as_u64()) {
+    if let Some(l) = vector
+        .meta
+        .extra
+        .get("selected_layer")
+        .and_then(|v| v.as_u64())
+    {
         return Ok(l as usize);
     }
     // No selection recorded: the middle layer, where refusal directions are usually strongest.
     let layers: Vec<usize> = vector.directions.keys().copied().collect();
-    layers.get(layers.len() / 2).copied().ok_or_else(|| SteerError::Artifact("the vector has no directions".into()))
+    layers
+        .get(layers.len() / 2)
+        .copied()
+        .ok_or_else(|| SteerError::Artifact("the vector has no directions".into()))
 }

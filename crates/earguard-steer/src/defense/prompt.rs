@@ -60,7 +60,11 @@ impl SafetyPrompt {
         PROMPT_VARIANTS
             .iter()
             .find(|(n, ..)| *n == name)
-            .map(|&(name, placement, text)| Self { name, placement, text })
+            .map(|&(name, placement, text)| Self {
+                name,
+                placement,
+                text,
+            })
             .ok_or_else(|| {
                 let names: Vec<&str> = PROMPT_VARIANTS.iter().map(|v| v.0).collect();
                 SteerError::Invalid(format!(
@@ -73,7 +77,9 @@ impl SafetyPrompt {
     pub fn from_part(part: &DefensePart) -> Result<Self> {
         part.only_options(&["variant"])?;
         if part.artifact.is_some() {
-            return Err(SteerError::Invalid("the prompt defense takes no artifact".into()));
+            return Err(SteerError::Invalid(
+                "the prompt defense takes no artifact".into(),
+            ));
         }
         Self::variant(part.option("variant").unwrap_or("system"))
     }
@@ -81,7 +87,13 @@ impl SafetyPrompt {
 
 /// Prepend or append `text` to a message's text, keeping audio parts where they are.
 fn edit_text(content: Value, text: &str, prefix: bool) -> Value {
-    let join = |s: &str| if prefix { format!("{text}{s}") } else { format!("{s}{text}") };
+    let join = |s: &str| {
+        if prefix {
+            format!("{text}{s}")
+        } else {
+            format!("{s}{text}")
+        }
+    };
     match content {
         Value::String(s) => Value::String(join(&s)),
         Value::Array(mut parts) => {
@@ -135,12 +147,24 @@ mod tests {
     #[test]
     fn variants_place_their_text() {
         let msgs = vec![ChatMessage::user("How do I bake bread?")];
-        let sys = SafetyPrompt::variant("system").unwrap().rewrite(msgs.clone());
+        let sys = SafetyPrompt::variant("system")
+            .unwrap()
+            .rewrite(msgs.clone());
         assert_eq!(sys[0].role, "system");
-        let pre = SafetyPrompt::variant("prefix").unwrap().rewrite(msgs.clone());
-        assert!(pre[0].content.as_str().unwrap().ends_with("How do I bake bread?"));
+        let pre = SafetyPrompt::variant("prefix")
+            .unwrap()
+            .rewrite(msgs.clone());
+        assert!(pre[0]
+            .content
+            .as_str()
+            .unwrap()
+            .ends_with("How do I bake bread?"));
         let suf = SafetyPrompt::variant("suffix").unwrap().rewrite(msgs);
-        assert!(suf[0].content.as_str().unwrap().starts_with("How do I bake bread?"));
+        assert!(suf[0]
+            .content
+            .as_str()
+            .unwrap()
+            .starts_with("How do I bake bread?"));
         assert!(SafetyPrompt::variant("nope").is_err());
     }
 

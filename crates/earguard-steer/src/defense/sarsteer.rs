@@ -38,7 +38,9 @@ impl SarSteer {
                     .split('|')
                     .map(|x| x.parse::<f64>())
                     .collect::<std::result::Result<_, _>>()
-                    .map_err(|_| SteerError::Invalid(format!("beta '{s}': expected numbers like 1|0.5|1")))?;
+                    .map_err(|_| {
+                        SteerError::Invalid(format!("beta '{s}': expected numbers like 1|0.5|1"))
+                    })?;
                 match b.len() {
                     1 => vec![b[0]; layers.len()],
                     n if n == layers.len() => b,
@@ -62,7 +64,12 @@ impl SarSteer {
             let v = if normalize { unit(v)? } else { v.clone() };
             additions.push((hook.at_layer(l), (v * (alpha * beta))?));
         }
-        Ok(Self { name: part.name.clone(), describe: part.to_string(), additions, positions })
+        Ok(Self {
+            name: part.name.clone(),
+            describe: part.to_string(),
+            additions,
+            positions,
+        })
     }
 
     /// Steering directly from vectors (for tests and sweeps): `α·v_l` at `hook` of each layer.
@@ -87,7 +94,9 @@ impl SarSteer {
 pub(crate) fn unit(v: &Tensor) -> Result<Tensor> {
     let norm = v.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
     if !(norm.is_finite() && norm > 0.0) {
-        return Err(SteerError::Invalid(format!("cannot normalise a direction of norm {norm}")));
+        return Err(SteerError::Invalid(format!(
+            "cannot normalise a direction of norm {norm}"
+        )));
     }
     Ok((v / f64::from(norm))?)
 }
