@@ -1,6 +1,9 @@
-//! Directional ablation (Arditi et al. 2024, SPEC §2): remove the refusal direction r̂ from the
-//! residual stream at every layer and position — block inputs and what attention and MLP write
-//! back — so the model can neither read nor write it. This is the attack a defense must survive.
+//! Directional ablation (Arditi et al. 2024, SPEC §2): remove the refusal direction r̂ from
+//! everything the model writes into the residual stream — the token embeddings and every
+//! attention and MLP output, at every position. The stream is the sum of those writes, so for
+//! the model alone this equals projecting r̂ out of the stream at every layer (Arditi's weight
+//! orthogonalisation), while an inference-time defense's own additions are not erased: the
+//! attack is on the model's weights, the defense must survive it.
 
 use candle_core::Tensor;
 use earguard_model::{HookPoint, InterventionPlan, Model, Positions};
