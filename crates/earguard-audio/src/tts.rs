@@ -1,0 +1,443 @@
+//! Stage 4: offline speech with the `espeak-ng` program.
+//!
+//! [`synthesize`] runs `espeak-ng -v VOICE -s RATE -w TMP.wav --stdin`, feeding the text on
+//! standard input (never through a shell, never as an argument), decodes espeak-ng's
+//! 22 050 Hz output, resamples it to 16 kHz mono and writes a 16-bit PCM WAV named
+//! `<sha256>.wav`, where the hash covers ([`TTS_FORMAT_VERSION`], voice, rate, text).
+//! espeak-ng's output is byte-identical run to run and the resampler is deterministic, so
+//! renders are reproducible and an existing file is reused as a cache hit. Files are
+//! written atomically (temporary file, then rename), so a cache entry is never partial.
+//!
+//! The cache key does not include the espeak-ng version: clear the output directory after
+//! upgrading espeak-ng if bit-exact renders matter.
+//!
+//! [`render_set`] renders many items × voices with a progress bar and returns
+//! [`ManifestRow`]s; [`write_manifest`] stores them as JSONL with audio paths relative to
+//! the manifest's directory, and [`read_manifest`] reads them back.
+
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::decode::{self, Limit, SAMPLE_RATE};
+use crate::error::{AudioError, Result};
+
+/// Bumped whenever the rendering pipeline changes in a way that changes output bytes.
+pub const TTS_FORMAT_VERSION: &str = "earguard-tts-v1";
+/// Default espeak-ng voice.
+pub const DEFAULT_VOICE: &str = "en-us";
+/// Default speaking rate in words per minute.
+pub const DEFAULT_RATE_WPM: u32 = 160;
+/// The program run by default.
+pub const DEFAULT_PROGRAM: &str = "espeak-ng";
+/// Speaking rates espeak-ng accepts (words per minute).
+pub const RATE_RANGE: std::ops::RangeInclusive<u32> = 80..=450;
+
+/// Settings for rendering speech.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TtsOptions {
+    /// espeak-ng voice, e.g. `en-us`, `en-gb`, `en-us+f3`.
+    pub voice: String,
+    /// Speaking rate in words per minute (80–450).
+    pub rate_wpm: u32,
+    /// Where rendered WAVs go (created if missing).
+    pub out_dir: PathBuf,
+    /// The espeak-ng program (a name looked up on `PATH`, or a path).
+    pub program: PathBuf,
+}
+
+impl Default for TtsOptions {
+    fn default() -> Self {
+        TtsOptions {
+            voice: DEFAULT_VOICE.to_string(),
+            rate_wpm: DEFAULT_RATE_WPM,
+            out_dir: PathBuf::from("tts"),
+            program: PathBuf::from(DEFAULT_PROGRAM),
+        }
+    }
+}
+
+impl TtsOptions {
+    /// Render `text` with these options; see [`synthesize`].
+    pub fn synthesize(&self, text: &str) -> Result<PathBuf> {
+        synthesize_with(
+            &self.program,
+            text,
+            &self.voice,
+            self.rate_wpm,
+            &self.out_dir,
+        )
+    }
+}
+
+/// One prompt to render.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtsItem {
+    pub id: String,
+    /// `harmful` or `benign` (kept as text so this crate does not depend on the data crate).
+    pub label: String,
+    pub pair_id: Option<String>,
+    pub category: Option<String>,
+    pub text: String,
+}
+
+/// One rendered (item, voice): a manifest line.
+///
+/// `id` is the item's id; an item rendered with several voices gives several rows with the
+/// same `id` and different `voice`. In memory `audio` is the path as rendered; in a
+/// manifest file it is relative to the manifest's directory ([`read_manifest`] resolves it
+/// back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRow {
+    pub id: String,
+    pub label: String,
+    pub pair_id: Option<String>,
+    pub category: Option<String>,
+    pub text: String,
+    pub voice: String,
+    pub rate: u32,
+    pub audio: PathBuf,
+}
+
+/// The cache key (lower-case hex SHA-256) of a render.
+pub fn cache_key(text: &str, voice: &str, rate_wpm: u32) -> String {
+    let mut h = Sha256::new();
+    let rate = rate_wpm.to_string();
+    for field in [TTS_FORMAT_VERSION, voice, rate.as_str(), text] {
+        // Length-prefixed, so no choice of fields can collide with another.
+        h.update((field.len() as u64).to_le_bytes());
+        h.update(field.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Render `text` with espeak-ng (found on `PATH`) to `out_dir/<cache_key>.wav`
+/// (16 kHz mono 16-bit PCM) and return its path. An existing render is reused.
+pub fn synthesize(text: &str, voice: &str, rate_wpm: u32, out_dir: &Path) -> Result<PathBuf> {
+    synthesize_with(Path::new(DEFAULT_PROGRAM), text, voice, rate_wpm, out_dir)
+}
+
+fn validate(text: &str, voice: &str, rate_wpm: u32, out: &Path) -> Result<()> {
+    let bad = |detail: String| {
+        Err(AudioError::InvalidArgument {
+            path: out.to_path_buf(),
+            detail,
+        })
+    };
+    if text.trim().is_empty() {
+        return bad("text to speak is empty".into());
+    }
+    if text.contains('\0') {
+        return bad("text contains a NUL character".into());
+    }
+    let voice_ok = !voice.is_empty()
+        && voice.len() <= 64
+        && !voice.starts_with('-')
+        && !voice.contains("..")
+        && voice
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_+./".contains(c));
+    if !voice_ok {
+        return bad(format!(
+            "voice {voice:?} is not a valid espeak-ng voice name (letters, digits, - _ + . /)"
+        ));
+    }
+    if !RATE_RANGE.contains(&rate_wpm) {
+        return bad(format!(
+            "speaking rate {rate_wpm} wpm is outside {}..={} wpm",
+            RATE_RANGE.start(),
+            RATE_RANGE.end()
+        ));
+    }
+    Ok(())
+}
+
+/// [`synthesize`] with an explicit espeak-ng program.
+pub fn synthesize_with(
+    program: &Path,
+    text: &str,
+    voice: &str,
+    rate_wpm: u32,
+    out_dir: &Path,
+) -> Result<PathBuf> {
+    let key = cache_key(text, voice, rate_wpm);
+    let out = out_dir.join(format!("{key}.wav"));
+    validate(text, voice, rate_wpm, &out)?;
+    if out.is_file() {
+        return Ok(out);
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| AudioError::Io {
+        path: out_dir.to_path_buf(),
+        action: "creating output directory",
+        source: e,
+    })?;
+    let raw = out_dir.join(format!(".{key}.espeak-{}.wav", std::process::id()));
+    let result = render_raw(program, text, voice, rate_wpm, &raw, &out).and_then(|()| {
+        let audio = decode::load_with_limit(&raw, Limit::Unbounded)?;
+        debug_assert_eq!(audio.sample_rate, SAMPLE_RATE);
+        decode::write_wav_pcm16(&out, &audio.samples, SAMPLE_RATE)
+    });
+    let _ = std::fs::remove_file(&raw);
+    result.map(|()| out)
+}
+
+fn render_raw(
+    program: &Path,
+    text: &str,
+    voice: &str,
+    rate_wpm: u32,
+    raw: &Path,
+    out: &Path,
+) -> Result<()> {
+    let mut child = Command::new(program)
+        .arg("-v")
+        .arg(voice)
+        .arg("-s")
+        .arg(rate_wpm.to_string())
+        .arg("-w")
+        .arg(raw)
+        .arg("--stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| AudioError::EspeakMissing {
+            program: program.to_path_buf(),
+            source: e,
+        })?;
+    // Feed the text from a separate thread so a chatty stderr cannot deadlock us.
+    let stdin = child.stdin.take();
+    let owned = text.to_string();
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        if let Some(mut stdin) = stdin {
+            stdin.write_all(owned.as_bytes())?;
+            stdin.write_all(b"\n")?;
+        }
+        Ok(())
+    });
+    let output = child.wait_with_output().map_err(|e| AudioError::Io {
+        path: out.to_path_buf(),
+        action: "waiting for espeak-ng",
+        source: e,
+    })?;
+    let write_result = writer.join();
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    if !output.status.success() {
+        return Err(AudioError::EspeakFailed {
+            path: out.to_path_buf(),
+            status: output.status.to_string(),
+            stderr: if stderr.is_empty() {
+                "(no message)".into()
+            } else {
+                stderr
+            },
+        });
+    }
+    if let Ok(Err(e)) = write_result {
+        return Err(AudioError::Io {
+            path: out.to_path_buf(),
+            action: "sending text to espeak-ng",
+            source: e,
+        });
+    }
+    if !raw.is_file() {
+        return Err(AudioError::EspeakFailed {
+            path: out.to_path_buf(),
+            status: output.status.to_string(),
+            stderr: format!("espeak-ng wrote no WAV file. {stderr}"),
+        });
+    }
+    Ok(())
+}
+
+/// The installed espeak-ng's version line (e.g. for provenance in reports).
+pub fn espeak_version(program: &Path) -> Result<String> {
+    let out = Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| AudioError::EspeakMissing {
+            program: program.to_path_buf(),
+            source: e,
+        })?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Render every item with every voice into `out_dir` (cached renders are reused) and
+/// return one [`ManifestRow`] per (item, voice), items in order, voices in order within
+/// an item. `progress` shows an indicatif bar on stderr.
+pub fn render_set(
+    items: &[TtsItem],
+    voices: &[String],
+    rate_wpm: u32,
+    out_dir: &Path,
+    progress: bool,
+) -> Result<Vec<ManifestRow>> {
+    render_set_with(
+        Path::new(DEFAULT_PROGRAM),
+        items,
+        voices,
+        rate_wpm,
+        out_dir,
+        progress,
+    )
+}
+
+/// [`render_set`] with an explicit espeak-ng program.
+pub fn render_set_with(
+    program: &Path,
+    items: &[TtsItem],
+    voices: &[String],
+    rate_wpm: u32,
+    out_dir: &Path,
+    progress: bool,
+) -> Result<Vec<ManifestRow>> {
+    if voices.is_empty() {
+        return Err(AudioError::InvalidArgument {
+            path: out_dir.to_path_buf(),
+            detail: "no voices given".into(),
+        });
+    }
+    let total = (items.len() * voices.len()) as u64;
+    let bar = if progress {
+        let bar = indicatif::ProgressBar::new(total);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} tts [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut rows = Vec::with_capacity(items.len() * voices.len());
+    for item in items {
+        for voice in voices {
+            bar.set_message(format!("{} ({voice})", item.id));
+            let audio = synthesize_with(program, &item.text, voice, rate_wpm, out_dir)?;
+            rows.push(ManifestRow {
+                id: item.id.clone(),
+                label: item.label.clone(),
+                pair_id: item.pair_id.clone(),
+                category: item.category.clone(),
+                text: item.text.clone(),
+                voice: voice.clone(),
+                rate: rate_wpm,
+                audio,
+            });
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(rows)
+}
+
+/// Lexically normalised absolute form of `p` (no symlink resolution).
+fn absolute_clean(p: &Path) -> std::io::Result<PathBuf> {
+    let abs = std::path::absolute(p)?;
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    Ok(out)
+}
+
+/// `target` relative to directory `base` (both made absolute first); falls back to the
+/// absolute target when no relative path exists (e.g. different Windows drives).
+fn relative_to(target: &Path, base: &Path) -> std::io::Result<PathBuf> {
+    let t = absolute_clean(target)?;
+    let b = absolute_clean(base)?;
+    let tc: Vec<Component> = t.components().collect();
+    let bc: Vec<Component> = b.components().collect();
+    let common = tc.iter().zip(&bc).take_while(|(x, y)| x == y).count();
+    if common == 0 {
+        return Ok(t);
+    }
+    let mut rel = PathBuf::new();
+    for _ in common..bc.len() {
+        rel.push("..");
+    }
+    for c in &tc[common..] {
+        rel.push(c.as_os_str());
+    }
+    Ok(rel)
+}
+
+fn manifest_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Write `rows` as JSONL to `path` (atomically), with each `audio` path rewritten relative
+/// to the manifest's directory. Creates the parent directory if needed.
+pub fn write_manifest(path: &Path, rows: &[ManifestRow]) -> Result<()> {
+    let dir = manifest_dir(path);
+    let io = |action: &'static str, source: std::io::Error| AudioError::Io {
+        path: path.to_path_buf(),
+        action,
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| io("creating manifest directory", e))?;
+    let mut text = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        let mut row = row.clone();
+        row.audio = relative_to(&row.audio, &dir).map_err(|e| io("resolving audio path", e))?;
+        let line = serde_json::to_string(&row).map_err(|e| AudioError::Manifest {
+            path: path.to_path_buf(),
+            line: i + 1,
+            detail: e.to_string(),
+        })?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "manifest.jsonl".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(|e| io("writing temporary manifest", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io("renaming manifest into place", e)
+    })
+}
+
+/// Read a manifest written by [`write_manifest`]; `audio` paths are resolved against the
+/// manifest's directory. Blank lines are skipped; errors give `file:line`.
+pub fn read_manifest(path: &Path) -> Result<Vec<ManifestRow>> {
+    let text = std::fs::read_to_string(path).map_err(|e| AudioError::Io {
+        path: path.to_path_buf(),
+        action: "reading manifest",
+        source: e,
+    })?;
+    let dir = manifest_dir(path);
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut row: ManifestRow =
+            serde_json::from_str(line).map_err(|e| AudioError::Manifest {
+                path: path.to_path_buf(),
+                line: i + 1,
+                detail: e.to_string(),
+            })?;
+        if row.audio.is_relative() {
+            row.audio = dir.join(&row.audio);
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
