@@ -11,6 +11,11 @@
 //!   anti-aliasing filter; its start-up delay is trimmed, so output sample `k` lines up
 //!   with input time `k / 16000` s). The output has exactly `ceil(n * 16000 / rate)`
 //!   samples.
+//! * Decoding is gapless: MP3 encoder delay/padding (LAME tag) and Ogg/Vorbis end padding
+//!   (last granule position) are trimmed, so decoded audio is as long as the original.
+//! * A stream that ends before the length its header declares (WAV data size, FLAC
+//!   STREAMINFO, MP3 Xing/Info frame count) is refused as [`AudioError::Corrupt`]
+//!   (truncated file), never silently shortened.
 //! * Audio longer than one 30 s Whisper window (480 000 samples at 16 kHz) is refused
 //!   unless [`LoadOptions::truncate`] is set, in which case the first 30 s are kept.
 //!
@@ -446,27 +451,47 @@ fn decode_wav(path: &Path, file_len: u64, limit: Limit) -> Result<Decoded> {
                 detail: format!("the file ({file_len} bytes) ends before the header is complete"),
             });
         }
+        Err(hound::Error::IoError(e)) if e.raw_os_error().is_none() => {
+            // hound reports a header that ends early as a plain (non-OS) I/O error.
+            return Err(AudioError::BadHeader {
+                path: path.to_path_buf(),
+                format: "WAV",
+                detail: format!(
+                    "the file ({file_len} bytes) ends before the header is complete ({e})"
+                ),
+            });
+        }
         Err(hound::Error::IoError(e)) => return Err(io("reading WAV header", e)),
         Err(hound::Error::Unsupported) => {
             // A codec hound does not decode (A-law, µ-law, ...): symphonia may.
             let tag = wav_format_tag(path);
+            // Its errors about the codec are reported with the WAV format tag; errors
+            // about the data (truncated, non-finite, too long) stand as they are.
             return decode_symphonia(path, Kind::Wav, limit).map_err(|e| match e {
-                AudioError::UnsupportedCodec { .. }
-                | AudioError::BadHeader { .. }
-                | AudioError::NotAudio { .. }
-                | AudioError::Corrupt { .. } => AudioError::UnsupportedCodec {
-                    path: path.to_path_buf(),
-                    detail: describe_wav_tag(tag),
-                },
+                AudioError::UnsupportedCodec { .. } | AudioError::NotAudio { .. } => {
+                    AudioError::UnsupportedCodec {
+                        path: path.to_path_buf(),
+                        detail: describe_wav_tag(tag),
+                    }
+                }
                 other => other,
             });
         }
         Err(hound::Error::FormatError(msg)) => {
-            // Some of these (e.g. 64-bit float) are still decodable by symphonia.
+            // Some of these (e.g. 64-bit float) are still decodable by symphonia. Others
+            // are compressed codecs (ADPCM, GSM, ...) whose fmt chunk hound calls
+            // inconsistent: those are unsupported codecs, not broken headers.
+            let tag = wav_format_tag(path);
             return decode_symphonia(path, Kind::Wav, limit).map_err(|e| match e {
                 AudioError::TooLong { .. }
                 | AudioError::NonFinite { .. }
-                | AudioError::ZeroLength { .. } => e,
+                | AudioError::ZeroLength { .. }
+                | AudioError::InvalidFormat { .. }
+                | AudioError::Io { .. } => e,
+                _ if tag.is_some_and(is_compressed_wav_tag) => AudioError::UnsupportedCodec {
+                    path: path.to_path_buf(),
+                    detail: describe_wav_tag(tag),
+                },
                 _ => AudioError::BadHeader {
                     path: path.to_path_buf(),
                     format: "WAV",
@@ -520,12 +545,16 @@ fn decode_wav(path: &Path, file_len: u64, limit: Limit) -> Result<Decoded> {
 
     let mut mixer = Downmix::new(path, channels, keep_frames);
     let corrupt = |done: usize, e: hound::Error| match e {
-        hound::Error::IoError(e) if e.kind() == ErrorKind::UnexpectedEof => AudioError::Corrupt {
-            path: path.to_path_buf(),
-            detail: format!(
-                "the data ends after {done} of {total_samples} samples (truncated file)"
-            ),
-        },
+        hound::Error::IoError(e)
+            if e.kind() == ErrorKind::UnexpectedEof || e.raw_os_error().is_none() =>
+        {
+            AudioError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "the data ends after {done} of {total_samples} samples (truncated file)"
+                ),
+            }
+        }
         hound::Error::IoError(e) => AudioError::Io {
             path: path.to_path_buf(),
             action: "reading samples",
@@ -594,6 +623,12 @@ fn wav_format_tag(path: &Path) -> Option<u16> {
     None
 }
 
+/// True for WAV format tags that name a codec other than plain PCM, IEEE float and
+/// the extensible wrapper (whose sub-format decides).
+fn is_compressed_wav_tag(tag: u16) -> bool {
+    !matches!(tag, 0x0001 | 0x0003 | 0xFFFE)
+}
+
 fn describe_wav_tag(tag: Option<u16>) -> String {
     let supported =
         "supported WAV codecs: integer PCM (8/16/24/32-bit), 32-bit float, A-law, µ-law";
@@ -613,6 +648,24 @@ fn describe_wav_tag(tag: Option<u16>) -> String {
         }
         None => format!("WAV codec cannot be decoded; {supported}"),
     }
+}
+
+/// A readable name for a symphonia codec type (for error messages).
+fn codec_name(codec: symphonia::core::codecs::CodecType) -> String {
+    use symphonia::core::codecs as c;
+    let name = match codec {
+        c::CODEC_TYPE_OPUS => "Opus",
+        c::CODEC_TYPE_SPEEX => "Speex",
+        c::CODEC_TYPE_AAC => "AAC",
+        c::CODEC_TYPE_ALAC => "ALAC",
+        c::CODEC_TYPE_ADPCM_IMA_WAV => "IMA ADPCM",
+        c::CODEC_TYPE_ADPCM_MS => "Microsoft ADPCM",
+        c::CODEC_TYPE_VORBIS => "Vorbis",
+        c::CODEC_TYPE_FLAC => "FLAC",
+        c::CODEC_TYPE_MP3 => "MP3",
+        _ => return format!("codec {codec}"),
+    };
+    name.to_string()
 }
 
 /// Averages interleaved channels into mono, refusing non-finite samples.
@@ -709,7 +762,7 @@ fn decode_symphonia(path: &Path, kind: Kind, limit: Limit) -> Result<Decoded> {
         SymError::IoError(e) if e.kind() == ErrorKind::UnexpectedEof => AudioError::BadHeader {
             path: p(),
             format: format_name,
-            detail: format!("the file ends while {stage}"),
+            detail: format!("the file ends early (truncated?) while {stage}"),
         },
         SymError::IoError(e) => AudioError::Io {
             path: p(),
@@ -722,14 +775,23 @@ fn decode_symphonia(path: &Path, kind: Kind, limit: Limit) -> Result<Decoded> {
             detail: format!("{stage}: {other}"),
         },
     };
+    // Gapless: trim encoder delay and padding (MP3 LAME tags, Ogg granule positions), so
+    // decoded audio starts and ends where the original did.
+    let format_opts = FormatOptions {
+        enable_gapless: true,
+        ..FormatOptions::default()
+    };
     let probed = symphonia::default::get_probe()
-        .format(
-            &hint,
-            mss,
-            &FormatOptions::default(),
-            &MetadataOptions::default(),
-        )
-        .map_err(|e| sym_err("reading the container header", e))?;
+        .format(&hint, mss, &format_opts, &MetadataOptions::default())
+        .map_err(|e| match e {
+            // No reader accepts the bytes behind an MP3 signature (e.g. an ID3 tag followed
+            // by no MPEG frames): not audio, rather than an unsupported codec.
+            SymError::Unsupported(what) if kind == Kind::Mp3 => AudioError::NotAudio {
+                path: p(),
+                detail: format!("it starts like {format_name} but no {format_name} stream could be read ({what})"),
+            },
+            other => sym_err("reading the container header", other),
+        })?;
     let mut format = probed.format;
     let track = format
         .tracks()
@@ -746,7 +808,11 @@ fn decode_symphonia(path: &Path, kind: Kind, limit: Limit) -> Result<Decoded> {
         .map_err(|e| match e {
             SymError::Unsupported(what) => AudioError::UnsupportedCodec {
                 path: p(),
-                detail: format!("{format_name} track with codec {}: {what}", params.codec),
+                detail: format!(
+                    "the {format_name} file holds {} audio, which cannot be decoded \
+                     (supported: PCM/A-law/µ-law WAV, FLAC, MP3, Ogg/Vorbis; {what})",
+                    codec_name(params.codec)
+                ),
             },
             other => sym_err("opening the decoder", other),
         })?;
@@ -772,6 +838,8 @@ fn decode_symphonia(path: &Path, kind: Kind, limit: Limit) -> Result<Decoded> {
     let mut sample_buf: Option<SampleBuffer<f32>> = None;
     let mut decode_errors = 0usize;
     let mut last_decode_error = String::new();
+    // Whether the loop stopped at the end of the data (rather than at the truncation limit).
+    let mut reached_end = true;
     loop {
         let packet = match format.next_packet() {
             Ok(p) => p,
@@ -853,6 +921,7 @@ fn decode_symphonia(path: &Path, kind: Kind, limit: Limit) -> Result<Decoded> {
         frames_seen += frames as u64;
         if limit == Limit::Truncate && mono.len() >= keep {
             // Length beyond the window is irrelevant when truncating.
+            reached_end = false;
             break;
         }
         if limit == Limit::Refuse {
@@ -881,6 +950,40 @@ fn decode_symphonia(path: &Path, kind: Kind, limit: Limit) -> Result<Decoded> {
                 "no packet could be decoded ({decode_errors} errors, last: {last_decode_error})"
             ),
         });
+    }
+    // A stream that ends well before the length its header declares was cut short (or lost
+    // packets). FLAC's STREAMINFO and WAV's data size are exact; an MP3's length comes from
+    // its Xing/VBRI tag or, failing that, an estimate from the bitrate, so allow slack there.
+    if let (true, Some(declared)) = (reached_end, declared_frames) {
+        let slack = match kind {
+            // A LAME tag (delay/padding) comes with a Xing/Info frame count: exact.
+            Kind::Mp3 if params.delay.is_some() || params.padding.is_some() => 0,
+            Kind::Mp3 => (declared / 20).max(2 * 1152),
+            Kind::Ogg | Kind::Flac | Kind::Wav => 0,
+        };
+        if frames_seen + slack < declared {
+            return Err(AudioError::Corrupt {
+                path: p(),
+                detail: format!(
+                    "the stream ends after {frames_seen} of the {declared} frames its header declares (truncated file{})",
+                    if decode_errors > 0 {
+                        format!(", or {decode_errors} undecodable packets; last: {last_decode_error}")
+                    } else {
+                        String::new()
+                    }
+                ),
+            });
+        }
+    }
+    // Ogg's last granule position, FLAC's STREAMINFO and WAV's data size give the exact
+    // length: a final Vorbis packet decodes to more samples than the stream holds (symphonia
+    // trims it only when it can see the previous page), so cut the padding off here. An
+    // MP3's declared length may be a bitrate estimate, so it is never used to cut.
+    if let (true, Some(declared)) = (reached_end, declared_frames) {
+        if kind != Kind::Mp3 && frames_seen > declared {
+            mono.truncate(usize::try_from(declared).unwrap_or(usize::MAX));
+            frames_seen = declared;
+        }
     }
     let total_frames = if limit == Limit::Truncate {
         declared_frames.unwrap_or(frames_seen).max(frames_seen)

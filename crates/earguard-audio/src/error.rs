@@ -28,7 +28,7 @@ pub enum AudioError {
         detail: String,
     },
     /// The bytes are not in any audio format we recognise.
-    #[error("{}: not an audio file (no WAV, FLAC, MP3 or Ogg/Vorbis signature found{})", path.display(), fmt_detail(detail))]
+    #[error("{}: not a WAV, FLAC, MP3 or Ogg/Vorbis audio file{}", path.display(), fmt_detail(detail))]
     NotAudio { path: PathBuf, detail: String },
     /// An audio container we recognise, holding a codec we cannot decode.
     #[error("{}: unsupported codec: {detail}", path.display())]

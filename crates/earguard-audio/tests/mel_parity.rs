@@ -21,7 +21,9 @@ use safetensors::{Dtype, SafeTensors};
 const TOLERANCE: f32 = 1e-4;
 
 fn tensor_f32(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let t = st.tensor(name).unwrap_or_else(|e| panic!("fixture lacks {name}: {e}"));
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("fixture lacks {name}: {e}"));
     assert_eq!(t.dtype(), Dtype::F32, "{name} dtype");
     let data = t
         .data()
@@ -32,7 +34,9 @@ fn tensor_f32(st: &SafeTensors, name: &str) -> (Vec<usize>, Vec<f32>) {
 }
 
 fn tensor_i64(st: &SafeTensors, name: &str) -> Vec<i64> {
-    let t = st.tensor(name).unwrap_or_else(|e| panic!("fixture lacks {name}: {e}"));
+    let t = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("fixture lacks {name}: {e}"));
     assert_eq!(t.dtype(), Dtype::I64, "{name} dtype");
     t.data()
         .chunks_exact(8)
@@ -49,7 +53,11 @@ fn log_mel_matches_hf_whisper_feature_extractor() {
     assert_eq!(audio.sample_rate, 16_000);
 
     let samples_len = tensor_i64(&st, "samples_len");
-    assert_eq!(samples_len, vec![audio.samples.len() as i64], "clip length vs fixture");
+    assert_eq!(
+        samples_len,
+        vec![audio.samples.len() as i64],
+        "clip length vs fixture"
+    );
 
     // The fixture's order of attention-mask sums: (128, 80).
     let hf_valid = tensor_i64(&st, "valid_frames");
@@ -89,11 +97,20 @@ fn log_mel_matches_hf_whisper_feature_extractor() {
         );
 
         let expected_valid = hf_valid[k] as usize;
-        println!("n_mels={n_mels}: valid_frames ours {} HF {expected_valid}", ours.valid_frames);
-        assert_eq!(ours.valid_frames, expected_valid, "valid_frames vs HF attention mask");
+        println!(
+            "n_mels={n_mels}: valid_frames ours {} HF {expected_valid}",
+            ours.valid_frames
+        );
+        assert_eq!(
+            ours.valid_frames, expected_valid,
+            "valid_frames vs HF attention mask"
+        );
         assert_eq!(ours.valid_frames, valid_frames(audio.samples.len()));
         let mask = ours.attention_mask();
-        assert_eq!(mask.iter().map(|&m| usize::from(m)).sum::<usize>(), expected_valid);
+        assert_eq!(
+            mask.iter().map(|&m| usize::from(m)).sum::<usize>(),
+            expected_valid
+        );
         checked += 1;
     }
     assert_eq!(checked, 2, "the fixture should hold mel128 and mel80");
@@ -128,8 +145,11 @@ fn valid_frames_counts_hops_and_caps_at_one_window() {
 
 #[test]
 fn extractor_rejects_bad_arguments_and_audio() {
-    use earguard_audio::{AudioError, Audio};
-    assert!(matches!(MelExtractor::new(64), Err(AudioError::InvalidArgument { .. })));
+    use earguard_audio::{Audio, AudioError};
+    assert!(matches!(
+        MelExtractor::new(64),
+        Err(AudioError::InvalidArgument { .. })
+    ));
     let mel = MelExtractor::new(128).unwrap();
     let at_8k = Audio {
         samples: vec![0.1; 800],
@@ -144,7 +164,10 @@ fn extractor_rejects_bad_arguments_and_audio() {
         sample_rate: 16_000,
         source: "empty-clip".into(),
     };
-    assert!(matches!(mel.extract(&empty), Err(AudioError::ZeroLength { .. })));
+    assert!(matches!(
+        mel.extract(&empty),
+        Err(AudioError::ZeroLength { .. })
+    ));
     let nan = Audio {
         samples: vec![0.0, f32::NAN],
         sample_rate: 16_000,

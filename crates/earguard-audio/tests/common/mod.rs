@@ -47,13 +47,22 @@ pub fn tone_fit(x: &[f32], freq: f64, rate: f64) -> (f64, f64) {
     let a = (xs * cc - xc * sc) / det;
     let b = (xc * ss - xs * sc) / det;
     let explained = a * xs + b * xc;
-    ((a * a + b * b).sqrt(), if xx > 0.0 { explained / xx } else { 0.0 })
+    (
+        (a * a + b * b).sqrt(),
+        if xx > 0.0 { explained / xx } else { 0.0 },
+    )
 }
 
 /// The frequency in `lo..=hi` Hz (1 Hz steps) whose sinusoid explains the most energy.
 pub fn dominant_freq(x: &[f32], rate: f64, lo: u32, hi: u32) -> f64 {
     (lo..=hi)
         .map(|f| (f64::from(f), tone_fit(x, f64::from(f), rate).1))
-        .fold((0.0, f64::NEG_INFINITY), |best, cur| if cur.1 > best.1 { cur } else { best })
+        .fold((0.0, f64::NEG_INFINITY), |best, cur| {
+            if cur.1 > best.1 {
+                cur
+            } else {
+                best
+            }
+        })
         .0
 }
