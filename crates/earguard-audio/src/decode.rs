@@ -293,8 +293,15 @@ fn resample_named(path: &Path, samples: &[f32], from: u32, to: u32) -> Result<Ve
         to,
         detail,
     };
-    // ~2k-frame FFT blocks: a sharp anti-aliasing filter at modest cost.
-    let mut resampler = Fft::<f64>::new(from as usize, to as usize, 2048, 1, FixedSync::Both)
+    // ~2k-frame FFT blocks: a sharp anti-aliasing filter at modest cost. rubato's block is
+    // k * (from / gcd) input frames; its filter is centred on input frame block / 2 and it
+    // trims floor(out_block / 2) output frames of delay, which is exact only when both
+    // block sizes are even. With an odd k the output was misaligned by up to ~0.7 output
+    // samples (e.g. 11025 Hz, 12 kHz, 44.1 kHz, 48 kHz), so round k up to an even number.
+    let (from_us, to_us) = (from as usize, to as usize);
+    let min_in = from_us / gcd(from_us, to_us);
+    let k = 2048usize.div_ceil(min_in).next_multiple_of(2);
+    let mut resampler = Fft::<f64>::new(from_us, to_us, k * min_in, 1, FixedSync::Both)
         .map_err(|e| err(e.to_string()))?;
     let n = samples.len();
     let input: Vec<f64> = samples.iter().map(|&s| f64::from(s)).collect();
@@ -308,6 +315,13 @@ fn resample_named(path: &Path, samples: &[f32], from: u32, to: u32) -> Result<Ve
     // process_all returns ceil(n * ratio) frames; keep the contract explicit regardless.
     result.resize(expected, 0.0);
     Ok(result)
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 // ---------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ use crate::decode::{self, Limit, SAMPLE_RATE};
 use crate::error::{AudioError, Result};
 
 /// Bumped whenever the rendering pipeline changes in a way that changes output bytes.
-pub const TTS_FORMAT_VERSION: &str = "earguard-tts-v1";
+pub const TTS_FORMAT_VERSION: &str = "earguard-tts-v2";
 /// Default espeak-ng voice.
 pub const DEFAULT_VOICE: &str = "en-us";
 /// Default speaking rate in words per minute.

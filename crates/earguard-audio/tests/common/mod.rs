@@ -66,3 +66,25 @@ pub fn dominant_freq(x: &[f32], rate: f64, lo: u32, hi: u32) -> f64 {
         })
         .0
 }
+
+/// Delay in samples of the `freq` Hz component of `x[range]` relative to the ideal
+/// `sin(2π f k / rate)` at the same absolute indices `k` (positive: `x` lags), from its
+/// least-squares phase; meaningful within half a period.
+pub fn tone_delay(x: &[f32], range: std::ops::Range<usize>, freq: f64, rate: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / rate;
+    let (mut ss, mut cc, mut sc, mut xs, mut xc) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for i in range {
+        let v = f64::from(x[i]);
+        let (s, c) = (w * i as f64).sin_cos();
+        ss += s * s;
+        cc += c * c;
+        sc += s * c;
+        xs += v * s;
+        xc += v * c;
+    }
+    let det = ss * cc - sc * sc;
+    let a = (xs * cc - xc * sc) / det;
+    let b = (xc * ss - xs * sc) / det;
+    // a sin(wk) + b cos(wk) = A sin(wk + φ) with φ = atan2(b, a); delay = -φ / w.
+    -b.atan2(a) / w
+}
