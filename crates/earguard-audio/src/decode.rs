@@ -970,8 +970,9 @@ fn decode_symphonia(path: &Path, kind: Kind, limit: Limit) -> Result<Decoded> {
     // its Xing/VBRI tag or, failing that, an estimate from the bitrate, so allow slack there.
     if let (true, Some(declared)) = (reached_end, declared_frames) {
         let slack = match kind {
-            // A LAME tag (delay/padding) comes with a Xing/Info frame count: exact.
-            Kind::Mp3 if params.delay.is_some() || params.padding.is_some() => 0,
+            // A LAME tag (delay/padding) comes with a Xing/Info frame count: exact, up to
+            // how an encoder counts its last frame; allow one MPEG frame.
+            Kind::Mp3 if params.delay.is_some() || params.padding.is_some() => 1152,
             Kind::Mp3 => (declared / 20).max(2 * 1152),
             Kind::Ogg | Kind::Flac | Kind::Wav => 0,
         };
