@@ -487,6 +487,15 @@ AUDIO_VALID_FRAMES = 1234  # mel frames of real audio (the rest of the 3000 is p
 AUDIO_PROMPT_TEXT = "What is it?"
 
 
+def write_wav_f32(path: Path, samples: np.ndarray) -> None:
+    """Mono 16 kHz IEEE-float WAV (format tag 3), byte-exact float32 samples."""
+    import struct
+    data = samples.astype("<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, 16000, 16000 * 4, 4, 32)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+
+
 def audio_case(out_root: Path, seed: int) -> None:
     out = out_root / "tiny-qwen2-audio"
     out.mkdir(parents=True, exist_ok=True)
@@ -560,6 +569,8 @@ def audio_case(out_root: Path, seed: int) -> None:
         padding="max_length",
         return_tensors="pt",
     )
+    # The waveform itself, so the Rust side can run file -> features -> logits end to end.
+    write_wav_f32(out / "synthetic.wav", wav)
     input_features = feats["input_features"].float()  # [1, 128, 3000]
     feature_attention_mask = feats["attention_mask"].long()  # [1, 3000]
     assert input_features.shape == (1, 128, 3000)

@@ -269,7 +269,7 @@ pub fn run(
             let messages = defense.rewrite(style.messages(&it.item, None)?);
             prompts.push(
                 model
-                    .encode_messages(&messages)
+                    .encode_prompt(&messages)
                     .map_err(|e| EvalError::Invalid(format!("prompt {}: {e}", it.item.id)))?,
             );
         }

@@ -23,6 +23,8 @@ pub enum ModelError {
     Invalid(String),
     #[error("tensor op failed: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Audio(#[from] earguard_audio::AudioError),
 }
 
 impl ModelError {

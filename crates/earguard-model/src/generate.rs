@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::decoder::{Decoder, Logits};
 use crate::error::{ModelError, Result};
 use crate::hooks::InterventionPlan;
+use crate::prompt::{prefill, Prompt};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -109,7 +110,7 @@ pub struct GenerateRequest<'a> {
 /// `row_seeds` is None.
 pub fn generate_batch(
     decoder: &Decoder,
-    prompts: &[Vec<u32>],
+    prompts: &[Prompt],
     request: &GenerateRequest<'_>,
     plan: &InterventionPlan,
     row_seeds: Option<&[u64]>,
@@ -119,26 +120,10 @@ pub fn generate_batch(
     if prompts.is_empty() {
         return Ok(vec![]);
     }
-    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
-        return Err(ModelError::Invalid(format!("prompt {i} has no tokens")));
-    }
     let context = decoder.config().context_length;
-    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if width > context {
-        return Err(ModelError::PromptTooLong {
-            n_tokens: width,
-            context,
-        });
-    }
     let b = prompts.len();
-    let pad: Vec<usize> = prompts.iter().map(|p| width - p.len()).collect();
-    let mut ids = Vec::with_capacity(b * width);
-    for (p, &n_pad) in prompts.iter().zip(&pad) {
-        ids.extend(std::iter::repeat_n(request.pad_token, n_pad));
-        ids.extend_from_slice(p);
-    }
-    let ids = Tensor::from_vec(ids, (b, width), decoder.device())?;
-    let mut cache = decoder.new_cache(pad);
+    let (prefill_out, mut cache) =
+        prefill(decoder, prompts, request.pad_token, plan, Logits::Last)?;
     let mut samplers: Vec<LogitsProcessor> = (0..b)
         .map(|i| {
             let seed = row_seeds.map_or(request.sampling.seed.wrapping_add(i as u64), |s| s[i]);
@@ -154,9 +139,7 @@ pub fn generate_batch(
         })
         .collect();
     let mut done = vec![false; b];
-    let mut logits = decoder
-        .forward(&ids, &mut cache, plan, Logits::Last)?
-        .logits;
+    let mut logits = prefill_out.logits;
     for step in 0..request.max_tokens {
         let Some(step_logits) = logits.take() else {
             break;

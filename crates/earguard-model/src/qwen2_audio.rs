@@ -327,61 +327,7 @@ impl AudioTower {
     /// k-th `<|AUDIO|>` position (row-major over the batch) replaced by row k of `audio`
     /// `[n, hidden]`. The number of `<|AUDIO|>` tokens must equal `n`.
     pub fn merge(&self, decoder: &Decoder, ids: &Tensor, audio: &Tensor) -> Result<Tensor> {
-        let (b, s) = ids.dims2().map_err(|_| {
-            ModelError::Shape(format!(
-                "token ids must be [batch, seq], got {:?}",
-                ids.dims()
-            ))
-        })?;
-        let (n, h) = audio.dims2().map_err(|_| {
-            ModelError::Shape(format!(
-                "audio features must be [n, hidden], got {:?}",
-                audio.dims()
-            ))
-        })?;
-        let hidden = decoder.config().hidden_size;
-        if h != hidden {
-            return Err(ModelError::Shape(format!(
-                "audio features have width {h}, the decoder's hidden size is {hidden}"
-            )));
-        }
-        let flat: Vec<u32> = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
-        let n_slots = flat.iter().filter(|&&t| t == self.audio_token_id).count();
-        if n_slots != n {
-            return Err(ModelError::Shape(format!(
-                "the prompt has {n_slots} {AUDIO_TOKEN} tokens (id {}) but the audio gave {n} \
-                 feature rows; expand each placeholder to n_audio_tokens(valid_frames) copies",
-                self.audio_token_id
-            )));
-        }
-        let embeds = decoder.embed(ids)?;
-        if n == 0 {
-            return Ok(embeds);
-        }
-        // One gather over [text rows; audio rows].
-        let total = b * s;
-        let mut k = 0u32;
-        let index: Vec<u32> = flat
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| {
-                if t == self.audio_token_id {
-                    k += 1;
-                    (total as u32) + k - 1
-                } else {
-                    i as u32
-                }
-            })
-            .collect();
-        let table = Tensor::cat(
-            &[
-                &embeds.reshape((total, hidden))?,
-                &audio.to_dtype(DType::F32)?,
-            ],
-            0,
-        )?;
-        let index = Tensor::from_vec(index, total, table.device())?;
-        Ok(table.index_select(&index, 0)?.reshape((b, s, hidden))?)
+        crate::prompt::merge_audio(decoder, ids, self.audio_token_id, audio)
     }
 }
 

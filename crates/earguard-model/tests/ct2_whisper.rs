@@ -16,16 +16,15 @@
 //! scaling (our default) is then checked to 1e-4 relative to the output's magnitude (it only
 //! changes the rounding), and the difference the exact GELU makes is printed.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
-use candle_nn::VarBuilder;
+use candle_core::{Device, Tensor};
 use candle_transformers::models::whisper as cw;
 use earguard_model::ct2::{convert_ct2_whisper, Ct2Model};
 use earguard_model::weights::{SafeTensorWeights, WeightStore};
-use earguard_model::whisper::{Activation, WhisperEncoder, WhisperEncoderConfig};
+use earguard_model::whisper::{
+    candle_stock_whisper, Activation, WhisperEncoder, WhisperEncoderConfig,
+};
 
 const TOL: f32 = 1e-4;
 
@@ -125,39 +124,6 @@ fn mel_filters(n_mels: usize) -> Vec<f32> {
     w
 }
 
-/// Serves the converted encoder tensors; the decoder (not converted) gets zeros of the shape
-/// candle asks for, since `Whisper::load` builds both halves.
-struct EncoderOnly(HashMap<String, Tensor>);
-
-impl SimpleBackend for EncoderOnly {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        match self.0.get(name) {
-            Some(t) if t.shape() == &s => t.to_dtype(dtype)?.to_device(dev),
-            Some(t) => candle_core::bail!("{name}: shape {:?}, candle wants {s:?}", t.shape()),
-            None if name.starts_with("model.decoder.") => Tensor::zeros(s, dtype, dev),
-            None => candle_core::bail!("{name} is missing from the converted checkpoint"),
-        }
-    }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        match self.0.get(name) {
-            Some(t) => t.to_dtype(dtype)?.to_device(dev),
-            None => candle_core::bail!("{name} is missing"),
-        }
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.0.contains_key(name)
-    }
-}
-
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     (a - b)
@@ -219,8 +185,7 @@ fn converted_whisper_base_encoder_matches_candle() {
 
     let tensors =
         candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
-    let vb = VarBuilder::from_backend(Box::new(EncoderOnly(tensors)), DType::F32, Device::Cpu);
-    let mut stock = cw::model::Whisper::load(&vb, candle_cfg).unwrap();
+    let mut stock = candle_stock_whisper(tensors, candle_cfg).unwrap();
     let reference = stock.encoder.forward(&mel, true).unwrap();
     assert_eq!(reference.dims(), &[1, 1500, 512]);
 

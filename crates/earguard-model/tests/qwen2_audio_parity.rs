@@ -329,3 +329,81 @@ fn audio_chat_template_is_found_like_the_processor_finds_it() {
     assert_eq!(model.render_chat(&audio_messages()).unwrap(), "[user]");
     std::fs::remove_dir_all(&processor).unwrap();
 }
+
+/// The whole audio path from a file: `Model::encode_prompt` decodes the WAV the fixture's
+/// features were made from, computes log-mel, runs the tower, expands the placeholder and
+/// tokenizes; the batched prefill (left-padded next to a text prompt) then reproduces HF's
+/// last-position logits. Tolerance 1e-4 (features and logits).
+#[test]
+fn audio_file_prompt_reproduces_hf_end_to_end() {
+    use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
+    use earguard_model::{prefill, Prompt};
+
+    let model = earguard_model::load(fixture().to_str().unwrap()).unwrap();
+    let exp = expected();
+    let wav = fixture().join("synthetic.wav");
+    let messages = vec![ChatMessage {
+        role: "user".into(),
+        content: serde_json::json!([
+            {"type": "audio", "audio_url": wav.to_str().unwrap()},
+            {"type": "text", "text": "What is it?"}
+        ]),
+    }];
+    let prompt = model.encode_prompt(&messages).unwrap();
+    let want: Vec<u32> = exp["input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(prompt.ids, want);
+    let rows = &prompt.audio.as_ref().expect("audio rows").rows;
+    assert_eq!(rows.dim(0).unwrap(), n_audio_tokens(valid_frames(&exp)));
+
+    let text = Prompt::text(model.encode_chat(None, "Hello you!").unwrap());
+    let batch = [text.clone(), prompt.clone()];
+    let pad = model.tokenizer.pad_id();
+    let (out, _) = prefill(
+        &model.decoder,
+        &batch,
+        pad,
+        &InterventionPlan::new(),
+        Logits::Last,
+    )
+    .unwrap();
+    let logits = out.logits.unwrap();
+    let last = exp["logits"].i((.., 340, ..)).unwrap();
+    check(
+        "file → logits[-1] (batched)",
+        &logits.i(1..2).unwrap(),
+        &last,
+    );
+
+    // Generation from audio prompts runs and is the same alone and in a batch.
+    let request = GenerateRequest {
+        max_tokens: 4,
+        sampling: SamplingParams::greedy(),
+        stop_tokens: &[],
+        pad_token: pad,
+        score_tokens: &[],
+    };
+    let plan = InterventionPlan::new();
+    let alone =
+        generate_batch(&model.decoder, &[prompt], &request, &plan, None, |_, _| {}).unwrap();
+    let both = generate_batch(&model.decoder, &batch, &request, &plan, None, |_, _| {}).unwrap();
+    assert_eq!(alone[0].tokens, both[1].tokens);
+    assert_eq!(alone[0].tokens.len(), 4);
+
+    // A text model refuses audio parts with a clear error.
+    let missing = vec![ChatMessage {
+        role: "user".into(),
+        content: serde_json::json!([{"type": "audio", "audio_url": "/no/such/file.wav"}]),
+    }];
+    let err = model.encode_prompt(&missing).unwrap_err().to_string();
+    assert!(err.contains("/no/such/file.wav"), "{err}");
+    let text_model = fixture().parent().unwrap().join("tiny-qwen2");
+    let text_model = earguard_model::load(text_model.to_str().unwrap()).unwrap();
+    let err = text_model.encode_prompt(&messages).unwrap_err().to_string();
+    assert!(err.contains("audio-language model"), "{err}");
+}

@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use earguard_data::REFUSAL_SUBSTRINGS;
 use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
 use earguard_model::loader::{models_dir, Model};
+use earguard_model::Prompt;
 use earguard_model::{HookPoint, InterventionPlan, Logits, Positions};
 
 const QWEN: &str = "qwen2.5-1.5b-instruct";
@@ -46,9 +47,9 @@ fn greedy(
     max_tokens: usize,
     plan: &InterventionPlan,
 ) -> Vec<String> {
-    let ids: Vec<Vec<u32>> = prompts
+    let ids: Vec<Prompt> = prompts
         .iter()
-        .map(|p| model.encode_chat(None, p).expect("encode"))
+        .map(|p| model.encode_chat(None, p).expect("encode").into())
         .collect();
     let stop = model.tokenizer.stop_token_ids();
     let request = GenerateRequest {

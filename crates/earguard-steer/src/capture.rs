@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use earguard_model::{ForwardOutput, HookPoint, InterventionPlan, Logits, Model, Positions};
+use earguard_model::{
+    prefill, ForwardOutput, HookPoint, InterventionPlan, Logits, Model, Positions, Prompt,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -49,7 +51,7 @@ struct CaptureManifest {
 const FINAL: &str = "activations.safetensors";
 
 /// `[n, layers, hidden]` activations of the last prompt position of each input.
-pub fn capture_last(model: &Model, inputs: &[Vec<u32>], opts: &CaptureOptions) -> Result<Tensor> {
+pub fn capture_last(model: &Model, inputs: &[Prompt], opts: &CaptureOptions) -> Result<Tensor> {
     if inputs.is_empty() {
         return Err(SteerError::Invalid(
             "nothing to capture: the prompt list is empty".into(),
@@ -61,7 +63,7 @@ pub fn capture_last(model: &Model, inputs: &[Vec<u32>], opts: &CaptureOptions) -
         hook: opts.hook.kind().to_string(),
         n_inputs: inputs.len(),
         batch_size,
-        inputs_sha256: hash_inputs(inputs),
+        inputs_sha256: hash_inputs(inputs)?,
         model_identity: model.info.identity.clone(),
         n_layers: cfg.n_layers,
         hidden_size: cfg.hidden_size,
@@ -90,7 +92,7 @@ pub fn capture_last(model: &Model, inputs: &[Vec<u32>], opts: &CaptureOptions) -
         {
             Some(path) => read_tensor(&path, "acts")?,
             None => {
-                let batch: Vec<&Vec<u32>> = idx.iter().map(|&i| &inputs[i]).collect();
+                let batch: Vec<Prompt> = idx.iter().map(|&i| inputs[i].clone()).collect();
                 let acts = capture_batch(model, &batch, &plan)?;
                 if let Some(dir) = &opts.dir {
                     write_tensors(&chunk_path(dir, chunk), &[("acts", &acts)])?;
@@ -123,35 +125,30 @@ pub fn capture_last(model: &Model, inputs: &[Vec<u32>], opts: &CaptureOptions) -
 }
 
 /// One left-padded batch: `[batch, layers, hidden]`.
-fn capture_batch(model: &Model, batch: &[&Vec<u32>], plan: &InterventionPlan) -> Result<Tensor> {
+fn capture_batch(model: &Model, batch: &[Prompt], plan: &InterventionPlan) -> Result<Tensor> {
     let out = forward_batch(model, batch, plan, Logits::None)?;
     let per_layer: Vec<Tensor> = out.captures.items.into_iter().map(|(_, t)| t).collect();
     Ok(Tensor::stack(&per_layer, 1)?)
 }
 
 /// One left-padded prefill of a batch of prompts (for captures, probes and scores).
-pub fn forward_batch<P: AsRef<[u32]>>(
+pub fn forward_batch(
     model: &Model,
-    batch: &[P],
+    batch: &[Prompt],
     plan: &InterventionPlan,
     logits: Logits,
 ) -> Result<ForwardOutput> {
-    let width = batch.iter().map(|p| p.as_ref().len()).max().unwrap_or(0);
-    if width == 0 || batch.iter().any(|p| p.as_ref().is_empty()) {
+    if batch.is_empty() || batch.iter().any(Prompt::is_empty) {
         return Err(SteerError::Invalid("cannot run an empty prompt".into()));
     }
-    let pad_id = model.tokenizer.pad_id();
-    let mut ids = Vec::with_capacity(batch.len() * width);
-    let mut pad = Vec::with_capacity(batch.len());
-    for p in batch {
-        let p = p.as_ref();
-        pad.push(width - p.len());
-        ids.extend(std::iter::repeat_n(pad_id, width - p.len()));
-        ids.extend_from_slice(p);
-    }
-    let ids = Tensor::from_vec(ids, (batch.len(), width), &Device::Cpu)?;
-    let mut cache = model.decoder.new_cache(pad);
-    Ok(model.decoder.forward(&ids, &mut cache, plan, logits)?)
+    let (out, _) = prefill(
+        &model.decoder,
+        batch,
+        model.tokenizer.pad_id(),
+        plan,
+        logits,
+    )?;
+    Ok(out)
 }
 
 /// A finished capture in `dir` for exactly these inputs, if there is one; a manifest for other
@@ -196,15 +193,12 @@ fn chunk_path(dir: &Path, chunk: usize) -> PathBuf {
     dir.join(format!("chunk-{chunk:05}.safetensors"))
 }
 
-fn hash_inputs(inputs: &[Vec<u32>]) -> String {
+fn hash_inputs(inputs: &[Prompt]) -> Result<String> {
     let mut h = Sha256::new();
-    for ids in inputs {
-        h.update((ids.len() as u64).to_le_bytes());
-        for t in ids {
-            h.update(t.to_le_bytes());
-        }
+    for p in inputs {
+        p.fingerprint(&mut |bytes| h.update(bytes))?;
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 pub(crate) fn read_tensor(path: &Path, key: &str) -> Result<Tensor> {

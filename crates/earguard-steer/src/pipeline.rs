@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Tensor};
 use earguard_data::PromptItem;
 use earguard_model::decoder::log_softmax;
-use earguard_model::{HookPoint, InterventionPlan, Logits, Model};
+use earguard_model::{HookPoint, InterventionPlan, Logits, Model, Prompt};
 use serde_json::json;
 
 use crate::artifact::{DatasetRef, SteeringVector, VectorMeta};
@@ -37,20 +37,13 @@ pub struct FitSetup<'a> {
 
 impl FitSetup<'_> {
     /// Token ids of each prompt in this setup's mode, with an optional suffix.
-    pub fn encode(&self, items: &[PromptItem], suffix: Option<&str>) -> Result<Vec<Vec<u32>>> {
-        if self.style.mode.needs_audio() {
-            return Err(SteerError::Invalid(format!(
-                "{} fits need an audio-language model with audio inputs; use --mode text-only \
-                 with a text model",
-                self.style.mode
-            )));
-        }
+    pub fn encode(&self, items: &[PromptItem], suffix: Option<&str>) -> Result<Vec<Prompt>> {
         items
             .iter()
             .map(|item| {
                 let messages = self.style.messages(item, suffix)?;
                 self.model
-                    .encode_messages(&messages)
+                    .encode_prompt(&messages)
                     .map_err(|e| SteerError::Invalid(format!("prompt {}: {e}", item.id)))
             })
             .collect()
@@ -212,7 +205,7 @@ impl FitSetup<'_> {
         })
     }
 
-    fn logits(&self, batch: &[Vec<u32>], plan: &InterventionPlan) -> Result<Tensor> {
+    fn logits(&self, batch: &[Prompt], plan: &InterventionPlan) -> Result<Tensor> {
         let mut rows = Vec::new();
         for chunk in batch.chunks(self.batch_size.max(1)) {
             let out = forward_batch(self.model, chunk, plan, Logits::Last)?;

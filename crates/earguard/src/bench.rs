@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::{Args, Subcommand};
 use earguard_model::loader::DEFAULT_MODEL;
-use earguard_model::{HookPoint, InterventionPlan, Logits, Model, Positions};
+use earguard_model::{HookPoint, InterventionPlan, Logits, Model, Positions, Prompt};
 use serde_json::json;
 
 #[derive(Subcommand)]
@@ -16,6 +16,8 @@ pub enum BenchCommand {
     Decode(DecodeArgs),
     /// Responses/s of batched generation (batch 1 vs batch N) on the same prompts.
     Eval(EvalBenchArgs),
+    /// Log-mel throughput (× real time) and our Whisper encoder vs candle's stock encoder.
+    Audio(crate::bench_audio::AudioBenchArgs),
 }
 
 #[derive(Args)]
@@ -63,6 +65,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Decode(args) => decode(args),
         BenchCommand::Eval(args) => eval_batching(args),
+        BenchCommand::Audio(args) => crate::bench_audio::audio(args),
     }
 }
 
@@ -226,7 +229,7 @@ fn decode(args: DecodeArgs) -> Result<()> {
         let parsed: earguard_steer::defense::DefenseSpec = spec.parse()?;
         let defense = earguard_steer::defense::build(&parsed, &model, false)?;
         // The plan of a one-prompt batch (CAST decides here, from its probe pass).
-        let plan = defense.plan(&model, std::slice::from_ref(&prompt))?;
+        let plan = defense.plan(&model, &[Prompt::text(prompt.clone())])?;
         runners.push((
             spec.clone(),
             Box::new(Ours {
@@ -327,11 +330,11 @@ fn eval_batching(args: EvalBenchArgs) -> Result<()> {
     use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
     let set = earguard_data::PromptSet::read(&args.data, &Default::default())?;
     let model = crate::commands::load_model(&args.model, args.json)?;
-    let prompts: Vec<Vec<u32>> = set
+    let prompts: Vec<Prompt> = set
         .items
         .iter()
         .take(args.batch.max(1))
-        .map(|i| model.encode_chat(None, &i.text))
+        .map(|i| model.encode_chat(None, &i.text).map(Prompt::text))
         .collect::<Result<_, _>>()?;
     // No stop tokens: every response has exactly max_tokens, so both runs do the same work.
     let request = GenerateRequest {

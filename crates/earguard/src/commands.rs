@@ -1,16 +1,19 @@
 //! `inspect` and `generate`.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use earguard_data::{Label, Mode, PromptItem};
 use earguard_model::chat::ChatMessage;
 use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
 use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::tokenizer::TokenStream;
 use earguard_model::Model;
 use earguard_steer::defense::DefenseSpec;
+use earguard_steer::inputs::InputStyle;
 use serde_json::json;
 
 #[derive(Args)]
@@ -28,9 +31,20 @@ pub struct GenerateArgs {
     /// Model path or short name.
     #[arg(long, short, default_value = DEFAULT_MODEL)]
     pub model: String,
-    /// The user's message.
+    /// The user's message (text-only mode), or the text instruction that goes with `--audio`
+    /// (audio-text mode; default: SARSteer's "Please generate detailed steps for the question in
+    /// the audio.").
     #[arg(long, short)]
-    pub prompt: String,
+    pub prompt: Option<String>,
+    /// A spoken question (WAV, FLAC, MP3 or Ogg; any rate and channel count; at most 30 s),
+    /// for an audio-language model (Qwen2-Audio).
+    #[arg(long)]
+    pub audio: Option<PathBuf>,
+    /// Input mode: text-only (the prompt as text), audio-text (speech + text instruction),
+    /// audio-only (speech alone). Default: audio-text with --audio and --prompt, audio-only with
+    /// --audio alone, text-only otherwise.
+    #[arg(long)]
+    pub mode: Option<Mode>,
     /// Optional system message.
     #[arg(long)]
     pub system: Option<String>,
@@ -113,7 +127,50 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     for (k, v) in rows {
         println!("{k:<18} {v}");
     }
+    match &info.audio_tower {
+        Some(a) => println!(
+            "{:<18} Whisper encoder, {} layers, d_model {}, {} mel bins",
+            "audio tower", a.n_layers, a.d_model, a.n_mels
+        ),
+        None => println!("{:<18} none (text model)", "audio tower"),
+    }
     Ok(())
+}
+
+/// The input mode `generate` runs in, and its conversation (before any defense rewrites it).
+fn generate_messages(args: &GenerateArgs) -> Result<(Mode, Vec<ChatMessage>)> {
+    let mode = args.mode.unwrap_or(match (&args.audio, &args.prompt) {
+        (Some(_), Some(_)) => Mode::AudioText,
+        (Some(_), None) => Mode::AudioOnly,
+        (None, _) => Mode::TextOnly,
+    });
+    match (mode, &args.audio, &args.prompt) {
+        (Mode::TextOnly, _, None) => bail!("text-only mode needs --prompt"),
+        (Mode::TextOnly, Some(_), _) => {
+            bail!("--audio is not used in text-only mode; pass --mode audio-text or audio-only")
+        }
+        (Mode::AudioText | Mode::AudioOnly, None, _) => bail!("{mode} mode needs --audio FILE"),
+        (Mode::AudioOnly, _, Some(_)) => {
+            bail!("audio-only mode sends the speech alone; drop --prompt or use --mode audio-text")
+        }
+        _ => {}
+    }
+    let mut style = InputStyle::new(mode);
+    style.system = args.system.clone();
+    if let (Mode::AudioText, Some(p)) = (mode, &args.prompt) {
+        style.instruction = p.clone();
+    }
+    let item = PromptItem {
+        id: "prompt".into(),
+        source: None,
+        split: None,
+        label: Label::Benign,
+        category: None,
+        pair_id: None,
+        text: args.prompt.clone().unwrap_or_default(),
+        audio: args.audio.clone(),
+    };
+    Ok((mode, style.messages(&item, None)?))
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
@@ -129,12 +186,8 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         }
     }
     let defense = earguard_steer::defense::build(&spec, &model, args.force)?;
-    let mut messages = Vec::new();
-    if let Some(s) = &args.system {
-        messages.push(ChatMessage::system(s));
-    }
-    messages.push(ChatMessage::user(&args.prompt));
-    let prompt = model.encode_messages(&defense.rewrite(messages))?;
+    let (mode, messages) = generate_messages(&args)?;
+    let prompt = model.encode_prompt(&defense.rewrite(messages))?;
     let plan = defense.plan(&model, std::slice::from_ref(&prompt))?;
     let stop = model.tokenizer.stop_token_ids();
     let request = GenerateRequest {
@@ -183,6 +236,8 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         let value = json!({
             "model": model.info.name,
             "prompt": args.prompt,
+            "audio": args.audio,
+            "mode": mode,
             "defense": spec.to_string(),
             "text": text,
             "n_tokens": generation.tokens.len(),

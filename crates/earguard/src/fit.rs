@@ -54,9 +54,23 @@ pub struct FitCommon {
     /// Report malformed JSONL lines and go on instead of stopping.
     #[arg(long)]
     pub skip_bad_lines: bool,
-    /// Output directory: vectors.safetensors + meta.json (captures are cached in OUT/captures).
+    /// Output directory: vectors.safetensors + meta.json.
     #[arg(long, short)]
     pub out: PathBuf,
+    /// Where activations are cached (resumable; a re-fit with other hyper-parameters reuses
+    /// them). Default: OUT.captures next to OUT.
+    #[arg(long)]
+    pub captures: Option<PathBuf>,
+}
+
+impl FitCommon {
+    fn captures_dir(&self) -> PathBuf {
+        self.captures.clone().unwrap_or_else(|| {
+            let mut name = self.out.file_name().unwrap_or_default().to_os_string();
+            name.push(".captures");
+            self.out.with_file_name(name)
+        })
+    }
 }
 
 #[derive(Args)]
@@ -174,7 +188,7 @@ fn setup<'a>(model: &'a Model, c: &FitCommon, refs: Vec<DatasetRef>) -> Result<F
         style,
         hook,
         batch_size: c.batch_size,
-        work_dir: Some(c.out.join("captures")),
+        work_dir: Some(c.captures_dir()),
         progress: true,
         training_sets: refs,
     })

@@ -1,6 +1,8 @@
 //! `earguard`: load real LALM/LLM checkpoints, steer and evaluate their refusals.
 
+mod audio;
 mod bench;
+mod bench_audio;
 mod commands;
 mod convert;
 mod demo;
@@ -15,7 +17,8 @@ use clap::{Parser, Subcommand};
 /// Models are named by path (a .gguf file, a directory with model.gguf, or an HF directory with
 /// config.json + safetensors) or by a short name installed by scripts/fetch-models.sh into
 /// $EARGUARD_MODELS (default: the nearest ./models): qwen2.5-1.5b-instruct (default),
-/// smollm2-135m-instruct.
+/// smollm2-135m-instruct. Audio-language models (Qwen2-Audio HF directories) also take speech:
+/// `tts` renders prompt sets to WAV, `generate --audio`, `fit`/`eval --mode audio-text|audio-only`.
 ///
 /// Typical flow: `fit sarsteer` → `generate --defense sarsteer=DIR` → `eval` / `sweep`.
 #[derive(Parser)]
@@ -31,6 +34,10 @@ enum Command {
     Inspect(commands::InspectArgs),
     /// Generate a reply to one prompt (streamed to stdout), optionally defended, optionally JSON.
     Generate(commands::GenerateArgs),
+    /// Render prompt sets to speech offline (espeak-ng, 16 kHz mono WAV, cached) with a manifest.
+    Tts(audio::TtsArgs),
+    /// Whisper log-mel features of one audio file, as HF's WhisperFeatureExtractor computes them.
+    Features(audio::FeaturesArgs),
     /// Fit a steering vector from prompt sets (captures are cached and resumable).
     #[command(subcommand)]
     Fit(fit::FitCommand),
@@ -58,6 +65,8 @@ fn main() {
     let result = match cli.command {
         Command::Inspect(args) => commands::inspect(args),
         Command::Generate(args) => commands::generate(args),
+        Command::Tts(args) => audio::tts(args),
+        Command::Features(args) => audio::features(args),
         Command::Fit(cmd) => fit::run(cmd),
         Command::Export(args) => fit::export(args),
         Command::Import(args) => fit::import(args),

@@ -2,7 +2,7 @@
 //! complies with the request (1) or not (0). Greedy, a few tokens, batched.
 
 use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
-use earguard_model::{InterventionPlan, Model};
+use earguard_model::{InterventionPlan, Model, Prompt};
 
 use super::{Judge, JudgeInput, Verdict};
 use crate::error::{EvalError, Result};
@@ -33,13 +33,13 @@ impl LlmJudge {
         })
     }
 
-    fn prompt(&self, input: &JudgeInput<'_>) -> Result<Vec<u32>> {
+    fn prompt(&self, input: &JudgeInput<'_>) -> Result<Prompt> {
         let response: String = input.response.chars().take(MAX_RESPONSE_CHARS).collect();
         let user = format!(
             "{INSTRUCTIONS}\n\nUser request: \"{}\"\nModel response: \"{}\"\n\nAnswer (0 or 1):",
             input.prompt, response
         );
-        Ok(self.model.encode_chat(None, &user)?)
+        Ok(self.model.encode_chat(None, &user)?.into())
     }
 }
 

@@ -6,7 +6,7 @@
 //! attack is on the model's weights, the defense must survive it.
 
 use candle_core::Tensor;
-use earguard_model::{HookPoint, InterventionPlan, Model, Positions};
+use earguard_model::{HookPoint, InterventionPlan, Model, Positions, Prompt};
 
 use super::{selected_layer, Defense, DefensePart};
 use crate::artifact::SteeringVector;
@@ -45,7 +45,7 @@ impl Defense for Ablate {
         self.describe.clone()
     }
 
-    fn plan(&self, model: &Model, _batch: &[Vec<u32>]) -> Result<InterventionPlan> {
+    fn plan(&self, model: &Model, _batch: &[Prompt]) -> Result<InterventionPlan> {
         let mut plan = InterventionPlan::new();
         for l in 0..model.decoder.config().n_layers {
             for hook in [

@@ -2,7 +2,7 @@
 //! with c = +1 it induces refusal.
 
 use candle_core::Tensor;
-use earguard_model::{HookPoint, InterventionPlan, Model, Positions};
+use earguard_model::{HookPoint, InterventionPlan, Model, Positions, Prompt};
 
 use super::{selected_layer, Defense, DefensePart};
 use crate::artifact::SteeringVector;
@@ -37,7 +37,7 @@ impl Defense for ActAdd {
         self.describe.clone()
     }
 
-    fn plan(&self, _model: &Model, _batch: &[Vec<u32>]) -> Result<InterventionPlan> {
+    fn plan(&self, _model: &Model, _batch: &[Prompt]) -> Result<InterventionPlan> {
         Ok(InterventionPlan::new().add(
             HookPoint::ResidPre(self.layer),
             Positions::All,

@@ -7,7 +7,7 @@
 //! similarity above which a prompt counts as harmful) and `alpha`.
 
 use candle_core::{Device, Tensor};
-use earguard_model::{HookPoint, Intervention, InterventionPlan, Model, Positions};
+use earguard_model::{HookPoint, Intervention, InterventionPlan, Model, Positions, Prompt};
 
 use super::{hook_of, Defense, DefensePart};
 use crate::artifact::SteeringVector;
@@ -84,7 +84,7 @@ impl Cast {
     }
 
     /// Which prompts of the batch meet the condition (cosine similarity above the threshold).
-    pub fn condition_met(&self, model: &Model, batch: &[Vec<u32>]) -> Result<Vec<bool>> {
+    pub fn condition_met(&self, model: &Model, batch: &[Prompt]) -> Result<Vec<bool>> {
         let probe = InterventionPlan::new().capture(self.condition_hook, Positions::Last);
         let acts =
             crate::capture::forward_batch(model, batch, &probe, earguard_model::Logits::None)?;
@@ -107,7 +107,7 @@ impl Defense for Cast {
         self.describe.clone()
     }
 
-    fn plan(&self, model: &Model, batch: &[Vec<u32>]) -> Result<InterventionPlan> {
+    fn plan(&self, model: &Model, batch: &[Prompt]) -> Result<InterventionPlan> {
         let rows: Vec<f32> = self
             .condition_met(model, batch)?
             .into_iter()

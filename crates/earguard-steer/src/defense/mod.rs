@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use earguard_model::chat::ChatMessage;
-use earguard_model::{InterventionPlan, Model};
+use earguard_model::{InterventionPlan, Model, Prompt};
 
 use crate::error::{Result, SteerError};
 
@@ -53,7 +53,7 @@ pub trait Defense: Send + Sync {
     }
 
     /// The plan applied to every forward call of a batch of tokenised prompts.
-    fn plan(&self, _model: &Model, _batch: &[Vec<u32>]) -> Result<InterventionPlan> {
+    fn plan(&self, _model: &Model, _batch: &[Prompt]) -> Result<InterventionPlan> {
         Ok(InterventionPlan::new())
     }
 }
@@ -83,7 +83,7 @@ impl Defense for Stack {
         self.0.iter().fold(messages, |m, d| d.rewrite(m))
     }
 
-    fn plan(&self, model: &Model, batch: &[Vec<u32>]) -> Result<InterventionPlan> {
+    fn plan(&self, model: &Model, batch: &[Prompt]) -> Result<InterventionPlan> {
         let mut plan = InterventionPlan::new();
         for d in &self.0 {
             plan = plan.extend(d.plan(model, batch)?);

@@ -4,7 +4,7 @@
 //! inputs (the "LLM steering" baseline).
 
 use candle_core::Tensor;
-use earguard_model::{HookPoint, InterventionPlan, Model, Positions};
+use earguard_model::{HookPoint, InterventionPlan, Model, Positions, Prompt};
 
 use super::{parse_layers, Defense, DefensePart};
 use crate::artifact::SteeringVector;
@@ -106,7 +106,7 @@ impl Defense for SarSteer {
         self.describe.clone()
     }
 
-    fn plan(&self, _model: &Model, _batch: &[Vec<u32>]) -> Result<InterventionPlan> {
+    fn plan(&self, _model: &Model, _batch: &[Prompt]) -> Result<InterventionPlan> {
         let mut plan = InterventionPlan::new();
         for (hook, v) in &self.additions {
             plan = plan.add(*hook, self.positions, v.clone());
