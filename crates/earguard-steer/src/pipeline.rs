@@ -77,11 +77,7 @@ impl FitSetup<'_> {
     }
 
     fn package(&self, meta: VectorMeta, directions: &Tensor) -> Result<SteeringVector> {
-        let mut map = BTreeMap::new();
-        for l in 0..directions.dim(0)? {
-            map.insert(l, directions.get(l)?);
-        }
-        SteeringVector::new(meta, map)
+        package(meta, directions)
     }
 
     /// SARSteer (SPEC §1).
@@ -218,6 +214,58 @@ impl FitSetup<'_> {
     }
 }
 
+/// `[layers, hidden]` directions as a vector artifact.
+fn package(meta: VectorMeta, directions: &Tensor) -> Result<SteeringVector> {
+    let mut map = BTreeMap::new();
+    for l in 0..directions.dim(0)? {
+        map.insert(l, directions.get(l)?);
+    }
+    SteeringVector::new(meta, map)
+}
+
+/// Where a fit that writes its vector to `out` caches activations by default: `OUT.captures`
+/// beside it (not inside: saving a vector replaces its directory whole).
+pub fn default_captures_dir(out: &std::path::Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".captures");
+    out.with_file_name(name)
+}
+
+/// A SARSteer fit redone with another benign-subspace size `k` and ablation strength `lambda`
+/// from the activations its first fit cached in `captures` (the `harmful`, `harmful+suffix`
+/// and `benign` captures of [`FitSetup::sarsteer`]): no model and no forward passes.
+pub fn refit_sarsteer(
+    fitted: &SteeringVector,
+    captures: &std::path::Path,
+    k: usize,
+    lambda: f64,
+) -> Result<SteeringVector> {
+    let read = |name: &str| {
+        crate::capture::read_finished(&captures.join(name)).map_err(|e| {
+            SteerError::Invalid(format!(
+                "{}: no finished {name} capture to refit from ({e}); run the fit again",
+                captures.display()
+            ))
+        })
+    };
+    let plain = read("harmful")?;
+    let with_suffix = read("harmful+suffix")?;
+    let benign = read("benign")?;
+    if k > benign.dim(0)? {
+        return Err(SteerError::Invalid(format!(
+            "k = {k} is larger than the benign set ({} prompts)",
+            benign.dim(0)?
+        )));
+    }
+    let v = fit::sarsteer(&with_suffix, &plain, &benign, k, lambda)?;
+    let mut meta = fitted.meta.clone();
+    if let Some(h) = meta.hyper_parameters.as_object_mut() {
+        h.insert("k".into(), json!(k));
+        h.insert("lambda".into(), json!(lambda));
+    }
+    package(meta, &v)
+}
+
 /// Prompts held out for the layer search, and its limits.
 pub struct LayerSelection {
     pub harmful: Vec<PromptItem>,
@@ -268,4 +316,71 @@ fn mean_kl(p_logits: &Tensor, q_logits: &Tensor) -> Result<f64> {
     let lq = log_softmax(q_logits)?;
     let kl = (lp.exp()? * (&lp - &lq)?)?.sum(1)?;
     Ok(mean(&kl.to_vec1::<f32>()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// A refit from cached captures equals a fresh fit on the same activations, records its
+    /// k and λ, and refuses an impossible k or a missing capture.
+    #[test]
+    fn refit_from_captures_matches_a_direct_fit() {
+        let dir = std::env::temp_dir().join(format!("earguard-refit-{}", std::process::id()));
+        let acts = |n: usize, seed: f64| {
+            Tensor::randn(seed, 1.0f64, (n, 3, 16), &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let (plain, with_suffix, benign) = (acts(6, 0.0), acts(6, 0.5), acts(5, -0.2));
+        for (name, t) in [
+            ("harmful", &plain),
+            ("harmful+suffix", &with_suffix),
+            ("benign", &benign),
+        ] {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            crate::capture::write_tensors(
+                &dir.join(name).join("activations.safetensors"),
+                &[("acts", t)],
+            )
+            .unwrap();
+        }
+        let mut meta = VectorMeta::new("sarsteer", "m", "qwen2", "id", 16, 3, "resid_post");
+        meta.hyper_parameters = json!({"k": 10, "lambda": 1.0, "suffix": "I cannot."});
+        let fitted = package(
+            meta,
+            &fit::sarsteer(&with_suffix, &plain, &benign, 4, 1.0).unwrap(),
+        )
+        .unwrap();
+
+        let refit = refit_sarsteer(&fitted, &dir, 2, 0.5).unwrap();
+        let want = fit::sarsteer(&with_suffix, &plain, &benign, 2, 0.5).unwrap();
+        for l in 0..3 {
+            let d = (&refit.directions[&l] - want.get(l).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(d, 0.0);
+        }
+        assert_eq!(refit.meta.hyper_parameters["k"], 2);
+        assert_eq!(refit.meta.hyper_parameters["lambda"], 0.5);
+        assert_eq!(refit.meta.hyper_parameters["suffix"], "I cannot.");
+
+        let err = refit_sarsteer(&fitted, &dir, 6, 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("larger than the benign set"), "{err}");
+        std::fs::remove_dir_all(dir.join("benign")).unwrap();
+        let err = refit_sarsteer(&fitted, &dir, 2, 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no finished benign capture"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

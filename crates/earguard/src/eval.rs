@@ -108,6 +108,13 @@ pub struct SweepArgs {
     /// Layer sets to try (e.g. 0-27, 8-20); default: every layer of the vector.
     #[arg(long, value_delimiter = ',')]
     pub layers: Vec<String>,
+    /// Benign-subspace sizes k to refit the vector with (from VECTOR.captures, the fit's cached
+    /// activations: no forward passes); default: the vector as fitted.
+    #[arg(long, value_delimiter = ',')]
+    pub ks: Vec<usize>,
+    /// Safe-space ablation strengths λ to refit the vector with (as --ks).
+    #[arg(long, value_delimiter = ',')]
+    pub lambdas: Vec<f64>,
     /// Defense applied before the swept one (e.g. ablate=DIR to test robustness).
     #[arg(long)]
     pub under: Option<String>,
@@ -363,6 +370,39 @@ pub fn merge(args: MergeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The vectors a sweep steers with: the given one, or its refits over `--ks` × `--lambdas`
+/// (saved under OUT/vectors/), each with a name prefix for its runs.
+fn sweep_vectors(args: &SweepArgs) -> Result<Vec<(String, PathBuf)>> {
+    if args.ks.is_empty() && args.lambdas.is_empty() {
+        return Ok(vec![(String::new(), args.vector.clone())]);
+    }
+    let fitted = earguard_steer::artifact::SteeringVector::load(&args.vector)?;
+    let hyper = &fitted.meta.hyper_parameters;
+    let ks = match args.ks.as_slice() {
+        [] => vec![hyper["k"]
+            .as_u64()
+            .context("the vector records no k; pass --ks")? as usize],
+        ks => ks.to_vec(),
+    };
+    let lambdas = match args.lambdas.as_slice() {
+        [] => vec![hyper["lambda"]
+            .as_f64()
+            .context("the vector records no lambda; pass --lambdas")?],
+        ls => ls.to_vec(),
+    };
+    let captures = earguard_steer::pipeline::default_captures_dir(&args.vector);
+    let mut out = Vec::new();
+    for &k in &ks {
+        for &lambda in &lambdas {
+            let tag = format!("k={k},lambda={lambda},");
+            let dir = args.out.join("vectors").join(tag.trim_end_matches(','));
+            earguard_steer::pipeline::refit_sarsteer(&fitted, &captures, k, lambda)?.save(&dir)?;
+            out.push((tag, dir));
+        }
+    }
+    Ok(out)
+}
+
 pub fn sweep(args: SweepArgs) -> Result<()> {
     let prepared = prepare(&args.settings)?;
     let model = crate::commands::load_model(&args.settings.model, false)?;
@@ -390,19 +430,19 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         args.layers.iter().cloned().map(Some).collect()
     };
     let mut points = vec![("baseline".to_string(), base.clone())];
-    for layers in &layer_sets {
+    let vectors = sweep_vectors(&args)?;
+    for ((tag, vector), layers) in vectors
+        .iter()
+        .flat_map(|v| layer_sets.iter().map(move |l| (v, l)))
+    {
         for &alpha in &args.alphas {
             let mut opts = vec![format!("alpha={alpha}")];
             if let Some(l) = layers {
                 opts.push(format!("layers={}", l.replace(',', "|")));
             }
-            let spec = format!(
-                "{under}sarsteer={}:{}",
-                args.vector.display(),
-                opts.join(",")
-            );
+            let spec = format!("{under}sarsteer={}:{}", vector.display(), opts.join(","));
             let name = format!(
-                "alpha={alpha}{}",
+                "{tag}alpha={alpha}{}",
                 layers
                     .as_ref()
                     .map(|l| format!(",layers={l}"))

@@ -65,11 +65,9 @@ pub struct FitCommon {
 
 impl FitCommon {
     fn captures_dir(&self) -> PathBuf {
-        self.captures.clone().unwrap_or_else(|| {
-            let mut name = self.out.file_name().unwrap_or_default().to_os_string();
-            name.push(".captures");
-            self.out.with_file_name(name)
-        })
+        self.captures
+            .clone()
+            .unwrap_or_else(|| earguard_steer::pipeline::default_captures_dir(&self.out))
     }
 }
 
