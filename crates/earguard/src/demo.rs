@@ -1,7 +1,7 @@
 //! `earguard demo`: the README's main job. On the default model, text-only, greedy: fit
 //! SARSteer and the refusal direction on the FigStep mirror training set, evaluate none /
-//! prompt / sarsteer / ablate / ablate+sarsteer on a fixed subset of AdvBench mirror pairs,
-//! print the table and write the report with plots.
+//! prompt / sarsteer / ablate / ablate+sarsteer (and ablate + SARSteer refitted with λ = 0) on
+//! a fixed subset of AdvBench mirror pairs, print the table and write the report with plots.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,7 +15,7 @@ use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::HookPoint;
 use earguard_steer::artifact::DatasetRef;
 use earguard_steer::inputs::{InputStyle, DEFAULT_INSTRUCTION, DEFAULT_REFUSAL_SUFFIX};
-use earguard_steer::pipeline::{FitSetup, LayerSelection};
+use earguard_steer::pipeline::{refit_sarsteer, FitSetup, LayerSelection};
 
 use crate::eval::{evaluate, prepare, print_table, tradeoff_point, EvalSettings};
 
@@ -85,6 +85,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     };
     let rd = setup.refusal_direction(&harmful, &benign, Some(&selection))?;
     rd.save(&rd_dir)?;
+    // The same fit without safe-space ablation (λ = 0), refitted from the cached captures: on
+    // this text model the benign subspace holds much of the suffix contrast's refusal part.
+    let sar0_dir = args.out.join("vectors/sarsteer-lambda0");
+    refit_sarsteer(&sar, &args.out.join("captures"), 10, 0.0)?.save(&sar0_dir)?;
     let fit_seconds = t0.elapsed().as_secs_f64();
 
     let settings = EvalSettings {
@@ -114,6 +118,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
         ("sarsteer", format!("sarsteer={sar_s}")),
         ("ablate", format!("ablate={rd_s}")),
         ("ablate+sarsteer", format!("ablate={rd_s}+sarsteer={sar_s}")),
+        (
+            "ablate+sarsteer-lambda0",
+            format!("ablate={rd_s}+sarsteer={}:alpha=0.2", sar0_dir.display()),
+        ),
     ];
     let base_dir = args.out.join("runs/none");
     let mut reports: Vec<(String, Report)> = Vec::new();
@@ -225,7 +233,7 @@ fn write_summary(
         "Model `{}`, text-only, greedy, {} tokens per response, substring judge (SPEC §2).",
         args.model, args.max_tokens
     )?;
-    writeln!(md, "SARSteer (k = 10, λ = 1, α = {}) and the refusal direction (selected layer {layer}) were fitted on", args.alpha)?;
+    writeln!(md, "SARSteer (k = 10, λ = 1, α = {}; `-lambda0`: refitted with λ = 0 and applied at α = 0.2) and the refusal direction (selected layer {layer}) were fitted on", args.alpha)?;
     for r in refs {
         writeln!(
             md,
