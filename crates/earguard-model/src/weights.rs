@@ -65,6 +65,31 @@ pub struct SafeTensorWeights {
     tensors: MmapedSafetensors,
     /// Which file holds each tensor, so errors can name it.
     owner: HashMap<String, usize>,
+    /// Keep f16/bf16 linear weights in f16 instead of widening them to f32 (see
+    /// [`keep_half_linears`]).
+    half_linears: bool,
+}
+
+/// Widened to f32, a checkpoint stored in f16/bf16 doubles in size: a 7B Qwen2-Audio would need
+/// ~33 GB. Above this many f32 bytes, linear weights stay 16-bit (f16 matmuls, f32 everywhere
+/// else). `EARGUARD_WEIGHTS=f32` or `=f16` overrides the choice either way.
+pub const HALF_LINEARS_ABOVE_BYTES: u64 = 8 << 30;
+
+fn is_half<D>(stored: D) -> bool
+where
+    DType: TryFrom<D>,
+{
+    matches!(DType::try_from(stored), Ok(DType::F16 | DType::BF16))
+}
+
+/// Whether a checkpoint with `half_params` parameters stored in f16/bf16 keeps its linear
+/// weights 16-bit.
+pub fn keep_half_linears(half_params: u64) -> bool {
+    match std::env::var("EARGUARD_WEIGHTS").as_deref() {
+        Ok("f32") => false,
+        Ok("f16") => half_params > 0,
+        _ => half_params * 4 > HALF_LINEARS_ABOVE_BYTES,
+    }
 }
 
 impl GgufWeights {
@@ -166,14 +191,38 @@ impl SafeTensorWeights {
         }
         let tensors = unsafe { MmapedSafetensors::multi(&paths) }
             .map_err(|e| ModelError::file(&paths[0], format!("cannot map safetensors: {e}")))?;
+        let half_params: u64 = owner
+            .keys()
+            .filter_map(|n| tensors.get(n).ok())
+            .filter(|v| is_half(v.dtype()))
+            .map(|v| v.shape().iter().product::<usize>() as u64)
+            .sum();
         Ok(Self {
             paths,
             tensors,
             owner,
+            half_linears: keep_half_linears(half_params),
         })
     }
 
+    /// A linear layer's weight: 16-bit when the policy keeps half-precision linears and the
+    /// checkpoint stores it so, else f32.
+    fn linear_weight(&self, name: &str) -> Result<QMatMul> {
+        let half = self.half_linears && self.tensors.get(name).is_ok_and(|v| is_half(v.dtype()));
+        if !half {
+            return Ok(QMatMul::Tensor(self.load(name)?));
+        }
+        let t = self.load_raw(name)?;
+        Ok(QMatMul::TensorF16(t.to_dtype(DType::F16)?))
+    }
+
     fn load(&self, name: &str) -> Result<Tensor> {
+        // The CPU kernels are fastest and exact in f32; bf16/f16 checkpoints are widened once.
+        Ok(self.load_raw(name)?.to_dtype(DType::F32)?)
+    }
+
+    /// A tensor in its stored dtype.
+    fn load_raw(&self, name: &str) -> Result<Tensor> {
         let Some(&i) = self.owner.get(name) else {
             let first = self.paths.first().cloned().unwrap_or_default();
             return Err(ModelError::file(first, format!("missing tensor {name}")));
@@ -182,8 +231,7 @@ impl SafeTensorWeights {
             .tensors
             .load(name, &Device::Cpu)
             .map_err(|e| ModelError::file(&self.paths[i], format!("reading tensor {name}: {e}")))?;
-        // The CPU kernels are fastest and exact in f32; bf16/f16 checkpoints are widened once.
-        Ok(t.to_dtype(DType::F32)?)
+        Ok(t)
     }
 
     pub fn dtype(&self) -> String {
@@ -192,6 +240,13 @@ impl SafeTensorWeights {
             .next()
             .and_then(|n| self.tensors.get(n).ok())
             .map(|v| format!("{:?}", v.dtype()).to_lowercase())
+            .map(|d| {
+                if self.half_linears {
+                    format!("{d} (linear layers kept f16)")
+                } else {
+                    d
+                }
+            })
             .unwrap_or_else(|| "none".into())
     }
 
@@ -322,8 +377,17 @@ impl WeightStore {
                 }
                 QMatMul::from_arc(Arc::new(q))?
             }
-            WeightStore::SafeTensors(_) => {
-                QMatMul::Tensor(self.tensor_shaped(module, "weight", &[out, inp])?)
+            WeightStore::SafeTensors(s) => {
+                let name = self.resolve(module, "weight")?;
+                let w = s.linear_weight(&name)?;
+                let dims = match &w {
+                    QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims().to_vec(),
+                    QMatMul::QTensor(q) => q.shape().dims().to_vec(),
+                };
+                if dims != [out, inp] {
+                    return Err(self.shape_error(module, "weight", &[out, inp], &dims));
+                }
+                w
             }
         };
         let bias = if bias {
