@@ -7,7 +7,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use earguard_audio::tts::{DEFAULT_RATE_WPM, DEFAULT_VOICE};
-use earguard_audio::{load_audio, render_set, write_manifest, LoadOptions, MelExtractor, TtsItem};
+use earguard_audio::{
+    add_noise_snr, load_audio, render_set, write_manifest, LoadOptions, MelExtractor, TtsItem,
+};
 use earguard_data::{PromptSet, ReadOptions};
 use serde_json::json;
 
@@ -94,6 +96,13 @@ pub struct FeaturesArgs {
     /// Keep the first 30 s of longer audio instead of refusing it.
     #[arg(long)]
     pub truncate: bool,
+    /// Add white Gaussian noise at this signal-to-noise ratio (dB) before featurising (the
+    /// corrupted input of contrastive decoding, or a robustness probe).
+    #[arg(long)]
+    pub snr: Option<f32>,
+    /// Noise seed (the same seed gives the same noise).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Output safetensors file: `input_features` [n_mels, 3000] (f32) and
     /// `feature_attention_mask` [3000] (u8, 1 on frames that cover real audio).
     #[arg(long, short)]
@@ -108,12 +117,18 @@ pub fn features(args: FeaturesArgs) -> Result<()> {
     if !matches!(args.n_mels, 80 | 128) {
         bail!("--n-mels must be 80 or 128, not {}", args.n_mels);
     }
-    let audio = load_audio(
+    let mut audio = load_audio(
         &args.audio,
         &LoadOptions {
             truncate: args.truncate,
         },
     )?;
+    if let Some(snr) = args.snr {
+        if !snr.is_finite() {
+            bail!("--snr must be a finite number of dB, not {snr}");
+        }
+        audio.samples = add_noise_snr(&audio.samples, snr, args.seed);
+    }
     let mel = MelExtractor::new(args.n_mels)?.extract(&audio)?;
     let shape = (mel.n_mels, mel.n_frames);
     let mask: Vec<u8> = (0..mel.n_frames)
@@ -138,6 +153,7 @@ pub fn features(args: FeaturesArgs) -> Result<()> {
             "out": args.out,
             "shape": [shape.0, shape.1],
             "valid_frames": mel.valid_frames,
+            "snr_db": args.snr,
             "seconds": seconds,
         });
         println!("{}", serde_json::to_string(&value)?);

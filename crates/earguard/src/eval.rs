@@ -429,7 +429,16 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     } else {
         args.layers.iter().cloned().map(Some).collect()
     };
-    let mut points = vec![("baseline".to_string(), base.clone())];
+    // "baseline (ablate)": the defense names of the baseline spec, without artifact paths.
+    let base_name = format!(
+        "baseline ({})",
+        base_spec
+            .split('+')
+            .map(|p| p.split(['=', ':']).next().unwrap_or(p))
+            .collect::<Vec<_>>()
+            .join("+")
+    );
+    let mut points = vec![(base_name, base.clone())];
     let vectors = sweep_vectors(&args)?;
     for ((tag, vector), layers) in vectors
         .iter()

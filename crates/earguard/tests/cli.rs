@@ -89,6 +89,32 @@ fn features_writes_input_features_of_real_speech() {
         let mask: Vec<u8> = t["feature_attention_mask"].to_vec1().unwrap();
         assert_eq!(mask.iter().map(|&m| m as u64).sum::<u64>(), valid);
     }
+    // Noise at a given SNR changes the features, the same seed reproducibly.
+    let noisy = |seed: &str, name: &str| {
+        let out = dir.join(name);
+        ok(bin()
+            .args(["features", "--snr", "5", "--seed", seed, "--audio"])
+            .arg(speech())
+            .arg("-o")
+            .arg(&out));
+        let t = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+        t["input_features"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let clean =
+        candle_core::safetensors::load(dir.join("f128.safetensors"), &candle_core::Device::Cpu)
+            .unwrap()["input_features"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+    let (a, b, c) = (noisy("1", "n1a"), noisy("1", "n1b"), noisy("2", "n2"));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert_ne!(a, clean);
     let err = fails(
         bin()
             .args(["features", "--n-mels", "64", "--audio"])
