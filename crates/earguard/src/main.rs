@@ -49,7 +49,7 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Merge shard runs (`eval --shard I/N`) into one run and report.
     Merge(eval::MergeArgs),
-    /// Sweep SARSteer's strength (and layer sets); pick the strongest within an ORR budget.
+    /// Sweep SARSteer's strength, layer sets and k/λ refits; pick the strongest within an ORR budget.
     Sweep(eval::SweepArgs),
     /// The main job: fit SARSteer on the default model and compare defenses end to end.
     Demo(demo::DemoArgs),
