@@ -319,8 +319,12 @@ impl Model {
     /// Token ids of a conversation rendered with the chat template, ending in the assistant
     /// prompt; refused if longer than the model's context.
     pub fn encode_messages(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        let text = self.render_chat(messages)?;
-        let ids = self.tokenizer.encode(&text, true)?;
+        self.encode_rendered(&self.render_chat(messages)?)
+    }
+
+    /// Token ids of an already rendered prompt; refused if longer than the model's context.
+    pub(crate) fn encode_rendered(&self, text: &str) -> Result<Vec<u32>> {
+        let ids = self.tokenizer.encode(text, true)?;
         let context = self.decoder.config().context_length;
         if ids.len() > context {
             return Err(ModelError::PromptTooLong {

@@ -246,14 +246,7 @@ impl Model {
             rows.push(encoded);
         }
         let text = expand_audio_placeholders(&self.render_chat(messages)?, &counts)?;
-        let ids = self.tokenizer.encode(&text, true)?;
-        let context = self.decoder.config().context_length;
-        if ids.len() > context {
-            return Err(ModelError::PromptTooLong {
-                n_tokens: ids.len(),
-                context,
-            });
-        }
+        let ids = self.encode_rendered(&text)?;
         Ok(Prompt {
             ids,
             audio: Some(AudioRows {

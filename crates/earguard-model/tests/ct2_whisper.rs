@@ -16,6 +16,9 @@
 //! scaling (our default) is then checked to 1e-4 relative to the output's magnitude (it only
 //! changes the rounding), and the difference the exact GELU makes is printed.
 
+mod common;
+use common::max_diff;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -122,18 +125,6 @@ fn mel_filters(n_mels: usize) -> Vec<f32> {
         }
     }
     w
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

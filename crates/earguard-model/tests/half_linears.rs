@@ -3,6 +3,9 @@
 //! is its own test process, so setting the variable affects no other test); the logits must
 //! stay close to the same checkpoint widened to f32 and to HF's f32 reference.
 
+mod common;
+use common::max_diff;
+
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -22,17 +25,6 @@ fn logits(dir: &Path, ids: &Tensor) -> (String, Tensor) {
         .forward(ids, &mut cache, &InterventionPlan::new(), Logits::All)
         .unwrap();
     (store.quantization(), out.logits.unwrap())
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

@@ -3,6 +3,9 @@
 //! greedy decoding through the KV cache. Fixtures: scripts/make_fixtures.py (see
 //! tests/fixtures/hf/README.md). Tolerance: 1e-4 absolute, f32.
 
+mod common;
+use common::max_diff;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -29,18 +32,6 @@ fn load(name: &str) -> (Decoder, HashMap<String, Tensor>) {
     let expected =
         candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
     (dec, expected)
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn all_positions_plan(n_layers: usize) -> InterventionPlan {

@@ -4,6 +4,9 @@
 //! count / placeholder expansion and the chat template. Fixtures: scripts/make_fixtures.py (see
 //! tests/fixtures/hf/README.md). Tolerance: 1e-4 absolute, f32.
 
+mod common;
+use common::{expected_ids, max_diff};
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -38,18 +41,6 @@ fn metadata() -> serde_json::Map<String, serde_json::Value> {
     f.read_exact(&mut header).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&header).unwrap();
     v["__metadata__"].as_object().unwrap().clone()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn check(name: &str, got: &Tensor, want: &Tensor) {
@@ -154,13 +145,7 @@ fn merge_refuses_a_count_mismatch() {
 #[test]
 fn placeholder_expansion_reproduces_the_processor_ids() {
     let exp = expected();
-    let ids: Vec<u32> = exp["input_ids"]
-        .to_dtype(DType::U32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let ids: Vec<u32> = expected_ids(&exp);
     assert_eq!(
         (ids[20], ids[21], ids[328], ids[329]),
         (BOS_ID, AUDIO_ID, AUDIO_ID, EOS_ID)
@@ -225,13 +210,7 @@ fn loader_recognises_qwen2_audio() {
 
     let prompt = model.render_chat(&audio_messages()).unwrap();
     assert_eq!(prompt, metadata()["prompt"].as_str().unwrap());
-    let want: Vec<u32> = exp["input_ids"]
-        .to_dtype(DType::U32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let want: Vec<u32> = expected_ids(&exp);
     let valid = valid_frames(&exp);
     let ids = model
         .tokenizer
@@ -350,13 +329,7 @@ fn audio_file_prompt_reproduces_hf_end_to_end() {
         ]),
     }];
     let prompt = model.encode_prompt(&messages).unwrap();
-    let want: Vec<u32> = exp["input_ids"]
-        .to_dtype(DType::U32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let want: Vec<u32> = expected_ids(&exp);
     assert_eq!(prompt.ids, want);
     let rows = &prompt.audio.as_ref().expect("audio rows").rows;
     assert_eq!(rows.dim(0).unwrap(), n_audio_tokens(valid_frames(&exp)));

@@ -138,9 +138,7 @@ pub fn forward_batch(
     plan: &InterventionPlan,
     logits: Logits,
 ) -> Result<ForwardOutput> {
-    if batch.is_empty() || batch.iter().any(Prompt::is_empty) {
-        return Err(SteerError::Invalid("cannot run an empty prompt".into()));
-    }
+    // prefill refuses an empty batch or an empty prompt.
     let (out, _) = prefill(
         &model.decoder,
         batch,

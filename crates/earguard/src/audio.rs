@@ -60,7 +60,7 @@ pub fn tts(args: TtsArgs) -> Result<()> {
                 text: i.text.clone(),
             })
             .collect();
-        let rows = render_set(&items, &args.voices, args.rate, &wav_dir, !args.quiet)?;
+        // Checked before rendering, so a bad --out costs no speech synthesis.
         let name = data
             .file_name()
             .context("--data must name a file")?
@@ -73,6 +73,7 @@ pub fn tts(args: TtsArgs) -> Result<()> {
                 data.display()
             );
         }
+        let rows = render_set(&items, &args.voices, args.rate, &wav_dir, !args.quiet)?;
         write_manifest(&manifest, &rows)?;
         eprintln!(
             "{}: {} prompts × {} voice(s) → {}",

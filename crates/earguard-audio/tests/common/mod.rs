@@ -28,13 +28,12 @@ pub fn rms(x: &[f32]) -> f64 {
     (x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / x.len() as f64).sqrt()
 }
 
-/// Least-squares fit of `a sin(2π f t) + b cos(2π f t)` to `x` (sampled at `rate` Hz):
-/// returns (amplitude, fraction of the signal's energy the fitted sinusoid explains).
-pub fn tone_fit(x: &[f32], freq: f64, rate: f64) -> (f64, f64) {
-    let w = 2.0 * std::f64::consts::PI * freq / rate;
+/// Least-squares `a sin(w k) + b cos(w k)` through the samples `x[k]`, `k` in `range`:
+/// returns (a, b, explained energy, total energy).
+fn fit_sinusoid(x: &[f32], range: std::ops::Range<usize>, w: f64) -> (f64, f64, f64, f64) {
     let (mut ss, mut cc, mut sc, mut xs, mut xc, mut xx) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    for (i, &v) in x.iter().enumerate() {
-        let v = f64::from(v);
+    for i in range {
+        let v = f64::from(x[i]);
         let (s, c) = (w * i as f64).sin_cos();
         ss += s * s;
         cc += c * c;
@@ -46,7 +45,14 @@ pub fn tone_fit(x: &[f32], freq: f64, rate: f64) -> (f64, f64) {
     let det = ss * cc - sc * sc;
     let a = (xs * cc - xc * sc) / det;
     let b = (xc * ss - xs * sc) / det;
-    let explained = a * xs + b * xc;
+    (a, b, a * xs + b * xc, xx)
+}
+
+/// Least-squares fit of `a sin(2π f t) + b cos(2π f t)` to `x` (sampled at `rate` Hz):
+/// returns (amplitude, fraction of the signal's energy the fitted sinusoid explains).
+pub fn tone_fit(x: &[f32], freq: f64, rate: f64) -> (f64, f64) {
+    let w = 2.0 * std::f64::consts::PI * freq / rate;
+    let (a, b, explained, xx) = fit_sinusoid(x, 0..x.len(), w);
     (
         (a * a + b * b).sqrt(),
         if xx > 0.0 { explained / xx } else { 0.0 },
@@ -72,19 +78,7 @@ pub fn dominant_freq(x: &[f32], rate: f64, lo: u32, hi: u32) -> f64 {
 /// least-squares phase; meaningful within half a period.
 pub fn tone_delay(x: &[f32], range: std::ops::Range<usize>, freq: f64, rate: f64) -> f64 {
     let w = 2.0 * std::f64::consts::PI * freq / rate;
-    let (mut ss, mut cc, mut sc, mut xs, mut xc) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for i in range {
-        let v = f64::from(x[i]);
-        let (s, c) = (w * i as f64).sin_cos();
-        ss += s * s;
-        cc += c * c;
-        sc += s * c;
-        xs += v * s;
-        xc += v * c;
-    }
-    let det = ss * cc - sc * sc;
-    let a = (xs * cc - xc * sc) / det;
-    let b = (xc * ss - xs * sc) / det;
+    let (a, b, ..) = fit_sinusoid(x, range, w);
     // a sin(wk) + b cos(wk) = A sin(wk + φ) with φ = atan2(b, a); delay = -φ / w.
     -b.atan2(a) / w
 }
