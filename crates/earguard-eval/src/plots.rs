@@ -3,6 +3,7 @@
 //! - [`tradeoff`]: ASR (y) against ORR (x) in percent, one labelled point per defense or
 //!   setting, Wilson intervals as error bars, the ideal corner marked; a sweep is joined in order.
 //! - [`layer_norms`]: the per-layer L2 norm of fitted steering directions, one line per series.
+//! - [`rate_curve`]: a rate (e.g. ASR) against a numeric setting, one line per series.
 //! - [`pca_scatter`]: last-position representations projected to 2-D (see [`pca_2d`]), coloured
 //!   and shaped by group, in the style of the RRS paper's Figure 2.
 //!
@@ -1116,5 +1117,138 @@ fn format_tick(v: f64, decimals: usize) -> String {
         s.trim_start_matches('-').to_string()
     } else {
         s
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate curve
+// ---------------------------------------------------------------------------------------------
+
+/// One line of a [`rate_curve`]: a rate (fraction in [0, 1], with its 95 % interval) at each
+/// value of a setting, e.g. ASR against the ablation attack's strength.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CurveSeries {
+    pub label: String,
+    /// `(x, rate, interval)`, drawn in the given order.
+    pub points: Vec<(f64, f64, Option<(f64, f64)>)>,
+}
+
+/// A rate in percent (y, 0–100) against a numeric setting (x), one line with markers and
+/// Wilson error bars per series.
+pub fn rate_curve(
+    dir: &Path,
+    stem: &str,
+    series: &[CurveSeries],
+    x_desc: &str,
+    y_desc: &str,
+    title: &str,
+) -> Result<PlotFiles> {
+    if series.iter().all(|s| s.points.is_empty()) {
+        return Err(invalid("rate curve: no points to draw"));
+    }
+    for s in series {
+        for &(x, v, ci) in &s.points {
+            if !x.is_finite() {
+                return Err(invalid(format!(
+                    "rate curve: series {:?} has x = {x}",
+                    s.label
+                )));
+            }
+            match ci {
+                Some(ci) => check_interval("rate curve", &s.label, v, ci)?,
+                None => check_rate("rate curve", &s.label, v)?,
+            }
+        }
+    }
+    render(
+        dir,
+        stem,
+        &RateCurve {
+            series,
+            x_desc,
+            y_desc,
+            title,
+        },
+    )
+}
+
+struct RateCurve<'a> {
+    series: &'a [CurveSeries],
+    x_desc: &'a str,
+    y_desc: &'a str,
+    title: &'a str,
+}
+
+impl Figure for RateCurve<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1000, 620)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        root.fill(&WHITE)?;
+        let xs = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.0));
+        let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+            (a.min(x), b.max(x))
+        });
+        let pad = if hi > lo { 0.04 * (hi - lo) } else { 0.5 };
+        let mut chart = ChartBuilder::on(root)
+            .caption(self.title, font(28))
+            .margin(24)
+            .x_label_area_size(60)
+            .y_label_area_size(72)
+            .build_cartesian_2d(lo - pad..hi + pad, 0.0..105.0)?;
+        let x_dec = tick_decimals(lo, hi, 10);
+        chart
+            .configure_mesh()
+            .x_labels(10)
+            .x_label_formatter(&|v| format_tick(*v, x_dec))
+            .y_labels(11)
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .x_desc(self.x_desc)
+            .y_desc(self.y_desc)
+            .label_style(font(18))
+            .axis_desc_style(font(20))
+            .max_light_lines(1)
+            .bold_line_style(GRID_BOLD)
+            .light_line_style(GRID_LIGHT)
+            .draw()?;
+        for (i, s) in self.series.iter().enumerate() {
+            let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0, 100.0 * p.1)).collect();
+            chart.draw_series(LineSeries::new(
+                pts.iter().copied(),
+                ShapeStyle::from(&colour(i)).stroke_width(2),
+            ))?;
+            chart.draw_series(s.points.iter().filter_map(|&(x, _, ci)| {
+                ci.map(|(a, b)| {
+                    PathElement::new(
+                        vec![(x, 100.0 * a), (x, 100.0 * b)],
+                        ShapeStyle::from(&colour(i).mix(0.5)).stroke_width(2),
+                    )
+                })
+            }))?;
+            draw_markers(
+                &mut chart,
+                pts,
+                marker(i),
+                colour(i),
+                1.0,
+                6,
+                Some(s.label.clone()),
+                true,
+            )?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .margin(12)
+            .legend_area_size(34)
+            .label_font(font(17))
+            .background_style(WHITE.mix(0.9))
+            .border_style(GRID_BOLD)
+            .draw()?;
+        Ok(())
     }
 }

@@ -420,3 +420,55 @@ fn unwritable_target_names_the_file() {
         other => panic!("expected an I/O error, got {other:?}"),
     }
 }
+
+#[test]
+fn rate_curve_renders_and_checks_rates() {
+    let (_t, dir) = out_dir("curve");
+    let line = |label: &str, rates: [f64; 5]| plots::CurveSeries {
+        label: label.to_string(),
+        points: [0.0, 0.25, 0.5, 0.75, 1.0]
+            .into_iter()
+            .zip(rates)
+            .map(|(s, r)| (s, r, Some(((r - 0.1).max(0.0), (r + 0.1).min(1.0)))))
+            .collect(),
+    };
+    let series = vec![
+        line("none", [0.1, 0.2, 0.5, 0.9, 1.0]),
+        line("sarsteer α 0.1", [0.05, 0.1, 0.3, 0.7, 0.95]),
+    ];
+    let files = plots::rate_curve(
+        &dir,
+        "attack_strength",
+        &series,
+        "ablation strength",
+        "ASR (%)",
+        "ASR against attack strength",
+    )
+    .unwrap();
+    check_files(
+        &files,
+        &dir,
+        "attack_strength",
+        (1000, 620),
+        &[
+            "ASR against attack strength",
+            "sarsteer α 0.1",
+            "ablation strength",
+        ],
+    );
+    for bad in [
+        vec![line("x", [0.1, 0.2, 1.5, 0.9, 1.0])],
+        vec![plots::CurveSeries {
+            label: "nan".into(),
+            points: vec![(f64::NAN, 0.5, None)],
+        }],
+        vec![plots::CurveSeries {
+            label: "outside".into(),
+            points: vec![(0.5, 0.5, Some((0.6, 0.7)))],
+        }],
+        vec![],
+    ] {
+        let e = plots::rate_curve(&dir, "bad", &bad, "x", "y", "t").unwrap_err();
+        assert!(matches!(e, EvalError::Invalid(_)), "{e}");
+    }
+}

@@ -185,6 +185,28 @@ pub struct Decoder {
 }
 
 impl Decoder {
+    /// The same decoder with every linear weight dense f32 (GGUF blocks dequantized). Memory is
+    /// the f32 size (about 4 bytes a parameter); numerics are exact where the quantized path
+    /// rounds activations, which makes small differences between plans measurable.
+    pub fn dequantized(&self) -> Result<Self> {
+        let mut out = self.clone();
+        for b in &mut out.blocks {
+            for l in [
+                &mut b.attn.q,
+                &mut b.attn.k,
+                &mut b.attn.v,
+                &mut b.attn.o,
+                &mut b.mlp.gate,
+                &mut b.mlp.up,
+                &mut b.mlp.down,
+            ] {
+                *l = l.dequantized()?;
+            }
+        }
+        out.lm_head = out.lm_head.dequantized()?;
+        Ok(out)
+    }
+
     /// Build the decoder from a weight store; `prefix` is "" for causal LMs and
     /// "language_model." inside Qwen2-Audio.
     pub fn load(cfg: DecoderConfig, store: &WeightStore, prefix: &str) -> Result<Self> {
@@ -363,7 +385,7 @@ impl Decoder {
                 .attn
                 .forward(&h, &self.rope, &cos, &sin, mask.as_ref(), kv)?;
             let a = hook(HookPoint::AttnOut(l), a)?;
-            x = (x + a)?;
+            x = hook(HookPoint::ResidMid(l), (x + a)?)?;
             let h = block.mlp_norm.forward(&x)?;
             let m = block.mlp.forward(&h)?;
             let m = hook(HookPoint::MlpOut(l), m)?;

@@ -31,6 +31,9 @@ pub enum HookPoint {
     ResidPre(usize),
     /// Attention output of block l, before it is added to the residual stream.
     AttnOut(usize),
+    /// The residual stream inside block l, after the attention output is added and before the
+    /// MLP reads it (TransformerLens `hook_resid_mid`).
+    ResidMid(usize),
     /// MLP output of block l, before it is added to the residual stream.
     MlpOut(usize),
     /// Output of block l (the residual stream after it).
@@ -44,6 +47,7 @@ impl HookPoint {
         match *self {
             HookPoint::ResidPre(l)
             | HookPoint::AttnOut(l)
+            | HookPoint::ResidMid(l)
             | HookPoint::MlpOut(l)
             | HookPoint::ResidPost(l) => Some(l),
             HookPoint::FinalNorm => None,
@@ -55,17 +59,20 @@ impl HookPoint {
         match self {
             HookPoint::ResidPre(_) => HookPoint::ResidPre(l),
             HookPoint::AttnOut(_) => HookPoint::AttnOut(l),
+            HookPoint::ResidMid(_) => HookPoint::ResidMid(l),
             HookPoint::MlpOut(_) => HookPoint::MlpOut(l),
             HookPoint::ResidPost(_) => HookPoint::ResidPost(l),
             HookPoint::FinalNorm => HookPoint::FinalNorm,
         }
     }
 
-    /// The kind name without a layer: `resid_pre`, `attn_out`, `mlp_out`, `resid_post`, `final_norm`.
+    /// The kind name without a layer: `resid_pre`, `attn_out`, `resid_mid`, `mlp_out`,
+    /// `resid_post`, `final_norm`.
     pub fn kind(&self) -> &'static str {
         match self {
             HookPoint::ResidPre(_) => "resid_pre",
             HookPoint::AttnOut(_) => "attn_out",
+            HookPoint::ResidMid(_) => "resid_mid",
             HookPoint::MlpOut(_) => "mlp_out",
             HookPoint::ResidPost(_) => "resid_post",
             HookPoint::FinalNorm => "final_norm",
@@ -91,7 +98,7 @@ impl FromStr for HookPoint {
         let bad = || {
             ModelError::Invalid(format!(
                 "unknown hook point '{s}' (expected e.g. blocks.5.hook_resid_post, resid_post.5, \
-                 attn_out.5, mlp_out.5, resid_pre.5 or final_norm)"
+                 attn_out.5, resid_mid.5, mlp_out.5, resid_pre.5 or final_norm)"
             ))
         };
         if s == "final_norm" || s == "ln_final.hook_normalized" {
@@ -107,6 +114,7 @@ impl FromStr for HookPoint {
         match kind {
             "resid_pre" => Ok(HookPoint::ResidPre(l)),
             "attn_out" => Ok(HookPoint::AttnOut(l)),
+            "resid_mid" => Ok(HookPoint::ResidMid(l)),
             "mlp_out" => Ok(HookPoint::MlpOut(l)),
             "resid_post" => Ok(HookPoint::ResidPost(l)),
             _ => Err(bad()),
@@ -178,8 +186,9 @@ impl FromStr for Positions {
 pub enum Edit {
     /// `x ← x + c·v`.
     Add(Tensor),
-    /// `x ← x − c·(x·r̂) r̂` with r̂ the unit direction (c = 1 removes the component).
-    ProjectOut(Tensor),
+    /// `x ← x − c·s·(x·r̂) r̂` with r̂ the unit direction and `s` the strength (c = s = 1
+    /// removes the component; s = 0.5 halves it).
+    ProjectOut { unit: Tensor, strength: f64 },
 }
 
 #[derive(Debug, Clone)]
@@ -237,11 +246,28 @@ impl InterventionPlan {
 
     /// Project `direction` (normalised here) out of the hidden state.
     pub fn project_out(
-        mut self,
+        self,
         point: HookPoint,
         positions: Positions,
         direction: &Tensor,
     ) -> Result<Self> {
+        self.project_out_fraction(point, positions, direction, 1.0)
+    }
+
+    /// Remove the fraction `strength` (in [0, 1]) of the hidden state's component along
+    /// `direction` (normalised here).
+    pub fn project_out_fraction(
+        mut self,
+        point: HookPoint,
+        positions: Positions,
+        direction: &Tensor,
+        strength: f64,
+    ) -> Result<Self> {
+        if !(0.0..=1.0).contains(&strength) {
+            return Err(ModelError::Invalid(format!(
+                "projection strength {strength} at {point} is outside [0, 1]"
+            )));
+        }
         let norm = direction.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
         if !norm.is_finite() || norm == 0.0 {
             return Err(ModelError::Invalid(format!(
@@ -252,7 +278,7 @@ impl InterventionPlan {
         self.edits.push(Intervention {
             point,
             positions,
-            edit: Edit::ProjectOut(unit),
+            edit: Edit::ProjectOut { unit, strength },
             row_scale: None,
         });
         Ok(self)
@@ -282,7 +308,7 @@ impl InterventionPlan {
         for e in &self.edits {
             check_point(&e.point)?;
             let v = match &e.edit {
-                Edit::Add(v) | Edit::ProjectOut(v) => v,
+                Edit::Add(v) | Edit::ProjectOut { unit: v, .. } => v,
             };
             if v.dims() != [hidden] {
                 return Err(ModelError::Shape(format!(
@@ -382,12 +408,13 @@ pub(crate) fn run_hooks(
                 let v = v.to_dtype(x.dtype())?.reshape((1, 1, ()))?;
                 (&x + w.broadcast_mul(&v)?)?
             }
-            Edit::ProjectOut(r) => {
-                let r = r.to_dtype(x.dtype())?;
-                // (x·r̂) for every position: [b, q, 1]
-                let coef = x
+            Edit::ProjectOut { unit, strength } => {
+                let r = unit.to_dtype(x.dtype())?;
+                // s·(x·r̂) for every position: [b, q, 1]
+                let coef = (x
                     .broadcast_mul(&r.reshape((1, 1, ()))?)?
-                    .sum_keepdim(D::Minus1)?;
+                    .sum_keepdim(D::Minus1)?
+                    * *strength)?;
                 (&x - (coef * w)?.broadcast_mul(&r.reshape((1, 1, ()))?)?)?
             }
         };
@@ -444,6 +471,7 @@ mod tests {
         for p in [
             HookPoint::ResidPre(0),
             HookPoint::AttnOut(7),
+            HookPoint::ResidMid(3),
             HookPoint::MlpOut(2),
             HookPoint::ResidPost(27),
             HookPoint::FinalNorm,
@@ -455,7 +483,7 @@ mod tests {
             HookPoint::MlpOut(4)
         );
         assert!("blocks.x.hook_resid_post".parse::<HookPoint>().is_err());
-        assert!("resid_mid.3".parse::<HookPoint>().is_err());
+        assert!("resid_side.3".parse::<HookPoint>().is_err());
     }
 
     #[test]

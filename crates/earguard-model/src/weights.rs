@@ -39,6 +39,19 @@ impl Linear {
         self.out_features
     }
 
+    /// The same layer with a dense f32 weight (quantized and 16-bit weights widened): exact
+    /// arithmetic where the quantized path rounds activations to 8 bits per block.
+    pub fn dequantized(&self) -> Result<Linear> {
+        let dense = match &self.weight {
+            QMatMul::QTensor(q) => q.dequantize(&Device::Cpu)?,
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
+        };
+        Ok(Self {
+            weight: QMatMul::Tensor(dense),
+            ..self.clone()
+        })
+    }
+
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = self.weight.forward(x)?;
         match &self.bias {

@@ -49,7 +49,13 @@ pub const META_FILE: &str = "meta.json";
 pub const VECTORS_FILE: &str = "vectors.safetensors";
 
 /// Hook kinds a steering vector may be fitted at (each has one direction per layer).
-const HOOK_KINDS: &[&str] = &["resid_pre", "attn_out", "mlp_out", "resid_post"];
+const HOOK_KINDS: &[&str] = &[
+    "resid_pre",
+    "attn_out",
+    "resid_mid",
+    "mlp_out",
+    "resid_post",
+];
 
 /// A prompt set a vector was fitted on, pinned by content hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,8 @@
 //! SARSteer and the refusal direction on the FigStep mirror training set, evaluate none /
 //! prompt / sarsteer / ablate / ablate+sarsteer (and ablate + SARSteer refitted with λ = 0) on
 //! a fixed subset of AdvBench mirror pairs, print the table and write the report with plots.
+//! Then the attack at partial strength (`ablate=RD:strength=s`, s = 0, 0.25, …, 1) with and
+//! without SARSteer: ASR against s, the curve of a weakened refusal that a defense must restore.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -36,10 +38,18 @@ pub struct DemoArgs {
     /// SARSteer strength.
     #[arg(long, default_value_t = 0.1)]
     pub alpha: f64,
+    /// A second SARSteer strength for the attack-strength curve (besides --alpha).
+    #[arg(long, default_value_t = CURVE_ALPHA)]
+    pub curve_alpha: f64,
     /// Output directory (vectors, runs, report.md with plots). Re-running resumes.
     #[arg(long, short, default_value = "out/demo")]
     pub out: PathBuf,
 }
+
+/// The attack strengths of the curve (fraction of the refusal component removed).
+const STRENGTHS: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
+/// Default second α of the curve.
+const CURVE_ALPHA: f64 = 0.3;
 
 pub fn run(args: DemoArgs) -> Result<()> {
     let t0 = Instant::now();
@@ -124,11 +134,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
         ),
     ];
     let base_dir = args.out.join("runs/none");
-    let mut reports: Vec<(String, Report)> = Vec::new();
-    for (name, spec) in &runs {
+    let run_one = |name: &str, spec: &str| -> Result<Report> {
         eprintln!("[demo] evaluating {name}");
-        let baseline = (*name != "none").then_some(base_dir.as_path());
-        let r = evaluate(
+        let baseline = (name != "none").then_some(base_dir.as_path());
+        evaluate(
             &model,
             &settings,
             &prepared,
@@ -136,9 +145,81 @@ pub fn run(args: DemoArgs) -> Result<()> {
             None,
             baseline,
             &args.out.join("runs").join(name),
-        )?;
-        reports.push((name.to_string(), r));
+        )
+    };
+    let mut reports: Vec<(String, Report)> = Vec::new();
+    for (name, spec) in &runs {
+        reports.push((name.to_string(), run_one(name, spec)?));
     }
+
+    // ASR against the attack's strength, undefended and with SARSteer at two strengths. The
+    // ends of a curve (s = 0: no attack; s = 1: the full attack) reuse the runs above when the
+    // spec is the same.
+    let curve_defenses = [
+        ("none".to_string(), None),
+        (format!("sarsteer α {}", args.alpha), Some(args.alpha)),
+        (
+            format!("sarsteer α {}", args.curve_alpha),
+            Some(args.curve_alpha),
+        ),
+    ];
+    let mut curve = Vec::new();
+    for (label, alpha) in &curve_defenses {
+        let mut points = Vec::new();
+        for s in STRENGTHS {
+            let attack = if s == 0.0 {
+                None
+            } else if s == 1.0 {
+                Some(format!("ablate={rd_s}"))
+            } else {
+                Some(format!("ablate={rd_s}:strength={s}"))
+            };
+            let steer = alpha.map(|a| {
+                if a == args.alpha {
+                    format!("sarsteer={sar_s}")
+                } else {
+                    format!("sarsteer={sar_s}:alpha={a}")
+                }
+            });
+            let spec = [attack, steer]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("+");
+            let spec = if spec.is_empty() { "none".into() } else { spec };
+            let done = runs.iter().position(|(_, sp)| *sp == spec);
+            let r = match done {
+                Some(i) => reports[i].1.clone(),
+                None => {
+                    let tag = alpha.map_or("none".into(), |a| format!("sarsteer-a{a}"));
+                    run_one(&format!("curve/{tag}/s{s}"), &spec)?
+                }
+            };
+            points.push((s, r));
+        }
+        curve.push((label.clone(), points));
+    }
+    let series: Vec<plots::CurveSeries> = curve
+        .iter()
+        .map(|(label, points)| plots::CurveSeries {
+            label: label.clone(),
+            points: points
+                .iter()
+                .filter_map(|(s, r)| {
+                    let ci = r.asr_rate.ci_low.zip(r.asr_rate.ci_high);
+                    Some((*s, r.asr?, ci))
+                })
+                .collect(),
+        })
+        .collect();
+    plots::rate_curve(
+        &args.out,
+        "attack_strength",
+        &series,
+        "ablation strength s (fraction of the refusal component removed)",
+        "ASR (%)",
+        "ASR under a weakened refusal (AdvBench mirror, text-only)",
+    )?;
 
     // Plots: the trade-off of every defense, per-layer norms of the fitted directions, and a
     // 2-D PCA of harmful vs benign representations at the selected layer.
@@ -183,7 +264,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         model.info.name, args.pairs, args.max_tokens
     );
     print_table(&table);
-    write_summary(&args, &reports, &refs, layer, fit_seconds)?;
+    write_summary(&args, &reports, &curve, &refs, layer, fit_seconds)?;
     println!(
         "report: {} ({:.0} s in all)",
         args.out.join("report.md").display(),
@@ -221,6 +302,7 @@ fn pca_plot(out: &Path, layer: usize) -> Result<()> {
 fn write_summary(
     args: &DemoArgs,
     reports: &[(String, Report)],
+    curve: &[(String, Vec<(f64, Report)>)],
     refs: &[DatasetRef],
     layer: usize,
     fit_s: f64,
@@ -270,7 +352,31 @@ fn write_summary(
     }
     writeln!(
         md,
-        "\nEach run's responses and report: `runs/<defense>/`.\n"
+        "\n## Weakened refusal: the attack at partial strength\n\n`ablate=RD:strength=s` removes \
+         the fraction s of the refusal component from what the model writes (s = 0: no attack; \
+         s = 1: the attack above). ASR (ORR) per strength:\n"
+    )?;
+    write!(md, "| defense |")?;
+    for s in STRENGTHS {
+        write!(md, " s = {s} |")?;
+    }
+    writeln!(md, "\n|---|{}", "---|".repeat(STRENGTHS.len()))?;
+    for (label, points) in curve {
+        write!(md, "| {label} |")?;
+        for (_, r) in points {
+            write!(
+                md,
+                " {} ({}) |",
+                r.asr_rate.display_percent(),
+                r.orr_rate.display_percent()
+            )?;
+        }
+        writeln!(md)?;
+    }
+    writeln!(
+        md,
+        "\n![ASR against attack strength](attack_strength.png)\n\nEach run's responses and \
+         report: `runs/<defense>/` (the curve's: `runs/curve/`).\n"
     )?;
     writeln!(
         md,
@@ -282,6 +388,10 @@ fn write_summary(
         "pairs": args.pairs,
         "selected_layer": layer,
         "runs": reports.iter().map(|(n, r)| serde_json::json!({"defense": n, "asr": r.asr, "orr": r.orr, "n_harmful": r.n_harmful, "n_benign": r.n_benign, "nsi": r.baseline.as_ref().and_then(|b| b.nsi)})).collect::<Vec<_>>(),
+        "attack_strength_curve": curve.iter().map(|(label, points)| serde_json::json!({
+            "defense": label,
+            "points": points.iter().map(|(s, r)| serde_json::json!({"strength": s, "asr": r.asr, "orr": r.orr})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
     });
     std::fs::write(
         args.out.join("report.json"),

@@ -1,9 +1,15 @@
 //! Directional ablation (Arditi et al. 2024, SPEC §2): remove the refusal direction r̂ from
-//! everything the model writes into the residual stream — the token embeddings and every
-//! attention and MLP output, at every position. The stream is the sum of those writes, so for
-//! the model alone this equals projecting r̂ out of the stream at every layer (Arditi's weight
-//! orthogonalisation), while an inference-time defense's own additions are not erased: the
-//! attack is on the model's weights, the defense must survive it.
+//! everything the model writes into the residual stream — the token embeddings (the input of
+//! block 0) and every attention and MLP output, at every position. The stream is the sum of
+//! those writes, so for the model alone this equals projecting r̂ out of the stream at every
+//! layer (Arditi's weight orthogonalisation; tested against stream ablation at `resid_pre`,
+//! `resid_mid` and `resid_post` of every block). The stream itself is never projected after
+//! the embeddings, so an inference-time defense's own additions (at `resid_post`, say) are not
+//! erased: the attack is on the model's weights, the defense must survive it.
+//!
+//! `strength=s` removes the fraction s of each write's r̂ component (s = 1, the default, is
+//! the full attack; s = 0.5 halves the model's own refusal component): a weakened refusal, the
+//! setting the seed papers study (speech input lowers refusal, it does not erase it).
 
 use candle_core::Tensor;
 use earguard_model::{HookPoint, InterventionPlan, Model, Positions, Prompt};
@@ -14,29 +20,44 @@ use crate::error::{Result, SteerError};
 
 pub struct Ablate {
     describe: String,
-    direction: Tensor,
+    /// Built once: the attack does not depend on the batch.
+    plan: InterventionPlan,
 }
 
 impl Ablate {
     pub fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
-        part.only_options(&["layer"])?;
+        part.only_options(&["layer", "strength"])?;
         let vector = SteeringVector::load(part.artifact()?)?;
         vector.check_compatible(&model.info, force)?;
         let layer = selected_layer(&vector, part)?;
         let r = vector.directions.get(&layer).ok_or_else(|| {
             SteerError::Invalid(format!("the vector has no direction for layer {layer}"))
         })?;
-        Ok(Self {
-            describe: part.to_string(),
-            direction: r.clone(),
-        })
+        let strength = part.option_f64("strength")?.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&strength) {
+            return Err(SteerError::Invalid(format!(
+                "ablate: strength={strength} must be in [0, 1] (the fraction of the refusal \
+                 component removed; 1 = full ablation)"
+            )));
+        }
+        let mut ablate = Self::new(model, r, strength)?;
+        ablate.describe = part.to_string();
+        Ok(ablate)
     }
 
-    pub fn from_direction(direction: Tensor) -> Self {
-        Self {
-            describe: "ablate".into(),
-            direction,
+    /// The attack with direction `direction` (any norm) at `strength` in [0, 1].
+    pub fn new(model: &Model, direction: &Tensor, strength: f64) -> Result<Self> {
+        let n_layers = model.decoder.config().n_layers;
+        let writes = std::iter::once(HookPoint::ResidPre(0))
+            .chain((0..n_layers).flat_map(|l| [HookPoint::AttnOut(l), HookPoint::MlpOut(l)]));
+        let mut plan = InterventionPlan::new();
+        for hook in writes {
+            plan = plan.project_out_fraction(hook, Positions::All, direction, strength)?;
         }
+        Ok(Self {
+            describe: "ablate".into(),
+            plan,
+        })
     }
 }
 
@@ -45,17 +66,7 @@ impl Defense for Ablate {
         self.describe.clone()
     }
 
-    fn plan(&self, model: &Model, _batch: &[Prompt]) -> Result<InterventionPlan> {
-        let mut plan = InterventionPlan::new();
-        for l in 0..model.decoder.config().n_layers {
-            for hook in [
-                HookPoint::ResidPre(l),
-                HookPoint::AttnOut(l),
-                HookPoint::MlpOut(l),
-            ] {
-                plan = plan.project_out(hook, Positions::All, &self.direction)?;
-            }
-        }
-        Ok(plan)
+    fn plan(&self, _model: &Model, _batch: &[Prompt]) -> Result<InterventionPlan> {
+        Ok(self.plan.clone())
     }
 }

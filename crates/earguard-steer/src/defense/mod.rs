@@ -12,7 +12,7 @@
 //! | `sarsteer` | steering vector dir | `alpha=0.1`, `layers=0-27`, `beta=1.0`, `positions=last`, `normalize=false` |
 //! | `text-steer` | a SARSteer fit made on text-only inputs | as sarsteer |
 //! | `actadd` | refusal-direction dir | `layer=L`, `coeff=1.0` |
-//! | `ablate` | refusal-direction dir | `layer=L` |
+//! | `ablate` | refusal-direction dir | `layer=L`, `strength=1` (fraction of r̂ removed, in [0, 1]) |
 //! | `cast` | cast dir (`earguard fit cast`) | `alpha=…`, `threshold=…` |
 //!
 //! ```
