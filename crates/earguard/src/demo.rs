@@ -31,7 +31,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 12)]
     pub pairs: usize,
     /// Tokens per response.
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = 48, value_parser = crate::eval::positive)]
     pub max_tokens: usize,
     /// SARSteer strength.
     #[arg(long, default_value_t = 0.1)]
