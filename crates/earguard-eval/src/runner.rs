@@ -82,7 +82,9 @@ impl RunConfig {
     fn foreign(&self, row: &ResultRow) -> Option<String> {
         let judges: BTreeSet<&str> = self.judges.iter().map(String::as_str).collect();
         let judged: BTreeSet<&str> = row.verdicts.keys().map(String::as_str).collect();
-        if row.model != self.model {
+        if row.model.is_empty() {
+            Some("records no model (written before earguard recorded it)".into())
+        } else if row.model != self.model {
             Some(format!(
                 "was made by model '{}', not '{}'",
                 row.model, self.model
@@ -764,8 +766,9 @@ mod tests {
         let own = vec![row("a", 0), row("a", 1), row("b", 0)];
         check(&own).unwrap();
         type Edit = fn(&mut ResultRow);
-        let bad: [(Edit, &str); 8] = [
+        let bad: [(Edit, &str); 9] = [
             (|r| r.model = "other".into(), "model 'other'"),
+            (|r| r.model.clear(), "records no model"),
             (|r| r.defense = "prompt".into(), "defense 'prompt'"),
             (|r| r.mode = Mode::AudioOnly, "mode audio-only"),
             (|r| r.sample = 2, "sample 2 of a run of 2"),

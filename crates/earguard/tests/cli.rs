@@ -644,3 +644,50 @@ fn a_prompt_too_long_for_the_context_is_refused_up_front_or_skipped() {
     assert_eq!(jsonl(&out.join("results.jsonl")).len(), 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// In an audio mode, a prompt whose audio file is not audio is refused before anything is
+/// generated, naming it, or skipped with --skip-bad-lines.
+#[test]
+fn unreadable_audio_is_refused_up_front_or_skipped() {
+    let dir = scratch("bad-audio");
+    std::fs::write(dir.join("notes.wav"), "not a wave file").unwrap();
+    let manifest = dir.join("manifest.jsonl");
+    let lines: Vec<String> = (0..3)
+        .map(|i| {
+            let audio = if i == 1 {
+                dir.join("notes.wav")
+            } else {
+                speech()
+            };
+            serde_json::json!({
+                "id": format!("a{i}"),
+                "label": if i % 2 == 0 { "benign" } else { "harmful" },
+                "text": "what is said",
+                "audio": audio,
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&manifest, lines.join("\n")).unwrap();
+    let out = dir.join("run");
+    let eval = || {
+        let mut c = bin();
+        c.args(["eval", "--model", &tiny_audio_model(), "--max-tokens", "2"])
+            .args(["--mode", "audio-only", "--data"])
+            .arg(&manifest)
+            .arg("-o")
+            .arg(&out);
+        c
+    };
+    let err = fails(&mut eval());
+    assert!(
+        err.contains("prompt 'a1' (set manifest)") && err.contains("notes.wav"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    ok(eval().arg("--skip-bad-lines"));
+    assert_eq!(jsonl(&out.join("results.jsonl")).len(), 2);
+    let skipped = jsonl(&out.join("skipped.jsonl"));
+    assert_eq!((skipped.len(), skipped[0]["id"].as_str()), (1, Some("a1")));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
