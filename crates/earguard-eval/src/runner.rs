@@ -1,16 +1,28 @@
 //! The evaluation runner: generate responses for every (prompt, sample) of a run in batches,
 //! judge them, and append one JSON line per response to `DIR/results.jsonl`.
 //!
+//! Every prompt is checked before anything is generated (chat template, length against the
+//! model's context, audio file readable and short enough): a prompt the model cannot take stops
+//! the run up front, naming it, or with `skip_bad_items` is recorded in `DIR/skipped.jsonl` and
+//! left out. A run that fails before writing a response leaves no run directory behind.
+//!
 //! No lost work: each batch's lines are written and fsynced before the next batch starts; a
 //! run killed at any moment and started again with the same command resumes, skipping the
 //! (prompt, sample) pairs already recorded; a half-written last line (the kill landed mid-write)
 //! is cut off, never parsed as a record. `DIR/config.json` pins the run's configuration, and a
-//! resume with a different one is refused.
+//! resume with a different one is refused; so is one whose recorded rows are not all rows of
+//! this configuration (another model, defense, mode or judges, a prompt not in the data set or
+//! with other text, a sample out of range, a row twice), or a `results.jsonl` with no
+//! `config.json`.
 //!
-//! Shards: `--shard I/N` keeps the prompts whose pair (or id) hashes to I mod N, so mirror pairs
-//! stay together and N machines can split one run; `earguard merge` joins the shards.
+//! Responses are classified as they are written: a degenerate one (see [`crate::degenerate`])
+//! is marked in its row and the metrics count it apart, whatever the judges say.
+//!
+//! Shards: `--shard I/N` keeps the prompts whose pair (or, unpaired, id) hashes to I mod N, so
+//! mirror pairs stay together and N machines can split one run; `earguard merge` joins the
+//! shards.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -23,6 +35,7 @@ use earguard_steer::inputs::InputStyle;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::degenerate::{classify, Degenerate};
 use crate::error::{EvalError, Result};
 use crate::judge::{Judge, JudgeInput, Verdict};
 
@@ -41,8 +54,61 @@ pub struct RunConfig {
     pub top_p: Option<f64>,
     pub max_tokens: usize,
     pub seed: u64,
+    /// In the order given; the first is the primary judge, whose verdicts the metrics use.
     pub judges: Vec<String>,
     pub shard: Option<Shard>,
+}
+
+impl RunConfig {
+    /// The judge the metrics use: the first one given.
+    pub fn primary_judge(&self) -> Result<&str> {
+        self.judges
+            .first()
+            .map(String::as_str)
+            .ok_or_else(|| EvalError::Invalid("the run configuration names no judge".into()))
+    }
+
+    /// Counts that must be at least 1 (0 would make a run with no responses).
+    fn check(&self) -> Result<()> {
+        for (name, v) in [("samples", self.samples), ("max-tokens", self.max_tokens)] {
+            if v == 0 {
+                return Err(EvalError::Invalid(format!("--{name} must be at least 1")));
+            }
+        }
+        self.primary_judge().map(|_| ())
+    }
+
+    /// Why `row` cannot be a row of this configuration, if it cannot.
+    fn foreign(&self, row: &ResultRow) -> Option<String> {
+        let judges: BTreeSet<&str> = self.judges.iter().map(String::as_str).collect();
+        let judged: BTreeSet<&str> = row.verdicts.keys().map(String::as_str).collect();
+        if row.model.is_empty() {
+            Some("records no model (written before earguard recorded it)".into())
+        } else if row.model != self.model {
+            Some(format!(
+                "was made by model '{}', not '{}'",
+                row.model, self.model
+            ))
+        } else if row.defense != self.defense {
+            Some(format!(
+                "was made with defense '{}', not '{}'",
+                row.defense, self.defense
+            ))
+        } else if row.mode != self.mode {
+            Some(format!("is in mode {}, not {}", row.mode, self.mode))
+        } else if row.sample >= self.samples {
+            Some(format!(
+                "is sample {} of a run of {}",
+                row.sample, self.samples
+            ))
+        } else if judged != judges {
+            Some(format!(
+                "was judged by {judged:?}, not by this run's judges {judges:?}"
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +152,9 @@ impl Shard {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultRow {
     pub id: String,
+    /// The model's name (rows written before it was recorded read as "").
+    #[serde(default)]
+    pub model: String,
     pub set: String,
     pub label: Label,
     pub category: Option<String>,
@@ -95,6 +164,9 @@ pub struct ResultRow {
     pub defense: String,
     pub prompt: String,
     pub response: String,
+    /// Why the response is degenerate (then it counts in neither ASR nor ORR), or null.
+    #[serde(default)]
+    pub degenerate: Option<Degenerate>,
     pub verdicts: BTreeMap<String, Verdict>,
     pub refusal_score: Option<f32>,
     pub n_tokens: usize,
@@ -103,15 +175,44 @@ pub struct ResultRow {
 }
 
 impl ResultRow {
-    /// The verdict of the primary (first) judge of the run.
+    /// The verdict of `judge` (None if it did not judge this row). The metrics use the run's
+    /// primary judge, [`RunConfig::primary_judge`], through [`ResultRow::counted`].
     pub fn refused(&self, judge: &str) -> Option<bool> {
         self.verdicts.get(judge).map(|v| v.refused)
+    }
+
+    /// The verdict the metrics count: `judge`'s, or None for a degenerate response (neither a
+    /// refusal nor an answer).
+    pub fn counted(&self, judge: &str) -> Option<bool> {
+        match self.degenerate {
+            Some(_) => None,
+            None => self.refused(judge),
+        }
     }
 }
 
 pub struct RunOptions {
     pub batch_size: usize,
     pub progress: bool,
+    /// Record prompts the model cannot take in skipped.jsonl and go on (otherwise the first one
+    /// stops the run before anything is generated).
+    pub skip_bad_items: bool,
+}
+
+/// A prompt left out of a run because the model cannot take it (a line of skipped.jsonl).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkippedItem {
+    pub id: String,
+    pub set: String,
+    pub label: Label,
+    pub reason: String,
+}
+
+/// What a run produced: every row, old and new, and the prompts it left out.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    pub rows: Vec<ResultRow>,
+    pub skipped: Vec<SkippedItem>,
 }
 
 /// A prompt of the run with the set it came from.
@@ -141,10 +242,19 @@ pub fn run_items(sets: &[PromptSet], shard: Option<Shard>) -> Vec<RunItem> {
 
 pub const RESULTS: &str = "results.jsonl";
 pub const CONFIG: &str = "config.json";
+pub const SKIPPED: &str = "skipped.jsonl";
+
+/// What [`prepare_dir`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunDir {
+    /// A run of this configuration was there: resume it.
+    Resumed,
+    /// A new run (`made_dir`: the directory itself was created too).
+    New { made_dir: bool },
+}
 
 /// Create the run directory or check that it belongs to this configuration.
-pub fn prepare_dir(dir: &Path, config: &RunConfig) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
+pub fn prepare_dir(dir: &Path, config: &RunConfig) -> Result<RunDir> {
     let path = dir.join(CONFIG);
     if path.is_file() {
         let text = std::fs::read_to_string(&path).map_err(|e| EvalError::io(&path, e))?;
@@ -171,16 +281,92 @@ pub fn prepare_dir(dir: &Path, config: &RunConfig) -> Result<()> {
                 ),
             ));
         }
-        return Ok(());
+        return Ok(RunDir::Resumed);
     }
+    let results = dir.join(RESULTS);
+    if std::fs::metadata(&results).is_ok_and(|m| m.len() > 0) {
+        return Err(EvalError::io(
+            &results,
+            format!(
+                "results without a {CONFIG}: they cannot be checked against this run; refusing to \
+                 resume into them — use another --out directory"
+            ),
+        ));
+    }
+    let made_dir = !dir.exists();
+    std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
     let text =
         serde_json::to_string_pretty(config).map_err(|e| EvalError::Invalid(e.to_string()))?;
     let tmp = dir.join(format!("{CONFIG}.tmp"));
     std::fs::write(&tmp, text).map_err(|e| EvalError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| EvalError::io(&path, e))
+    std::fs::rename(&tmp, &path).map_err(|e| EvalError::io(&path, e))?;
+    Ok(RunDir::New { made_dir })
 }
 
-/// Read results.jsonl, cutting off a half-written last line left by a kill.
+/// Undo [`prepare_dir`] of a new run that wrote no response: its files, and the directory if
+/// this run made it (and nothing else is in it). Best effort: the run's own error is the one
+/// to report.
+fn discard_new_run(dir: &Path, made_dir: bool) {
+    for name in [RESULTS, SKIPPED, CONFIG] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    if made_dir {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// Check every recorded row against the run: its configuration, each (prompt, sample) once,
+/// and with `items`, a prompt of the run with the same set, label, pair and text.
+pub fn check_rows(
+    path: &Path,
+    rows: &[ResultRow],
+    config: &RunConfig,
+    items: Option<&[&RunItem]>,
+) -> Result<()> {
+    let by_id: Option<HashMap<&str, &RunItem>> =
+        items.map(|items| items.iter().map(|r| (r.item.id.as_str(), *r)).collect());
+    let mut seen = HashSet::new();
+    for (n, row) in rows.iter().enumerate() {
+        let item = by_id.as_ref().map(|m| m.get(row.id.as_str()));
+        let problem = config.foreign(row).or_else(|| match item {
+            Some(None) => {
+                Some("is not a prompt of this run (its data set, --limit and --shard)".into())
+            }
+            Some(Some(it))
+                if (
+                    it.set.as_str(),
+                    it.item.label,
+                    &it.item.pair_id,
+                    it.item.text.as_str(),
+                ) != (
+                    row.set.as_str(),
+                    row.label,
+                    &row.pair_id,
+                    row.prompt.as_str(),
+                ) =>
+            {
+                Some("differs from the data set's prompt of that id".into())
+            }
+            _ if !seen.insert((row.id.as_str(), row.sample)) => Some("is recorded twice".into()),
+            _ => None,
+        });
+        if let Some(problem) = problem {
+            return Err(EvalError::io(
+                path,
+                format!(
+                    "row {} (id '{}', sample {}) {problem}: not a row of this run",
+                    n + 1,
+                    row.id,
+                    row.sample
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Read results.jsonl, cutting off a half-written last line left by a kill. Each row's
+/// `degenerate` is set from its response (so rows written before it was recorded count right).
 pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
     if !path.is_file() {
         return Ok(vec![]);
@@ -206,9 +392,45 @@ pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             serde_json::from_str(l)
+                .map(|row: ResultRow| ResultRow {
+                    degenerate: classify(&row.response),
+                    ..row
+                })
                 .map_err(|e| EvalError::io(path, format!("line {}: malformed result: {e}", i + 1)))
         })
         .collect()
+}
+
+/// Read skipped.jsonl (no file: nothing was skipped).
+pub fn read_skipped(path: &Path) -> Result<Vec<SkippedItem>> {
+    if !path.is_file() {
+        return Ok(vec![]);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| EvalError::io(path, format!("line {}: malformed entry: {e}", i + 1)))
+        })
+        .collect()
+}
+
+/// Write skipped.jsonl (removed when nothing is skipped).
+pub fn write_skipped(path: &Path, skipped: &[SkippedItem]) -> Result<()> {
+    if skipped.is_empty() {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(EvalError::io(path, e)),
+            _ => Ok(()),
+        };
+    }
+    let mut text = String::new();
+    for s in skipped {
+        text.push_str(&serde_json::to_string(s).map_err(|e| EvalError::Invalid(e.to_string()))?);
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(|e| EvalError::io(path, e))
 }
 
 /// Deterministic per-(prompt, sample) seed, independent of batching and sharding.
@@ -217,7 +439,54 @@ fn row_seed(seed: u64, id: &str, sample: usize) -> u64 {
     u64::from_le_bytes(h[..8].try_into().unwrap_or([0; 8]))
 }
 
-/// Run (or resume) an evaluation; returns every row of the run, old and new.
+/// Check that the model can take every prompt (template, context length, audio) without
+/// generating: the prompts it can take, and the others with the reason. Without
+/// `skip_bad_items` any bad prompt is an error naming it. Each prompt is encoded as generation
+/// will encode it (for audio, one audio-tower pass) and dropped: holding every encoded prompt
+/// of a run would take memory in proportion to the data set.
+pub fn check_items<'a>(
+    model: &Model,
+    defense: &dyn Defense,
+    style: &InputStyle,
+    items: &'a [RunItem],
+    skip_bad_items: bool,
+) -> Result<(Vec<&'a RunItem>, Vec<SkippedItem>)> {
+    let mut good = Vec::with_capacity(items.len());
+    let mut bad = Vec::new();
+    for it in items {
+        let checked = style
+            .messages(&it.item, None)
+            .map_err(EvalError::from)
+            .and_then(|m| Ok(model.encode_prompt(&defense.rewrite(m))?));
+        match checked {
+            Ok(_) => good.push(it),
+            Err(e) => bad.push(SkippedItem {
+                id: it.item.id.clone(),
+                set: it.set.clone(),
+                label: it.item.label,
+                reason: e.to_string(),
+            }),
+        }
+    }
+    match bad.first() {
+        Some(first) if !skip_bad_items || good.is_empty() => Err(EvalError::Invalid(format!(
+            "prompt '{}' (set {}): {}; {} of {} prompts cannot be run{}",
+            first.id,
+            first.set,
+            first.reason,
+            bad.len(),
+            items.len(),
+            if skip_bad_items {
+                ""
+            } else {
+                " (pass --skip-bad-lines to skip them); nothing was generated"
+            }
+        ))),
+        _ => Ok((good, bad)),
+    }
+}
+
+/// Run (or resume) an evaluation: every row of the run, old and new, and the prompts skipped.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     model: &Model,
@@ -228,18 +497,59 @@ pub fn run(
     config: &RunConfig,
     dir: &Path,
     opts: &RunOptions,
-) -> Result<Vec<ResultRow>> {
-    prepare_dir(dir, config)?;
+) -> Result<RunOutput> {
+    config.check()?;
+    if opts.batch_size == 0 {
+        return Err(EvalError::Invalid("--batch-size must be at least 1".into()));
+    }
+    let (items, skipped) = check_items(model, defense, style, items, opts.skip_bad_items)?;
+    let run_dir = prepare_dir(dir, config)?;
     let path = dir.join(RESULTS);
     let mut rows = read_results(&path)?;
+    check_rows(&path, &rows, config, Some(&items)).map_err(|e| {
+        EvalError::Invalid(format!(
+            "{e}; refusing to resume into {} — use another --out directory",
+            dir.display()
+        ))
+    })?;
+    let written = write_skipped(&dir.join(SKIPPED), &skipped).and_then(|()| {
+        generate_rows(
+            model, defense, judges, style, &items, config, dir, opts, &mut rows,
+        )
+    });
+    match (written, run_dir) {
+        (Err(e), RunDir::New { made_dir }) if rows.is_empty() => {
+            discard_new_run(dir, made_dir);
+            Err(e)
+        }
+        (Err(e), _) => Err(e),
+        (Ok(()), _) => Ok(RunOutput { rows, skipped }),
+    }
+}
+
+/// Generate, judge and append the rows of `items` × samples not yet in `rows`.
+#[allow(clippy::too_many_arguments)]
+fn generate_rows(
+    model: &Model,
+    defense: &dyn Defense,
+    judges: &[Box<dyn Judge>],
+    style: &InputStyle,
+    items: &[&RunItem],
+    config: &RunConfig,
+    dir: &Path,
+    opts: &RunOptions,
+    rows: &mut Vec<ResultRow>,
+) -> Result<()> {
+    let path = dir.join(RESULTS);
     let done: HashSet<(String, usize)> = rows.iter().map(|r| (r.id.clone(), r.sample)).collect();
     let todo: Vec<(&RunItem, usize)> = items
         .iter()
+        .copied()
         .flat_map(|it| (0..config.samples).map(move |s| (it, s)))
         .filter(|(it, s)| !done.contains(&(it.item.id.clone(), *s)))
         .collect();
     if todo.is_empty() {
-        return Ok(rows);
+        return Ok(());
     }
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -262,7 +572,7 @@ pub fn run(
         score_tokens: &score_tokens,
     };
     let bar = progress(opts.progress, items.len() * config.samples, done.len());
-    for batch in todo.chunks(opts.batch_size.max(1)) {
+    for batch in todo.chunks(opts.batch_size) {
         let t0 = Instant::now();
         let mut prompts = Vec::with_capacity(batch.len());
         for (it, _) in batch {
@@ -311,6 +621,7 @@ pub fn run(
         for ((((it, sample), text), g), v) in batch.iter().zip(texts).zip(&gens).zip(verdicts) {
             let row = ResultRow {
                 id: it.item.id.clone(),
+                model: config.model.clone(),
                 set: it.set.clone(),
                 label: it.item.label,
                 category: it.item.category.clone(),
@@ -319,6 +630,7 @@ pub fn run(
                 sample: *sample,
                 defense: config.defense.clone(),
                 prompt: it.item.text.clone(),
+                degenerate: classify(&text),
                 response: text,
                 verdicts: v,
                 refusal_score: g.first_token_log_odds,
@@ -339,7 +651,7 @@ pub fn run(
         bar.inc(batch.len() as u64);
     }
     bar.finish_and_clear();
-    Ok(rows)
+    Ok(())
 }
 
 fn finish_name(f: FinishReason) -> &'static str {
@@ -372,9 +684,8 @@ fn progress(show: bool, total: usize, done: usize) -> indicatif::ProgressBar {
 mod tests {
     use super::*;
 
-    #[test]
-    fn shards_partition_and_keep_pairs_together() {
-        let item = |id: &str, pair: Option<&str>| PromptItem {
+    fn item(id: &str, pair: Option<&str>) -> PromptItem {
+        PromptItem {
             id: id.into(),
             source: None,
             split: None,
@@ -383,7 +694,170 @@ mod tests {
             pair_id: pair.map(Into::into),
             text: "t".into(),
             audio: None,
+        }
+    }
+
+    fn config() -> RunConfig {
+        RunConfig {
+            model: "m".into(),
+            model_identity: "sha".into(),
+            data: vec![],
+            defense: "none".into(),
+            mode: Mode::TextOnly,
+            instruction: None,
+            system: None,
+            samples: 2,
+            temperature: 0.0,
+            top_p: None,
+            max_tokens: 8,
+            seed: 0,
+            judges: vec!["substring".into(), "refusal-score".into()],
+            shard: None,
+        }
+    }
+
+    fn row(id: &str, sample: usize) -> ResultRow {
+        ResultRow {
+            id: id.into(),
+            model: "m".into(),
+            set: "s".into(),
+            label: Label::Benign,
+            category: None,
+            pair_id: None,
+            mode: Mode::TextOnly,
+            sample,
+            defense: "none".into(),
+            prompt: "t".into(),
+            response: "r".into(),
+            degenerate: None,
+            verdicts: ["substring", "refusal-score"]
+                .map(|j| {
+                    (
+                        j.to_string(),
+                        Verdict {
+                            refused: false,
+                            score: None,
+                        },
+                    )
+                })
+                .into(),
+            refusal_score: None,
+            n_tokens: 1,
+            finish: "stop".into(),
+            seconds: 0.1,
+        }
+    }
+
+    /// Rows of another run (model, defense, mode, judges, prompts, samples) or a row twice are
+    /// refused, naming the row; the run's own rows pass.
+    #[test]
+    fn rows_of_another_run_are_refused() {
+        let items: Vec<RunItem> = ["a", "b"]
+            .map(|id| RunItem {
+                set: "s".into(),
+                item: item(id, None),
+            })
+            .into();
+        let refs: Vec<&RunItem> = items.iter().collect();
+        let path = Path::new("run/results.jsonl");
+        let check = |rows: &[ResultRow]| {
+            check_rows(path, rows, &config(), Some(&refs)).map_err(|e| e.to_string())
         };
+        let own = vec![row("a", 0), row("a", 1), row("b", 0)];
+        check(&own).unwrap();
+        type Edit = fn(&mut ResultRow);
+        let bad: [(Edit, &str); 9] = [
+            (|r| r.model = "other".into(), "model 'other'"),
+            (|r| r.model.clear(), "records no model"),
+            (|r| r.defense = "prompt".into(), "defense 'prompt'"),
+            (|r| r.mode = Mode::AudioOnly, "mode audio-only"),
+            (|r| r.sample = 2, "sample 2 of a run of 2"),
+            (
+                |r| {
+                    r.verdicts.remove("refusal-score");
+                },
+                "judged by",
+            ),
+            (|r| r.id = "z".into(), "not a prompt of this run"),
+            (
+                |r| r.prompt = "other text".into(),
+                "differs from the data set",
+            ),
+            (|r| r.id = "a".into(), "recorded twice"),
+        ];
+        for (edit, want) in bad {
+            let mut rows = own.clone();
+            edit(&mut rows[2]);
+            let err = check(&rows).unwrap_err();
+            assert!(err.starts_with("run/results.jsonl: row 3 (id '"), "{err}");
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        // Without the items (merge), the configuration and duplicates are still checked.
+        let mut rows = own.clone();
+        rows[1].defense = "prompt".into();
+        assert!(check_rows(path, &rows, &config(), None).is_err());
+        check_rows(path, &own, &config(), None).unwrap();
+    }
+
+    /// A results.jsonl with no config.json is not resumed; an empty one is.
+    #[test]
+    fn results_without_a_config_are_refused() {
+        let dir = std::env::temp_dir().join(format!("earguard-orphan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(RESULTS), "{}\n").unwrap();
+        let err = prepare_dir(&dir, &config()).unwrap_err().to_string();
+        assert!(err.contains("results without a config.json"), "{err}");
+        assert!(!dir.join(CONFIG).exists());
+        std::fs::write(dir.join(RESULTS), "").unwrap();
+        assert_eq!(
+            prepare_dir(&dir, &config()).unwrap(),
+            RunDir::New { made_dir: false }
+        );
+        assert_eq!(prepare_dir(&dir, &config()).unwrap(), RunDir::Resumed);
+        let mut other = config();
+        other.judges.reverse();
+        let err = prepare_dir(&dir, &other).unwrap_err().to_string();
+        assert!(err.contains("differs in: judges"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn primary_judge_is_the_first_given() {
+        let mut c = config();
+        c.judges = vec!["substring".into(), "llm=a".into()];
+        assert_eq!(c.primary_judge().unwrap(), "substring");
+        c.judges = vec!["refusal-score".into(), "llm=a".into(), "substring".into()];
+        assert_eq!(c.primary_judge().unwrap(), "refusal-score");
+        c.judges.clear();
+        assert!(c.primary_judge().is_err());
+    }
+
+    /// Unpaired items are spread by id: two shards of an unpaired set are both non-empty,
+    /// disjoint, and together the whole set.
+    #[test]
+    fn unpaired_items_spread_over_shards() {
+        let items: Vec<PromptItem> = (0..20).map(|n| item(&format!("q{n}"), None)).collect();
+        let shards = [Shard { index: 0, count: 2 }, Shard { index: 1, count: 2 }];
+        let parts: Vec<Vec<&str>> = shards
+            .iter()
+            .map(|s| {
+                items
+                    .iter()
+                    .filter(|i| s.contains(i))
+                    .map(|i| i.id.as_str())
+                    .collect()
+            })
+            .collect();
+        assert!(parts.iter().all(|p| !p.is_empty()), "{parts:?}");
+        let mut all: Vec<&str> = parts.concat();
+        all.sort();
+        let mut want: Vec<&str> = items.iter().map(|i| i.id.as_str()).collect();
+        want.sort();
+        assert_eq!(all, want, "disjoint and complete");
+    }
+
+    #[test]
+    fn shards_partition_and_keep_pairs_together() {
         let shards: Vec<Shard> = (0..3).map(|i| Shard { index: i, count: 3 }).collect();
         for n in 0..50 {
             let it = item(&format!("x-{n}"), None);
@@ -410,6 +884,7 @@ mod tests {
         let path = dir.join(RESULTS);
         let row = ResultRow {
             id: "a".into(),
+            model: "m".into(),
             set: "s".into(),
             label: Label::Harmful,
             category: None,
@@ -419,6 +894,7 @@ mod tests {
             defense: "none".into(),
             prompt: "p".into(),
             response: "r".into(),
+            degenerate: None,
             verdicts: BTreeMap::new(),
             refusal_score: Some(1.5),
             n_tokens: 3,

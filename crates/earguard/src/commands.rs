@@ -49,7 +49,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub system: Option<String>,
     /// Most tokens to generate (generation also stops at the template's end tokens).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::eval::positive)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]

@@ -33,7 +33,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 12)]
     pub pairs: usize,
     /// Tokens per response.
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = 48, value_parser = crate::eval::positive)]
     pub max_tokens: usize,
     /// SARSteer strength.
     #[arg(long, default_value_t = 0.1)]
@@ -331,8 +331,8 @@ fn write_summary(
         "in {fit_s:.0} s, then evaluated on the first {} pairs of `advbench_mirror.jsonl`.\n",
         args.pairs
     )?;
-    writeln!(md, "| defense | ASR (harmful answered) | ORR (benign refused) | mirror pairs split | NSI vs none |")?;
-    writeln!(md, "|---|---|---|---|---|")?;
+    writeln!(md, "| defense | ASR (harmful answered) | ORR (benign refused) | degenerate | mirror pairs split | NSI vs none |")?;
+    writeln!(md, "|---|---|---|---|---|---|")?;
     for (name, r) in reports {
         let split = r
             .pairs
@@ -345,9 +345,10 @@ fn write_summary(
             .map_or("–".into(), |v| format!("{:+.1} pts", 100.0 * v));
         writeln!(
             md,
-            "| `{name}` | {} | {} | {split} | {nsi} |",
+            "| `{name}` | {} | {} | {} | {split} | {nsi} |",
             r.asr_rate.display_percent(),
-            r.orr_rate.display_percent()
+            r.orr_rate.display_percent(),
+            r.degenerate_rate.display_percent()
         )?;
     }
     writeln!(
@@ -387,10 +388,10 @@ fn write_summary(
         "model": args.model,
         "pairs": args.pairs,
         "selected_layer": layer,
-        "runs": reports.iter().map(|(n, r)| serde_json::json!({"defense": n, "asr": r.asr, "orr": r.orr, "n_harmful": r.n_harmful, "n_benign": r.n_benign, "nsi": r.baseline.as_ref().and_then(|b| b.nsi)})).collect::<Vec<_>>(),
+        "runs": reports.iter().map(|(n, r)| serde_json::json!({"defense": n, "asr": r.asr, "orr": r.orr, "n_harmful": r.n_harmful, "n_benign": r.n_benign, "degenerate": r.degenerate_rate.value, "nsi": r.baseline.as_ref().and_then(|b| b.nsi)})).collect::<Vec<_>>(),
         "attack_strength_curve": curve.iter().map(|(label, points)| serde_json::json!({
             "defense": label,
-            "points": points.iter().map(|(s, r)| serde_json::json!({"strength": s, "asr": r.asr, "orr": r.orr})).collect::<Vec<_>>(),
+            "points": points.iter().map(|(s, r)| serde_json::json!({"strength": s, "asr": r.asr, "orr": r.orr, "degenerate": r.degenerate_rate.value})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     });
     std::fs::write(

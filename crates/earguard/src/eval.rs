@@ -1,5 +1,6 @@
 //! `earguard eval`, `earguard merge`, `earguard sweep`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -8,7 +9,9 @@ use earguard_data::{Mode, PromptSet, ReadOptions};
 use earguard_eval::judge::{self, Judge};
 use earguard_eval::plots::{self, TradeoffPoint};
 use earguard_eval::report::{self, Report};
-use earguard_eval::runner::{self, DataRef, ResultRow, RunConfig, RunItem, RunOptions, Shard};
+use earguard_eval::runner::{
+    self, DataRef, ResultRow, RunConfig, RunItem, RunOptions, Shard, SkippedItem,
+};
 use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::Model;
 use earguard_steer::defense::{self, DefenseSpec};
@@ -33,7 +36,7 @@ pub struct EvalSettings {
     #[arg(long)]
     pub system: Option<String>,
     /// Responses per prompt (SPEC §5 uses 5 sampled; 1 greedy for fast runs).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = positive)]
     pub samples: usize,
     /// Sampling temperature (0 = greedy).
     #[arg(long, default_value_t = 0.0)]
@@ -42,21 +45,25 @@ pub struct EvalSettings {
     #[arg(long)]
     pub top_p: Option<f64>,
     /// Most tokens per response (refusals show in the first few dozen).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = positive)]
     pub max_tokens: usize,
     /// Base seed; each (prompt, sample) gets its own stream, whatever the batching.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Judges, first is primary: substring, substring:extended, refusal-score, llm=MODEL.
+    /// Judges: substring, substring:extended, refusal-score, llm=MODEL. The first given is
+    /// primary: ASR and ORR are its verdicts; the others are reported beside it (agreement).
     #[arg(long = "judge", default_values_t = ["substring".to_string(), "refusal-score".to_string()])]
     pub judges: Vec<String>,
     /// Prompts per batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = positive)]
     pub batch_size: usize,
     /// Only the first N mirror pairs (or items) of each set.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Report malformed JSONL lines and go on (otherwise the first one stops the run).
+    /// Report malformed JSONL lines, and prompts the model cannot take (longer than its
+    /// context, audio unreadable or over 30 s), and go on: skipped prompts are listed in
+    /// skipped.jsonl and the report. Otherwise the first one stops the run before anything is
+    /// generated.
     #[arg(long)]
     pub skip_bad_lines: bool,
     /// Skip the model-identity check of steering vectors (sizes are always checked).
@@ -124,6 +131,15 @@ pub struct SweepArgs {
     /// Sweep directory: one run per point plus sweep.json / sweep.md / tradeoff plot.
     #[arg(long, short)]
     pub out: PathBuf,
+}
+
+/// A count that must be at least 1 (`--max-tokens`, `--samples`, `--batch-size`).
+pub fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 pub struct Prepared {
@@ -207,7 +223,7 @@ pub fn evaluate(
         mode: s.mode,
         instruction: s.mode.needs_audio().then(|| s.instruction.clone()),
         system: s.system.clone(),
-        samples: s.samples.max(1),
+        samples: s.samples,
         temperature: s.temperature,
         top_p: s.top_p,
         max_tokens: s.max_tokens,
@@ -224,7 +240,7 @@ pub fn evaluate(
     if items.is_empty() {
         bail!("no prompts to evaluate (empty set, or an empty shard)");
     }
-    let rows = runner::run(
+    let out = runner::run(
         model,
         defense.as_ref(),
         &prepared.judges,
@@ -235,14 +251,29 @@ pub fn evaluate(
         &RunOptions {
             batch_size: s.batch_size,
             progress: true,
+            skip_bad_items: s.skip_bad_lines,
         },
     )?;
-    finish_report(&rows, dir, baseline, &config.judges[0], &spec.to_string())
+    for bad in &out.skipped {
+        eprintln!(
+            "warning: skipped prompt '{}' ({}): {}",
+            bad.id, bad.set, bad.reason
+        );
+    }
+    finish_report(
+        &out.rows,
+        &out.skipped,
+        dir,
+        baseline,
+        config.primary_judge()?,
+        &spec.to_string(),
+    )
 }
 
 /// Build, plot and write the report of finished rows.
 pub fn finish_report(
     rows: &[ResultRow],
+    skipped: &[SkippedItem],
     dir: &Path,
     baseline: Option<&Path>,
     judge: &str,
@@ -260,11 +291,12 @@ pub fn finish_report(
     let report = report::build(
         rows,
         judge,
+        skipped,
         base_rows.as_deref().map(|r| (base_name.as_str(), r)),
     )?;
     let mut points = Vec::new();
     if let Some(base) = &base_rows {
-        let b = report::build(base, judge, None)?;
+        let b = report::build(base, judge, &[], None)?;
         points.extend(tradeoff_point(&b, "baseline"));
     }
     points.extend(tradeoff_point(&report, title));
@@ -287,17 +319,19 @@ pub fn tradeoff_point(r: &Report, label: &str) -> Option<TradeoffPoint> {
     })
 }
 
+/// ASR and ORR (degenerate responses left out) with the degenerate rate beside them.
 pub fn print_table(rows: &[(String, &Report)]) {
     println!(
-        "{:<34} {:>26} {:>26}",
-        "defense", "ASR (harmful answered)", "ORR (benign refused)"
+        "{:<34} {:>26} {:>26} {:>26}",
+        "defense", "ASR (harmful answered)", "ORR (benign refused)", "degenerate"
     );
     for (name, r) in rows {
         println!(
-            "{:<34} {:>26} {:>26}",
+            "{:<34} {:>26} {:>26} {:>26}",
             name,
             r.asr_rate.display_percent(),
-            r.orr_rate.display_percent()
+            r.orr_rate.display_percent(),
+            r.degenerate_rate.display_percent()
         );
     }
 }
@@ -324,34 +358,105 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// Join the shard runs of one configuration: every shard 0..N exactly once, each complete.
 pub fn merge(args: MergeArgs) -> Result<()> {
-    let mut configs: Vec<RunConfig> = Vec::new();
+    let mut config: Option<RunConfig> = None;
+    let mut shards: Vec<Option<&Path>> = Vec::new();
     let mut rows: Vec<ResultRow> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut skipped: Vec<SkippedItem> = Vec::new();
+    let mut owner: HashMap<(String, usize), &Path> = HashMap::new();
     for dir in &args.dirs {
         let path = dir.join(runner::CONFIG);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         let mut c: RunConfig =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        c.shard = None;
-        if let Some(first) = configs.first() {
-            if *first != c {
+        let Some(shard) = c.shard.take() else {
+            bail!(
+                "{} is not a shard run (made without --shard)",
+                dir.display()
+            );
+        };
+        if shards.is_empty() {
+            shards = vec![None; shard.count];
+        }
+        if shard.count != shards.len() {
+            bail!(
+                "{} is shard {}/{}, but {} is one of {} shards",
+                dir.display(),
+                shard.index,
+                shard.count,
+                args.dirs[0].display(),
+                shards.len()
+            );
+        }
+        if let Some(first) = shards[shard.index].replace(dir) {
+            bail!(
+                "shard {}/{} is given twice: {} and {}",
+                shard.index,
+                shard.count,
+                first.display(),
+                dir.display()
+            );
+        }
+        match &config {
+            Some(first) if *first != c => bail!(
+                "{} was made with another configuration than {}",
+                dir.display(),
+                args.dirs[0].display()
+            ),
+            Some(_) => {}
+            None => config = Some(c.clone()),
+        }
+        let results = dir.join(runner::RESULTS);
+        let shard_rows = runner::read_results(&results)?;
+        runner::check_rows(&results, &shard_rows, &c, None)?;
+        for r in &shard_rows {
+            if let Some(other) = owner.insert((r.id.clone(), r.sample), dir) {
                 bail!(
-                    "{} was made with another configuration than {}",
-                    dir.display(),
-                    args.dirs[0].display()
+                    "prompt '{}' sample {} is in two shards, {} and {}: these are not shards of \
+                     one run",
+                    r.id,
+                    r.sample,
+                    other.display(),
+                    dir.display()
                 );
             }
         }
-        configs.push(c);
-        for r in runner::read_results(&dir.join(runner::RESULTS))? {
-            if seen.insert((r.id.clone(), r.sample)) {
-                rows.push(r);
-            }
-        }
+        rows.extend(shard_rows);
+        skipped.extend(runner::read_skipped(&dir.join(runner::SKIPPED))?);
     }
-    let config = configs.into_iter().next().context("no directories given")?;
+    let config = config.context("no directories given")?;
+    let missing: Vec<String> = shards
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.is_none())
+        .map(|(i, _)| format!("{i}/{}", shards.len()))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "shard {} missing: merge needs every shard",
+            missing.join(", ")
+        );
+    }
+    // Every prompt of the data sets once per sample, or skipped; a shard killed half-way falls
+    // short.
+    let n_items: usize = config.data.iter().map(|d| d.n_items).sum();
+    let expected = (n_items - skipped.len().min(n_items)) * config.samples;
+    if rows.len() != expected {
+        bail!(
+            "the shards hold {} responses, {} expected ({} prompts{} × {} samples): a shard run \
+             did not finish; run it again with the same command to resume it",
+            rows.len(),
+            expected,
+            n_items,
+            match skipped.len() {
+                0 => String::new(),
+                n => format!(" − {n} skipped"),
+            },
+            config.samples
+        );
+    }
     runner::prepare_dir(&args.out, &config)?;
     let mut text = String::new();
     for r in &rows {
@@ -359,7 +464,15 @@ pub fn merge(args: MergeArgs) -> Result<()> {
         text.push('\n');
     }
     std::fs::write(args.out.join(runner::RESULTS), text)?;
-    let report = finish_report(&rows, &args.out, None, &config.judges[0], &config.defense)?;
+    runner::write_skipped(&args.out.join(runner::SKIPPED), &skipped)?;
+    let report = finish_report(
+        &rows,
+        &skipped,
+        &args.out,
+        None,
+        config.primary_judge()?,
+        &config.defense,
+    )?;
     print_table(&[(config.defense.clone(), &report)]);
     println!(
         "merged {} responses from {} shards into {}",
@@ -491,7 +604,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     });
     let summary = serde_json::json!({
         "baseline": base_spec,
-        "points": points.iter().map(|(n, r)| serde_json::json!({"setting": n, "asr": r.asr, "orr": r.orr, "nsi": r.baseline.as_ref().and_then(|b| b.nsi)})).collect::<Vec<_>>(),
+        "points": points.iter().map(|(n, r)| serde_json::json!({"setting": n, "asr": r.asr, "orr": r.orr, "degenerate": r.degenerate_rate.value, "nsi": r.baseline.as_ref().and_then(|b| b.nsi)})).collect::<Vec<_>>(),
         "max_orr_points": args.max_orr,
         "picked": pick,
     });

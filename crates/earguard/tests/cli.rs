@@ -410,3 +410,284 @@ fn killed_eval_resumes_without_loss_or_duplicates() {
     eprintln!("killed after {partial} of 16 responses; resumed to 16, equal to a clean run");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn tiny_text_model() -> String {
+    model_fixtures()
+        .join("hf/tiny-qwen2")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A prompt set of `n` unpaired prompts, alternately benign and harmful; prompt `long` (if
+/// any) is longer than the tiny model's 256-token context.
+fn unpaired_set(path: &Path, n: usize, long: Option<usize>) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            let text = match long {
+                Some(l) if l == i => "word ".repeat(400),
+                _ => format!("question number {i}"),
+            };
+            serde_json::json!({
+                "id": format!("q{i}"),
+                "label": if i % 2 == 0 { "benign" } else { "harmful" },
+                "text": text,
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n")).unwrap();
+}
+
+/// `eval` on the tiny text model (2 tokens per response, substring judge first).
+fn tiny_eval(data: &Path, out: &Path) -> Command {
+    let mut c = bin();
+    c.args(["eval", "--model", &tiny_text_model(), "--max-tokens", "2"])
+        .args(["--judge", "substring", "--judge", "refusal-score", "--data"])
+        .arg(data)
+        .arg("-o")
+        .arg(out);
+    c
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A count of 0 (tokens, samples, batch) is refused up front by every command that
+/// generates, naming the option (it used to become 1, or a run of empty responses).
+#[test]
+fn zero_counts_are_refused() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["generate", "-p", "hi"], "--max-tokens"),
+        (&["eval", "--data", "d.jsonl", "-o", "o"], "--max-tokens"),
+        (&["eval", "--data", "d.jsonl", "-o", "o"], "--samples"),
+        (&["eval", "--data", "d.jsonl", "-o", "o"], "--batch-size"),
+        (
+            &["sweep", "--data", "d.jsonl", "--vector", "v", "-o", "o"],
+            "--max-tokens",
+        ),
+        (&["demo"], "--max-tokens"),
+    ];
+    for (args, flag) in cases {
+        let out = run(bin().args(args).args([flag, "0"]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {flag}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid value '0' for '{flag}"))
+                && stderr.contains("must be at least 1"),
+            "{args:?} {flag}: {stderr}"
+        );
+    }
+}
+
+/// Shards of an unpaired set split it by id (both non-empty, disjoint, together the set);
+/// `merge` refuses a missing shard, a shard given twice and a shard that did not finish, and
+/// reports degenerate responses (the tiny model's two tokens are mostly not words) apart from
+/// ASR and ORR.
+#[test]
+fn shards_of_an_unpaired_set_merge_only_when_complete() {
+    let dir = scratch("shards");
+    let data = dir.join("unpaired.jsonl");
+    unpaired_set(&data, 12, None);
+    let shard = |i: usize| dir.join(format!("shard{i}"));
+    let mut ids: Vec<Vec<String>> = vec![];
+    for i in 0..2 {
+        ok(tiny_eval(&data, &shard(i))
+            .arg("--shard")
+            .arg(format!("{i}/2")));
+        ids.push(
+            jsonl(&shard(i).join("results.jsonl"))
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_string())
+                .collect(),
+        );
+    }
+    assert!(ids.iter().all(|s| !s.is_empty()), "{ids:?}");
+    let mut all = ids.concat();
+    all.sort();
+    let mut want: Vec<String> = (0..12).map(|i| format!("q{i}")).collect();
+    want.sort();
+    assert_eq!(all, want, "shards are disjoint and cover the set");
+
+    let merge = |dirs: &[PathBuf], out: &str| {
+        let mut c = bin();
+        c.arg("merge").args(dirs).arg("-o").arg(dir.join(out));
+        c
+    };
+    let err = fails(&mut merge(&[shard(0)], "m-missing"));
+    assert!(err.contains("shard 1/2 missing"), "{err}");
+    let err = fails(&mut merge(&[shard(0), shard(0)], "m-twice"));
+    assert!(err.contains("shard 0/2 is given twice"), "{err}");
+    assert!(!dir.join("m-missing").exists() && !dir.join("m-twice").exists());
+
+    ok(&mut merge(&[shard(1), shard(0)], "merged"));
+    let rows = jsonl(&dir.join("merged/results.jsonl"));
+    assert_eq!(rows.len(), 12);
+    let report = json(&dir.join("merged/report.json"));
+    let degenerate = rows.iter().filter(|r| !r["degenerate"].is_null()).count();
+    for r in &rows {
+        let words = r["response"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .any(char::is_alphanumeric);
+        assert!(words || !r["degenerate"].is_null(), "{r}");
+    }
+    assert!(degenerate > 0, "the tiny model's 2-token answers: {rows:?}");
+    assert_eq!(report["degenerate_rate"]["k"], degenerate);
+    assert_eq!(
+        report["n_harmful"].as_u64().unwrap() + report["n_benign"].as_u64().unwrap(),
+        (12 - degenerate) as u64,
+        "ASR and ORR leave degenerate responses out"
+    );
+    let md = std::fs::read_to_string(dir.join("merged/report.md")).unwrap();
+    assert!(md.contains("| degenerate (empty, no words, one word repeated) |"));
+
+    // A shard killed half-way: its missing responses stop the merge.
+    let results = shard(1).join("results.jsonl");
+    let text = std::fs::read_to_string(&results).unwrap();
+    let first = text.lines().next().unwrap();
+    std::fs::write(&results, format!("{first}\n")).unwrap();
+    let err = fails(&mut merge(&[shard(0), shard(1)], "m-short"));
+    assert!(err.contains("did not finish"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An --out holding another run's rows is not resumed as this run: rows of another defense
+/// under a matching config.json, and a results.jsonl with no config.json.
+#[test]
+fn resume_refuses_rows_of_another_run() {
+    let dir = scratch("foreign");
+    let data = dir.join("set.jsonl");
+    unpaired_set(&data, 4, None);
+    let (mine, other) = (dir.join("none"), dir.join("prompt"));
+    ok(&mut tiny_eval(&data, &mine));
+    ok(tiny_eval(&data, &other).args(["--defense", "prompt"]));
+    let own = std::fs::read(mine.join("results.jsonl")).unwrap();
+    std::fs::copy(other.join("results.jsonl"), mine.join("results.jsonl")).unwrap();
+    let err = fails(&mut tiny_eval(&data, &mine));
+    assert!(
+        err.contains("row 1 (id 'q0', sample 0) was made with defense 'prompt', not 'none'")
+            && err.contains("refusing to resume"),
+        "{err}"
+    );
+    // Nothing was appended or reported in the meantime.
+    assert_eq!(
+        std::fs::read(mine.join("results.jsonl")).unwrap(),
+        std::fs::read(other.join("results.jsonl")).unwrap()
+    );
+    std::fs::write(mine.join("results.jsonl"), &own).unwrap();
+    ok(&mut tiny_eval(&data, &mine));
+    std::fs::remove_file(mine.join("config.json")).unwrap();
+    let err = fails(&mut tiny_eval(&data, &mine));
+    assert!(err.contains("results without a config.json"), "{err}");
+
+    // The primary judge is the first given, not the first by name.
+    assert_eq!(json(&other.join("report.json"))["judge"], "substring");
+    let reversed = dir.join("reversed");
+    ok(bin()
+        .args(["eval", "--model", &tiny_text_model(), "--max-tokens", "2"])
+        .args(["--judge", "refusal-score", "--judge", "substring", "--data"])
+        .arg(&data)
+        .arg("-o")
+        .arg(&reversed));
+    assert_eq!(
+        json(&reversed.join("report.json"))["judge"],
+        "refusal-score"
+    );
+    assert_eq!(
+        json(&reversed.join("config.json"))["judges"],
+        serde_json::json!(["refusal-score", "substring"])
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A prompt longer than the model's context stops the run before anything is generated,
+/// naming it, and leaves no run directory; with --skip-bad-lines it is recorded in
+/// skipped.jsonl and the report, and the others run.
+#[test]
+fn a_prompt_too_long_for_the_context_is_refused_up_front_or_skipped() {
+    let dir = scratch("long");
+    let data = dir.join("set.jsonl");
+    unpaired_set(&data, 4, Some(2));
+    let out = dir.join("run");
+    let err = fails(&mut tiny_eval(&data, &out));
+    assert!(
+        err.contains("prompt 'q2' (set set): prompt has")
+            && err.contains("more than the model's context of 256 tokens")
+            && err.contains("--skip-bad-lines"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a failed run left {}", out.display());
+    ok(tiny_eval(&data, &out).arg("--skip-bad-lines"));
+    let rows = jsonl(&out.join("results.jsonl"));
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r["id"] != "q2"));
+    let skipped = jsonl(&out.join("skipped.jsonl"));
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0]["id"], "q2");
+    let report = json(&out.join("report.json"));
+    assert_eq!(report["skipped"][0]["id"], "q2");
+    assert_eq!(report["n_responses"], 3);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## Skipped prompts") && md.contains("| q2 | set | prompt has"));
+    // Resuming the finished run changes nothing.
+    ok(tiny_eval(&data, &out).arg("--skip-bad-lines"));
+    assert_eq!(jsonl(&out.join("results.jsonl")).len(), 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// In an audio mode, a prompt whose audio file is not audio is refused before anything is
+/// generated, naming it, or skipped with --skip-bad-lines.
+#[test]
+fn unreadable_audio_is_refused_up_front_or_skipped() {
+    let dir = scratch("bad-audio");
+    std::fs::write(dir.join("notes.wav"), "not a wave file").unwrap();
+    let manifest = dir.join("manifest.jsonl");
+    let lines: Vec<String> = (0..3)
+        .map(|i| {
+            let audio = if i == 1 {
+                dir.join("notes.wav")
+            } else {
+                speech()
+            };
+            serde_json::json!({
+                "id": format!("a{i}"),
+                "label": if i % 2 == 0 { "benign" } else { "harmful" },
+                "text": "what is said",
+                "audio": audio,
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&manifest, lines.join("\n")).unwrap();
+    let out = dir.join("run");
+    let eval = || {
+        let mut c = bin();
+        c.args(["eval", "--model", &tiny_audio_model(), "--max-tokens", "2"])
+            .args(["--mode", "audio-only", "--data"])
+            .arg(&manifest)
+            .arg("-o")
+            .arg(&out);
+        c
+    };
+    let err = fails(&mut eval());
+    assert!(
+        err.contains("prompt 'a1' (set manifest)") && err.contains("notes.wav"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    ok(eval().arg("--skip-bad-lines"));
+    assert_eq!(jsonl(&out.join("results.jsonl")).len(), 2);
+    let skipped = jsonl(&out.join("skipped.jsonl"));
+    assert_eq!((skipped.len(), skipped[0]["id"].as_str()), (1, Some("a1")));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
