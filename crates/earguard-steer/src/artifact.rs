@@ -9,7 +9,8 @@
 //! [`SteeringVector::save`] writes the whole directory next to its destination and swaps it
 //! in with renames, so an interrupted save leaves either the old artifact or the new one,
 //! never a mix. [`SteeringVector::load`] checks everything it reads: shapes, layer numbers,
-//! the layer list in `meta.json`, finiteness, and refuses tensors it does not know.
+//! the layer list in `meta.json`, finite values of sane size (see [`crate::limits`]), and
+//! refuses tensors it does not know.
 //! [`SteeringVector::check_compatible`] ties a vector to the model it was fitted on.
 //!
 //! ```
@@ -297,13 +298,7 @@ impl SteeringVector {
                     m.hidden_size
                 )));
             }
-            let values = t.to_vec1::<f32>()?;
-            if let Some(i) = values.iter().position(|x| !x.is_finite()) {
-                return Err(SteerError::Artifact(format!(
-                    "direction of layer {l} has a non-finite value ({}) at index {i}",
-                    values[i]
-                )));
-            }
+            crate::limits::direction(&format!("direction of layer {l}"), &t.to_vec1::<f32>()?)?;
         }
         Ok(())
     }

@@ -296,6 +296,15 @@ fn load_checks_layers_shapes_names_and_values() {
         "{err}"
     );
 
+    // Finite but absurd: 1e30 everywhere would overflow the model's f32 activations.
+    vector(4, 3, &[1]).save(&dir).unwrap();
+    write_tensors(&dir, vec![("direction.1", t(&[1e30; 4]))]);
+    let err = load_err(&dir);
+    assert!(
+        err.contains("layer 1") && err.contains("norm") && err.contains("limit"),
+        "{err}"
+    );
+
     // Unknown tensor names and non-canonical numbers.
     vector(4, 3, &[1]).save(&dir).unwrap();
     write_tensors(

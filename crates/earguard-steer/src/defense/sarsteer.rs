@@ -31,30 +31,21 @@ impl SarSteer {
             Some(s) => parse_layers(s, n_layers)?,
             None => vector.directions.keys().copied().collect(),
         };
-        let betas: Vec<f64> = match part.option("beta") {
+        let betas: Vec<f64> = match part.option_f64_list("beta")? {
             None => vec![1.0; layers.len()],
-            Some(s) => {
-                let b: Vec<f64> = s
-                    .split('|')
-                    .map(|x| x.parse::<f64>())
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|_| {
-                        SteerError::Invalid(format!("beta '{s}': expected numbers like 1|0.5|1"))
-                    })?;
-                match b.len() {
-                    1 => vec![b[0]; layers.len()],
-                    n if n == layers.len() => b,
-                    n => {
-                        return Err(SteerError::Invalid(format!(
-                            "beta has {n} values for {} steered layers",
-                            layers.len()
-                        )))
-                    }
+            Some(b) => match b.len() {
+                1 => vec![b[0]; layers.len()],
+                n if n == layers.len() => b,
+                n => {
+                    return Err(SteerError::Invalid(format!(
+                        "beta has {n} values for {} steered layers",
+                        layers.len()
+                    )))
                 }
-            }
+            },
         };
         let positions: Positions = part.option("positions").unwrap_or("last").parse()?;
-        let normalize = matches!(part.option("normalize"), Some("true" | "1" | "yes"));
+        let normalize = part.option_bool("normalize")?.unwrap_or(false);
         let hook = super::hook_of(&vector)?;
         let mut additions = Vec::with_capacity(layers.len());
         for (&l, &beta) in layers.iter().zip(&betas) {
