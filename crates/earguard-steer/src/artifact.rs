@@ -68,13 +68,13 @@ impl DatasetRef {
     /// (`"harmful"` or `"benign"`). Blank lines are skipped; a malformed line, a missing or
     /// unknown label is an error naming `file:line`.
     pub fn from_file(path: &Path) -> Result<DatasetRef> {
-        let bytes = fs::read(path).map_err(|e| SteerError::io(path, e))?;
-        let sha256 = hex(&Sha256::digest(&bytes));
+        // Bounded, regular files only, UTF-8; the BOM is hashed but not parsed.
+        let text = earguard_data::read_jsonl_text(path)?;
+        let sha256 = hex(&Sha256::digest(text.as_bytes()));
         let (mut n_items, mut n_harmful, mut n_benign) = (0, 0, 0);
-        for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-            let at = || format!("{}:{}", path.display(), i + 1);
-            let line = std::str::from_utf8(raw)
-                .map_err(|_| SteerError::Invalid(format!("{}: not valid UTF-8", at())))?;
+        for (i, line) in earguard_data::jsonl_lines(&text) {
+            let at = || format!("{}:{i}", path.display());
+            let line = line.map_err(|e| SteerError::Invalid(format!("{}: {e}", at())))?;
             let line = line.trim();
             if line.is_empty() {
                 continue;

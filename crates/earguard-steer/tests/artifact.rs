@@ -397,6 +397,13 @@ fn dataset_refs_hash_and_count() {
     assert_eq!(d.sha256, want);
     assert_eq!(d.path, p.display().to_string());
 
+    // A byte-order mark is hashed with the file but not parsed as part of line 1.
+    let bom = format!("\u{feff}{text}");
+    fs::write(&p, &bom).unwrap();
+    let d = DatasetRef::from_file(&p).unwrap();
+    assert_eq!((d.n_items, d.n_harmful, d.n_benign), (3, 1, 2));
+    assert_ne!(d.sha256, want);
+
     fs::write(&p, "{\"label\":\"harmful\"}\n{oops\n").unwrap();
     let err = DatasetRef::from_file(&p).unwrap_err().to_string();
     assert!(err.contains(&format!("{}:2", p.display())), "{err}");
