@@ -32,18 +32,25 @@ pub fn check_in(what: &str, x: f64, range: RangeInclusive<f64>) -> Result<f64> {
         return Ok(x);
     }
     let why = if range == COEFFICIENT {
-        format!(
-            " (|{what}| ≤ {MAX_COEFFICIENT:e}: larger strengths overflow the model's f32 \
-             activations and it writes nothing)"
-        )
+        " (larger strengths overflow the model's f32 activations, and it writes nothing)"
     } else {
-        String::new()
+        ""
     };
     Err(SteerError::Invalid(format!(
-        "{what} = {x} is out of range: expected a finite number in [{}, {}]{why}",
-        range.start(),
-        range.end()
+        "{what} = {} is out of range: expected a finite number in [{}, {}]{why}",
+        number(x),
+        number(*range.start()),
+        number(*range.end())
     )))
+}
+
+/// `x` as a person writes it: `0.1`, `1000`, `1e39` (not 40 digits).
+fn number(x: f64) -> String {
+    if x.is_finite() && x != 0.0 && !(1e-4..1e6).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        x.to_string()
+    }
 }
 
 /// [`check_in`] with the coefficient range.
@@ -87,6 +94,13 @@ mod tests {
             assert!(e.contains("alpha") && e.contains("out of range"), "{e}");
         }
         assert!(check_in("threshold", 1.5, -1.0..=1.0).is_err());
+        let e = coefficient("alpha", 1e39).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "alpha = 1e39 is out of range: expected a finite number in [-1000, 1000]"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct Cast {
 impl Cast {
     pub fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
         part.only_options(&["alpha", "threshold"])?;
+        let threshold = part.option_f64_in("threshold", COSINE)?;
+        let alpha = part.option_f64("alpha")?;
         let vector = SteeringVector::load(part.artifact()?)?;
         vector.check_compatible(&model.info, force)?;
         let extra = &vector.meta.extra;
@@ -56,7 +58,7 @@ impl Cast {
                 direction.len()
             )));
         }
-        let threshold = match part.option_f64_in("threshold", COSINE)? {
+        let threshold = match threshold {
             Some(t) => t,
             None => crate::limits::check_in(
                 "cast vector: extra.threshold",
@@ -67,7 +69,7 @@ impl Cast {
                 COSINE,
             )?,
         } as f32;
-        let alpha = match part.option_f64("alpha")? {
+        let alpha = match alpha {
             Some(a) => a,
             None => crate::limits::coefficient(
                 "cast vector: extra.alpha",
