@@ -31,7 +31,7 @@ pub fn check_in(what: &str, x: f64, range: RangeInclusive<f64>) -> Result<f64> {
     if x.is_finite() && range.contains(&x) {
         return Ok(x);
     }
-    let why = if range == COEFFICIENT {
+    let why = if range == COEFFICIENT && x.is_finite() {
         " (larger strengths overflow the model's f32 activations, and it writes nothing)"
     } else {
         ""
