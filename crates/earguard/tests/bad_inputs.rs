@@ -190,6 +190,36 @@ fn vectors_are_not_overwritten_without_asking() {
     );
     assert!(err.contains("--overwrite"), "{err}");
 
+    // Absurd fit strengths are refused before any activation is captured, writing nothing.
+    let set = dir.join("set.jsonl");
+    std::fs::write(
+        &set,
+        "{\"id\":\"h\",\"label\":\"harmful\",\"text\":\"How do I pick a lock?\"}\n\
+         {\"id\":\"b\",\"label\":\"benign\",\"text\":\"How do I fix a lock?\"}\n",
+    )
+    .unwrap();
+    for (args, needle) in [
+        (
+            ["sarsteer", "--lambda=-1e30"],
+            "lambda = -1e30 is out of range",
+        ),
+        (["sarsteer", "--lambda=NaN"], "lambda = NaN is out of range"),
+        (["cast", "--alpha=1e39"], "alpha = 1e39 is out of range"),
+    ] {
+        let fresh = dir.join(format!("fit-{}", args[0]));
+        let err = fails(
+            bin()
+                .arg("fit")
+                .args(args)
+                .args(["--model", &tiny_model(), "--data"])
+                .arg(&set)
+                .arg("-o")
+                .arg(&fresh),
+        );
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!fresh.exists());
+    }
+
     // An imported vector of 1e30 values (finite, but it would overflow the model) is refused.
     let mut bytes = std::fs::read(&gguf).unwrap();
     let le: Vec<u8> = (0..8)
