@@ -73,8 +73,6 @@ pub(crate) enum Limit {
     Refuse,
     /// Keep the first window.
     Truncate,
-    /// Keep everything (internal: TTS renders).
-    Unbounded,
 }
 
 impl Limit {
@@ -265,7 +263,6 @@ fn finish(
         match limit {
             Limit::Truncate => samples.truncate(WINDOW_SAMPLES),
             Limit::Refuse => return Err(too_long(path, total_frames, rate)),
-            Limit::Unbounded => {}
         }
     }
     Ok(Audio {
@@ -844,11 +841,7 @@ fn decode_symphonia(path: &Path, kind: Kind, limit: Limit) -> Result<Decoded> {
 
     let mut mono: Vec<f32> = Vec::new();
     let mut frames_seen: u64 = 0;
-    let keep_for = |r: u32| match limit {
-        Limit::Unbounded => usize::MAX,
-        _ => input_frames_for_window(r),
-    };
-    let mut keep_limit: Option<usize> = rate.map(keep_for);
+    let mut keep_limit: Option<usize> = rate.map(input_frames_for_window);
     let mut sample_buf: Option<SampleBuffer<f32>> = None;
     let mut decode_errors = 0usize;
     let mut last_decode_error = String::new();
@@ -890,7 +883,7 @@ fn decode_symphonia(path: &Path, kind: Kind, limit: Limit) -> Result<Decoded> {
             None => {
                 check_rate(path, spec.rate)?;
                 rate = Some(spec.rate);
-                keep_limit = Some(keep_for(spec.rate));
+                keep_limit = Some(input_frames_for_window(spec.rate));
             }
             Some(r) if r != spec.rate => {
                 return Err(AudioError::InvalidFormat {

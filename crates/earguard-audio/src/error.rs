@@ -50,7 +50,7 @@ pub enum AudioError {
     /// The audio is longer than one Whisper window and truncation was not requested.
     #[error(
         "{}: audio is {seconds:.2} s long; the limit is one {max_seconds} s Whisper window \
-         (set LoadOptions::truncate to keep only the first {max_seconds} s)",
+         (shorten the recording, or truncate it to its first {max_seconds} s)",
         path.display()
     )]
     TooLong {
@@ -93,6 +93,14 @@ pub enum AudioError {
     /// A bad argument (voice name, speaking rate, ...) for the named output.
     #[error("{}: invalid argument: {detail}", path.display())]
     InvalidArgument { path: PathBuf, detail: String },
+    /// Rendering one prompt of a set failed: names the prompt, not just the file.
+    #[error("prompt '{id}' (voice {voice}): {source}")]
+    Prompt {
+        id: String,
+        voice: String,
+        #[source]
+        source: Box<AudioError>,
+    },
     /// A manifest line that cannot be read or written.
     #[error("{}:{line}: manifest: {detail}", path.display())]
     Manifest {
@@ -111,6 +119,15 @@ fn fmt_detail(detail: &str) -> String {
 }
 
 impl AudioError {
+    /// `e`, tagged with the prompt (and voice) being rendered when it happened.
+    pub fn in_prompt(id: &str, voice: &str, e: AudioError) -> AudioError {
+        AudioError::Prompt {
+            id: id.to_string(),
+            voice: voice.to_string(),
+            source: Box::new(e),
+        }
+    }
+
     /// The file this error is about.
     pub fn path(&self) -> &std::path::Path {
         match self {
@@ -130,6 +147,7 @@ impl AudioError {
             | AudioError::InvalidArgument { path, .. }
             | AudioError::Manifest { path, .. } => path,
             AudioError::EspeakMissing { program, .. } => program,
+            AudioError::Prompt { source, .. } => source.path(),
         }
     }
 }

@@ -11,8 +11,12 @@
 //! The cache key does not include the espeak-ng version: clear the output directory after
 //! upgrading espeak-ng if bit-exact renders matter.
 //!
-//! [`render_set`] renders many items × voices with a progress bar and returns
-//! [`ManifestRow`]s; [`write_manifest`] stores them as JSONL with audio paths relative to
+//! Texts over [`MAX_TEXT_CHARS`] characters and renders longer than the 30 s the audio modes
+//! accept are refused, and espeak-ng's temporary file is removed on every path.
+//!
+//! [`render_set`] checks every item first, then renders many items × voices with a progress
+//! bar and returns [`ManifestRow`]s (with several voices, one item `ID@VOICE` per rendering;
+//! errors name the prompt id and voice); [`write_manifest`] stores them as JSONL with audio paths relative to
 //! the manifest's directory, and [`read_manifest`] reads them back.
 
 use std::io::Write;
@@ -22,7 +26,7 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::decode::{self, Limit, SAMPLE_RATE};
+use crate::decode::{self, Limit, SAMPLE_RATE, WINDOW_SECONDS};
 use crate::error::{AudioError, Result};
 
 /// Bumped whenever the rendering pipeline changes in a way that changes output bytes.
@@ -35,6 +39,11 @@ pub const DEFAULT_RATE_WPM: u32 = 160;
 pub const DEFAULT_PROGRAM: &str = "espeak-ng";
 /// Speaking rates espeak-ng accepts (words per minute).
 pub const RATE_RANGE: std::ops::RangeInclusive<u32> = 80..=450;
+/// The longest text rendered, in characters. Even at the fastest rate (450 wpm) 30 s of
+/// speech holds about 225 words, some 1 500 characters; longer texts can only give audio the
+/// audio modes refuse, so they are refused before espeak-ng runs (which would otherwise write
+/// a temporary file of ~350 bytes per character).
+pub const MAX_TEXT_CHARS: usize = 4_000;
 
 /// Settings for rendering speech.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,13 +95,17 @@ pub struct TtsItem {
 
 /// One rendered (item, voice): a manifest line.
 ///
-/// `id` is the item's id; an item rendered with several voices gives several rows with the
-/// same `id` and different `voice`. In memory `audio` is the path as rendered; in a
-/// manifest file it is relative to the manifest's directory ([`read_manifest`] resolves it
-/// back).
+/// With one voice `id` is the item's id; with several, each rendering is its own item
+/// `ID@VOICE` (ids stay unique, as prompt sets require), keeping the item's `pair_id`. Either
+/// way `source_id` is the item's id and `voice` the voice. In memory `audio` is the path as
+/// rendered; in a manifest file it is relative to the manifest's directory
+/// ([`read_manifest`] resolves it back).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestRow {
     pub id: String,
+    /// The id of the prompt this row renders (absent in manifests of earlier versions).
+    #[serde(default)]
+    pub source_id: Option<String>,
     pub label: String,
     pub pair_id: Option<String>,
     pub category: Option<String>,
@@ -129,6 +142,13 @@ fn validate(text: &str, voice: &str, rate_wpm: u32, out: &Path) -> Result<()> {
     };
     if text.trim().is_empty() {
         return bad("text to speak is empty".into());
+    }
+    let chars = text.chars().count();
+    if chars > MAX_TEXT_CHARS {
+        return bad(format!(
+            "text is {chars} characters long, over the limit of {MAX_TEXT_CHARS}: its speech \
+             would be far longer than the {WINDOW_SECONDS} s the audio modes accept"
+        ));
     }
     if text.contains('\0') {
         return bad("text contains a NUL character".into());
@@ -175,8 +195,20 @@ pub fn synthesize_with(
         source: e,
     })?;
     let raw = out_dir.join(format!(".{key}.espeak-{}.wav", std::process::id()));
+    // Whatever happens, espeak-ng's temporary file goes.
     let result = render_raw(program, text, voice, rate_wpm, &raw, &out).and_then(|()| {
-        let audio = decode::load_with_limit(&raw, Limit::Unbounded)?;
+        let audio = decode::load_with_limit(&raw, Limit::Refuse).map_err(|e| match e {
+            AudioError::TooLong { seconds, .. } => AudioError::InvalidArgument {
+                path: out.clone(),
+                detail: format!(
+                    "the speech is {seconds:.1} s long, over the {WINDOW_SECONDS} s the audio \
+                     modes accept; shorten the text or speak faster (rate {rate_wpm} wpm now, \
+                     at most {})",
+                    RATE_RANGE.end()
+                ),
+            },
+            other => other,
+        })?;
         debug_assert_eq!(audio.sample_rate, SAMPLE_RATE);
         decode::write_wav_pcm16(&out, &audio.samples, SAMPLE_RATE)
     });
@@ -296,11 +328,31 @@ pub fn render_set_with(
     out_dir: &Path,
     progress: bool,
 ) -> Result<Vec<ManifestRow>> {
+    let invalid = |detail: String| AudioError::InvalidArgument {
+        path: out_dir.to_path_buf(),
+        detail,
+    };
     if voices.is_empty() {
-        return Err(AudioError::InvalidArgument {
-            path: out_dir.to_path_buf(),
-            detail: "no voices given".into(),
-        });
+        return Err(invalid("no voices given".into()));
+    }
+    if let Some((i, v)) = voices
+        .iter()
+        .enumerate()
+        .find(|(i, v)| voices[..*i].contains(v))
+    {
+        return Err(invalid(format!(
+            "voice '{v}' is given twice (voice {} and {})",
+            voices.iter().position(|w| w == v).map_or(0, |p| p + 1),
+            i + 1
+        )));
+    }
+    // Every item is checked before anything is rendered: a bad item found after an hour of
+    // synthesis would waste it.
+    for item in items {
+        for voice in voices {
+            validate(&item.text, voice, rate_wpm, out_dir)
+                .map_err(|e| AudioError::in_prompt(&item.id, voice, e))?;
+        }
     }
     let total = (items.len() * voices.len()) as u64;
     let bar = if progress {
@@ -318,9 +370,15 @@ pub fn render_set_with(
     for item in items {
         for voice in voices {
             bar.set_message(format!("{} ({voice})", item.id));
-            let audio = synthesize_with(program, &item.text, voice, rate_wpm, out_dir)?;
+            let audio = synthesize_with(program, &item.text, voice, rate_wpm, out_dir)
+                .map_err(|e| AudioError::in_prompt(&item.id, voice, e))?;
             rows.push(ManifestRow {
-                id: item.id.clone(),
+                id: if voices.len() > 1 {
+                    format!("{}@{voice}", item.id)
+                } else {
+                    item.id.clone()
+                },
+                source_id: Some(item.id.clone()),
                 label: item.label.clone(),
                 pair_id: item.pair_id.clone(),
                 category: item.category.clone(),
@@ -407,11 +465,14 @@ pub fn write_manifest(path: &Path, rows: &[ManifestRow]) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "manifest.jsonl".into());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(|e| io("writing temporary manifest", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io("renaming manifest into place", e)
-    })
+    std::fs::write(&tmp, text)
+        .map_err(|e| io("writing temporary manifest", e))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path).map_err(|e| io("renaming manifest into place", e))
+        })
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
 }
 
 /// Read a manifest written by [`write_manifest`]; `audio` paths are resolved against the

@@ -47,6 +47,7 @@ fn variant(e: &AudioError) -> &'static str {
         AudioError::EspeakFailed { .. } => "EspeakFailed",
         AudioError::InvalidArgument { .. } => "InvalidArgument",
         AudioError::Manifest { .. } => "Manifest",
+        AudioError::Prompt { .. } => "Prompt",
     }
 }
 

@@ -259,13 +259,22 @@ fn render_set_and_manifest_round_trip() {
     assert_eq!(
         order,
         [
-            ("h1", "en-us"),
-            ("h1", "en-gb"),
-            ("b1", "en-us"),
-            ("b1", "en-gb"),
-            ("b2", "en-us"),
-            ("b2", "en-gb")
+            ("h1@en-us", "en-us"),
+            ("h1@en-gb", "en-gb"),
+            ("b1@en-us", "en-us"),
+            ("b1@en-gb", "en-gb"),
+            ("b2@en-us", "en-us"),
+            ("b2@en-gb", "en-gb")
         ]
+    );
+    // Each rendering is its own item; the prompt's id and pair stay.
+    assert_eq!(rows[1].source_id.as_deref(), Some("h1"));
+    assert_eq!(rows[1].pair_id.as_deref(), Some("p1"));
+    // With one voice the id is the prompt's own.
+    let one = render_set(&items()[..1], &voices[..1], 175, &audio_dir, false).unwrap();
+    assert_eq!(
+        (one[0].id.as_str(), one[0].source_id.as_deref()),
+        ("h1", Some("h1"))
     );
     for r in &rows {
         assert_eq!(r.rate, 175);
@@ -307,6 +316,7 @@ fn render_set_and_manifest_round_trip() {
     for (line, row) in lines.iter().zip(&rows) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(v["id"], row.id.as_str());
+        assert_eq!(v["source_id"], row.source_id.as_deref().unwrap());
         assert_eq!(v["label"], row.label.as_str());
         assert_eq!(v["voice"], row.voice.as_str());
         assert_eq!(v["rate"], 175);
@@ -368,6 +378,7 @@ fn manifest_errors_name_file_and_line() {
     let path = dir.join("m.jsonl");
     let good = ManifestRow {
         id: "x".into(),
+        source_id: None,
         label: "benign".into(),
         pair_id: None,
         category: None,
@@ -409,7 +420,7 @@ fn bad_voice_and_arguments_give_clear_errors() {
     );
     // Nothing is cached for a failed render, and no temporary file is left.
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
-    // render_set stops at the bad voice with the same error.
+    // render_set stops at the bad voice with the same error, naming the prompt.
     let e = render_set(
         &items()[..1],
         &["en-us".into(), "zz-nonexistent".into()],
@@ -418,7 +429,18 @@ fn bad_voice_and_arguments_give_clear_errors() {
         false,
     )
     .unwrap_err();
-    assert!(matches!(e, AudioError::EspeakFailed { .. }), "{e}");
+    match &e {
+        AudioError::Prompt { id, voice, source } => {
+            assert_eq!((id.as_str(), voice.as_str()), ("h1", "zz-nonexistent"));
+            assert!(matches!(**source, AudioError::EspeakFailed { .. }), "{e}");
+        }
+        other => panic!("expected a prompt-tagged error, got {other}"),
+    }
+    assert!(
+        e.to_string()
+            .starts_with("prompt 'h1' (voice zz-nonexistent): "),
+        "{e}"
+    );
 
     // Arguments refused before espeak-ng runs.
     for (text, voice, rate) in [
@@ -443,6 +465,54 @@ fn bad_voice_and_arguments_give_clear_errors() {
     }
     let e = render_set(&items(), &[], 160, &dir, false).unwrap_err();
     assert!(matches!(e, AudioError::InvalidArgument { .. }), "{e}");
+    let twice = ["en-us".to_string(), "en-us".to_string()];
+    let e = render_set(&items(), &twice, 160, &dir, false).unwrap_err();
+    assert!(e.to_string().contains("'en-us' is given twice"), "{e}");
+}
+
+/// Text too long to speak in 30 s is refused before espeak-ng runs, naming the prompt; speech
+/// rendered longer than 30 s is refused too, and neither leaves a file behind.
+#[test]
+fn over_long_texts_and_speech_are_refused_without_leftovers() {
+    if !espeak_available() {
+        return;
+    }
+    let dir = scratch_dir("tts-long");
+    let item = |id: &str, text: String| TtsItem {
+        id: id.into(),
+        label: "benign".into(),
+        pair_id: None,
+        category: None,
+        text,
+    };
+    let huge = "word ".repeat(200_000); // 1 MB
+    let mut set = items();
+    set.push(item("huge-1", huge.clone()));
+    let e = render_set(&set, &["en-us".into()], 160, &dir, false).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("prompt 'huge-1' (voice en-us): ") && msg.contains("1000000 characters"),
+        "{msg}"
+    );
+    // Checked up front: not even the good items were rendered.
+    assert!(!dir.exists() || std::fs::read_dir(&dir).unwrap().count() == 0);
+    assert!(matches!(
+        synthesize(&huge, "en-us", 160, &dir).unwrap_err(),
+        AudioError::InvalidArgument { .. }
+    ));
+
+    // ~1 900 characters, under the text limit, but about 2 minutes of speech at 80 wpm.
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(42);
+    let e = render_set(&[item("long-7", long)], &["en-us".into()], 80, &dir, false).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("prompt 'long-7' (voice en-us): ") && msg.contains("over the 30 s"),
+        "{msg}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]
@@ -453,7 +523,8 @@ fn text_is_passed_verbatim_not_through_a_shell() {
     let dir = scratch_dir("tts-shell");
     let canary = dir.join("canary");
     let text = format!("Say $(touch {0}) and `touch {0}`; -w {0}", canary.display());
-    let p = synthesize(&text, "en-us", 160, &dir).unwrap();
+    // Spoken fast: three long paths would take over 30 s at the default rate.
+    let p = synthesize(&text, "en-us", 450, &dir).unwrap();
     assert!(p.is_file());
     assert!(!canary.exists(), "the text was interpreted");
 }

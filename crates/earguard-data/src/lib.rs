@@ -4,6 +4,10 @@
 //! `{"id", "source", "split", "label": "harmful"|"benign", "category", "pair_id", "text"}`;
 //! an audio manifest (written by `earguard tts`) adds `"audio"`, a path relative to the file.
 //!
+//! A set is a regular file of at most [`MAX_FILE_BYTES`] (256 MiB) with lines of at most
+//! [`MAX_LINE_BYTES`] (1 MiB), UTF-8, optionally starting with a byte-order mark (skipped).
+//! A pipe or device (`/dev/urandom`) is refused before anything is read.
+//!
 //! ```
 //! use earguard_data::{PromptSet, Label, ReadOptions};
 //! let text = r#"{"id":"a-1","label":"harmful","text":"q1","pair_id":"p1"}
@@ -140,6 +144,69 @@ pub struct PromptItem {
     pub audio: Option<PathBuf>,
 }
 
+/// The largest prompt-set file read: far above any real set (AdvBench is 50 KiB), small
+/// enough to hold in memory.
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+/// The longest line of a prompt set: far above any prompt a model's context holds.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+/// The UTF-8 byte-order mark some editors put at the start of a file.
+const BOM: char = '\u{feff}';
+
+/// Read a JSONL file's text: refuses anything but a regular file, files over
+/// [`MAX_FILE_BYTES`] and text that is not UTF-8. The text is returned as it is (a leading
+/// BOM included, so hashes cover the file's exact bytes); [`jsonl_lines`] skips the BOM.
+pub fn read_jsonl_text(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let err = |message: String| DataError::File {
+        path: path.to_path_buf(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(err(
+            "not a regular file (a pipe, socket or device?): a prompt set is a JSONL file".into(),
+        ));
+    }
+    let too_big = |size: u64| {
+        err(format!(
+            "{size} bytes is over the limit of {MAX_FILE_BYTES} bytes (256 MiB) for a prompt set"
+        ))
+    };
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_big(meta.len()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // Bounded even if the file grows while it is read.
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| err(format!("not UTF-8 text: {e}")))
+}
+
+/// The lines of a JSONL text with their 1-based numbers, a leading BOM skipped. A line over
+/// [`MAX_LINE_BYTES`] is an `Err` with its message (the caller decides whether to skip it).
+pub fn jsonl_lines(text: &str) -> impl Iterator<Item = (usize, std::result::Result<&str, String>)> {
+    text.strip_prefix(BOM)
+        .unwrap_or(text)
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let line = if line.len() > MAX_LINE_BYTES {
+                Err(format!(
+                    "line is {} bytes long, over the limit of {MAX_LINE_BYTES} bytes (1 MiB)",
+                    line.len()
+                ))
+            } else {
+                Ok(line)
+            };
+            (i + 1, line)
+        })
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ReadOptions {
     /// Report malformed lines and go on, instead of failing on the first one.
@@ -163,16 +230,9 @@ pub struct PromptSet {
 }
 
 impl PromptSet {
+    /// Read and parse a prompt set file (see [`read_jsonl_text`] for what is refused).
     pub fn read(path: &Path, opts: &ReadOptions) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| DataError::File {
-            path: path.to_path_buf(),
-            message: format!("cannot read: {e}"),
-        })?;
-        let text = String::from_utf8(bytes).map_err(|e| DataError::File {
-            path: path.to_path_buf(),
-            message: format!("not UTF-8 text: {e}"),
-        })?;
-        Self::parse(&text, path, opts)
+        Self::parse(&read_jsonl_text(path)?, path, opts)
     }
 
     pub fn parse(text: &str, path: &Path, opts: &ReadOptions) -> Result<Self> {
@@ -180,13 +240,14 @@ impl PromptSet {
         let mut items = Vec::new();
         let mut skipped = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for (i, line) in text.lines().enumerate() {
-            let line_no = i + 1;
-            if line.trim().is_empty() {
+        for (line_no, line) in jsonl_lines(text) {
+            if line.as_ref().is_ok_and(|l| l.trim().is_empty()) {
                 continue;
             }
-            let parsed = serde_json::from_str::<PromptItem>(line)
-                .map_err(|e| e.to_string())
+            let parsed = line
+                .and_then(|line| {
+                    serde_json::from_str::<PromptItem>(line).map_err(|e| e.to_string())
+                })
                 .and_then(|item| {
                     if item.text.trim().is_empty() {
                         Err("empty \"text\"".to_string())
@@ -337,6 +398,68 @@ mod tests {
             two.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
             ["1", "2", "3", "4"]
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_but_hashed() {
+        let text = "\u{feff}{\"id\":\"1\",\"label\":\"benign\",\"text\":\"a\"}\n";
+        let set = parse(text, false).unwrap();
+        assert_eq!(set.items[0].id, "1");
+        let plain = parse(&text[3..], false).unwrap();
+        assert_ne!(set.sha256, plain.sha256, "the hash covers the file's bytes");
+    }
+
+    #[test]
+    fn over_long_lines_are_bad_lines() {
+        let long = format!(
+            "{{\"id\":\"2\",\"label\":\"benign\",\"text\":\"{}\"}}",
+            "x".repeat(MAX_LINE_BYTES)
+        );
+        let text = format!("{{\"id\":\"1\",\"label\":\"benign\",\"text\":\"a\"}}\n{long}\n");
+        let e = parse(&text, false).unwrap_err().to_string();
+        assert!(
+            e.starts_with("d/set.jsonl:2:") && e.contains("over the limit"),
+            "{e}"
+        );
+        let set = parse(&text, true).unwrap();
+        assert_eq!((set.items.len(), set.skipped[0].line), (1, 2));
+    }
+
+    #[test]
+    fn pipes_devices_and_huge_files_are_refused_at_once() {
+        let dir = std::env::temp_dir().join(format!("earguard-data-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let opts = ReadOptions::default();
+        for dev in ["/dev/urandom", "/dev/zero"] {
+            if Path::new(dev).exists() {
+                let e = PromptSet::read(Path::new(dev), &opts)
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains("not a regular file"), "{e}");
+            }
+        }
+        let fifo = dir.join("fifo.jsonl");
+        let _ = std::fs::remove_file(&fifo);
+        if std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            let e = PromptSet::read(&fifo, &opts).unwrap_err().to_string();
+            assert!(
+                e.contains("fifo.jsonl") && e.contains("not a regular file"),
+                "{e}"
+            );
+        }
+        // A sparse file over the limit: refused from its size, without reading it.
+        let big = dir.join("big.jsonl");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
+        let e = PromptSet::read(&big, &opts).unwrap_err().to_string();
+        assert!(e.contains("over the limit"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

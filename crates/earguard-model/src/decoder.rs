@@ -395,6 +395,11 @@ impl Decoder {
         cache.len = start + q;
         cache.prompt_end = prompt_end;
 
+        // One reduction at the last position: NaN, infinity or overflow there means the
+        // arithmetic broke down (typically an edit far too strong), and text sampled from it
+        // would be garbage. Edits stay in the residual stream, so the last layer sees them.
+        let last = x.i((.., q - 1, ..))?;
+        ensure_finite(&last, "hidden states", plan)?;
         let logits = match logits {
             Logits::None => {
                 if plan
@@ -410,18 +415,41 @@ impl Decoder {
             Logits::Last => {
                 let h = self.norm.forward(&x.i((.., q - 1..q, ..))?.contiguous()?)?;
                 let h = hook(HookPoint::FinalNorm, h)?;
-                Some(self.lm_head.forward(&h)?.squeeze(1)?)
+                let logits = self.lm_head.forward(&h)?.squeeze(1)?;
+                ensure_finite(&logits, "logits", plan)?;
+                Some(logits)
             }
             Logits::All => {
                 let h = self.norm.forward(&x)?;
                 let h = hook(HookPoint::FinalNorm, h)?;
-                Some(self.lm_head.forward(&h)?)
+                let logits = self.lm_head.forward(&h)?;
+                ensure_finite(&logits.i((.., q - 1, ..))?, "logits", plan)?;
+                Some(logits)
             }
         };
         Ok(ForwardOutput {
             logits,
             captures: Captures { items: captured },
         })
+    }
+}
+
+/// Refuse `t` (`[batch, n]`) if a row's squared norm is not finite in f32: the row holds NaN
+/// or infinity, or values so large that the next RMSNorm overflows and silently zeroes them.
+/// Names the row and, when the plan edits activations, blames the edits.
+fn ensure_finite(t: &Tensor, what: &'static str, plan: &InterventionPlan) -> Result<()> {
+    let sums = t
+        .to_dtype(DType::F32)?
+        .sqr()?
+        .sum(D::Minus1)?
+        .to_vec1::<f32>()?;
+    match sums.iter().position(|s| !s.is_finite()) {
+        None => Ok(()),
+        Some(row) => Err(ModelError::NonFinite {
+            what,
+            row,
+            edits: plan.edits().len(),
+        }),
     }
 }
 

@@ -21,6 +21,21 @@ pub enum ModelError {
     Shape(String),
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// NaN or infinity in a forward pass's output: never turned into (empty) text.
+    #[error(
+        "the forward pass produced non-finite {what} (NaN, infinity, or values whose squares \
+         overflow f32) for batch row {row}; {}",
+        if *edits > 0 {
+            format!("its {edits} activation edits are the likely cause: a steering strength or vector far too large")
+        } else {
+            "with no activation edits, the weights or inputs are broken".to_string()
+        }
+    )]
+    NonFinite {
+        what: &'static str,
+        row: usize,
+        edits: usize,
+    },
     #[error("tensor op failed: {0}")]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]

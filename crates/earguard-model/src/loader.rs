@@ -116,6 +116,20 @@ pub fn load(spec: &str) -> Result<Model> {
     load_gguf(&path, name)
 }
 
+/// Check that `path` is a regular file (or a link to one). A FIFO, socket or device would block a
+/// read or never end, so it is refused before anything is read.
+fn regular_file(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(ModelError::file(
+            path,
+            "not a regular file (a pipe, socket or device?): name a .gguf file or a model \
+             directory",
+        )),
+        Err(e) => Err(ModelError::file(path, e)),
+    }
+}
+
 /// A directory's name, or a file's stem unless it is the generic `model.gguf`.
 fn model_name(path: &Path) -> Option<String> {
     let stem = path.file_stem()?.to_string_lossy().into_owned();
@@ -152,6 +166,7 @@ fn find_gguf(dir: &Path) -> Result<PathBuf> {
 }
 
 fn load_gguf(path: &Path, name: String) -> Result<Model> {
+    regular_file(path)?;
     let weights = GgufWeights::open(path)?;
     let cfg = DecoderConfig::from_gguf(&weights.content, path)?;
     let tokenizer = Tokenizer::from_gguf(&weights.content, path)?;

@@ -144,3 +144,82 @@ fn over_long_prompts_and_wrong_shaped_edits_are_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
 }
+
+/// An edit that overflows the activations is an error naming the cause, in every logits mode
+/// and in generation, never NaN logits turned into (empty) text.
+#[test]
+fn non_finite_activations_are_an_error() {
+    let model = earguard_model::load(tiny_qwen2().to_str().unwrap()).unwrap();
+    let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+    // 1e30 is finite, but RMSNorm's sum of squares overflows and would silently give zeros.
+    for value in [1e30f32, f32::NAN] {
+        let bad = Tensor::full(value, 64, &Device::Cpu).unwrap();
+        let plan = InterventionPlan::new().add(HookPoint::ResidPost(0), Positions::All, bad);
+        for logits in [Logits::Last, Logits::All, Logits::None] {
+            let mut cache = model.decoder.new_cache(vec![0]);
+            let err = model
+                .decoder
+                .forward(&ids, &mut cache, &plan, logits)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ModelError::NonFinite {
+                        row: 0,
+                        edits: 1,
+                        ..
+                    }
+                ),
+                "{value}: {err}"
+            );
+            assert!(err.to_string().contains("activation edits"), "{err}");
+        }
+    }
+    let huge = Tensor::full(1e30f32, 64, &Device::Cpu).unwrap();
+    let plan = InterventionPlan::new().add(HookPoint::ResidPost(0), Positions::All, huge);
+    let prompt = earguard_model::Prompt::text(model.encode_chat(None, "Hello").unwrap());
+    let request = earguard_model::generate::GenerateRequest {
+        max_tokens: 4,
+        sampling: Default::default(),
+        stop_tokens: &[],
+        pad_token: 0,
+        score_tokens: &[],
+    };
+    let err = earguard_model::generate::generate_batch(
+        &model.decoder,
+        std::slice::from_ref(&prompt),
+        &request,
+        &plan,
+        None,
+        |_, _| {},
+    )
+    .unwrap_err();
+    assert!(matches!(err, ModelError::NonFinite { .. }), "{err}");
+    // The same forward without the edit is fine.
+    let mut cache = model.decoder.new_cache(vec![0]);
+    model
+        .decoder
+        .forward(&ids, &mut cache, &InterventionPlan::new(), Logits::Last)
+        .unwrap();
+}
+
+/// A FIFO (or device) named as the model is refused at once instead of blocking on a read.
+#[cfg(unix)]
+#[test]
+fn a_fifo_as_model_is_refused_without_reading() {
+    let dir = tmp("fifo");
+    let fifo = dir.join("model.gguf");
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipping: mkfifo unavailable");
+        return;
+    }
+    for path in [fifo.as_path(), Path::new("/dev/zero")] {
+        let err = load_err(path);
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+    // A directory whose model.gguf is a FIFO.
+    let err = load_err(&dir);
+    assert!(err.contains("not a regular file"), "{err}");
+}

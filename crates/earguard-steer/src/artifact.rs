@@ -9,7 +9,8 @@
 //! [`SteeringVector::save`] writes the whole directory next to its destination and swaps it
 //! in with renames, so an interrupted save leaves either the old artifact or the new one,
 //! never a mix. [`SteeringVector::load`] checks everything it reads: shapes, layer numbers,
-//! the layer list in `meta.json`, finiteness, and refuses tensors it does not know.
+//! the layer list in `meta.json`, finite values of sane size (see [`crate::limits`]), and
+//! refuses tensors it does not know.
 //! [`SteeringVector::check_compatible`] ties a vector to the model it was fitted on.
 //!
 //! ```
@@ -73,13 +74,13 @@ impl DatasetRef {
     /// (`"harmful"` or `"benign"`). Blank lines are skipped; a malformed line, a missing or
     /// unknown label is an error naming `file:line`.
     pub fn from_file(path: &Path) -> Result<DatasetRef> {
-        let bytes = fs::read(path).map_err(|e| SteerError::io(path, e))?;
-        let sha256 = hex(&Sha256::digest(&bytes));
+        // Bounded, regular files only, UTF-8; the BOM is hashed but not parsed.
+        let text = earguard_data::read_jsonl_text(path)?;
+        let sha256 = hex(&Sha256::digest(text.as_bytes()));
         let (mut n_items, mut n_harmful, mut n_benign) = (0, 0, 0);
-        for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-            let at = || format!("{}:{}", path.display(), i + 1);
-            let line = std::str::from_utf8(raw)
-                .map_err(|_| SteerError::Invalid(format!("{}: not valid UTF-8", at())))?;
+        for (i, line) in earguard_data::jsonl_lines(&text) {
+            let at = || format!("{}:{i}", path.display());
+            let line = line.map_err(|e| SteerError::Invalid(format!("{}: {e}", at())))?;
             let line = line.trim();
             if line.is_empty() {
                 continue;
@@ -303,13 +304,7 @@ impl SteeringVector {
                     m.hidden_size
                 )));
             }
-            let values = t.to_vec1::<f32>()?;
-            if let Some(i) = values.iter().position(|x| !x.is_finite()) {
-                return Err(SteerError::Artifact(format!(
-                    "direction of layer {l} has a non-finite value ({}) at index {i}",
-                    values[i]
-                )));
-            }
+            crate::limits::direction(&format!("direction of layer {l}"), &t.to_vec1::<f32>()?)?;
         }
         Ok(())
     }

@@ -115,6 +115,7 @@ pub fn sarsteer(
     k: usize,
     lambda: f64,
 ) -> Result<Tensor> {
+    crate::limits::coefficient("lambda", lambda)?;
     let (n1, ..) = check_acts("harmful (with suffix)", harmful_with_suffix)?;
     let (n2, ..) = check_acts("harmful", harmful_plain)?;
     if n1 != n2 {
@@ -290,5 +291,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no prompts"));
+        // λ must be a finite coefficient of sane size.
+        let h = t3(&[1., 0., 0., 1.], (2, 1, 2));
+        for lambda in [-1e30, f64::NAN, 1e4] {
+            let e = sarsteer(&h, &h, &h, 1, lambda).unwrap_err().to_string();
+            assert!(e.contains("lambda") && e.contains("out of range"), "{e}");
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod defense;
 pub mod error;
 pub mod fit;
 pub mod inputs;
+pub mod limits;
 pub mod llamacpp;
 pub mod pipeline;
 

@@ -90,6 +90,7 @@ impl FitSetup<'_> {
         lambda: f64,
     ) -> Result<SteeringVector> {
         check_sets(harmful, benign)?;
+        crate::limits::coefficient("lambda", lambda)?;
         if k > benign.len() {
             return Err(SteerError::Invalid(format!(
                 "k = {k} is larger than the benign set ({} prompts)",
@@ -141,6 +142,7 @@ impl FitSetup<'_> {
         alpha: f64,
     ) -> Result<SteeringVector> {
         check_sets(harmful, benign)?;
+        crate::limits::coefficient("alpha", alpha)?;
         let h = self.capture("harmful", harmful, None)?;
         let b = self.capture("benign", benign, None)?;
         let behaviour = fit::mean_difference(&h, &b)?;

@@ -296,6 +296,15 @@ fn load_checks_layers_shapes_names_and_values() {
         "{err}"
     );
 
+    // Finite but absurd: 1e30 everywhere would overflow the model's f32 activations.
+    vector(4, 3, &[1]).save(&dir).unwrap();
+    write_tensors(&dir, vec![("direction.1", t(&[1e30; 4]))]);
+    let err = load_err(&dir);
+    assert!(
+        err.contains("layer 1") && err.contains("norm") && err.contains("limit"),
+        "{err}"
+    );
+
     // Unknown tensor names and non-canonical numbers.
     vector(4, 3, &[1]).save(&dir).unwrap();
     write_tensors(
@@ -387,6 +396,13 @@ fn dataset_refs_hash_and_count() {
         .collect();
     assert_eq!(d.sha256, want);
     assert_eq!(d.path, p.display().to_string());
+
+    // A byte-order mark is hashed with the file but not parsed as part of line 1.
+    let bom = format!("\u{feff}{text}");
+    fs::write(&p, &bom).unwrap();
+    let d = DatasetRef::from_file(&p).unwrap();
+    assert_eq!((d.n_items, d.n_harmful, d.n_benign), (3, 1, 2));
+    assert_ne!(d.sha256, want);
 
     fs::write(&p, "{\"label\":\"harmful\"}\n{oops\n").unwrap();
     let err = DatasetRef::from_file(&p).unwrap_err().to_string();

@@ -81,11 +81,12 @@ fn ours(hook: &str, layers: &[usize]) -> SteeringVector {
     let dirs = layers
         .iter()
         .map(|&l| {
-            // Values that exercise every bit pattern class: tiny, huge, negative zero.
+            // Values that exercise every bit pattern class: tiny, large (within the
+            // direction limit of earguard_steer::limits), negative zero.
             let v: Vec<f32> = (0..8)
                 .map(|i| match i {
                     0 => 1e-30,
-                    1 => -3.0e30,
+                    1 => -2.0e4,
                     2 => -0.0,
                     _ => (l * 10 + i) as f32 / 3.0,
                 })
@@ -284,6 +285,26 @@ fn import_refuses_bad_files() {
         for n in needles {
             assert!(msg.contains(n), "{name}: expected '{n}' in: {msg}");
         }
+    }
+}
+
+/// A control vector of finite but absurd values (1e30) is refused at import, naming the layer.
+#[test]
+fn import_refuses_absurd_directions() {
+    let tmp = TempDir::new("absurd");
+    let mut bytes = fs::read(fixture("qwen2_h8_l4.gguf")).unwrap();
+    let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let good = le(&golden(2));
+    let at = bytes
+        .windows(good.len())
+        .position(|w| w == good.as_slice())
+        .expect("direction.2's data in the fixture");
+    bytes[at..at + good.len()].copy_from_slice(&le(&[1e30; 8]));
+    let p = tmp.join("absurd.gguf");
+    fs::write(&p, bytes).unwrap();
+    let msg = import_control_vector(&p, None).unwrap_err().to_string();
+    for needle in ["absurd.gguf", "layer 2", "norm", "limit"] {
+        assert!(msg.contains(needle), "expected '{needle}' in: {msg}");
     }
 }
 

@@ -8,7 +8,8 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use earguard_audio::tts::{DEFAULT_RATE_WPM, DEFAULT_VOICE};
 use earguard_audio::{
-    add_noise_snr, load_audio, render_set, write_manifest, LoadOptions, MelExtractor, TtsItem,
+    add_noise_snr, load_audio, render_set, write_manifest, AudioError, LoadOptions, MelExtractor,
+    TtsItem,
 };
 use earguard_data::{PromptSet, ReadOptions};
 use serde_json::json;
@@ -24,7 +25,9 @@ pub struct TtsArgs {
     #[arg(long, short)]
     pub out: PathBuf,
     /// espeak-ng voices, comma-separated (e.g. en-us,en-gb,en-us+f3); each prompt is rendered
-    /// once per voice.
+    /// once per voice. With several voices each rendering is its own item, ID@VOICE, keeping
+    /// the prompt's pair_id (and its id as source_id). Texts over 4000 characters and speech
+    /// over 30 s are refused, naming the prompt.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_VOICE)]
     pub voices: Vec<String>,
     /// Speaking rate in words per minute (80–450).
@@ -33,13 +36,11 @@ pub struct TtsArgs {
     /// Report malformed JSONL lines and go on instead of stopping at the first one.
     #[arg(long)]
     pub skip_bad_lines: bool,
-    /// Hide the progress bar.
-    #[arg(long)]
-    pub quiet: bool,
 }
 
 /// Render every prompt to 16 kHz mono WAV with espeak-ng, cached by (text, voice, rate).
-pub fn tts(args: TtsArgs) -> Result<()> {
+/// `quiet` (the global `-q`) hides the progress bar.
+pub fn tts(args: TtsArgs, quiet: bool) -> Result<()> {
     let opts = ReadOptions {
         skip_bad_lines: args.skip_bad_lines,
     };
@@ -73,7 +74,7 @@ pub fn tts(args: TtsArgs) -> Result<()> {
                 data.display()
             );
         }
-        let rows = render_set(&items, &args.voices, args.rate, &wav_dir, !args.quiet)?;
+        let rows = render_set(&items, &args.voices, args.rate, &wav_dir, !quiet)?;
         write_manifest(&manifest, &rows)?;
         eprintln!(
             "{}: {} prompts × {} voice(s) → {}",
@@ -123,7 +124,13 @@ pub fn features(args: FeaturesArgs) -> Result<()> {
         &LoadOptions {
             truncate: args.truncate,
         },
-    )?;
+    )
+    .map_err(|e| match e {
+        AudioError::TooLong { max_seconds, .. } => {
+            anyhow::anyhow!("{e}; pass --truncate to keep only the first {max_seconds} s")
+        }
+        other => other.into(),
+    })?;
     if let Some(snr) = args.snr {
         if !snr.is_finite() {
             bail!("--snr must be a finite number of dB, not {snr}");

@@ -225,7 +225,8 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
                 Err(e) => stream_err = Some(e),
             }
         },
-    )?;
+    )
+    .with_context(|| format!("generating with defense {spec}"))?;
     if let Some(e) = stream_err {
         return Err(e.into());
     }

@@ -54,9 +54,12 @@ pub struct FitCommon {
     /// Report malformed JSONL lines and go on instead of stopping.
     #[arg(long)]
     pub skip_bad_lines: bool,
-    /// Output directory: vectors.safetensors + meta.json.
+    /// Output directory: vectors.safetensors + meta.json (must not exist yet, see --overwrite).
     #[arg(long, short)]
     pub out: PathBuf,
+    /// Replace an existing steering vector at --out.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Where activations are cached (resumable; a re-fit with other hyper-parameters reuses
     /// them). Default: OUT.captures next to OUT.
     #[arg(long)]
@@ -128,11 +131,31 @@ pub enum ExportFormat {
 pub struct ImportArgs {
     /// llama.cpp control vector GGUF.
     pub input: PathBuf,
-    /// Output steering-vector directory.
+    /// Output steering-vector directory (must not exist yet, see --overwrite).
     pub out: PathBuf,
     /// Model the vector is for (fills in identity and checks sizes).
     #[arg(long, short)]
     pub model: Option<String>,
+    /// Replace an existing steering vector at OUT.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// Refuse to write a steering vector over an existing one unless `--overwrite` was given
+/// (checked before any work, so a long fit never ends in a refusal). An empty directory is
+/// not a vector and may be written into.
+fn check_destination(out: &Path, overwrite: bool) -> Result<()> {
+    let occupied = match std::fs::read_dir(out) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(_) => out.exists(),
+    };
+    if occupied && !overwrite {
+        bail!(
+            "{}: already exists; pass --overwrite to replace it, or choose another output",
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 /// Read prompt sets and split them into harmful and benign items.
@@ -147,12 +170,7 @@ pub fn read_sets(
     let mut read = |path: &Path, force: Option<Label>| -> Result<()> {
         let set = PromptSet::read(path, &opts)?;
         for bad in &set.skipped {
-            eprintln!(
-                "warning: {}:{}: skipped: {}",
-                path.display(),
-                bad.line,
-                bad.message
-            );
+            tracing::warn!("{}:{}: skipped: {}", path.display(), bad.line, bad.message);
         }
         for item in set.items {
             match force.unwrap_or(item.label) {
@@ -206,6 +224,7 @@ pub fn run(cmd: FitCommand) -> Result<()> {
         FitCommand::RefusalDirection(a) => (&a.common, "refusal-direction"),
         FitCommand::Cast(a) => (&a.common, "cast"),
     };
+    check_destination(&common.out, common.overwrite)?;
     let (harmful, benign, refs) = read_sets(
         &common.data,
         &common.harmful,
@@ -288,7 +307,7 @@ pub fn export(args: ExportArgs) -> Result<()> {
                 report.written
             );
             for s in &report.skipped {
-                eprintln!("warning: layer {} not exported: {}", s.layer, s.reason);
+                tracing::warn!("layer {} not exported: {}", s.layer, s.reason);
             }
             for n in &report.notes {
                 eprintln!("note: {n}");
@@ -299,6 +318,7 @@ pub fn export(args: ExportArgs) -> Result<()> {
 }
 
 pub fn import(args: ImportArgs) -> Result<()> {
+    check_destination(&args.out, args.overwrite)?;
     let model = args
         .model
         .as_deref()

@@ -21,11 +21,48 @@ use clap::{Parser, Subcommand};
 /// `tts` renders prompt sets to WAV, `generate --audio`, `fit`/`eval --mode audio-text|audio-only`.
 ///
 /// Typical flow: `fit sarsteer` → `generate --defense sarsteer=DIR` → `eval` / `sweep`.
+/// Diagnostics go to stderr through `tracing`: warnings by default, `-v` adds progress
+/// notes (info), `-vv` debug, `-vvv` trace; `-q` keeps errors only. `RUST_LOG` (e.g.
+/// `RUST_LOG=earguard_model=debug`), when set, takes precedence over both.
 #[derive(Parser)]
 #[command(name = "earguard", version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More diagnostics on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Errors only on stderr: no warnings, no progress bars.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+}
+
+/// Install the stderr log subscriber for the verbosity flags (or `RUST_LOG`).
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let filter = match env.as_deref().map(tracing_subscriber::EnvFilter::try_new) {
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            eprintln!("warning: ignoring RUST_LOG ({e}); logging at {level}");
+            tracing_subscriber::EnvFilter::new(level)
+        }
+        None => tracing_subscriber::EnvFilter::new(level),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .init();
 }
 
 #[derive(Subcommand)]
@@ -62,10 +99,11 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
     let result = match cli.command {
         Command::Inspect(args) => commands::inspect(args),
         Command::Generate(args) => commands::generate(args),
-        Command::Tts(args) => audio::tts(args),
+        Command::Tts(args) => audio::tts(args, cli.quiet),
         Command::Features(args) => audio::features(args),
         Command::Fit(cmd) => fit::run(cmd),
         Command::Export(args) => fit::export(args),

@@ -17,13 +17,13 @@ pub struct ActAdd {
 impl ActAdd {
     pub fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
         part.only_options(&["layer", "coeff"])?;
+        let coeff = part.option_f64("coeff")?.unwrap_or(1.0);
         let vector = SteeringVector::load(part.artifact()?)?;
         vector.check_compatible(&model.info, force)?;
         let layer = selected_layer(&vector, part)?;
         let r = vector.directions.get(&layer).ok_or_else(|| {
             SteerError::Invalid(format!("the vector has no direction for layer {layer}"))
         })?;
-        let coeff = part.option_f64("coeff")?.unwrap_or(1.0);
         Ok(Self {
             describe: part.to_string(),
             layer,

@@ -13,6 +13,9 @@ use super::{hook_of, Defense, DefensePart};
 use crate::artifact::SteeringVector;
 use crate::error::{Result, SteerError};
 
+/// A cosine-similarity threshold lies in [-1, 1].
+const COSINE: std::ops::RangeInclusive<f64> = -1.0..=1.0;
+
 pub struct Cast {
     describe: String,
     condition_hook: HookPoint,
@@ -24,6 +27,8 @@ pub struct Cast {
 impl Cast {
     pub fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
         part.only_options(&["alpha", "threshold"])?;
+        let threshold = part.option_f64_in("threshold", COSINE)?;
+        let alpha = part.option_f64("alpha")?;
         let vector = SteeringVector::load(part.artifact()?)?;
         vector.check_compatible(&model.info, force)?;
         let extra = &vector.meta.extra;
@@ -53,19 +58,26 @@ impl Cast {
                 direction.len()
             )));
         }
-        let threshold = match part.option_f64("threshold")? {
-            Some(t) => t as f32,
-            None => extra
-                .get("threshold")
-                .and_then(|v| v.as_f64())
-                .ok_or_else(|| missing("threshold"))? as f32,
-        };
-        let alpha = match part.option_f64("alpha")? {
+        let threshold = match threshold {
+            Some(t) => t,
+            None => crate::limits::check_in(
+                "cast vector: extra.threshold",
+                extra
+                    .get("threshold")
+                    .and_then(|v| v.as_f64())
+                    .ok_or_else(|| missing("threshold"))?,
+                COSINE,
+            )?,
+        } as f32;
+        let alpha = match alpha {
             Some(a) => a,
-            None => extra
-                .get("alpha")
-                .and_then(|v| v.as_f64())
-                .unwrap_or(super::sarsteer::DEFAULT_ALPHA),
+            None => crate::limits::coefficient(
+                "cast vector: extra.alpha",
+                extra
+                    .get("alpha")
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(super::sarsteer::DEFAULT_ALPHA),
+            )?,
         };
         let hook = hook_of(&vector)?;
         let condition = super::sarsteer::unit(&Tensor::from_vec(direction, hidden, &Device::Cpu)?)?;

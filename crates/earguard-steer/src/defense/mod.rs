@@ -15,6 +15,12 @@
 //! | `ablate` | refusal-direction dir | `layer=L`, `strength=1` (fraction of r̂ removed, in [0, 1]) |
 //! | `cast` | cast dir (`earguard fit cast`) | `alpha=…`, `threshold=…` |
 //!
+//! An option is given at most once. Lists inside a value are separated by `|`
+//! (`layers=3|5|7`, `layers=0-3|10-12`, `beta=1|0.5|1`), since `,` separates options. `layers`
+//! takes single layers and inclusive ranges `a-b`; an empty list is an error. Numeric strengths
+//! (`alpha`, `beta`, `coeff`) must be finite with magnitude at most 1e3 and `threshold` (a
+//! cosine) in [-1, 1]; see [`crate::limits`] for why.
+//!
 //! ```
 //! use earguard_steer::defense::DefenseSpec;
 //! let spec: DefenseSpec = "ablate=vec/rd+sarsteer=vec/sar:alpha=0.2".parse().unwrap();
@@ -29,6 +35,7 @@ mod prompt;
 mod sarsteer;
 
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -109,18 +116,54 @@ impl DefensePart {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A real option, a coefficient within [`crate::limits::COEFFICIENT`] (|x| ≤ 1e3).
     pub fn option_f64(&self, key: &str) -> Result<Option<f64>> {
+        self.option_f64_in(key, crate::limits::COEFFICIENT)
+    }
+
+    /// A real option that must be finite and inside `range`.
+    pub fn option_f64_in(&self, key: &str, range: RangeInclusive<f64>) -> Result<Option<f64>> {
         self.option(key)
             .map(|v| {
-                v.parse::<f64>()
-                    .ok()
-                    .filter(|x| x.is_finite())
-                    .ok_or_else(|| {
-                        SteerError::Invalid(format!(
-                            "{}: option {key}={v} is not a number",
-                            self.name
-                        ))
+                let x = v.parse::<f64>().map_err(|_| {
+                    SteerError::Invalid(format!("{}: option {key}={v} is not a number", self.name))
+                })?;
+                crate::limits::check_in(&format!("{}: option {key}", self.name), x, range)
+            })
+            .transpose()
+    }
+
+    /// A list of coefficients separated by `|` (e.g. `beta=1|0.5|1`), each checked like
+    /// [`option_f64`](Self::option_f64).
+    pub fn option_f64_list(&self, key: &str) -> Result<Option<Vec<f64>>> {
+        self.option(key)
+            .map(|v| {
+                v.split(LIST_SEPARATOR)
+                    .map(|x| {
+                        let n = x.trim().parse::<f64>().map_err(|_| {
+                            SteerError::Invalid(format!(
+                                "{}: option {key}={v}: '{x}' is not a number (expected numbers \
+                                 separated by {LIST_SEPARATOR}, e.g. 1|0.5|1)",
+                                self.name
+                            ))
+                        })?;
+                        crate::limits::coefficient(&format!("{}: option {key}", self.name), n)
                     })
+                    .collect()
+            })
+            .transpose()
+    }
+
+    /// A yes/no option: `true`/`false` (also `1`/`0`, `yes`/`no`).
+    pub fn option_bool(&self, key: &str) -> Result<Option<bool>> {
+        self.option(key)
+            .map(|v| match v {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                _ => Err(SteerError::Invalid(format!(
+                    "{}: option {key}={v} must be true or false",
+                    self.name
+                ))),
             })
             .transpose()
     }
@@ -235,9 +278,18 @@ impl FromStr for DefenseSpec {
                 .filter(|kv| !kv.is_empty())
             {
                 let (k, v) = kv.split_once('=').ok_or_else(|| {
-                    SteerError::Invalid(format!("option '{kv}' of {name} must be key=value"))
+                    SteerError::Invalid(format!(
+                        "option '{kv}' of {name} must be key=value (options are separated by \
+                         ',', list items inside a value by '{LIST_SEPARATOR}', e.g. layers=3|5|7)"
+                    ))
                 })?;
-                options.push((k.trim().to_string(), v.trim().to_string()));
+                let k = k.trim();
+                if options.iter().any(|(seen, _)| seen == k) {
+                    return Err(SteerError::Invalid(format!(
+                        "option '{k}' of {name} is given twice in '{raw}'"
+                    )));
+                }
+                options.push((k.to_string(), v.trim().to_string()));
             }
             parts.push(DefensePart {
                 name: name.to_string(),
@@ -281,25 +333,47 @@ pub fn build(spec: &DefenseSpec, model: &Model, force: bool) -> Result<Box<dyn D
     })
 }
 
-/// Parse `a-b` / `a,b,c` layer lists (inclusive ranges).
+/// What separates the items of a list inside an option value (`layers=3|5|7`,
+/// `beta=1|0.5|1`): `,` already separates options and `+` defenses.
+pub const LIST_SEPARATOR: char = '|';
+
+/// Parse a layer list: items separated by `|`, each a layer `a` or an inclusive range `a-b`
+/// (e.g. `4-20` or `3|5|7` or `0-3|10-12`). The result is sorted and deduplicated; an empty
+/// list, a reversed range and a layer the model does not have are errors.
 pub fn parse_layers(s: &str, n_layers: usize) -> Result<Vec<usize>> {
+    let bad = |why: String| SteerError::Invalid(format!("layers '{s}': {why}"));
+    if s.trim().is_empty() {
+        return Err(bad(
+            "the list is empty, so nothing would be steered (name layers, e.g. layers=4-20, \
+             or leave out layers= to use every layer of the vector)"
+                .into(),
+        ));
+    }
     let mut out = Vec::new();
-    for piece in s
-        .split(['|', ';'])
-        .flat_map(|p| p.split(' '))
-        .filter(|p| !p.is_empty())
-    {
-        let bad = || SteerError::Invalid(format!("layers '{s}': expected e.g. 4-20 or 3|5|7"));
+    for piece in s.split(LIST_SEPARATOR).map(str::trim) {
+        let number = |x: &str| {
+            x.trim().parse::<usize>().map_err(|_| {
+                bad(format!(
+                    "'{piece}' is not a layer or range (expected e.g. 4-20 or 3|5|7)"
+                ))
+            })
+        };
         let (a, b) = match piece.split_once('-') {
-            Some((a, b)) => (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?),
+            Some((a, b)) => (number(a)?, number(b)?),
             None => {
-                let x: usize = piece.parse().map_err(|_| bad())?;
+                let x = number(piece)?;
                 (x, x)
             }
         };
-        if a > b || b >= n_layers {
-            return Err(SteerError::Invalid(format!(
-                "layers '{s}' out of range for a model with {n_layers} layers"
+        if a > b {
+            return Err(bad(format!(
+                "reversed range {a}-{b} (write the lower layer first: {b}-{a})"
+            )));
+        }
+        if b >= n_layers {
+            return Err(bad(format!(
+                "layer {b} is out of range for a model with {n_layers} layers (0-{})",
+                n_layers.saturating_sub(1)
             )));
         }
         out.extend(a..=b);
@@ -337,8 +411,62 @@ mod tests {
     #[test]
     fn layer_lists() {
         assert_eq!(parse_layers("2-4|7", 10).unwrap(), [2, 3, 4, 7]);
-        assert!(parse_layers("5-30", 28).is_err());
+        assert_eq!(parse_layers("5", 10).unwrap(), [5]);
+        assert!(parse_layers("5-30", 28)
+            .unwrap_err()
+            .to_string()
+            .contains("out of range"));
         assert!(parse_layers("x", 28).is_err());
+        let e = parse_layers("5-2", 28).unwrap_err().to_string();
+        assert!(
+            e.contains("reversed range 5-2") && !e.contains("out of range"),
+            "{e}"
+        );
+        // Only '|' separates items: empty lists and other separators are refused.
+        for bad in ["", " ", "3|", "3;5", "3 5", "3,5"] {
+            assert!(parse_layers(bad, 28).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn options_are_typed_bounded_and_given_once() {
+        let part = |s: &str| s.parse::<DefenseSpec>().unwrap().parts.remove(0);
+        for (spec, key) in [
+            ("sarsteer=v:alpha=1e39", "alpha"),
+            ("sarsteer=v:alpha=nan", "alpha"),
+            ("sarsteer=v:alpha=inf", "alpha"),
+            ("actadd=v:coeff=1e30", "coeff"),
+            ("actadd=v:coeff=-1001", "coeff"),
+        ] {
+            let e = part(spec).option_f64(key).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("out of range"), "{spec}: {e}");
+        }
+        for beta in ["beta=nan", "beta=1|nan", "beta=1|1e30", "beta=1|x"] {
+            let p = part(&format!("sarsteer=v:{beta}"));
+            assert!(p.option_f64_list("beta").is_err(), "{beta}");
+        }
+        assert_eq!(
+            part("sarsteer=v:beta=1|0.5")
+                .option_f64_list("beta")
+                .unwrap(),
+            Some(vec![1.0, 0.5])
+        );
+        assert!(part("cast=v:threshold=2")
+            .option_f64_in("threshold", -1.0..=1.0)
+            .is_err());
+        assert!(part("sarsteer=v:normalize=maybe")
+            .option_bool("normalize")
+            .is_err());
+        let e = "sarsteer=v:alpha=0.1,alpha=0.2"
+            .parse::<DefenseSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'alpha'") && e.contains("twice"), "{e}");
+        let e = "sarsteer=v:layers=3,5"
+            .parse::<DefenseSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("layers=3|5|7"), "{e}");
     }
 }
 

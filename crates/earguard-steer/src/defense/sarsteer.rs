@@ -23,38 +23,32 @@ pub struct SarSteer {
 impl SarSteer {
     pub fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
         part.only_options(&["alpha", "layers", "beta", "positions", "normalize"])?;
-        let vector = SteeringVector::load(part.artifact()?)?;
-        vector.check_compatible(&model.info, force)?;
+        // Options first: a bad one is reported before any file is read.
         let n_layers = model.decoder.config().n_layers;
         let alpha = part.option_f64("alpha")?.unwrap_or(DEFAULT_ALPHA);
-        let layers = match part.option("layers") {
-            Some(s) => parse_layers(s, n_layers)?,
-            None => vector.directions.keys().copied().collect(),
-        };
-        let betas: Vec<f64> = match part.option("beta") {
-            None => vec![1.0; layers.len()],
-            Some(s) => {
-                let b: Vec<f64> = s
-                    .split('|')
-                    .map(|x| x.parse::<f64>())
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|_| {
-                        SteerError::Invalid(format!("beta '{s}': expected numbers like 1|0.5|1"))
-                    })?;
-                match b.len() {
-                    1 => vec![b[0]; layers.len()],
-                    n if n == layers.len() => b,
-                    n => {
-                        return Err(SteerError::Invalid(format!(
-                            "beta has {n} values for {} steered layers",
-                            layers.len()
-                        )))
-                    }
-                }
-            }
-        };
+        let layers = part
+            .option("layers")
+            .map(|s| parse_layers(s, n_layers))
+            .transpose()?;
+        let beta = part.option_f64_list("beta")?;
         let positions: Positions = part.option("positions").unwrap_or("last").parse()?;
-        let normalize = matches!(part.option("normalize"), Some("true" | "1" | "yes"));
+        let normalize = part.option_bool("normalize")?.unwrap_or(false);
+        let vector = SteeringVector::load(part.artifact()?)?;
+        vector.check_compatible(&model.info, force)?;
+        let layers = layers.unwrap_or_else(|| vector.directions.keys().copied().collect());
+        let betas: Vec<f64> = match beta {
+            None => vec![1.0; layers.len()],
+            Some(b) => match b.len() {
+                1 => vec![b[0]; layers.len()],
+                n if n == layers.len() => b,
+                n => {
+                    return Err(SteerError::Invalid(format!(
+                        "beta has {n} values for {} steered layers",
+                        layers.len()
+                    )))
+                }
+            },
+        };
         let hook = super::hook_of(&vector)?;
         let mut additions = Vec::with_capacity(layers.len());
         for (&l, &beta) in layers.iter().zip(&betas) {
