@@ -30,10 +30,10 @@ pub struct DemoArgs {
     #[arg(long, default_value = "../shared/data")]
     pub data_dir: PathBuf,
     /// AdvBench mirror pairs evaluated (each pair = one harmful + one benign prompt).
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 20, value_parser = crate::eval::positive)]
     pub pairs: usize,
     /// Tokens per response.
-    #[arg(long, default_value_t = 48, value_parser = crate::eval::positive)]
+    #[arg(long, default_value_t = 32, value_parser = crate::eval::positive)]
     pub max_tokens: usize,
     /// SARSteer strength.
     #[arg(long, default_value_t = 0.1)]
