@@ -133,6 +133,11 @@ fn absurd_defense_options_are_refused() {
             "normalize=maybe must be true or false",
         ),
         ("cast=vec:threshold=2", "threshold = 2 is out of range"),
+        ("ablate=vec:strength=1.5", "strength = 1.5 is out of range"),
+        (
+            "ablate=vec:strength=-0.25",
+            "strength = -0.25 is out of range",
+        ),
     ];
     for (spec, needle) in cases {
         let err = fails(bin().args([

@@ -27,19 +27,14 @@ pub struct Ablate {
 impl Ablate {
     pub fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
         part.only_options(&["layer", "strength"])?;
+        // The fraction of the refusal component removed (1 = full ablation).
+        let strength = part.option_f64_in("strength", 0.0..=1.0)?.unwrap_or(1.0);
         let vector = SteeringVector::load(part.artifact()?)?;
         vector.check_compatible(&model.info, force)?;
         let layer = selected_layer(&vector, part)?;
         let r = vector.directions.get(&layer).ok_or_else(|| {
             SteerError::Invalid(format!("the vector has no direction for layer {layer}"))
         })?;
-        let strength = part.option_f64("strength")?.unwrap_or(1.0);
-        if !(0.0..=1.0).contains(&strength) {
-            return Err(SteerError::Invalid(format!(
-                "ablate: strength={strength} must be in [0, 1] (the fraction of the refusal \
-                 component removed; 1 = full ablation)"
-            )));
-        }
         let mut ablate = Self::new(model, r, strength)?;
         ablate.describe = part.to_string();
         Ok(ablate)
