@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use earguard_data::{Label, Mode, PromptItem, PromptSet};
 use earguard_model::generate::{generate_batch, FinishReason, GenerateRequest, SamplingParams};
-use earguard_model::Model;
+use earguard_model::{ContentSpecials, Model};
 use earguard_steer::defense::Defense;
 use earguard_steer::inputs::InputStyle;
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{EvalError, Result};
 use crate::judge::{Judge, JudgeInput, Verdict};
+
+fn raw_specials() -> ContentSpecials {
+    ContentSpecials::Raw
+}
 
 /// Everything that determines a run's responses; resuming requires an identical one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +40,10 @@ pub struct RunConfig {
     pub mode: Mode,
     pub instruction: Option<String>,
     pub system: Option<String>,
+    /// How special-token strings in prompts were tokenized. Configs written before this
+    /// field existed came from whole-text tokenization, i.e. `raw`.
+    #[serde(default = "raw_specials")]
+    pub content_specials: ContentSpecials,
     pub samples: usize,
     pub temperature: f64,
     pub top_p: Option<f64>,
@@ -269,7 +277,7 @@ pub fn run(
             let messages = defense.rewrite(style.messages(&it.item, None)?);
             prompts.push(
                 model
-                    .encode_prompt(&messages)
+                    .encode_prompt(&messages, style.specials)
                     .map_err(|e| EvalError::Invalid(format!("prompt {}: {e}", it.item.id)))?,
             );
         }

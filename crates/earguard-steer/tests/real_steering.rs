@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use earguard_data::{Label, Mode, PromptItem, PromptSet};
 use earguard_model::generate::log_odds;
 use earguard_model::HookPoint;
-use earguard_model::{Logits, Model, Prompt};
+use earguard_model::{ContentSpecials, Logits, Model, Prompt};
 use earguard_steer::capture::forward_batch;
 use earguard_steer::defense::{build, DefenseSpec};
 use earguard_steer::inputs::{InputStyle, DEFAULT_REFUSAL_SUFFIX};
@@ -63,7 +63,9 @@ fn mean_score(model: &Model, spec: &str, items: &[PromptItem]) -> f32 {
         .iter()
         .map(|i| {
             let messages = defense.rewrite(style.messages(i, None).unwrap());
-            model.encode_prompt(&messages).unwrap()
+            model
+                .encode_prompt(&messages, ContentSpecials::Literal)
+                .unwrap()
         })
         .collect();
     let plan = defense.plan(model, &prompts).unwrap();
