@@ -45,7 +45,8 @@ mod token_type {
 ///
 /// Encoding always splits out the vocabulary's added tokens (`<|im_start|>` and friends), as
 /// chat templates expect; [`Tokenizer::encode_literal`] treats control tokens as plain text,
-/// for text that must not be able to open or close a turn.
+/// for text that must not be able to open or close a turn, and [`Tokenizer::encode_spans`]
+/// does both in one prompt: markup parsed, message content literal.
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -370,9 +371,13 @@ impl Tokenizer {
                 split.get_splits(OffsetReferential::Original, OffsetType::Byte)
             {
                 let piece = &markup[start..end];
-                let special = tokens
-                    .as_ref()
-                    .is_some_and(|t| t.iter().any(|t| added.is_special_token(&t.value)));
+                // By id: a match's text includes the spaces an lstrip/rstrip token takes.
+                let special = tokens.iter().flatten().any(|t| {
+                    added
+                        .get_added_tokens_decoder()
+                        .get(&t.id)
+                        .is_some_and(|a| a.special)
+                });
                 if special {
                     flush(&mut text, &mut pieces)?;
                     pieces.push(self.inner.encode_fast(piece, false).map_err(err)?);
