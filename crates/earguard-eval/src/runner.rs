@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use earguard_data::{Label, Mode, PromptItem, PromptSet};
 use earguard_model::generate::{generate_batch, FinishReason, GenerateRequest, SamplingParams};
-use earguard_model::Model;
+use earguard_model::{ContentSpecials, Model};
 use earguard_steer::defense::Defense;
 use earguard_steer::inputs::InputStyle;
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,10 @@ use sha2::{Digest, Sha256};
 use crate::degenerate::{classify, Degenerate};
 use crate::error::{EvalError, Result};
 use crate::judge::{Judge, JudgeInput, Verdict};
+
+fn raw_specials() -> ContentSpecials {
+    ContentSpecials::Raw
+}
 
 /// Everything that determines a run's responses; resuming requires an identical one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +53,10 @@ pub struct RunConfig {
     pub mode: Mode,
     pub instruction: Option<String>,
     pub system: Option<String>,
+    /// How special-token strings in prompts were tokenized. Configs written before this
+    /// field existed came from whole-text tokenization, i.e. `raw`.
+    #[serde(default = "raw_specials")]
+    pub content_specials: ContentSpecials,
     pub samples: usize,
     pub temperature: f64,
     pub top_p: Option<f64>,
@@ -457,7 +465,7 @@ pub fn check_items<'a>(
         let checked = style
             .messages(&it.item, None)
             .map_err(EvalError::from)
-            .and_then(|m| Ok(model.encode_prompt(&defense.rewrite(m))?));
+            .and_then(|m| Ok(model.encode_prompt(&defense.rewrite(m), style.specials)?));
         match checked {
             Ok(_) => good.push(it),
             Err(e) => bad.push(SkippedItem {
@@ -579,7 +587,7 @@ fn generate_rows(
             let messages = defense.rewrite(style.messages(&it.item, None)?);
             prompts.push(
                 model
-                    .encode_prompt(&messages)
+                    .encode_prompt(&messages, style.specials)
                     .map_err(|e| EvalError::Invalid(format!("prompt {}: {e}", it.item.id)))?,
             );
         }
@@ -706,6 +714,7 @@ mod tests {
             mode: Mode::TextOnly,
             instruction: None,
             system: None,
+            content_specials: ContentSpecials::Literal,
             samples: 2,
             temperature: 0.0,
             top_p: None,

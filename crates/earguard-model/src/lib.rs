@@ -18,6 +18,7 @@ pub mod tokenizer;
 pub mod weights;
 pub mod whisper;
 
+pub use chat::{ChatMessage, ContentSpecials};
 pub use config::{Architecture, DecoderConfig};
 pub use decoder::{Decoder, ForwardOutput, KvCache, Logits};
 pub use error::{ModelError, Result};

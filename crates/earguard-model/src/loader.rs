@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::chat::{ChatMessage, ChatTemplate};
+use crate::chat::{spans_text, ChatMessage, ChatTemplate, ContentSpecials, Span};
 use crate::config::DecoderConfig;
 use crate::decoder::Decoder;
 use crate::error::{ModelError, Result};
@@ -313,33 +313,52 @@ impl Model {
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
         match &self.chat_template {
             Some(t) => t.render(messages, true),
-            None => Ok(messages
-                .iter()
-                .filter_map(|m| m.content.as_str())
-                .collect::<Vec<_>>()
-                .join("\n")),
+            None => Ok(spans_text(&self.render_spans(messages)?)),
         }
     }
 
-    /// Token ids of a chat prompt (system optional, then one user turn).
+    /// [`render_chat`](Self::render_chat), split into the template's markup and the
+    /// messages' content (see [`ChatTemplate::render_spans`]).
+    pub fn render_spans(&self, messages: &[ChatMessage]) -> Result<Vec<Span>> {
+        match &self.chat_template {
+            Some(t) => t.render_spans(messages, true),
+            None => {
+                let mut spans = Vec::new();
+                for text in messages.iter().filter_map(|m| m.content.as_str()) {
+                    if !spans.is_empty() {
+                        spans.push(Span::Markup("\n".into()));
+                    }
+                    spans.push(Span::Content(text.to_owned()));
+                }
+                Ok(spans)
+            }
+        }
+    }
+
+    /// Token ids of a chat prompt (system optional, then one user turn), content literal.
     pub fn encode_chat(&self, system: Option<&str>, user: &str) -> Result<Vec<u32>> {
         let mut messages = Vec::with_capacity(2);
         if let Some(s) = system {
             messages.push(ChatMessage::system(s));
         }
         messages.push(ChatMessage::user(user));
-        self.encode_messages(&messages)
+        Ok(self.encode_prompt(&messages, ContentSpecials::Literal)?.ids)
     }
 
-    /// Token ids of a conversation rendered with the chat template, ending in the assistant
-    /// prompt; refused if longer than the model's context.
-    pub fn encode_messages(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        self.encode_rendered(&self.render_chat(messages)?)
+    /// Token ids of a rendered conversation, special tokens in content as `specials` says.
+    pub(crate) fn encode_spans(
+        &self,
+        spans: &[Span],
+        specials: ContentSpecials,
+    ) -> Result<Vec<u32>> {
+        match specials {
+            ContentSpecials::Literal => self.tokenizer.encode_spans(spans, true),
+            ContentSpecials::Raw => self.tokenizer.encode(&spans_text(spans), true),
+        }
     }
 
-    /// Token ids of an already rendered prompt; refused if longer than the model's context.
-    pub(crate) fn encode_rendered(&self, text: &str) -> Result<Vec<u32>> {
-        let ids = self.tokenizer.encode(text, true)?;
+    /// Refuse a prompt longer than the model's context.
+    pub(crate) fn check_length(&self, ids: &[u32]) -> Result<()> {
         let context = self.decoder.config().context_length;
         if ids.len() > context {
             return Err(ModelError::PromptTooLong {
@@ -347,6 +366,6 @@ impl Model {
                 context,
             });
         }
-        Ok(ids)
+        Ok(())
     }
 }

@@ -6,12 +6,14 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 use serde_json::Value;
 
-use crate::chat::ChatMessage;
+use crate::chat::{ChatMessage, ContentSpecials};
 use crate::decoder::{Decoder, ForwardOutput, KvCache, Logits};
 use crate::error::{ModelError, Result};
 use crate::hooks::InterventionPlan;
 use crate::loader::Model;
-use crate::qwen2_audio::{expand_audio_placeholders, n_audio_tokens, AUDIO_TOKEN};
+use crate::qwen2_audio::{
+    expand_audio_ids, n_audio_tokens, AudioTokenIds, AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN, AUDIO_TOKEN,
+};
 
 /// Projected audio features that replace a prompt's `<|AUDIO|>` tokens, in order.
 #[derive(Debug, Clone)]
@@ -214,22 +216,34 @@ pub fn audio_parts(messages: &[ChatMessage]) -> Vec<String> {
 }
 
 impl Model {
-    /// The model input for a conversation: rendered with the chat template, and for audio
-    /// content parts, each file decoded (16 kHz mono, at most one 30 s window), featurised
-    /// (Whisper log-mel), encoded by the audio tower, and its placeholder expanded to as many
-    /// `<|AUDIO|>` tokens as the tower gives rows.
-    pub fn encode_prompt(&self, messages: &[ChatMessage]) -> Result<Prompt> {
+    /// The model input for a conversation: rendered with the chat template and tokenized,
+    /// special-token strings in message content as `specials` says (literal text unless
+    /// [`ContentSpecials::Raw`]); for audio content parts, each file decoded (16 kHz mono, at
+    /// most one 30 s window), featurised (Whisper log-mel), encoded by the audio tower, and
+    /// its placeholder expanded to as many `<|AUDIO|>` tokens as the tower gives rows.
+    /// Refused if longer than the model's context.
+    pub fn encode_prompt(
+        &self,
+        messages: &[ChatMessage],
+        specials: ContentSpecials,
+    ) -> Result<Prompt> {
         let files = audio_parts(messages);
-        if files.is_empty() {
-            return Ok(Prompt::text(self.encode_messages(messages)?));
-        }
-        let tower = self.audio.as_ref().ok_or_else(|| {
-            ModelError::Invalid(format!(
-                "{} is a text model: audio inputs need an audio-language model (Qwen2-Audio); \
-                 use text-only mode",
-                self.info.name
-            ))
-        })?;
+        let tower = match (&self.audio, files.is_empty()) {
+            (_, true) => None,
+            (Some(tower), false) => Some(tower),
+            (None, false) => {
+                return Err(ModelError::Invalid(format!(
+                    "{} is a text model: audio inputs need an audio-language model \
+                     (Qwen2-Audio); use text-only mode",
+                    self.info.name
+                )))
+            }
+        };
+        let ids = self.encode_spans(&self.render_spans(messages)?, specials)?;
+        let Some(tower) = tower else {
+            self.check_length(&ids)?;
+            return Ok(Prompt::text(ids));
+        };
         let mel = earguard_audio::MelExtractor::new(tower.n_mels())?;
         let mut counts = Vec::with_capacity(files.len());
         let mut rows = Vec::with_capacity(files.len());
@@ -245,8 +259,18 @@ impl Model {
             counts.push(n_audio_tokens(features.valid_frames));
             rows.push(encoded);
         }
-        let text = expand_audio_placeholders(&self.render_chat(messages)?, &counts)?;
-        let ids = self.encode_rendered(&text)?;
+        let token = |text: &str| {
+            self.tokenizer
+                .token_to_id(text)
+                .ok_or_else(|| ModelError::Invalid(format!("the vocabulary has no {text} token")))
+        };
+        let tokens = AudioTokenIds {
+            audio: tower.audio_token_id,
+            bos: token(AUDIO_BOS_TOKEN)?,
+            eos: token(AUDIO_EOS_TOKEN)?,
+        };
+        let ids = expand_audio_ids(&ids, tokens, &counts)?;
+        self.check_length(&ids)?;
         Ok(Prompt {
             ids,
             audio: Some(AudioRows {

@@ -16,8 +16,11 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::unicode::NFC;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+use tokenizers::{
+    AddedToken, OffsetReferential, OffsetType, PreTokenizerWrapper, SplitDelimiterBehavior,
+};
 
+use crate::chat::Span;
 use crate::error::{ModelError, Result};
 
 /// Special-token names that end a turn or a document in the chat models we run; generation
@@ -42,7 +45,8 @@ mod token_type {
 ///
 /// Encoding always splits out the vocabulary's added tokens (`<|im_start|>` and friends), as
 /// chat templates expect; [`Tokenizer::encode_literal`] treats control tokens as plain text,
-/// for text that must not be able to open or close a turn.
+/// for text that must not be able to open or close a turn, and [`Tokenizer::encode_spans`]
+/// does both in one prompt: markup parsed, message content literal.
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -322,12 +326,73 @@ impl Tokenizer {
     /// text (llama.cpp's `parse_special = false`), so untrusted text cannot inject turn
     /// markers. User-defined added tokens are still matched.
     pub fn encode_literal(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let literal = self.literal.get_or_init(|| {
+        self.encode_with(self.literal(), text, add_special_tokens)
+    }
+
+    fn literal(&self) -> &tokenizers::Tokenizer {
+        self.literal.get_or_init(|| {
             let mut t = self.inner.clone();
             t.set_encode_special_tokens(true);
             t
-        });
-        self.encode_with(literal, text, add_special_tokens)
+        })
+    }
+
+    /// Token ids of a rendered prompt: special tokens are split out of the [`Span::Markup`]
+    /// pieces only; [`Span::Content`] is text, as [`encode_literal`](Self::encode_literal)
+    /// makes it. Where no content holds a special-token string, the ids equal those of
+    /// [`encode`](Self::encode) on the whole text: the text between two markup special tokens
+    /// is tokenized as one piece either way, and post-processing (BOS) runs once on the whole.
+    pub fn encode_spans(&self, spans: &[Span], add_special_tokens: bool) -> Result<Vec<u32>> {
+        let err = |e: tokenizers::Error| ModelError::Tokenizer(format!("cannot encode text: {e}"));
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        let flush = |text: &mut String, pieces: &mut Vec<tokenizers::Encoding>| -> Result<()> {
+            if !text.is_empty() {
+                pieces.push(
+                    self.literal()
+                        .encode_fast(text.as_str(), false)
+                        .map_err(err)?,
+                );
+                text.clear();
+            }
+            Ok(())
+        };
+        for span in spans {
+            let markup = match span {
+                Span::Content(t) => {
+                    text.push_str(t);
+                    continue;
+                }
+                Span::Markup(t) => t,
+            };
+            let added = self.inner.get_added_vocabulary();
+            let split = added.extract_and_normalize(self.inner.get_normalizer(), markup);
+            for (_, (start, end), tokens) in
+                split.get_splits(OffsetReferential::Original, OffsetType::Byte)
+            {
+                let piece = &markup[start..end];
+                // By id: a match's text includes the spaces an lstrip/rstrip token takes.
+                let special = tokens.iter().flatten().any(|t| {
+                    added
+                        .get_added_tokens_decoder()
+                        .get(&t.id)
+                        .is_some_and(|a| a.special)
+                });
+                if special {
+                    flush(&mut text, &mut pieces)?;
+                    pieces.push(self.inner.encode_fast(piece, false).map_err(err)?);
+                } else {
+                    text.push_str(piece);
+                }
+            }
+        }
+        flush(&mut text, &mut pieces)?;
+        let merged = tokenizers::Encoding::merge(pieces, false);
+        let enc = self
+            .inner
+            .post_process(merged, None, add_special_tokens)
+            .map_err(err)?;
+        Ok(self.fix_bos(enc.get_ids().to_vec(), add_special_tokens))
     }
 
     fn encode_with(
@@ -339,7 +404,11 @@ impl Tokenizer {
         let enc = tok
             .encode_fast(text, add_special_tokens)
             .map_err(|e| ModelError::Tokenizer(format!("cannot encode text: {e}")))?;
-        let mut ids = enc.get_ids().to_vec();
+        Ok(self.fix_bos(enc.get_ids().to_vec(), add_special_tokens))
+    }
+
+    /// BOS where the model asks for it and the post-processor did not add it; never twice.
+    fn fix_bos(&self, mut ids: Vec<u32>, add_special_tokens: bool) -> Vec<u32> {
         if add_special_tokens {
             if let Some(bos) = self.bos {
                 if self.ensure_bos && ids.first() != Some(&bos) {
@@ -350,7 +419,7 @@ impl Tokenizer {
                 }
             }
         }
-        Ok(ids)
+        ids
     }
 
     /// Text of `ids`; unknown ids (e.g. padding rows of the embedding) decode to nothing.

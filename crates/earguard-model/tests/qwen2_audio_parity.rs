@@ -17,7 +17,7 @@ use earguard_model::qwen2_audio::{
     expand_audio_ids, expand_audio_placeholders, n_audio_tokens, AudioLanguageModel, AudioTokenIds,
     AudioTowerInfo,
 };
-use earguard_model::{HookPoint, InterventionPlan, Logits, Positions};
+use earguard_model::{ContentSpecials, HookPoint, InterventionPlan, Logits, Positions};
 
 const TOL: f32 = 1e-4;
 const AUDIO_ID: u32 = 499;
@@ -328,7 +328,9 @@ fn audio_file_prompt_reproduces_hf_end_to_end() {
             {"type": "text", "text": "What is it?"}
         ]),
     }];
-    let prompt = model.encode_prompt(&messages).unwrap();
+    let prompt = model
+        .encode_prompt(&messages, ContentSpecials::Literal)
+        .unwrap();
     let want: Vec<u32> = expected_ids(&exp);
     assert_eq!(prompt.ids, want);
     let rows = &prompt.audio.as_ref().expect("audio rows").rows;
@@ -373,10 +375,16 @@ fn audio_file_prompt_reproduces_hf_end_to_end() {
         role: "user".into(),
         content: serde_json::json!([{"type": "audio", "audio_url": "/no/such/file.wav"}]),
     }];
-    let err = model.encode_prompt(&missing).unwrap_err().to_string();
+    let err = model
+        .encode_prompt(&missing, ContentSpecials::Literal)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("/no/such/file.wav"), "{err}");
     let text_model = fixture().parent().unwrap().join("tiny-qwen2");
     let text_model = earguard_model::load(text_model.to_str().unwrap()).unwrap();
-    let err = text_model.encode_prompt(&messages).unwrap_err().to_string();
+    let err = text_model
+        .encode_prompt(&messages, ContentSpecials::Literal)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("audio-language model"), "{err}");
 }

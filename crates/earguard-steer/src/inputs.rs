@@ -7,7 +7,7 @@
 //! A refusal suffix `r` (SARSteer's contrast) is glued to the end of the user's text.
 
 use earguard_data::{Mode, PromptItem};
-use earguard_model::chat::ChatMessage;
+use earguard_model::chat::{ChatMessage, ContentSpecials};
 use serde_json::json;
 
 use crate::error::{Result, SteerError};
@@ -24,6 +24,8 @@ pub struct InputStyle {
     /// The text instruction `t` of audio-text mode.
     pub instruction: String,
     pub system: Option<String>,
+    /// How special-token strings in the messages are tokenized (literal by default).
+    pub specials: ContentSpecials,
 }
 
 impl InputStyle {
@@ -32,6 +34,7 @@ impl InputStyle {
             mode,
             instruction: DEFAULT_INSTRUCTION.to_string(),
             system: None,
+            specials: ContentSpecials::Literal,
         }
     }
 

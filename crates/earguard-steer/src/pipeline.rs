@@ -43,7 +43,7 @@ impl FitSetup<'_> {
             .map(|item| {
                 let messages = self.style.messages(item, suffix)?;
                 self.model
-                    .encode_prompt(&messages)
+                    .encode_prompt(&messages, self.style.specials)
                     .map_err(|e| SteerError::Invalid(format!("prompt {}: {e}", item.id)))
             })
             .collect()

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use earguard_data::{Label, Mode, PromptItem, PromptSet};
 use earguard_model::generate::log_odds;
+use earguard_model::{ContentSpecials, Logits, Model, Prompt};
 use earguard_model::{HookPoint, InterventionPlan, Positions};
-use earguard_model::{Logits, Model, Prompt};
 use earguard_steer::capture::forward_batch;
 use earguard_steer::defense::{build, Ablate, Defense, DefenseSpec, NoDefense};
 use earguard_steer::inputs::{InputStyle, DEFAULT_REFUSAL_SUFFIX};
@@ -66,7 +66,9 @@ fn encode(model: &Model, defense: &dyn Defense, items: &[PromptItem]) -> Vec<Pro
         .iter()
         .map(|i| {
             let messages = defense.rewrite(style.messages(i, None).unwrap());
-            model.encode_prompt(&messages).unwrap()
+            model
+                .encode_prompt(&messages, ContentSpecials::Literal)
+                .unwrap()
         })
         .collect()
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use earguard_data::{Label, Mode, PromptItem};
-use earguard_model::chat::ChatMessage;
+use earguard_model::chat::{ChatMessage, ContentSpecials};
 use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
 use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::tokenizer::TokenStream;
@@ -76,6 +76,30 @@ pub struct GenerateArgs {
     /// Skip the model-identity check of steering vectors (sizes are always checked).
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub tokens: SpecialsArg,
+}
+
+/// How message content is tokenized, for every command that encodes prompts.
+#[derive(Args, Clone, Copy, Default)]
+pub struct SpecialsArg {
+    /// UNSAFE, for research on injections: parse special-token strings written in prompts,
+    /// system messages and instructions (`<|im_end|>`, `<|im_start|>`, ...) as real turn
+    /// markers, so a prompt can close its own turn and write the assistant's. Off by default:
+    /// content is tokenized as plain text and only the chat template's markup yields special
+    /// tokens.
+    #[arg(long)]
+    pub raw_specials: bool,
+}
+
+impl SpecialsArg {
+    pub fn specials(self) -> ContentSpecials {
+        if self.raw_specials {
+            ContentSpecials::Raw
+        } else {
+            ContentSpecials::Literal
+        }
+    }
 }
 
 pub fn load_model(spec: &str, quiet: bool) -> Result<Model> {
@@ -187,7 +211,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     }
     let defense = earguard_steer::defense::build(&spec, &model, args.force)?;
     let (mode, messages) = generate_messages(&args)?;
-    let prompt = model.encode_prompt(&defense.rewrite(messages))?;
+    let prompt = model.encode_prompt(&defense.rewrite(messages), args.tokens.specials())?;
     let plan = defense.plan(&model, std::slice::from_ref(&prompt))?;
     let stop = model.tokenizer.stop_token_ids();
     let request = GenerateRequest {

@@ -118,6 +118,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         skip_bad_lines: false,
         force: false,
         alpha: Some(args.alpha),
+        tokens: Default::default(),
     };
     let prepared = prepare(&settings)?;
     let sar_s = sar_dir.display().to_string();

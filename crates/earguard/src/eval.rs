@@ -17,6 +17,8 @@ use earguard_model::Model;
 use earguard_steer::defense::{self, DefenseSpec};
 use earguard_steer::inputs::{InputStyle, DEFAULT_INSTRUCTION};
 
+use crate::commands::SpecialsArg;
+
 /// What every evaluation takes, shared by eval, sweep and demo.
 #[derive(Args, Clone)]
 pub struct EvalSettings {
@@ -72,6 +74,8 @@ pub struct EvalSettings {
     /// Steering strength for sarsteer / text-steer / cast when the spec does not set alpha.
     #[arg(long)]
     pub alpha: Option<f64>,
+    #[command(flatten)]
+    pub tokens: SpecialsArg,
 }
 
 #[derive(Args)]
@@ -215,6 +219,7 @@ pub fn evaluate(
     let mut style = InputStyle::new(s.mode);
     style.instruction = s.instruction.clone();
     style.system = s.system.clone();
+    style.specials = s.tokens.specials();
     let config = RunConfig {
         model: model.info.name.clone(),
         model_identity: model.info.identity.clone(),
@@ -223,6 +228,7 @@ pub fn evaluate(
         mode: s.mode,
         instruction: s.mode.needs_audio().then(|| s.instruction.clone()),
         system: s.system.clone(),
+        content_specials: style.specials,
         samples: s.samples,
         temperature: s.temperature,
         top_p: s.top_p,

@@ -12,6 +12,8 @@ use earguard_steer::artifact::{DatasetRef, SteeringVector};
 use earguard_steer::inputs::{InputStyle, DEFAULT_INSTRUCTION, DEFAULT_REFUSAL_SUFFIX};
 use earguard_steer::pipeline::{FitSetup, LayerSelection};
 
+use crate::commands::SpecialsArg;
+
 #[derive(Subcommand)]
 pub enum FitCommand {
     /// SARSteer: text-derived refusal steering with safe-space ablation (SPEC §1).
@@ -64,6 +66,8 @@ pub struct FitCommon {
     /// them). Default: OUT.captures next to OUT.
     #[arg(long)]
     pub captures: Option<PathBuf>,
+    #[command(flatten)]
+    pub tokens: SpecialsArg,
 }
 
 impl FitCommon {
@@ -199,6 +203,7 @@ fn setup<'a>(model: &'a Model, c: &FitCommon, refs: Vec<DatasetRef>) -> Result<F
         .with_context(|| format!("--hook {}", c.hook))?;
     let mut style = InputStyle::new(c.mode);
     style.instruction = c.instruction.clone();
+    style.specials = c.tokens.specials();
     Ok(FitSetup {
         model,
         style,
