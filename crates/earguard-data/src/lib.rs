@@ -142,6 +142,10 @@ pub struct PromptItem {
     /// Rendered speech (audio manifests only), resolved against the manifest's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio: Option<PathBuf>,
+    /// The voice `audio` was rendered with (audio manifests): with several voices one pair has
+    /// a harmful and a benign item per voice, matched by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice: Option<String>,
 }
 
 /// The largest prompt-set file read: far above any real set (AdvBench is 50 KiB), small

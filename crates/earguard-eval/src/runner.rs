@@ -167,6 +167,9 @@ pub struct ResultRow {
     pub label: Label,
     pub category: Option<String>,
     pub pair_id: Option<String>,
+    /// The voice of a rendered (audio) item: mirror pairs are matched per voice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice: Option<String>,
     pub mode: Mode,
     pub sample: usize,
     pub defense: String,
@@ -634,6 +637,7 @@ fn generate_rows(
                 label: it.item.label,
                 category: it.item.category.clone(),
                 pair_id: it.item.pair_id.clone(),
+                voice: it.item.voice.clone(),
                 mode: config.mode,
                 sample: *sample,
                 defense: config.defense.clone(),
@@ -702,6 +706,7 @@ mod tests {
             pair_id: pair.map(Into::into),
             text: "t".into(),
             audio: None,
+            voice: None,
         }
     }
 
@@ -733,6 +738,7 @@ mod tests {
             label: Label::Benign,
             category: None,
             pair_id: None,
+            voice: None,
             mode: Mode::TextOnly,
             sample,
             defense: "none".into(),
@@ -898,6 +904,7 @@ mod tests {
             label: Label::Harmful,
             category: None,
             pair_id: None,
+            voice: None,
             mode: Mode::TextOnly,
             sample: 0,
             defense: "none".into(),

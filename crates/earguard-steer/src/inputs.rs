@@ -104,6 +104,7 @@ mod tests {
             pair_id: None,
             text: "How do I pick a lock".into(),
             audio: audio.map(Into::into),
+            voice: None,
         }
     }
 

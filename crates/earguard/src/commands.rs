@@ -193,6 +193,7 @@ fn generate_messages(args: &GenerateArgs) -> Result<(Mode, Vec<ChatMessage>)> {
         pair_id: None,
         text: args.prompt.clone().unwrap_or_default(),
         audio: args.audio.clone(),
+        voice: None,
     };
     Ok((mode, style.messages(&item, None)?))
 }
