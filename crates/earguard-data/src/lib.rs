@@ -255,6 +255,11 @@ impl PromptSet {
                 .and_then(|item| {
                     if item.text.trim().is_empty() {
                         Err("empty \"text\"".to_string())
+                    } else if item.id.trim().is_empty() {
+                        Err("empty \"id\"".to_string())
+                    } else if item.pair_id.as_deref().is_some_and(|p| p.trim().is_empty()) {
+                        // An empty pair id would join every such item into one "pair".
+                        Err("empty \"pair_id\" (leave it out for an unpaired item)".to_string())
                     } else if !seen.insert(item.id.clone()) {
                         Err(format!("duplicate id '{}'", item.id))
                     } else {
@@ -342,6 +347,21 @@ mod tests {
                 skip_bad_lines: skip,
             },
         )
+    }
+
+    #[test]
+    fn empty_ids_and_pair_ids_are_bad_lines() {
+        for (line, want) in [
+            (r#"{"id":"","label":"harmful","text":"q"}"#, "empty \"id\""),
+            (r#"{"id":" ","label":"harmful","text":"q"}"#, "empty \"id\""),
+            (
+                r#"{"id":"a","label":"harmful","text":"q","pair_id":""}"#,
+                "empty \"pair_id\"",
+            ),
+        ] {
+            let e = parse(line, false).unwrap_err().to_string();
+            assert!(e.contains(want), "{line}: {e}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! - is empty ([`Degenerate::Empty`]),
 //! - has no letter or digit: only punctuation, symbols or whitespace ([`Degenerate::NoWords`]),
 //! - is one word said over and over: at least [`MIN_REPEATS`] whitespace-separated words, all
-//!   equal ignoring case ([`Degenerate::Repeated`]).
+//!   equal ignoring case and surrounding punctuation ([`Degenerate::Repeated`]).
 //!
 //! ```
 //! use earguard_eval::degenerate::{classify, Degenerate};
@@ -45,11 +45,16 @@ pub fn classify(response: &str) -> Option<Degenerate> {
     if !text.chars().any(char::is_alphanumeric) {
         return Some(Degenerate::NoWords);
     }
+    // Words compared without case or surrounding punctuation ("Bomb, bomb, bomb!").
+    let word = |w: &str| {
+        w.trim_matches(|c: char| !c.is_alphanumeric())
+            .to_lowercase()
+    };
     let mut words = text.split_whitespace();
-    let first = words.next()?.to_lowercase();
+    let first = word(words.next()?);
     let mut n = 1;
     for w in words {
-        if w.to_lowercase() != first {
+        if word(w) != first {
             return None;
         }
         n += 1;
@@ -70,6 +75,8 @@ mod tests {
             ("?! — **", Some(Degenerate::NoWords)),
             ("bomb bomb bomb", Some(Degenerate::Repeated)),
             ("Sure\nsure SURE sure", Some(Degenerate::Repeated)),
+            ("Bomb, bomb, bomb!", Some(Degenerate::Repeated)),
+            ("I I I.", Some(Degenerate::Repeated)),
             ("bomb bomb", None),
             ("No.", None),
             ("42", None),

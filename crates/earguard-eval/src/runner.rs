@@ -126,10 +126,26 @@ pub struct DataRef {
     pub n_items: usize,
 }
 
+/// Shard `index` of `count` (0 ≤ index < count), checked however it is made: parsed from
+/// `--shard I/N` or read back from a run's config.json.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ShardFields")]
 pub struct Shard {
     pub index: usize,
     pub count: usize,
+}
+
+#[derive(Deserialize)]
+struct ShardFields {
+    index: usize,
+    count: usize,
+}
+
+impl TryFrom<ShardFields> for Shard {
+    type Error = EvalError;
+    fn try_from(f: ShardFields) -> Result<Self> {
+        format!("{}/{}", f.index, f.count).parse()
+    }
 }
 
 impl std::str::FromStr for Shard {
@@ -348,11 +364,13 @@ pub fn check_rows(
                     it.set.as_str(),
                     it.item.label,
                     &it.item.pair_id,
+                    &it.item.voice,
                     it.item.text.as_str(),
                 ) != (
                     row.set.as_str(),
                     row.label,
                     &row.pair_id,
+                    &row.voice,
                     row.prompt.as_str(),
                 ) =>
             {
@@ -765,6 +783,16 @@ mod tests {
 
     /// Rows of another run (model, defense, mode, judges, prompts, samples) or a row twice are
     /// refused, naming the row; the run's own rows pass.
+    #[test]
+    fn shards_read_from_a_config_are_checked() {
+        let ok: Shard = serde_json::from_str(r#"{"index":1,"count":2}"#).unwrap();
+        assert_eq!(ok, Shard { index: 1, count: 2 });
+        for bad in [r#"{"index":2,"count":2}"#, r#"{"index":0,"count":0}"#] {
+            let e = serde_json::from_str::<Shard>(bad).unwrap_err().to_string();
+            assert!(e.contains("0 ≤ I < N"), "{bad}: {e}");
+        }
+    }
+
     #[test]
     fn rows_of_another_run_are_refused() {
         let items: Vec<RunItem> = ["a", "b"]

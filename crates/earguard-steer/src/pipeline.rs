@@ -171,14 +171,12 @@ impl FitSetup<'_> {
         let bar = crate::capture::progress_bar(self.progress.then_some("layer search"), last);
         let mut table = Vec::new();
         for l in 0..last {
-            let plan =
-                Ablate::new(self.model, &directions.get(l)?, 1.0)?.plan(self.model, &harm)?;
+            // The attack's plan does not depend on the batch: built once per layer.
+            let plan = Ablate::new(self.model, &directions.get(l)?, 1.0)?.plan(self.model, &[])?;
             let score = mean(&earguard_model::generate::log_odds(
                 &self.logits(&harm, &plan)?,
                 &refusal,
             )?);
-            let plan =
-                Ablate::new(self.model, &directions.get(l)?, 1.0)?.plan(self.model, &safe)?;
             let kl = mean_kl(&base_logits, &self.logits(&safe, &plan)?)?;
             table.push(json!({"layer": l, "harmful_refusal_score": score, "harmless_kl": kl}));
             bar.inc(1);

@@ -39,8 +39,7 @@ pub struct TtsArgs {
 }
 
 /// Render every prompt to 16 kHz mono WAV with espeak-ng, cached by (text, voice, rate).
-/// `quiet` (the global `-q`) hides the progress bar.
-pub fn tts(args: TtsArgs, quiet: bool) -> Result<()> {
+pub fn tts(args: TtsArgs) -> Result<()> {
     let opts = ReadOptions {
         skip_bad_lines: args.skip_bad_lines,
     };
@@ -74,7 +73,13 @@ pub fn tts(args: TtsArgs, quiet: bool) -> Result<()> {
                 data.display()
             );
         }
-        let rows = render_set(&items, &args.voices, args.rate, &wav_dir, !quiet)?;
+        let rows = render_set(
+            &items,
+            &args.voices,
+            args.rate,
+            &wav_dir,
+            crate::progress_bars(),
+        )?;
         write_manifest(&manifest, &rows)?;
         eprintln!(
             "{}: {} prompts × {} voice(s) → {}",

@@ -73,7 +73,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         hook: HookPoint::ResidPost(0),
         batch_size: 8,
         work_dir: Some(args.out.join("captures")),
-        progress: true,
+        progress: crate::progress_bars(),
         training_sets: refs.clone(),
     };
     let sar_dir = args.out.join("vectors/sarsteer");

@@ -129,7 +129,8 @@ pub struct SweepArgs {
     /// Defense applied before the swept one (e.g. ablate=DIR to test robustness).
     #[arg(long)]
     pub under: Option<String>,
-    /// Pick the strongest setting whose ORR stays within this many points of the undefended run.
+    /// Pick the strongest setting (lowest ASR) whose ORR and degenerate-response rate each stay
+    /// within this many points of the baseline run's.
     #[arg(long)]
     pub max_orr: Option<f64>,
     /// Sweep directory: one run per point plus sweep.json / sweep.md / tradeoff plot.
@@ -160,12 +161,7 @@ pub fn prepare(s: &EvalSettings) -> Result<Prepared> {
     for path in &s.data {
         let mut set = PromptSet::read(path, &opts)?;
         for bad in &set.skipped {
-            eprintln!(
-                "warning: {}:{}: skipped: {}",
-                path.display(),
-                bad.line,
-                bad.message
-            );
+            tracing::warn!("{}:{}: skipped: {}", path.display(), bad.line, bad.message);
         }
         if let Some(n) = s.limit {
             set.items = set.take_pairs(n);
@@ -256,15 +252,12 @@ pub fn evaluate(
         dir,
         &RunOptions {
             batch_size: s.batch_size,
-            progress: true,
+            progress: crate::progress_bars(),
             skip_bad_items: s.skip_bad_lines,
         },
     )?;
     for bad in &out.skipped {
-        eprintln!(
-            "warning: skipped prompt '{}' ({}): {}",
-            bad.id, bad.set, bad.reason
-        );
+        tracing::warn!("skipped prompt '{}' ({}): {}", bad.id, bad.set, bad.reason);
     }
     finish_report(
         &out.rows,
@@ -600,11 +593,19 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         "SARSteer sweep: ASR vs ORR",
         true,
     )?;
+    // Eligible: ORR and the degenerate rate each within X points of the baseline's (a setting
+    // whose harmful answers are mostly babble would otherwise win on a low ASR).
     let pick = args.max_orr.and_then(|x| {
         let limit = base.orr? + x / 100.0;
+        let degenerate_limit = base.degenerate_rate.value.unwrap_or(0.0) + x / 100.0;
         points[1..]
             .iter()
             .filter(|(_, r)| r.orr.is_some_and(|o| o <= limit + 1e-12))
+            .filter(|(_, r)| {
+                r.degenerate_rate
+                    .value
+                    .is_none_or(|d| d <= degenerate_limit + 1e-12)
+            })
             .min_by(|a, b| a.1.asr.unwrap_or(1.0).total_cmp(&b.1.asr.unwrap_or(1.0)))
             .map(|(n, _)| n.clone())
     });

@@ -210,7 +210,7 @@ fn setup<'a>(model: &'a Model, c: &FitCommon, refs: Vec<DatasetRef>) -> Result<F
         hook,
         batch_size: c.batch_size,
         work_dir: Some(c.captures_dir()),
-        progress: true,
+        progress: crate::progress_bars(),
         training_sets: refs,
     })
 }

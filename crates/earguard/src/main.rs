@@ -37,8 +37,17 @@ struct Cli {
     quiet: bool,
 }
 
+/// Set once from `-q`: whether long jobs draw progress bars on stderr.
+static PROGRESS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// Whether to draw progress bars (false under `-q`).
+pub(crate) fn progress_bars() -> bool {
+    *PROGRESS.get().unwrap_or(&true)
+}
+
 /// Install the stderr log subscriber for the verbosity flags (or `RUST_LOG`).
 fn init_logging(verbose: u8, quiet: bool) {
+    let _ = PROGRESS.set(!quiet);
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -103,7 +112,7 @@ fn main() {
     let result = match cli.command {
         Command::Inspect(args) => commands::inspect(args),
         Command::Generate(args) => commands::generate(args),
-        Command::Tts(args) => audio::tts(args, cli.quiet),
+        Command::Tts(args) => audio::tts(args),
         Command::Features(args) => audio::features(args),
         Command::Fit(cmd) => fit::run(cmd),
         Command::Export(args) => fit::export(args),

@@ -297,6 +297,22 @@ impl FromStr for DefenseSpec {
                 options,
             });
         }
+        // The attack edits the model's writes (embeddings, attention and MLP outputs); a
+        // steering part listed before it, at those hook points, would be projected with them.
+        let steers = |n: &str| matches!(n, "sarsteer" | "text-steer" | "actadd" | "cast");
+        if let (Some(first_steer), Some(last_ablate)) = (
+            parts.iter().position(|p| steers(&p.name)),
+            parts.iter().rposition(|p| p.name == "ablate"),
+        ) {
+            if last_ablate > first_steer {
+                return Err(SteerError::Invalid(format!(
+                    "ablate must come before {}: the attack stands for the model's weights, and a \
+                     defense listed before it would have its additions projected with the \
+                     model's writes (e.g. ablate=RD+{}=DIR)",
+                    parts[first_steer].name, parts[first_steer].name
+                )));
+            }
+        }
         Ok(Self { parts })
     }
 }
@@ -406,6 +422,20 @@ mod tests {
             .contains("unknown defense"));
         let bad: DefenseSpec = "sarsteer=x:alpha=abc".parse().unwrap();
         assert!(bad.parts[0].option_f64("alpha").is_err());
+    }
+
+    #[test]
+    fn ablate_comes_before_the_defenses() {
+        assert!("ablate=a+sarsteer=b".parse::<DefenseSpec>().is_ok());
+        assert!("prompt+ablate=a+actadd=b".parse::<DefenseSpec>().is_ok());
+        for spec in [
+            "actadd=b:layer=0+ablate=a",
+            "sarsteer=b+ablate=a",
+            "ablate=a+cast=c+ablate=a",
+        ] {
+            let e = spec.parse::<DefenseSpec>().unwrap_err().to_string();
+            assert!(e.contains("ablate must come before"), "{spec}: {e}");
+        }
     }
 
     #[test]
