@@ -604,6 +604,47 @@ fn draw_markers<'a, DB: DrawingBackend + 'a>(
     Ok(())
 }
 
+/// One series as a line through markers, with its legend entry.
+fn draw_line<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    pts: Vec<(f64, f64)>,
+    i: usize,
+    r: i32,
+    label: &str,
+) -> DrawResult<DB> {
+    chart.draw_series(LineSeries::new(
+        pts.iter().copied(),
+        ShapeStyle::from(&colour(i)).stroke_width(2),
+    ))?;
+    draw_markers(
+        chart,
+        pts,
+        marker(i),
+        colour(i),
+        1.0,
+        r,
+        Some(label.to_string()),
+        true,
+    )
+}
+
+/// The legend box of line charts, at `pos`.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    pos: SeriesLabelPosition,
+) -> DrawResult<DB> {
+    chart
+        .configure_series_labels()
+        .position(pos)
+        .margin(12)
+        .legend_area_size(34)
+        .label_font(font(17))
+        .background_style(WHITE.mix(0.9))
+        .border_style(GRID_BOLD)
+        .draw()?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Trade-off plot
 // ---------------------------------------------------------------------------------------------
@@ -912,21 +953,8 @@ impl Figure for LayerNorms<'_> {
                 .enumerate()
                 .map(|(l, &v)| (l as f64, f64::from(v)))
                 .collect();
-            chart.draw_series(LineSeries::new(
-                pts.iter().copied(),
-                ShapeStyle::from(&colour(i)).stroke_width(2),
-            ))?;
             let r = if layers > 48 { 3 } else { 5 };
-            draw_markers(
-                &mut chart,
-                pts,
-                marker(i),
-                colour(i),
-                1.0,
-                r,
-                Some(name.clone()),
-                true,
-            )?;
+            draw_line(&mut chart, pts, i, r, name)?;
         }
         // Legend in the corner the lines leave emptiest (norms usually peak mid-depth).
         let upper = self
@@ -946,16 +974,7 @@ impl Figure for LayerNorms<'_> {
         } else {
             SeriesLabelPosition::UpperLeft
         };
-        chart
-            .configure_series_labels()
-            .position(pos)
-            .margin(12)
-            .legend_area_size(34)
-            .label_font(font(17))
-            .background_style(WHITE.mix(0.9))
-            .border_style(GRID_BOLD)
-            .draw()?;
-        Ok(())
+        draw_legend(&mut chart, pos)
     }
 }
 
@@ -1217,10 +1236,6 @@ impl Figure for RateCurve<'_> {
             .draw()?;
         for (i, s) in self.series.iter().enumerate() {
             let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0, 100.0 * p.1)).collect();
-            chart.draw_series(LineSeries::new(
-                pts.iter().copied(),
-                ShapeStyle::from(&colour(i)).stroke_width(2),
-            ))?;
             chart.draw_series(s.points.iter().filter_map(|&(x, _, ci)| {
                 ci.map(|(a, b)| {
                     PathElement::new(
@@ -1229,26 +1244,8 @@ impl Figure for RateCurve<'_> {
                     )
                 })
             }))?;
-            draw_markers(
-                &mut chart,
-                pts,
-                marker(i),
-                colour(i),
-                1.0,
-                6,
-                Some(s.label.clone()),
-                true,
-            )?;
+            draw_line(&mut chart, pts, i, 6, &s.label)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .margin(12)
-            .legend_area_size(34)
-            .label_font(font(17))
-            .background_style(WHITE.mix(0.9))
-            .border_style(GRID_BOLD)
-            .draw()?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)
     }
 }

@@ -93,15 +93,7 @@ fn sarsteer_pushes_back_against_the_ablation_attack() {
         items("figstep_mirror_train.jsonl", Label::Harmful, 16),
         items("figstep_mirror_train.jsonl", Label::Benign, 16),
     );
-    let setup = FitSetup {
-        model: &model,
-        style: InputStyle::new(Mode::TextOnly),
-        hook: HookPoint::ResidPost(0),
-        batch_size: 8,
-        work_dir: None,
-        progress: false,
-        training_sets: vec![],
-    };
+    let setup = setup(&model);
     let dir = std::env::temp_dir().join(format!("earguard-real-steer-{}", std::process::id()));
     let (sar, rd) = (dir.join("sar"), dir.join("rd"));
     setup

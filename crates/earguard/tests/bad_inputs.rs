@@ -4,15 +4,14 @@
 //! naming the input, never a hang, a panic or a silently wrong result.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use earguard_steer::artifact::{SteeringVector, VectorMeta};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+use common::{fails, root, run, scratch, tiny_audio_model, tiny_text_model as tiny_model};
 
 /// The binary under a 120 s `timeout`, so an input that blocks fails the test (status 124)
 /// instead of hanging it.
@@ -22,52 +21,11 @@ fn bin() -> Command {
     c
 }
 
-fn tiny_model() -> String {
-    root()
-        .join("crates/earguard-model/tests/fixtures/hf/tiny-qwen2")
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn tiny_audio_model() -> String {
-    root()
-        .join("crates/earguard-model/tests/fixtures/hf/tiny-qwen2-audio")
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("earguard-bad-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run earguard");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "earguard panicked: {stderr}");
-    out
-}
-
 /// Succeeds; returns stderr.
 fn ok(cmd: &mut Command) -> String {
     let out = run(cmd);
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(out.status.success(), "earguard failed: {stderr}");
-    stderr
-}
-
-/// Fails with exit status 1 and an error message; returns stderr.
-fn fails(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected a clean failure: {stderr}"
-    );
-    assert!(stderr.contains("error: "), "{stderr}");
     stderr
 }
 

@@ -4,44 +4,18 @@
 //! model.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
+use common::{fails, model_fixtures, root, run, scratch, tiny_audio_model, tiny_text_model};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_earguard"))
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn model_fixtures() -> PathBuf {
-    root().join("crates/earguard-model/tests/fixtures")
-}
-
-fn tiny_audio_model() -> String {
-    model_fixtures()
-        .join("hf/tiny-qwen2-audio")
-        .to_string_lossy()
-        .into_owned()
-}
-
 fn speech() -> PathBuf {
     model_fixtures().join("speech-16k.wav")
-}
-
-fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("earguard-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run earguard");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "earguard panicked: {stderr}");
-    out
 }
 
 fn ok(cmd: &mut Command) -> String {
@@ -52,15 +26,6 @@ fn ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// Fails with exit status 1 and an error message (never a panic); returns stderr.
-fn fails(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert_eq!(out.status.code(), Some(1), "expected a clean failure");
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("error: "), "{stderr}");
-    stderr
 }
 
 #[test]
@@ -509,13 +474,6 @@ fn killed_eval_resumes_without_loss_or_duplicates() {
     );
     eprintln!("killed after {partial} of 16 responses; resumed to 16, equal to a clean run");
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-fn tiny_text_model() -> String {
-    model_fixtures()
-        .join("hf/tiny-qwen2")
-        .to_string_lossy()
-        .into_owned()
 }
 
 /// A prompt set of `n` unpaired prompts, alternately benign and harmful; prompt `long` (if
