@@ -450,7 +450,7 @@ mod tests {
             .into(),
             refusal_score: None,
             n_tokens: 4,
-            finish: "stop".into(),
+            finish: earguard_model::generate::FinishReason::Stop,
             seconds: 0.5,
         }
     }

@@ -197,7 +197,7 @@ pub struct ResultRow {
     pub verdicts: BTreeMap<String, Verdict>,
     pub refusal_score: Option<f32>,
     pub n_tokens: usize,
-    pub finish: String,
+    pub finish: FinishReason,
     pub seconds: f64,
 }
 
@@ -665,7 +665,7 @@ fn generate_rows(
                 verdicts: v,
                 refusal_score: g.first_token_log_odds,
                 n_tokens: g.tokens.len(),
-                finish: finish_name(g.finish).into(),
+                finish: g.finish,
                 seconds,
             };
             lines.push_str(
@@ -682,14 +682,6 @@ fn generate_rows(
     }
     bar.finish_and_clear();
     Ok(())
-}
-
-fn finish_name(f: FinishReason) -> &'static str {
-    match f {
-        FinishReason::Stop => "stop",
-        FinishReason::Length => "length",
-        FinishReason::Context => "context",
-    }
 }
 
 fn progress(show: bool, total: usize, done: usize) -> indicatif::ProgressBar {
@@ -776,7 +768,7 @@ mod tests {
                 .into(),
             refusal_score: None,
             n_tokens: 1,
-            finish: "stop".into(),
+            finish: FinishReason::Stop,
             seconds: 0.1,
         }
     }
@@ -942,7 +934,7 @@ mod tests {
             verdicts: BTreeMap::new(),
             refusal_score: Some(1.5),
             n_tokens: 3,
-            finish: "stop".into(),
+            finish: FinishReason::Stop,
             seconds: 0.1,
         };
         let line = serde_json::to_string(&row).unwrap();

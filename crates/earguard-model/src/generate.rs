@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::decoder::{Decoder, Logits};
 use crate::error::{ModelError, Result};
@@ -73,7 +73,7 @@ impl SamplingParams {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// A stop token was produced (it is not part of `tokens`).
