@@ -20,6 +20,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use plotters::chart::MeshStyle;
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -604,6 +605,39 @@ fn draw_markers<'a, DB: DrawingBackend + 'a>(
     Ok(())
 }
 
+/// A chart with the house caption and margins; `areas` are the x and y label areas in pixels.
+fn chart_2d<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    areas: (u32, u32),
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+) -> std::result::Result<Chart<'a, DB>, DrawingAreaErrorKind<DB::ErrorType>> {
+    ChartBuilder::on(root)
+        .caption(title, font(28))
+        .margin(24)
+        .x_label_area_size(areas.0)
+        .y_label_area_size(areas.1)
+        .build_cartesian_2d(x, y)
+}
+
+/// The grid and axis labels in the house style; callers add ticks and formatters, then draw.
+fn mesh<'a, 'b, DB: DrawingBackend>(
+    chart: &'b mut Chart<'a, DB>,
+    x_desc: &str,
+    y_desc: &str,
+) -> MeshStyle<'a, 'b, RangedCoordf64, RangedCoordf64, DB> {
+    let mut m = chart.configure_mesh();
+    m.x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style(font(18))
+        .axis_desc_style(font(20))
+        .max_light_lines(1)
+        .bold_line_style(GRID_BOLD)
+        .light_line_style(GRID_LIGHT);
+    m
+}
+
 /// One series as a line through markers, with its legend entry.
 fn draw_line<'a, DB: DrawingBackend + 'a>(
     chart: &mut Chart<'a, DB>,
@@ -672,26 +706,17 @@ impl Figure for Tradeoff<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
         root.fill(&WHITE)?;
         let (lo, hi) = (-4.0, 104.0);
-        let mut chart = ChartBuilder::on(root)
-            .caption(self.title, font(28))
-            .margin(24)
-            .x_label_area_size(64)
-            .y_label_area_size(78)
-            .build_cartesian_2d(lo..hi, lo..hi)?;
-        chart
-            .configure_mesh()
-            .x_labels(11)
-            .y_labels(11)
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| format!("{v:.0}"))
-            .x_desc("ORR: benign prompts refused (%)")
-            .y_desc("ASR: harmful prompts answered (%)")
-            .label_style(font(18))
-            .axis_desc_style(font(20))
-            .max_light_lines(1)
-            .bold_line_style(GRID_BOLD)
-            .light_line_style(GRID_LIGHT)
-            .draw()?;
+        let mut chart = chart_2d(root, self.title, (64, 78), lo..hi, lo..hi)?;
+        mesh(
+            &mut chart,
+            "ORR: benign prompts refused (%)",
+            "ASR: harmful prompts answered (%)",
+        )
+        .x_labels(11)
+        .y_labels(11)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()?;
 
         // The ideal corner: nothing harmful answered, nothing benign refused.
         let corner = 12.0;
@@ -909,12 +934,7 @@ impl Figure for LayerNorms<'_> {
         let top = if top > 0.0 { top * 1.12 } else { 1.0 };
         let last = (layers - 1) as f64;
         let pad = (0.03 * last).max(0.4);
-        let mut chart = ChartBuilder::on(root)
-            .caption(self.title, font(28))
-            .margin(24)
-            .x_label_area_size(60)
-            .y_label_area_size(72)
-            .build_cartesian_2d(-pad..last + pad, 0.0..top)?;
+        let mut chart = chart_2d(root, self.title, (60, 72), -pad..last + pad, 0.0..top)?;
         // Integer layer ticks only: a step of 1, 2, 5, 10, … (plotters' own sequence) giving at
         // most ~16 labels, and exactly as many ticks requested as that step puts on the axis, so
         // plotters picks that step and every grid line is labelled.
@@ -925,8 +945,7 @@ impl Figure for LayerNorms<'_> {
         let st = step as f64;
         let x_ticks = (((last + pad) / st).floor() - (-pad / st).ceil()) as usize + 1;
         let y_dec = tick_decimals(0.0, top, 8);
-        chart
-            .configure_mesh()
+        mesh(&mut chart, "layer", "L2 norm of the direction")
             .x_labels(x_ticks)
             .x_label_formatter(&|v| {
                 let r = v.round();
@@ -938,13 +957,6 @@ impl Figure for LayerNorms<'_> {
             })
             .y_labels(8)
             .y_label_formatter(&|v| format_tick(*v, y_dec))
-            .x_desc("layer")
-            .y_desc("L2 norm of the direction")
-            .label_style(font(18))
-            .axis_desc_style(font(20))
-            .max_light_lines(1)
-            .bold_line_style(GRID_BOLD)
-            .light_line_style(GRID_LIGHT)
             .draw()?;
 
         for (i, (name, norms)) in self.series.iter().enumerate() {
@@ -1020,25 +1032,12 @@ impl Figure for Scatter<'_> {
         let legend_room = (y1 - y0) * (0.06 * groups.len() as f64 + 0.04);
         let y1 = y1 + legend_room;
         let (x_dec, y_dec) = (tick_decimals(x0, x1, 8), tick_decimals(y0, y1, 8));
-        let mut chart = ChartBuilder::on(root)
-            .caption(self.title, font(28))
-            .margin(24)
-            .x_label_area_size(60)
-            .y_label_area_size(72)
-            .build_cartesian_2d(x0..x1, y0..y1)?;
-        chart
-            .configure_mesh()
+        let mut chart = chart_2d(root, self.title, (60, 72), x0..x1, y0..y1)?;
+        mesh(&mut chart, "PC 1", "PC 2")
             .x_labels(8)
             .y_labels(8)
             .x_label_formatter(&|v| format_tick(*v, x_dec))
             .y_label_formatter(&|v| format_tick(*v, y_dec))
-            .x_desc("PC 1")
-            .y_desc("PC 2")
-            .label_style(font(18))
-            .axis_desc_style(font(20))
-            .max_light_lines(1)
-            .bold_line_style(GRID_BOLD)
-            .light_line_style(GRID_LIGHT)
             .draw()?;
 
         let n = self.points.len();
@@ -1213,26 +1212,13 @@ impl Figure for RateCurve<'_> {
             (a.min(x), b.max(x))
         });
         let pad = if hi > lo { 0.04 * (hi - lo) } else { 0.5 };
-        let mut chart = ChartBuilder::on(root)
-            .caption(self.title, font(28))
-            .margin(24)
-            .x_label_area_size(60)
-            .y_label_area_size(72)
-            .build_cartesian_2d(lo - pad..hi + pad, 0.0..105.0)?;
+        let mut chart = chart_2d(root, self.title, (60, 72), lo - pad..hi + pad, 0.0..105.0)?;
         let x_dec = tick_decimals(lo, hi, 10);
-        chart
-            .configure_mesh()
+        mesh(&mut chart, self.x_desc, self.y_desc)
             .x_labels(10)
             .x_label_formatter(&|v| format_tick(*v, x_dec))
             .y_labels(11)
             .y_label_formatter(&|v| format!("{v:.0}"))
-            .x_desc(self.x_desc)
-            .y_desc(self.y_desc)
-            .label_style(font(18))
-            .axis_desc_style(font(20))
-            .max_light_lines(1)
-            .bold_line_style(GRID_BOLD)
-            .light_line_style(GRID_LIGHT)
             .draw()?;
         for (i, s) in self.series.iter().enumerate() {
             let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0, 100.0 * p.1)).collect();

@@ -97,27 +97,19 @@ fn absurd_defense_options_are_refused() {
             "strength = -0.25 is out of range",
         ),
     ];
+    // `generate` on the tiny model with extra arguments.
+    let generate = |extra: &[&str]| {
+        let mut c = bin();
+        c.args(["generate", "--model", &model, "--prompt", "hi"])
+            .args(extra);
+        c
+    };
     for (spec, needle) in cases {
-        let err = fails(bin().args([
-            "generate",
-            "--model",
-            &model,
-            "--prompt",
-            "hi",
-            "--max-tokens",
-            "1",
-            "--defense",
-            spec,
-        ]));
+        let err = fails(&mut generate(&["--max-tokens", "1", "--defense", spec]));
         assert!(err.contains(needle), "{spec}: expected '{needle}' in {err}");
     }
     // --alpha goes through the same check.
-    let err = fails(bin().args([
-        "generate",
-        "--model",
-        &model,
-        "--prompt",
-        "hi",
+    let err = fails(&mut generate(&[
         "--defense",
         "sarsteer=vec",
         "--alpha",
