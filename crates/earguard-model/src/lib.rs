@@ -22,6 +22,8 @@ pub use chat::{ChatMessage, ContentSpecials};
 pub use config::{Architecture, DecoderConfig};
 pub use decoder::{Decoder, ForwardOutput, KvCache, Logits};
 pub use error::{ModelError, Result};
-pub use hooks::{Capture, Captures, Edit, HookPoint, Intervention, InterventionPlan, Positions};
+pub use hooks::{
+    Capture, Captures, Edit, HookKind, HookPoint, Intervention, InterventionPlan, Positions,
+};
 pub use loader::{load, Model, ModelInfo};
 pub use prompt::{prefill, AudioRows, Prompt};

@@ -17,7 +17,7 @@ use earguard_model::qwen2_audio::{
     expand_audio_ids, expand_audio_placeholders, n_audio_tokens, AudioLanguageModel, AudioTokenIds,
     AudioTowerInfo,
 };
-use earguard_model::{ContentSpecials, HookPoint, InterventionPlan, Logits, Positions};
+use earguard_model::{ContentSpecials, HookKind, HookPoint, InterventionPlan, Logits, Positions};
 
 const TOL: f32 = 1e-4;
 const AUDIO_ID: u32 = 499;
@@ -90,7 +90,7 @@ fn qwen2_audio_matches_hf_end_to_end() {
     let n_layers = model.decoder.config().n_layers;
     let mut plan = InterventionPlan::new().capture(HookPoint::FinalNorm, Positions::All);
     for l in 0..n_layers {
-        plan = plan.capture(HookPoint::ResidPost(l), Positions::All);
+        plan = plan.capture(HookKind::ResidPost.at(l), Positions::All);
     }
     let mut cache = model.decoder.new_cache(vec![0]);
     let out = model
@@ -98,7 +98,7 @@ fn qwen2_audio_matches_hf_end_to_end() {
         .forward_embeds(embeds, &mut cache, &plan, Logits::All)
         .unwrap();
     for l in 0..n_layers {
-        let got = out.captures.get(HookPoint::ResidPost(l)).unwrap();
+        let got = out.captures.get(HookKind::ResidPost.at(l)).unwrap();
         check(
             &format!("resid_post.{l}"),
             got,

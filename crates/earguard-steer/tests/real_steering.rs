@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use earguard_data::{Label, Mode, PromptItem, PromptSet};
 use earguard_model::generate::log_odds;
 use earguard_model::{ContentSpecials, Logits, Model, Prompt};
-use earguard_model::{HookPoint, InterventionPlan, Positions};
+use earguard_model::{HookKind, InterventionPlan, Positions};
 use earguard_steer::capture::forward_batch;
 use earguard_steer::defense::{build, Ablate, Defense, DefenseSpec, NoDefense};
 use earguard_steer::inputs::{InputStyle, DEFAULT_REFUSAL_SUFFIX};
@@ -145,7 +145,7 @@ fn setup(model: &Model) -> FitSetup<'_> {
     FitSetup {
         model,
         style: InputStyle::new(Mode::TextOnly),
-        hook: HookPoint::ResidPost(0),
+        hook: HookKind::ResidPost,
         batch_size: 8,
         work_dir: None,
         progress: false,
@@ -204,7 +204,7 @@ fn ablation_removes_writes_not_the_defense() {
     let mut prompts = encode(&model, &none, &harmful[..4]);
     prompts.extend(encode(&model, &none, &harmless[..4]));
     let n_layers = model.decoder.config().n_layers;
-    let last = HookPoint::ResidPost(n_layers - 1);
+    let last = HookKind::ResidPost.at(n_layers - 1);
     let run = |plan: &InterventionPlan| {
         let out = forward_batch(
             &model,
@@ -226,9 +226,9 @@ fn ablation_removes_writes_not_the_defense() {
     let mut stream = InterventionPlan::new();
     for l in 0..n_layers {
         for hook in [
-            HookPoint::ResidPre(l),
-            HookPoint::ResidMid(l),
-            HookPoint::ResidPost(l),
+            HookKind::ResidPre.at(l),
+            HookKind::ResidMid.at(l),
+            HookKind::ResidPost.at(l),
         ] {
             stream = stream.project_out(hook, Positions::All, &r).unwrap();
         }
@@ -274,7 +274,7 @@ fn ablation_removes_writes_not_the_defense() {
     // 2. A defense's addition at resid_post(10) along r̂ reaches the last layer intact.
     let c = 8.0;
     let added = attack.clone().add(
-        HookPoint::ResidPost(10),
+        HookKind::ResidPost.at(10),
         Positions::All,
         (&r_hat * c).unwrap(),
     );

@@ -202,13 +202,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let model = load_model(&args.model, args.json)?;
     let mut spec: DefenseSpec = args.defense.parse()?;
     if let Some(alpha) = args.alpha {
-        for part in spec
-            .parts
-            .iter_mut()
-            .filter(|p| matches!(p.name.as_str(), "sarsteer" | "text-steer" | "cast"))
-        {
-            part.set_default("alpha", alpha.to_string());
-        }
+        spec.set_default("alpha", alpha);
     }
     let defense = earguard_steer::defense::build(&spec, &model, args.force)?;
     let (mode, messages) = generate_messages(&args)?;

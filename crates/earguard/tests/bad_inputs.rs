@@ -54,7 +54,15 @@ fn espeak_available() -> bool {
 
 /// A small valid vector for an 8-wide, 4-layer model with directions at `layers`.
 fn write_vector(dir: &Path, layers: &[usize]) {
-    let meta = VectorMeta::new("pca", "tiny", "qwen2", "", 8, 4, "resid_post");
+    let meta = VectorMeta::new(
+        "pca",
+        "tiny",
+        "qwen2",
+        "",
+        8,
+        4,
+        earguard_model::HookKind::ResidPost,
+    );
     let directions: BTreeMap<usize, Tensor> = layers
         .iter()
         .map(|&l| (l, Tensor::new(&[0.5f32; 8], &Device::Cpu).unwrap()))
