@@ -609,6 +609,7 @@ fn generate_rows(
         stop_tokens: &stop,
         pad_token: model.tokenizer.pad_id(),
     };
+    request.sampling.validate()?;
     // A plan that does not depend on the batch is built once for the run.
     let fixed_plan = match defense.per_batch() {
         false => Some(defense.plan(model, &[])?),

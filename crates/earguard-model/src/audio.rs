@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use candle_core::{Device, Tensor};
@@ -44,7 +45,7 @@ struct Entries {
 pub struct AudioCache {
     entries: Mutex<Entries>,
     budget: usize,
-    encoded: Mutex<usize>,
+    encoded: AtomicUsize,
 }
 
 impl Default for AudioCache {
@@ -64,13 +65,13 @@ impl AudioCache {
         Self {
             entries: Mutex::new(Entries::default()),
             budget: bytes,
-            encoded: Mutex::new(0),
+            encoded: AtomicUsize::new(0),
         }
     }
 
     /// How many clips this cache has run through an audio tower (its misses).
     pub fn encoded(&self) -> usize {
-        *self.encoded.lock().unwrap_or_else(|e| e.into_inner())
+        self.encoded.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -97,7 +98,7 @@ impl AudioCache {
         }
         let (features, valid) = featurise(tower, device, clip)?;
         let rows = tower.encode(&features, valid)?;
-        *self.encoded.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.encoded.fetch_add(1, Ordering::Relaxed);
         let size = rows.elem_count() * rows.dtype().size_in_bytes();
         let mut e = self.lock();
         e.n_tokens.insert(key.clone(), rows.dim(0)?);

@@ -9,6 +9,7 @@ use minijinja::{Environment, Error, ErrorKind, State};
 use serde::{Deserialize, Serialize};
 
 use crate::content::Content;
+pub use crate::content::{spans_text, Span};
 use crate::error::{ModelError, Result};
 use crate::tokenizer::gguf_token_text;
 
@@ -54,28 +55,6 @@ pub enum ContentSpecials {
     /// Parsed as special tokens after rendering, as earguard did before: a user can type turn
     /// markers. Unsafe; for research on such injections only.
     Raw,
-}
-
-/// A piece of a rendered prompt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Span {
-    /// Text the template wrote: its special-token strings are turn markers.
-    Markup(String),
-    /// Text of a message: data, never markup.
-    Content(String),
-}
-
-impl Span {
-    pub fn text(&self) -> &str {
-        match self {
-            Span::Markup(t) | Span::Content(t) => t,
-        }
-    }
-}
-
-/// The text of a rendered prompt.
-pub fn spans_text(spans: &[Span]) -> String {
-    spans.iter().map(Span::text).collect()
 }
 
 /// A compiled chat template with the special-token strings it may refer to.

@@ -1,4 +1,5 @@
-//! A chat message's content, typed: plain text, or a list of parts (text and audio clips).
+//! A chat message's content, typed: plain text, or a list of parts (text and audio clips);
+//! and, once a template has rendered it, the [`Span`]s that tell its text from the markup.
 //!
 //! The JSON shapes are the ones HF chat templates and processors take, so conversations written
 //! by earlier versions (and HF-style data) still load: a string, or a list of
@@ -169,6 +170,28 @@ impl TryFrom<Value> for Part {
             None => Err(format!("a part needs a \"type\" (text or audio): {v}")),
         }
     }
+}
+
+/// A piece of a rendered prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Span {
+    /// Text the template wrote: its special-token strings are turn markers.
+    Markup(String),
+    /// Text of a message: data, never markup.
+    Content(String),
+}
+
+impl Span {
+    pub fn text(&self) -> &str {
+        match self {
+            Span::Markup(t) | Span::Content(t) => t,
+        }
+    }
+}
+
+/// The text of a rendered prompt.
+pub fn spans_text(spans: &[Span]) -> String {
+    spans.iter().map(Span::text).collect()
 }
 
 #[cfg(test)]

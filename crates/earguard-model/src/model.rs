@@ -1,17 +1,18 @@
 //! A loaded model and its input stage: render a conversation with the chat template, tokenize
 //! it, and attach its audio clips' encodings (from the run's [`AudioCache`]).
 //!
-//! Dependency order inside this crate, one way: weights / config → decoder, whisper →
-//! qwen2_audio → audio (encoded-audio cache) → prompt (ids + encoded audio, prefill) → model
-//! (this file) → loader (resolves paths, builds a `Model`); score and generate use prompt.
+//! Dependency order inside this crate, one way: content (message content, spans) → tokenizer →
+//! chat (templates); weights / config → decoder, whisper → qwen2_audio → audio (encoded-audio
+//! cache) → prompt (ids + encoded audio, prefill) → model (this file) → loader (resolves paths,
+//! builds a `Model`); score (from prefill logits) and generate (sampling) sit on prompt.
 
 use std::path::PathBuf;
 
 use serde::Serialize;
 
 use crate::audio::AudioCache;
-use crate::chat::{spans_text, ChatMessage, ChatTemplate, ContentSpecials, Span};
-use crate::content::AudioRef;
+use crate::chat::{ChatMessage, ChatTemplate, ContentSpecials};
+use crate::content::{spans_text, AudioRef, Span};
 use crate::decoder::Decoder;
 use crate::error::{ModelError, Result};
 use crate::prompt::{AudioRows, Prompt};
