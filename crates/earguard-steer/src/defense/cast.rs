@@ -40,21 +40,15 @@ impl Cast {
             ))
         };
         let Some(condition) = &vector.condition else {
+            let why = if extra.get("condition_direction").is_some() {
+                "keeps its condition in meta.json, as earguard did before the condition tensor; \
+                 re-fit it with earguard fit cast (the fit reuses its cached activations)"
+            } else {
+                "has no condition.<layer> tensor, so it is not a cast vector; fit one with \
+                 earguard fit cast"
+            };
             let dir = part.artifact()?.display();
-            return Err(SteerError::Artifact(
-                if extra.get("condition_direction").is_some() {
-                    format!(
-                        "{dir}: this cast vector keeps its condition in meta.json, as earguard \
-                     versions before the condition tensor did; re-fit it with earguard fit cast \
-                     (the fit reuses its cached activations)"
-                    )
-                } else {
-                    format!(
-                    "{dir}: not a cast vector (it has no condition.<layer> tensor); fit one with \
-                     earguard fit cast"
-                )
-                },
-            ));
+            return Err(SteerError::Artifact(format!("{dir}: this vector {why}")));
         };
         let threshold = match threshold {
             Some(t) => t,
