@@ -120,6 +120,7 @@ pub fn generate_batch(
     if prompts.is_empty() {
         return Ok(vec![]);
     }
+    let _span = tracing::info_span!("generate", rows = prompts.len()).entered();
     let context = decoder.config().context_length;
     let b = prompts.len();
     let (prefill_out, mut cache) =
@@ -141,6 +142,7 @@ pub fn generate_batch(
     let mut done = vec![false; b];
     let mut logits = prefill_out.logits;
     for step in 0..request.max_tokens {
+        let _step = tracing::debug_span!("decode_step", step).entered();
         let Some(step_logits) = logits.take() else {
             break;
         };

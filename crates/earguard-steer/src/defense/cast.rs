@@ -6,7 +6,7 @@
 //! `meta.extra`: `condition_layer`, `condition_direction` (list of floats), `threshold` (cosine
 //! similarity above which a prompt counts as harmful) and `alpha`.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use earguard_model::{HookPoint, Intervention, InterventionPlan, Model, Positions, Prompt};
 
 use super::{hook_of, Defense, DefensePart};
@@ -80,7 +80,11 @@ impl Cast {
             )?,
         };
         let hook = hook_of(&vector)?;
-        let condition = super::sarsteer::unit(&Tensor::from_vec(direction, hidden, &Device::Cpu)?)?;
+        let condition = super::sarsteer::unit(&Tensor::from_vec(
+            direction,
+            hidden,
+            model.decoder.device(),
+        )?)?;
         let additions = vector
             .directions
             .iter()
