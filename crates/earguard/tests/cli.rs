@@ -868,3 +868,37 @@ fn hub_repository_ids_load_from_the_hf_cache() {
         "{err}"
     );
 }
+
+#[test]
+fn verbose_runs_time_their_stages() {
+    let args = |v: Option<&str>| {
+        let mut cmd = bin();
+        cmd.env_remove("RUST_LOG");
+        if let Some(v) = v {
+            cmd.arg(v);
+        }
+        cmd.args(["generate", "--max-tokens", "2", "-p", "hi", "--model"])
+            .arg(tiny_text_model());
+        cmd
+    };
+    let stderr = |mut cmd: Command| {
+        let out = run(&mut cmd);
+        assert!(out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let info = stderr(args(Some("-v")));
+    for span in ["load{", "prefill{", "generate{"] {
+        assert!(
+            info.lines()
+                .any(|l| l.contains(span) && l.contains("close time.busy=")),
+            "no timing for {span} in\n{info}"
+        );
+    }
+    assert!(!info.contains("decode_step"), "{info}");
+    let debug = stderr(args(Some("-vv")));
+    assert!(
+        debug.contains("decode_step{step=0}: close time.busy="),
+        "{debug}"
+    );
+    assert!(!stderr(args(None)).contains("time.busy"));
+}
