@@ -135,13 +135,11 @@ pub fn resolve_in(cache: &Path, repo: &RepoRef) -> Result<PathBuf> {
 /// <rev>/…`), so a model loaded from the cache is called by its repository, not its revision.
 pub fn repo_name(path: &Path) -> Option<String> {
     let mut parts = path.components().rev().map(|c| c.as_os_str().to_str());
-    // Skip to the `snapshots` folder: the part after it (below it) is the revision.
-    let mut below = 0;
-    for part in parts.by_ref() {
+    // Skip to the `snapshots` folder that has a revision below it.
+    for (below, part) in parts.by_ref().enumerate() {
         if part? == "snapshots" && below > 0 {
             break;
         }
-        below += 1;
     }
     let (org, name) = parts.next()??.strip_prefix("models--")?.split_once("--")?;
     (legal_name(org) && legal_name(name)).then(|| format!("{org}/{name}"))
