@@ -89,7 +89,7 @@ fn init_logging(verbose: u8, quiet: bool) {
         // No clock on each line; unlike `without_time()`, this keeps span timings.
         .with_timer(())
         .with_target(false)
-        // Each span (load, encode_audio, prefill, generate; decode_step at debug, hooks at
+        // Each span (load, encode_audio, prefill, decode; decode_step at debug, hooks at
         // trace) reports its time when it closes. Spans below the level cost nothing.
         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .init();

@@ -887,7 +887,7 @@ fn verbose_runs_time_their_stages() {
         String::from_utf8(out.stderr).unwrap()
     };
     let info = stderr(args(Some("-v")));
-    for span in ["load{", "prefill{", "generate{"] {
+    for span in ["load{", "prefill{", "decode{"] {
         assert!(
             info.lines()
                 .any(|l| l.contains(span) && l.contains("close time.busy=")),
