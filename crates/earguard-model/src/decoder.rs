@@ -211,7 +211,7 @@ impl Decoder {
     /// "language_model." inside Qwen2-Audio.
     pub fn load(cfg: DecoderConfig, store: &WeightStore, prefix: &str) -> Result<Self> {
         cfg.validate()?;
-        let device = Device::Cpu;
+        let device = store.device().clone();
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
         let m = |s: &str| format!("{prefix}{s}");
         let embed =

@@ -436,6 +436,7 @@ pub(crate) fn run_hooks(
     x: Tensor,
     captured: &mut Vec<(HookPoint, Tensor)>,
 ) -> Result<Tensor> {
+    let _span = tracing::trace_span!("hooks", %point).entered();
     let mut x = x;
     for e in plan.edits.iter().filter(|e| e.point == point) {
         let Some(w) = layout.weights(e.positions, e.row_scale.as_deref(), x.device())? else {
@@ -443,11 +444,15 @@ pub(crate) fn run_hooks(
         };
         x = match &e.edit {
             Edit::Add(v) => {
-                let v = v.to_dtype(x.dtype())?.reshape((1, 1, ()))?;
+                // Edits are built on the CPU; the residual stream may live elsewhere.
+                let v = v
+                    .to_device(x.device())?
+                    .to_dtype(x.dtype())?
+                    .reshape((1, 1, ()))?;
                 (&x + w.broadcast_mul(&v)?)?
             }
             Edit::ProjectOut { unit, strength } => {
-                let r = unit.to_dtype(x.dtype())?;
+                let r = unit.to_device(x.device())?.to_dtype(x.dtype())?;
                 // s·(x·r̂) for every position: [b, q, 1]
                 let coef = (x
                     .broadcast_mul(&r.reshape((1, 1, ()))?)?

@@ -15,9 +15,11 @@ pub mod config;
 pub mod content;
 pub mod ct2;
 pub mod decoder;
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod hooks;
+pub mod hub;
 pub mod loader;
 pub mod model;
 pub mod prompt;
@@ -36,6 +38,6 @@ pub use error::{ModelError, Result};
 pub use hooks::{
     Capture, Captures, Edit, HookKind, HookPoint, Intervention, InterventionPlan, Positions,
 };
-pub use loader::load;
+pub use loader::{load, load_on};
 pub use model::{Model, ModelInfo};
 pub use prompt::{prefill, AudioRows, Prompt};

@@ -13,7 +13,7 @@ use earguard_model::Model;
 use earguard_model::Prompt;
 use earguard_model::{HookKind, InterventionPlan, Logits, Positions};
 
-const QWEN: &str = "qwen2.5-1.5b-instruct";
+const QWEN: &str = "qwen2.5-coder-1.5b-instruct";
 
 fn is_refusal(text: &str) -> bool {
     let lower = text.to_lowercase().replace('’', "'");
@@ -26,8 +26,8 @@ fn qwen() -> Option<&'static Model> {
     static MODEL: OnceLock<Option<Model>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            let path = models_dir().join(QWEN);
-            if !path.exists() {
+            let Ok(path) = earguard_model::loader::resolve(QWEN) else {
+                let path = models_dir().join(QWEN);
                 if std::env::var("EARGUARD_REQUIRE_MODELS").as_deref() == Ok("1") {
                     panic!("{} is missing; run scripts/fetch-models.sh", path.display());
                 }
@@ -36,8 +36,8 @@ fn qwen() -> Option<&'static Model> {
                     path.display()
                 );
                 return None;
-            }
-            Some(earguard_model::load(QWEN).expect("load qwen"))
+            };
+            Some(earguard_model::load(path.to_str().unwrap()).expect("load qwen"))
         })
         .as_ref()
 }

@@ -128,7 +128,8 @@ pub fn capture_last(model: &Model, inputs: &[Prompt], opts: &CaptureOptions) -> 
 fn capture_batch(model: &Model, batch: &[Prompt], plan: &InterventionPlan) -> Result<Tensor> {
     let out = forward_batch(model, batch, plan, Logits::None)?;
     let per_layer: Vec<Tensor> = out.captures.items.into_iter().map(|(_, t)| t).collect();
-    Ok(Tensor::stack(&per_layer, 1)?)
+    // Fits run on the CPU, next to cached chunks read from disk, whatever the model's device.
+    Ok(Tensor::stack(&per_layer, 1)?.to_device(&candle_core::Device::Cpu)?)
 }
 
 /// One left-padded prefill of a batch of prompts (for captures, probes and scores).

@@ -7,7 +7,7 @@
 //! the harmful score; SARSteer added on top of the attack moves the harmful score back up
 //! (how far it gets is reported in the closing note: not back to refusal, on this model).
 //!
-//! Skipped unless `models/qwen2.5-1.5b-instruct` exists; EARGUARD_REQUIRE_MODELS=1 makes its
+//! Skipped unless `models/qwen2.5-coder-1.5b-instruct` (or its former name) exists; EARGUARD_REQUIRE_MODELS=1 makes its
 //! absence a failure.
 
 use std::path::{Path, PathBuf};
@@ -30,10 +30,9 @@ fn model_at(path: &Path) -> Model {
 }
 
 fn model() -> Option<Model> {
-    let dir = std::env::var_os("EARGUARD_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models"));
-    let path = dir.join("qwen2.5-1.5b-instruct");
+    let name = earguard_model::loader::DEFAULT_MODEL;
+    let path = earguard_model::loader::resolve(name)
+        .unwrap_or_else(|_| earguard_model::loader::models_dir().join(name));
     if !path.is_dir() {
         assert!(
             std::env::var("EARGUARD_REQUIRE_MODELS").as_deref() != Ok("1"),

@@ -104,7 +104,8 @@ impl SpecialsArg {
 
 pub fn load_model(spec: &str, quiet: bool) -> Result<Model> {
     let t0 = Instant::now();
-    let model = earguard_model::load(spec).with_context(|| format!("loading model '{spec}'"))?;
+    let model = earguard_model::load_on(spec, &crate::device()?)
+        .with_context(|| format!("loading model '{spec}'"))?;
     if !quiet {
         eprintln!(
             "loaded {} ({} {}, {} layers, hidden {}) in {:.1}s",

@@ -79,7 +79,9 @@ impl Cast {
         Ok(Self {
             describe: part.to_string(),
             condition_hook: vector.meta.hook_point(condition.layer),
-            condition: super::sarsteer::unit(&condition.direction)?,
+            condition: super::sarsteer::unit(
+                &condition.direction.to_device(model.decoder.device())?,
+            )?,
             threshold,
             additions,
         })
