@@ -550,7 +550,7 @@ pub struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// The configuration is valid and names the defense and judges the run uses.
+    /// The configuration is valid and names the judges the run uses.
     fn check(&self) -> Result<()> {
         self.config.check()?;
         if self.opts.batch_size == 0 {
@@ -561,13 +561,6 @@ impl Run<'_> {
             return Err(EvalError::Invalid(format!(
                 "the run's judges {names:?} are not the configuration's {:?}",
                 self.config.judges
-            )));
-        }
-        if self.defense.describe() != self.config.defense {
-            return Err(EvalError::Invalid(format!(
-                "the run's defense '{}' is not the configuration's '{}'",
-                self.defense.describe(),
-                self.config.defense
             )));
         }
         Ok(())
