@@ -14,6 +14,8 @@ pub mod hooks;
 pub mod loader;
 pub mod prompt;
 pub mod qwen2_audio;
+#[cfg(feature = "stock-whisper")]
+pub mod stock_whisper;
 pub mod tokenizer;
 pub mod weights;
 pub mod whisper;

@@ -9,6 +9,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use earguard_data::hex;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -270,10 +271,6 @@ fn hash_prefix(path: &Path, n: u64) -> Result<String> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut f.take(n), &mut hasher).map_err(|e| ModelError::file(path, e))?;
     Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn model_info(
