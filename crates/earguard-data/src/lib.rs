@@ -8,6 +8,9 @@
 //! [`MAX_LINE_BYTES`] (1 MiB), UTF-8, optionally starting with a byte-order mark (skipped).
 //! A pipe or device (`/dev/urandom`) is refused before anything is read.
 //!
+//! As the bottom crate it also holds the helpers every other crate shares, once each:
+//! [`atomic`] (whole-file writes), [`hex`] and [`progress`].
+//!
 //! ```
 //! use earguard_data::{PromptSet, Label, ReadOptions};
 //! let text = r#"{"id":"a-1","label":"harmful","text":"q1","pair_id":"p1"}
