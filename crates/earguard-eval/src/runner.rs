@@ -28,10 +28,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use earguard_data::{Label, Mode, PromptItem, PromptSet};
-use earguard_model::generate::{generate_batch, FinishReason, GenerateRequest, SamplingParams};
-use earguard_model::{ContentSpecials, Model};
+use earguard_model::generate::{generate_from, FinishReason, GenerateRequest, SamplingParams};
+use earguard_model::score::{refusal_scores, refusal_start_tokens};
+use earguard_model::{prefill, AudioCache, ContentSpecials, Logits, Model};
 use earguard_steer::defense::Defense;
-use earguard_steer::inputs::InputStyle;
+use earguard_steer::inputs::{InputStyle, DEFAULT_INSTRUCTION};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -74,6 +75,20 @@ impl RunConfig {
             .first()
             .map(String::as_str)
             .ok_or_else(|| EvalError::Invalid("the run configuration names no judge".into()))
+    }
+
+    /// How the run's prompts become conversations (mode, instruction, system message, special
+    /// tokens: the settings this configuration records).
+    pub fn style(&self) -> InputStyle {
+        InputStyle {
+            mode: self.mode,
+            instruction: self
+                .instruction
+                .clone()
+                .unwrap_or_else(|| DEFAULT_INSTRUCTION.to_string()),
+            system: self.system.clone(),
+            specials: self.content_specials,
+        }
     }
 
     /// Counts that must be at least 1 (0 would make a run with no responses).
@@ -240,6 +255,8 @@ pub struct SkippedItem {
 pub struct RunOutput {
     pub rows: Vec<ResultRow>,
     pub skipped: Vec<SkippedItem>,
+    /// Audio clips this run ran through the audio tower (each distinct clip once).
+    pub audio_clips_encoded: usize,
 }
 
 /// A prompt of the run with the set it came from.
@@ -468,15 +485,16 @@ fn row_seed(seed: u64, id: &str, sample: usize) -> u64 {
 
 /// Check that the model can take every prompt (template, context length, audio) without
 /// generating: the prompts it can take, and the others with the reason. Without
-/// `skip_bad_items` any bad prompt is an error naming it. Each prompt is encoded as generation
-/// will encode it (for audio, one audio-tower pass) and dropped: holding every encoded prompt
-/// of a run would take memory in proportion to the data set.
+/// `skip_bad_items` any bad prompt is an error naming it. Each prompt is tokenized as
+/// generation will tokenize it, its audio decoded and measured but not run through the audio
+/// tower ([`Model::prompt_ids`]): generation encodes each clip once, through `audio`.
 pub fn check_items<'a>(
     model: &Model,
     defense: &dyn Defense,
     style: &InputStyle,
     items: &'a [RunItem],
     skip_bad_items: bool,
+    audio: &AudioCache,
 ) -> Result<(Vec<&'a RunItem>, Vec<SkippedItem>)> {
     let mut good = Vec::with_capacity(items.len());
     let mut bad = Vec::new();
@@ -484,7 +502,7 @@ pub fn check_items<'a>(
         let checked = style
             .messages(&it.item, None)
             .map_err(EvalError::from)
-            .and_then(|m| Ok(model.encode_prompt(&defense.rewrite(m), style.specials)?));
+            .and_then(|m| Ok(model.prompt_ids(&defense.rewrite(m), style.specials, audio)?));
         match checked {
             Ok(_) => good.push(it),
             Err(e) => bad.push(SkippedItem {
@@ -513,23 +531,68 @@ pub fn check_items<'a>(
     }
 }
 
-/// Run (or resume) an evaluation: every row of the run, old and new, and the prompts skipped.
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    model: &Model,
-    defense: &dyn Defense,
-    judges: &[Box<dyn Judge>],
-    style: &InputStyle,
-    items: &[RunItem],
-    config: &RunConfig,
-    dir: &Path,
-    opts: &RunOptions,
-) -> Result<RunOutput> {
-    config.check()?;
-    if opts.batch_size == 0 {
-        return Err(EvalError::Invalid("--batch-size must be at least 1".into()));
+/// One evaluation: the model, defense and judges that make the responses, the prompts, the
+/// configuration that pins them (recorded in `dir`/config.json; the conversation style comes
+/// from it, see [`RunConfig::style`]), and how the work is done.
+pub struct Run<'a> {
+    pub model: &'a Model,
+    /// Built from the spec `config.defense` names.
+    pub defense: &'a dyn Defense,
+    /// Built from the names in `config.judges`, in that order.
+    pub judges: &'a [Box<dyn Judge>],
+    /// The prompts (see [`run_items`]).
+    pub items: &'a [RunItem],
+    pub config: &'a RunConfig,
+    pub dir: &'a Path,
+    pub opts: &'a RunOptions,
+}
+
+impl Run<'_> {
+    /// The configuration is valid and names the defense and judges the run uses.
+    fn check(&self) -> Result<()> {
+        self.config.check()?;
+        if self.opts.batch_size == 0 {
+            return Err(EvalError::Invalid("--batch-size must be at least 1".into()));
+        }
+        let names: Vec<String> = self.judges.iter().map(|j| j.name()).collect();
+        if names != self.config.judges {
+            return Err(EvalError::Invalid(format!(
+                "the run's judges {names:?} are not the configuration's {:?}",
+                self.config.judges
+            )));
+        }
+        if self.defense.describe() != self.config.defense {
+            return Err(EvalError::Invalid(format!(
+                "the run's defense '{}' is not the configuration's '{}'",
+                self.defense.describe(),
+                self.config.defense
+            )));
+        }
+        Ok(())
     }
-    let (items, skipped) = check_items(model, defense, style, items, opts.skip_bad_items)?;
+}
+
+/// Run (or resume) an evaluation: every row of the run, old and new, and the prompts skipped.
+pub fn run(run: &Run) -> Result<RunOutput> {
+    run.check()?;
+    let Run {
+        model,
+        defense,
+        config,
+        dir,
+        opts,
+        ..
+    } = *run;
+    let style = config.style();
+    let audio = AudioCache::new();
+    let (items, skipped) = check_items(
+        model,
+        defense,
+        &style,
+        run.items,
+        opts.skip_bad_items,
+        &audio,
+    )?;
     let run_dir = prepare_dir(dir, config)?;
     let path = dir.join(RESULTS);
     let mut rows = read_results(&path)?;
@@ -539,34 +602,39 @@ pub fn run(
             dir.display()
         ))
     })?;
-    let written = write_skipped(&dir.join(SKIPPED), &skipped).and_then(|()| {
-        generate_rows(
-            model, defense, judges, style, &items, config, dir, opts, &mut rows,
-        )
-    });
+    let written = write_skipped(&dir.join(SKIPPED), &skipped)
+        .and_then(|()| generate_rows(run, &style, &items, &audio, &mut rows));
     match (written, run_dir) {
         (Err(e), RunDir::New { made_dir }) if rows.is_empty() => {
             discard_new_run(dir, made_dir);
             Err(e)
         }
         (Err(e), _) => Err(e),
-        (Ok(()), _) => Ok(RunOutput { rows, skipped }),
+        (Ok(()), _) => Ok(RunOutput {
+            rows,
+            skipped,
+            audio_clips_encoded: audio.encoded(),
+        }),
     }
 }
 
 /// Generate, judge and append the rows of `items` × samples not yet in `rows`.
-#[allow(clippy::too_many_arguments)]
 fn generate_rows(
-    model: &Model,
-    defense: &dyn Defense,
-    judges: &[Box<dyn Judge>],
+    run: &Run,
     style: &InputStyle,
     items: &[&RunItem],
-    config: &RunConfig,
-    dir: &Path,
-    opts: &RunOptions,
+    audio: &AudioCache,
     rows: &mut Vec<ResultRow>,
 ) -> Result<()> {
+    let Run {
+        model,
+        defense,
+        judges,
+        config,
+        dir,
+        opts,
+        ..
+    } = *run;
     let path = dir.join(RESULTS);
     let done: HashSet<(String, usize)> = rows.iter().map(|r| (r.id.clone(), r.sample)).collect();
     let todo: Vec<(&RunItem, usize)> = items
@@ -584,7 +652,7 @@ fn generate_rows(
         .open(&path)
         .map_err(|e| EvalError::io(&path, e))?;
     let stop = model.tokenizer.stop_token_ids();
-    let score_tokens = earguard_steer::pipeline::refusal_start_tokens(model)?;
+    let refusal = refusal_start_tokens(&model.tokenizer)?;
     let sampling = SamplingParams {
         temperature: config.temperature,
         top_k: None,
@@ -596,7 +664,12 @@ fn generate_rows(
         sampling,
         stop_tokens: &stop,
         pad_token: model.tokenizer.pad_id(),
-        score_tokens: &score_tokens,
+    };
+    request.sampling.validate()?;
+    // A plan that does not depend on the batch is built once for the run.
+    let fixed_plan = match defense.per_batch() {
+        false => Some(defense.plan(model, &[])?),
+        true => None,
     };
     let bar = progress(opts.progress, items.len() * config.samples, done.len());
     for batch in todo.chunks(opts.batch_size) {
@@ -606,18 +679,40 @@ fn generate_rows(
             let messages = defense.rewrite(style.messages(&it.item, None)?);
             prompts.push(
                 model
-                    .encode_prompt(&messages, style.specials)
+                    .encode_prompt(&messages, style.specials, audio)
                     .map_err(|e| EvalError::Invalid(format!("prompt {}: {e}", it.item.id)))?,
             );
         }
-        let plan = defense.plan(model, &prompts)?;
+        let plan = match &fixed_plan {
+            Some(plan) => plan.clone(),
+            None => defense.plan(model, &prompts)?,
+        };
         let seeds: Vec<u64> = batch
             .iter()
             .map(|(it, s)| row_seed(config.seed, &it.item.id, *s))
             .collect();
-        let gens = generate_batch(
+        // One prefill: its logits give the refusal scores and the first sampled token.
+        let (out, cache) = prefill(
             &model.decoder,
             &prompts,
+            request.pad_token,
+            &plan,
+            Logits::Last,
+        )?;
+        let logits = out
+            .logits
+            .ok_or_else(|| EvalError::Invalid("the prefill returned no logits".into()))?;
+        let scores: Vec<Option<f32>> = match refusal.is_empty() {
+            true => vec![None; prompts.len()],
+            false => refusal_scores(&logits, &refusal)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        };
+        let gens = generate_from(
+            &model.decoder,
+            logits,
+            cache,
             &request,
             &plan,
             Some(&seeds),
@@ -631,11 +726,11 @@ fn generate_rows(
         let inputs: Vec<JudgeInput<'_>> = batch
             .iter()
             .zip(&texts)
-            .zip(&gens)
-            .map(|(((it, _), text), g)| JudgeInput {
+            .zip(&scores)
+            .map(|(((it, _), text), &score)| JudgeInput {
                 prompt: &it.item.text,
                 response: text,
-                refusal_score: g.first_token_log_odds,
+                refusal_score: score,
             })
             .collect();
         let mut verdicts: Vec<BTreeMap<String, Verdict>> = vec![BTreeMap::new(); batch.len()];
@@ -645,7 +740,13 @@ fn generate_rows(
             }
         }
         let mut lines = String::new();
-        for ((((it, sample), text), g), v) in batch.iter().zip(texts).zip(&gens).zip(verdicts) {
+        for (((((it, sample), text), g), v), &score) in batch
+            .iter()
+            .zip(texts)
+            .zip(&gens)
+            .zip(verdicts)
+            .zip(&scores)
+        {
             let row = ResultRow {
                 id: it.item.id.clone(),
                 model: config.model.clone(),
@@ -661,7 +762,7 @@ fn generate_rows(
                 degenerate: classify(&text),
                 response: text,
                 verdicts: v,
-                refusal_score: g.first_token_log_odds,
+                refusal_score: score,
                 n_tokens: g.tokens.len(),
                 finish: g.finish,
                 seconds,
@@ -841,6 +942,20 @@ mod tests {
         let err = prepare_dir(&dir, &other).unwrap_err().to_string();
         assert!(err.contains("differs in: judges"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The conversation style is the configuration's own settings.
+    #[test]
+    fn style_comes_from_the_config() {
+        let mut c = config();
+        c.system = Some("be safe".into());
+        let style = c.style();
+        assert_eq!(style.mode, Mode::TextOnly);
+        assert_eq!(style.system.as_deref(), Some("be safe"));
+        assert_eq!(style.specials, ContentSpecials::Literal);
+        c.mode = Mode::AudioText;
+        c.instruction = Some("Answer the question.".into());
+        assert_eq!(c.style().instruction, "Answer the question.");
     }
 
     #[test]

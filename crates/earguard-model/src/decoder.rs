@@ -9,7 +9,7 @@ use candle_core::{DType, Device, IndexOp, Tensor, D};
 
 use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
-use crate::hooks::{run_hooks, Captures, HookPoint, InterventionPlan, StepLayout};
+use crate::hooks::{run_hooks, Captures, HookKind, HookPoint, InterventionPlan, StepLayout};
 use crate::weights::{Linear, WeightStore};
 
 #[derive(Debug, Clone)]
@@ -379,18 +379,18 @@ impl Decoder {
         let mut x = x;
         for (l, block) in self.blocks.iter().enumerate() {
             let kv = &mut cache.layers[l];
-            x = hook(HookPoint::ResidPre(l), x)?;
+            x = hook(HookKind::ResidPre.at(l), x)?;
             let h = block.attn_norm.forward(&x)?;
             let a = block
                 .attn
                 .forward(&h, &self.rope, &cos, &sin, mask.as_ref(), kv)?;
-            let a = hook(HookPoint::AttnOut(l), a)?;
-            x = hook(HookPoint::ResidMid(l), (x + a)?)?;
+            let a = hook(HookKind::AttnOut.at(l), a)?;
+            x = hook(HookKind::ResidMid.at(l), (x + a)?)?;
             let h = block.mlp_norm.forward(&x)?;
             let m = block.mlp.forward(&h)?;
-            let m = hook(HookPoint::MlpOut(l), m)?;
+            let m = hook(HookKind::MlpOut.at(l), m)?;
             x = (x + m)?;
-            x = hook(HookPoint::ResidPost(l), x)?;
+            x = hook(HookKind::ResidPost.at(l), x)?;
         }
         cache.len = start + q;
         cache.prompt_end = prompt_end;

@@ -8,9 +8,10 @@ use std::sync::OnceLock;
 use candle_core::{Device, Tensor};
 use earguard_data::REFUSAL_SUBSTRINGS;
 use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
-use earguard_model::loader::{models_dir, Model};
+use earguard_model::loader::models_dir;
+use earguard_model::Model;
 use earguard_model::Prompt;
-use earguard_model::{HookPoint, InterventionPlan, Logits, Positions};
+use earguard_model::{HookKind, InterventionPlan, Logits, Positions};
 
 const QWEN: &str = "qwen2.5-1.5b-instruct";
 
@@ -57,7 +58,6 @@ fn greedy(
         sampling: SamplingParams::greedy(),
         stop_tokens: &stop,
         pad_token: model.tokenizer.pad_id(),
-        score_tokens: &[],
     };
     generate_batch(&model.decoder, &ids, &request, plan, None, |_, _| {})
         .expect("generate")
@@ -137,7 +137,7 @@ fn zero_edit_is_bit_identical_and_nonzero_edit_changes_logits() {
     let mut zero = InterventionPlan::new();
     for l in 0..cfg.n_layers {
         let v = Tensor::zeros(cfg.hidden_size, candle_core::DType::F32, &Device::Cpu).unwrap();
-        zero = zero.add(HookPoint::ResidPost(l), Positions::All, v);
+        zero = zero.add(HookKind::ResidPost.at(l), Positions::All, v);
     }
     let same = last_logits(model, text, &zero);
     assert!(base
@@ -148,7 +148,7 @@ fn zero_edit_is_bit_identical_and_nonzero_edit_changes_logits() {
     let v = (Tensor::ones(cfg.hidden_size, candle_core::DType::F32, &Device::Cpu).unwrap() * 0.5)
         .unwrap();
     let plan =
-        InterventionPlan::new().add(HookPoint::ResidPost(cfg.n_layers / 2), Positions::Last, v);
+        InterventionPlan::new().add(HookKind::ResidPost.at(cfg.n_layers / 2), Positions::Last, v);
     let moved = last_logits(model, text, &plan);
     let max_diff = base
         .iter()
@@ -167,7 +167,7 @@ fn captures_one_hidden_vector_per_layer() {
     let cfg = model.decoder.config();
     let mut plan = InterventionPlan::new();
     for l in 0..cfg.n_layers {
-        plan = plan.capture(HookPoint::ResidPost(l), Positions::Last);
+        plan = plan.capture(HookKind::ResidPost.at(l), Positions::Last);
     }
     let ids = model.encode_chat(None, "Hello").unwrap();
     let ids = Tensor::new(ids.as_slice(), &Device::Cpu)
@@ -181,7 +181,7 @@ fn captures_one_hidden_vector_per_layer() {
         .unwrap();
     assert_eq!(out.captures.items.len(), cfg.n_layers);
     for (l, (point, t)) in out.captures.items.iter().enumerate() {
-        assert_eq!(*point, HookPoint::ResidPost(l));
+        assert_eq!(*point, HookKind::ResidPost.at(l));
         assert_eq!(t.dims(), [1, cfg.hidden_size]);
         let norm = t
             .sqr()

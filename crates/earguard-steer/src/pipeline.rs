@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Tensor};
 use earguard_data::PromptItem;
 use earguard_model::decoder::log_softmax;
-use earguard_model::{HookPoint, InterventionPlan, Logits, Model, Prompt};
+use earguard_model::score::{refusal_scores, refusal_start_tokens};
+use earguard_model::{AudioCache, HookKind, InterventionPlan, Logits, Model, Prompt};
 use serde_json::json;
 
 use crate::artifact::{DatasetRef, SteeringVector, VectorMeta};
@@ -26,24 +27,27 @@ use crate::inputs::InputStyle;
 pub struct FitSetup<'a> {
     pub model: &'a Model,
     pub style: InputStyle,
-    pub hook: HookPoint,
+    pub hook: HookKind,
     pub batch_size: usize,
     /// Captures are kept here (one folder per set) so an interrupted fit resumes and a re-fit
     /// with other hyper-parameters needs no forward passes.
     pub work_dir: Option<PathBuf>,
     pub progress: bool,
     pub training_sets: Vec<DatasetRef>,
+    /// The fit's encoded audio: each clip runs through the audio tower once, however many
+    /// captures (plain, with the suffix, layer search) use it.
+    pub audio: AudioCache,
 }
 
 impl FitSetup<'_> {
-    /// Token ids of each prompt in this setup's mode, with an optional suffix.
+    /// Each prompt in this setup's mode, with an optional suffix.
     pub fn encode(&self, items: &[PromptItem], suffix: Option<&str>) -> Result<Vec<Prompt>> {
         items
             .iter()
             .map(|item| {
                 let messages = self.style.messages(item, suffix)?;
                 self.model
-                    .encode_prompt(&messages, self.style.specials)
+                    .encode_prompt(&messages, self.style.specials, &self.audio)
                     .map_err(|e| SteerError::Invalid(format!("prompt {}: {e}", item.id)))
             })
             .collect()
@@ -70,7 +74,7 @@ impl FitSetup<'_> {
     }
 
     fn meta(&self, method: &str, hyper: serde_json::Value) -> VectorMeta {
-        let mut meta = VectorMeta::for_model(method, &self.model.info, self.hook.kind());
+        let mut meta = VectorMeta::for_model(method, &self.model.info, self.hook);
         meta.hyper_parameters = hyper;
         meta.training_sets = self.training_sets.clone();
         meta
@@ -134,7 +138,8 @@ impl FitSetup<'_> {
     }
 
     /// CAST: behaviour = harmful-minus-benign mean difference per layer; condition fitted on
-    /// the same sets.
+    /// the same sets (its direction is the vector's condition tensor, its threshold in
+    /// `extra`).
     pub fn cast(
         &self,
         harmful: &[PromptItem],
@@ -149,13 +154,12 @@ impl FitSetup<'_> {
         let cond = fit::fit_condition(&h, &b)?;
         let mut meta = self.meta("cast", json!({"mode": self.style.mode, "alpha": alpha}));
         meta.extra = json!({
-            "condition_layer": cond.layer,
-            "condition_direction": cond.direction.to_vec1::<f32>()?,
             "threshold": cond.threshold,
             "train_accuracy": cond.accuracy,
             "alpha": alpha,
         });
-        self.package(meta, &behaviour)
+        self.package(meta, &behaviour)?
+            .with_condition(cond.layer, &cond.direction)
     }
 
     /// SPEC §2 layer selection: among layers below `max_fraction`·L, the direction whose
@@ -164,7 +168,7 @@ impl FitSetup<'_> {
     fn select_layer(&self, directions: &Tensor, sel: &LayerSelection) -> Result<LayerPick> {
         let harm = self.encode(&sel.harmful, None)?;
         let safe = self.encode(&sel.harmless, None)?;
-        let refusal = refusal_start_tokens(self.model)?;
+        let refusal = refusal_start_tokens(&self.model.tokenizer)?;
         let base_logits = self.logits(&safe, &InterventionPlan::new())?;
         let n_layers = directions.dim(0)?;
         let last = ((n_layers as f64) * sel.max_fraction).floor() as usize;
@@ -177,10 +181,7 @@ impl FitSetup<'_> {
         for l in 0..last {
             // The attack's plan does not depend on the batch: built once per layer.
             let plan = Ablate::new(self.model, &directions.get(l)?, 1.0)?.plan(self.model, &[])?;
-            let score = mean(&earguard_model::generate::log_odds(
-                &self.logits(&harm, &plan)?,
-                &refusal,
-            )?);
+            let score = mean(&refusal_scores(&self.logits(&harm, &plan)?, &refusal)?);
             let kl = mean_kl(&base_logits, &self.logits(&safe, &plan)?)?;
             table.push(json!({"layer": l, "harmful_refusal_score": score, "harmless_kl": kl}));
             bar.inc(1);
@@ -299,19 +300,6 @@ fn check_sets(harmful: &[PromptItem], benign: &[PromptItem]) -> Result<()> {
     Ok(())
 }
 
-/// SPEC §2's refusal-start tokens R: the first token of "I" and "As".
-pub fn refusal_start_tokens(model: &Model) -> Result<Vec<u32>> {
-    let mut out = Vec::new();
-    for word in ["I", "As"] {
-        if let Some(&t) = model.tokenizer.encode(word, false)?.first() {
-            if !out.contains(&t) {
-                out.push(t);
-            }
-        }
-    }
-    Ok(out)
-}
-
 fn mean(xs: &[f32]) -> f64 {
     xs.iter().map(|&x| f64::from(x)).sum::<f64>() / xs.len().max(1) as f64
 }
@@ -353,7 +341,7 @@ mod tests {
             )
             .unwrap();
         }
-        let mut meta = VectorMeta::new("sarsteer", "m", "qwen2", "id", 16, 3, "resid_post");
+        let mut meta = VectorMeta::new("sarsteer", "m", "qwen2", "id", 16, 3, HookKind::ResidPost);
         meta.hyper_parameters = json!({"k": 10, "lambda": 1.0, "suffix": "I cannot."});
         let fitted = package(
             meta,

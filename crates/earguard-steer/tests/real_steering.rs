@@ -13,13 +13,13 @@
 use std::path::{Path, PathBuf};
 
 use earguard_data::{Label, Mode, PromptItem, PromptSet};
-use earguard_model::generate::log_odds;
-use earguard_model::{ContentSpecials, Logits, Model, Prompt};
-use earguard_model::{HookPoint, InterventionPlan, Positions};
+use earguard_model::score::{refusal_scores, refusal_start_tokens};
+use earguard_model::{AudioCache, ContentSpecials, Logits, Model, Prompt};
+use earguard_model::{HookKind, InterventionPlan, Positions};
 use earguard_steer::capture::forward_batch;
 use earguard_steer::defense::{build, Ablate, Defense, DefenseSpec, NoDefense};
 use earguard_steer::inputs::{InputStyle, DEFAULT_REFUSAL_SUFFIX};
-use earguard_steer::pipeline::{refusal_start_tokens, FitSetup};
+use earguard_steer::pipeline::FitSetup;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -67,7 +67,7 @@ fn encode(model: &Model, defense: &dyn Defense, items: &[PromptItem]) -> Vec<Pro
         .map(|i| {
             let messages = defense.rewrite(style.messages(i, None).unwrap());
             model
-                .encode_prompt(&messages, ContentSpecials::Literal)
+                .encode_prompt(&messages, ContentSpecials::Literal, &AudioCache::new())
                 .unwrap()
         })
         .collect()
@@ -82,7 +82,7 @@ fn mean_score(model: &Model, spec: &str, items: &[PromptItem]) -> f32 {
         .unwrap()
         .logits
         .unwrap();
-    let scores = log_odds(&logits, &refusal_start_tokens(model).unwrap()).unwrap();
+    let scores = refusal_scores(&logits, &refusal_start_tokens(&model.tokenizer).unwrap()).unwrap();
     scores.iter().sum::<f32>() / scores.len() as f32
 }
 
@@ -145,11 +145,12 @@ fn setup(model: &Model) -> FitSetup<'_> {
     FitSetup {
         model,
         style: InputStyle::new(Mode::TextOnly),
-        hook: HookPoint::ResidPost(0),
+        hook: HookKind::ResidPost,
         batch_size: 8,
         work_dir: None,
         progress: false,
         training_sets: vec![],
+        audio: AudioCache::new(),
     }
 }
 
@@ -204,7 +205,7 @@ fn ablation_removes_writes_not_the_defense() {
     let mut prompts = encode(&model, &none, &harmful[..4]);
     prompts.extend(encode(&model, &none, &harmless[..4]));
     let n_layers = model.decoder.config().n_layers;
-    let last = HookPoint::ResidPost(n_layers - 1);
+    let last = HookKind::ResidPost.at(n_layers - 1);
     let run = |plan: &InterventionPlan| {
         let out = forward_batch(
             &model,
@@ -226,9 +227,9 @@ fn ablation_removes_writes_not_the_defense() {
     let mut stream = InterventionPlan::new();
     for l in 0..n_layers {
         for hook in [
-            HookPoint::ResidPre(l),
-            HookPoint::ResidMid(l),
-            HookPoint::ResidPost(l),
+            HookKind::ResidPre.at(l),
+            HookKind::ResidMid.at(l),
+            HookKind::ResidPost.at(l),
         ] {
             stream = stream.project_out(hook, Positions::All, &r).unwrap();
         }
@@ -274,7 +275,7 @@ fn ablation_removes_writes_not_the_defense() {
     // 2. A defense's addition at resid_post(10) along r̂ reaches the last layer intact.
     let c = 8.0;
     let added = attack.clone().add(
-        HookPoint::ResidPost(10),
+        HookKind::ResidPost.at(10),
         Positions::All,
         (&r_hat * c).unwrap(),
     );

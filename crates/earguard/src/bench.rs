@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::{Args, Subcommand};
 use earguard_model::loader::DEFAULT_MODEL;
-use earguard_model::{HookPoint, InterventionPlan, Logits, Model, Positions, Prompt};
+use earguard_model::{HookKind, InterventionPlan, Logits, Model, Positions, Prompt};
 use serde_json::json;
 
 #[derive(Subcommand)]
@@ -201,7 +201,7 @@ fn decode(args: DecodeArgs) -> Result<()> {
     let mut steer = InterventionPlan::new();
     for l in 0..cfg.n_layers {
         let v = (Tensor::randn(0f32, 1.0, cfg.hidden_size, &Device::Cpu)? * 0.01)?;
-        steer = steer.add(HookPoint::ResidPost(l), Positions::Last, v);
+        steer = steer.add(HookKind::ResidPost.at(l), Positions::Last, v);
     }
     let stock = Stock {
         path: model.info.path.clone(),
@@ -342,7 +342,6 @@ fn eval_batching(args: EvalBenchArgs) -> Result<()> {
         sampling: SamplingParams::greedy(),
         stop_tokens: &[],
         pad_token: model.tokenizer.pad_id(),
-        score_tokens: &[],
     };
     let plan = InterventionPlan::new();
     let t0 = Instant::now();
