@@ -146,56 +146,29 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>> {
 /// Write mono `samples` at `rate` Hz as a 16-bit PCM WAV, atomically (a temporary file in
 /// the same directory, then a rename). Samples are scaled by 32768, rounded and clipped.
 pub fn write_wav_pcm16(path: &Path, samples: &[f32], rate: u32) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "audio.wav".to_string());
-    let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), unique()));
-    let io = |action: &'static str, source: std::io::Error| AudioError::Io {
-        path: path.to_path_buf(),
-        action,
-        source,
-    };
     let spec = hound::WavSpec {
         channels: 1,
         sample_rate: rate,
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     };
-    let result = (|| -> Result<()> {
-        let file = File::create(&tmp).map_err(|e| io("creating temporary file", e))?;
-        let mut writer = hound::WavWriter::new(std::io::BufWriter::new(file), spec)
-            .map_err(|e| io("writing WAV header", hound_io(e)))?;
+    earguard_data::atomic::write_with(path, |tmp| {
+        let mut writer = hound::WavWriter::create(tmp, spec).map_err(hound_io)?;
         for &s in samples {
             let v = if s.is_finite() {
                 (f64::from(s) * 32768.0).round().clamp(-32768.0, 32767.0) as i16
             } else {
                 0
             };
-            writer
-                .write_sample(v)
-                .map_err(|e| io("writing samples", hound_io(e)))?;
+            writer.write_sample(v).map_err(hound_io)?;
         }
-        writer
-            .finalize()
-            .map_err(|e| io("finishing WAV", hound_io(e)))?;
-        std::fs::rename(&tmp, path).map_err(|e| io("renaming temporary file into place", e))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    COUNTER.fetch_add(1, Ordering::Relaxed)
+        writer.finalize().map_err(hound_io)
+    })
+    .map_err(|source| AudioError::Io {
+        path: path.to_path_buf(),
+        action: "writing WAV",
+        source,
+    })
 }
 
 fn hound_io(e: hound::Error) -> std::io::Error {

@@ -124,7 +124,7 @@ pub fn cache_key(text: &str, voice: &str, rate_wpm: u32) -> String {
         h.update((field.len() as u64).to_le_bytes());
         h.update(field.as_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    earguard_data::hex(&h.finalize())
 }
 
 /// Render `text` with espeak-ng (found on `PATH`) to `out_dir/<cache_key>.wav`
@@ -355,17 +355,7 @@ pub fn render_set_with(
         }
     }
     let total = (items.len() * voices.len()) as u64;
-    let bar = if progress {
-        let bar = indicatif::ProgressBar::new(total);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} tts [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta} {msg}",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = earguard_data::progress::bar(progress.then_some("tts"), "renders", total);
     let mut rows = Vec::with_capacity(items.len() * voices.len());
     for item in items {
         for voice in voices {
@@ -460,19 +450,7 @@ pub fn write_manifest(path: &Path, rows: &[ManifestRow]) -> Result<()> {
         text.push_str(&line);
         text.push('\n');
     }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "manifest.jsonl".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, text)
-        .map_err(|e| io("writing temporary manifest", e))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|e| io("renaming manifest into place", e))
-        })
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+    earguard_data::atomic::write(path, text.as_bytes()).map_err(|e| io("writing manifest", e))
 }
 
 /// Read a manifest written by [`write_manifest`]; `audio` paths are resolved against the

@@ -8,6 +8,9 @@
 //! [`MAX_LINE_BYTES`] (1 MiB), UTF-8, optionally starting with a byte-order mark (skipped).
 //! A pipe or device (`/dev/urandom`) is refused before anything is read.
 //!
+//! As the bottom crate it also holds the helpers every other crate shares, once each:
+//! [`atomic`] (whole-file writes), [`hex`] and [`progress`].
+//!
 //! ```
 //! use earguard_data::{PromptSet, Label, ReadOptions};
 //! let text = r#"{"id":"a-1","label":"harmful","text":"q1","pair_id":"p1"}
@@ -16,12 +19,29 @@
 //! assert_eq!(set.count(Label::Harmful), 1);
 //! ```
 
+pub mod atomic;
+pub mod progress;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// Lower-case hex of `bytes` (digests, cache keys): the one hex encoder of the workspace.
+///
+/// ```
+/// assert_eq!(earguard_data::hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+/// ```
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
 
 /// SPEC §2 refusal substrings (matched case-insensitively): the field's keyword judge.
 pub const REFUSAL_SUBSTRINGS: &[&str] = &[
@@ -292,10 +312,7 @@ impl PromptSet {
                 message: "the prompt set is empty".into(),
             });
         }
-        let sha256 = Sha256::digest(text.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = hex(&Sha256::digest(text.as_bytes()));
         Ok(Self {
             path: path.to_path_buf(),
             sha256,

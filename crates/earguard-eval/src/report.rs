@@ -412,9 +412,8 @@ pub fn write(dir: &Path, report: &Report, title: &str, plots: &[(String, String)
         ("report.md", markdown(report, title, plots)),
     ] {
         let path = dir.join(name);
-        let tmp = dir.join(format!("{name}.tmp"));
-        std::fs::write(&tmp, text).map_err(|e| EvalError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| EvalError::io(&path, e))?;
+        earguard_data::atomic::write(&path, text.as_bytes())
+            .map_err(|e| EvalError::io(&path, e))?;
     }
     Ok(())
 }

@@ -341,9 +341,7 @@ pub fn prepare_dir(dir: &Path, config: &RunConfig) -> Result<RunDir> {
     std::fs::create_dir_all(dir).map_err(|e| EvalError::io(dir, e))?;
     let text =
         serde_json::to_string_pretty(config).map_err(|e| EvalError::Invalid(e.to_string()))?;
-    let tmp = dir.join(format!("{CONFIG}.tmp"));
-    std::fs::write(&tmp, text).map_err(|e| EvalError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| EvalError::io(&path, e))?;
+    earguard_data::atomic::write(&path, text.as_bytes()).map_err(|e| EvalError::io(&path, e))?;
     Ok(RunDir::New { made_dir })
 }
 
@@ -476,7 +474,7 @@ pub fn write_skipped(path: &Path, skipped: &[SkippedItem]) -> Result<()> {
         text.push_str(&serde_json::to_string(s).map_err(|e| EvalError::Invalid(e.to_string()))?);
         text.push('\n');
     }
-    std::fs::write(path, text).map_err(|e| EvalError::io(path, e))
+    earguard_data::atomic::write(path, text.as_bytes()).map_err(|e| EvalError::io(path, e))
 }
 
 /// Deterministic per-(prompt, sample) seed, independent of batching and sharding.
@@ -779,18 +777,7 @@ fn generate_rows(
 }
 
 fn progress(show: bool, total: usize, done: usize) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:>10} [{bar:30}] {pos}/{len} responses, {elapsed} elapsed, eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_message("eval");
+    let bar = earguard_data::progress::bar(show.then_some("eval"), "responses", total as u64);
     bar.set_position(done as u64);
     bar.reset_eta();
     bar

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use earguard_eval::plots::{self, PlotFiles, ScatterPoint, TradeoffPoint};
 use earguard_eval::EvalError;
+use earguard_steer::fit::pca_2d;
+use earguard_steer::SteerError;
 
 /// Where a test renders: `$EARGUARD_PLOT_DIR/<name>` when set (kept), else a temp dir.
 fn out_dir(name: &str) -> (Option<tempfile::TempDir>, PathBuf) {
@@ -184,7 +186,7 @@ fn layer_norms_renders_each_series() {
 fn pca_separates_clusters_and_scatter_renders() {
     let (_t, dir) = out_dir("pca");
     let (rows, groups) = two_clusters(60, 24, 4.0, 7);
-    let xy = plots::pca_2d(&rows).unwrap();
+    let xy = pca_2d(&rows).unwrap();
     assert_eq!(xy.len(), rows.len());
     // The separating feature 0 dominates PC 1 and its loading is made positive, so "harmful"
     // (+sep) lands right of every "benign" (−sep).
@@ -242,13 +244,13 @@ fn pca_separates_clusters_and_scatter_renders() {
 #[test]
 fn pca_signs_are_stable() {
     let (rows, _) = two_clusters(40, 16, 3.0, 11);
-    let a = plots::pca_2d(&rows).unwrap();
+    let a = pca_2d(&rows).unwrap();
     // Same data again: identical.
-    assert_eq!(a, plots::pca_2d(&rows).unwrap());
+    assert_eq!(a, pca_2d(&rows).unwrap());
     // Rows in reverse order: the same coordinates for the same rows (the SVD's arbitrary sign
     // is fixed by the largest loading, not by row order).
     let rev: Vec<Vec<f32>> = rows.iter().rev().cloned().collect();
-    let b = plots::pca_2d(&rev).unwrap();
+    let b = pca_2d(&rev).unwrap();
     for (i, &(x, y)) in a.iter().enumerate() {
         let (bx, by) = b[rows.len() - 1 - i];
         assert!(
@@ -264,7 +266,7 @@ fn pca_signs_are_stable() {
         .iter()
         .map(|r| r.iter().map(|v| -v).collect())
         .collect();
-    let c = plots::pca_2d(&neg).unwrap();
+    let c = pca_2d(&neg).unwrap();
     for (&(x, _), &(cx, _)) in a.iter().zip(&c) {
         assert!((x + cx).abs() < 1e-3, "{x} vs {cx}");
     }
@@ -276,18 +278,22 @@ fn pca_signs_are_stable() {
 #[test]
 fn pca_degenerate_shapes() {
     // One row: nothing to vary; the origin.
-    assert_eq!(
-        plots::pca_2d(&[vec![1.0, 2.0, 3.0]]).unwrap(),
-        vec![(0.0, 0.0)]
-    );
+    assert_eq!(pca_2d(&[vec![1.0, 2.0, 3.0]]).unwrap(), vec![(0.0, 0.0)]);
     // One feature: PC 1 is that feature (centred, positive), PC 2 is 0.
-    let xy = plots::pca_2d(&[vec![1.0], vec![3.0], vec![5.0]]).unwrap();
+    let xy = pca_2d(&[vec![1.0], vec![3.0], vec![5.0]]).unwrap();
     let want = [(-2.0, 0.0), (0.0, 0.0), (2.0, 0.0)];
     for (got, want) in xy.iter().zip(want) {
         assert!(
             (got.0 - want.0).abs() < 1e-5 && got.1 == want.1,
             "{got:?} vs {want:?}"
         );
+    }
+}
+
+fn assert_pca_invalid<T: std::fmt::Debug>(r: Result<T, SteerError>, needle: &str) {
+    match r {
+        Err(SteerError::Invalid(m)) => assert!(m.contains(needle), "{m:?} lacks {needle:?}"),
+        other => panic!("expected Invalid containing {needle:?}, got {other:?}"),
     }
 }
 
@@ -303,13 +309,10 @@ fn bad_input_is_an_error_not_a_panic() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
     // pca_2d
-    assert_invalid(plots::pca_2d(&[]), "no rows");
-    assert_invalid(plots::pca_2d(&[vec![], vec![]]), "no features");
-    assert_invalid(
-        plots::pca_2d(&[vec![1.0, 2.0], vec![1.0]]),
-        "row 1 has 1 features",
-    );
-    assert_invalid(plots::pca_2d(&[vec![1.0, f32::NAN]]), "non-finite");
+    assert_pca_invalid(pca_2d(&[]), "no rows");
+    assert_pca_invalid(pca_2d(&[vec![], vec![]]), "no features");
+    assert_pca_invalid(pca_2d(&[vec![1.0, 2.0], vec![1.0]]), "row 1 has 1 features");
+    assert_pca_invalid(pca_2d(&[vec![1.0, f32::NAN]]), "non-finite");
     // tradeoff
     assert_invalid(plots::tradeoff(dir, "t", &[], "t", false), "no points");
     let ok = point("a", 0.5, 0.5, 100);

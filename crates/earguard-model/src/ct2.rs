@@ -51,6 +51,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use earguard_audio::decode::{SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SECONDS};
+use earguard_audio::mel::{HOP_LENGTH, N_FFT, N_FRAMES};
 
 use crate::error::{ModelError, Result};
 use crate::whisper::sinusoids;
@@ -459,21 +461,21 @@ pub fn convert_ct2_whisper(in_dir: &Path, out_dir: &Path) -> Result<()> {
     std::fs::create_dir_all(out_dir)
         .map_err(|e| ModelError::file(out_dir, format!("cannot create: {e}")))?;
     let st = out_dir.join("model.safetensors");
-    let tmp = out_dir.join("model.safetensors.partial");
-    candle_core::safetensors::save(&tensors, &tmp)
-        .map_err(|e| ModelError::file(&tmp, format!("cannot write: {e}")))?;
-    std::fs::rename(&tmp, &st).map_err(|e| ModelError::file(&st, format!("cannot write: {e}")))?;
+    earguard_data::atomic::write_with(&st, |tmp| {
+        candle_core::safetensors::save(&tensors, tmp).map_err(std::io::Error::other)
+    })
+    .map_err(|e| ModelError::file(&st, format!("cannot write: {e}")))?;
     let n_mels = config["num_mel_bins"].clone();
     write_json(&out_dir.join("config.json"), &config)?;
     let pre = serde_json::json!({
         "feature_extractor_type": "WhisperFeatureExtractor",
         "feature_size": n_mels,
-        "sampling_rate": 16000,
-        "hop_length": 160,
-        "n_fft": 400,
-        "chunk_length": 30,
-        "n_samples": 480000,
-        "nb_max_frames": 3000,
+        "sampling_rate": SAMPLE_RATE,
+        "hop_length": HOP_LENGTH,
+        "n_fft": N_FFT,
+        "chunk_length": WINDOW_SECONDS,
+        "n_samples": WINDOW_SAMPLES,
+        "nb_max_frames": N_FRAMES,
         "padding_side": "right",
         "padding_value": 0.0,
         "return_attention_mask": false,
@@ -482,7 +484,7 @@ pub fn convert_ct2_whisper(in_dir: &Path, out_dir: &Path) -> Result<()> {
     let tok = in_dir.join("tokenizer.json");
     if tok.is_file() {
         let dest = out_dir.join("tokenizer.json");
-        std::fs::copy(&tok, &dest)
+        earguard_data::atomic::write_with(&dest, |tmp| std::fs::copy(&tok, tmp).map(|_| ()))
             .map_err(|e| ModelError::file(&dest, format!("cannot copy: {e}")))?;
     }
     Ok(())
@@ -491,7 +493,7 @@ pub fn convert_ct2_whisper(in_dir: &Path, out_dir: &Path) -> Result<()> {
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| ModelError::file(path, format!("cannot serialize: {e}")))?;
-    std::fs::write(path, text + "\n")
+    earguard_data::atomic::write(path, (text + "\n").as_bytes())
         .map_err(|e| ModelError::file(path, format!("cannot write: {e}")))
 }
 

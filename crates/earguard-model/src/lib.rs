@@ -25,6 +25,8 @@ pub mod model;
 pub mod prompt;
 pub mod qwen2_audio;
 pub mod score;
+#[cfg(feature = "stock-whisper")]
+pub mod stock_whisper;
 pub mod tokenizer;
 pub mod weights;
 pub mod whisper;

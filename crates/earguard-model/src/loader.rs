@@ -12,6 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use earguard_data::hex;
 use sha2::{Digest, Sha256};
 
 use crate::chat::ChatTemplate;
@@ -288,10 +289,6 @@ fn hash_prefix(path: &Path, n: u64) -> Result<String> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut f.take(n), &mut hasher).map_err(|e| ModelError::file(path, e))?;
     Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn model_info(

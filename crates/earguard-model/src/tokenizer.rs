@@ -501,6 +501,14 @@ impl Tokenizer {
 
 /// Turns generated ids into text as they arrive. A character whose UTF-8 bytes span several
 /// byte-level tokens is held back until it is complete, so every piece is valid text.
+///
+/// Why not `tokenizers`' own `Tokenizer::decode_stream` (0.22): on the llama.cpp vocabulary
+/// fixtures (qwen2, gpt-2, starcoder; every `.inp` case, whole and cut one id short) both give
+/// the same pieces, except where a generation stops in the middle of a character (e.g. a
+/// Khmer or CJK character cut by the token limit): `DecodeStream` has no flush and silently
+/// drops the held bytes, while [`TokenStream::finish`] emits them as U+FFFD, so the streamed
+/// text ends as the full decode does. `DecodeStream` also errors (`InvalidPrefix`) where a
+/// decoder rewrites earlier text; this stream waits for more ids instead.
 #[derive(Debug)]
 pub struct TokenStream<'a> {
     tokenizer: &'a Tokenizer,

@@ -24,10 +24,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::whisper as cw;
 use earguard_model::ct2::{convert_ct2_whisper, Ct2Model};
+use earguard_model::stock_whisper::candle_stock_whisper;
 use earguard_model::weights::{SafeTensorWeights, WeightStore};
-use earguard_model::whisper::{
-    candle_stock_whisper, Activation, WhisperEncoder, WhisperEncoderConfig,
-};
+use earguard_model::whisper::{Activation, WhisperEncoder, WhisperEncoderConfig};
 
 const TOL: f32 = 1e-4;
 

@@ -69,7 +69,7 @@ impl DatasetRef {
     pub fn from_file(path: &Path) -> Result<DatasetRef> {
         // Bounded, regular files only, UTF-8; the BOM is hashed but not parsed.
         let text = earguard_data::read_jsonl_text(path)?;
-        let sha256 = hex(&Sha256::digest(text.as_bytes()));
+        let sha256 = earguard_data::hex(&Sha256::digest(text.as_bytes()));
         let (mut n_items, mut n_harmful, mut n_benign) = (0, 0, 0);
         for (i, line) in earguard_data::jsonl_lines(&text) {
             let at = || format!("{}:{i}", path.display());
@@ -585,10 +585,6 @@ pub(crate) fn unique_stamp() -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The first characters of an identity, enough to tell two apart in a message.

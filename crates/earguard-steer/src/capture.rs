@@ -81,7 +81,8 @@ pub fn capture_last(model: &Model, inputs: &[Prompt], opts: &CaptureOptions) -> 
     for l in 0..cfg.n_layers {
         plan = plan.capture(opts.hook.at(l), Positions::Last);
     }
-    let bar = progress_bar(opts.progress.as_deref(), inputs.len());
+    let bar =
+        earguard_data::progress::bar(opts.progress.as_deref(), "prompts", inputs.len() as u64);
     let mut rows: Vec<Option<Tensor>> = vec![None; inputs.len()];
     for (chunk, idx) in order.chunks(batch_size).enumerate() {
         let acts = match opts
@@ -169,7 +170,8 @@ fn load_finished(dir: &Path, manifest: &CaptureManifest) -> Result<Option<Tensor
     } else {
         let text = serde_json::to_string_pretty(manifest)
             .map_err(|e| SteerError::Invalid(e.to_string()))?;
-        write_atomic(&path, text.as_bytes())?;
+        earguard_data::atomic::write(&path, text.as_bytes())
+            .map_err(|e| SteerError::io(&path, e))?;
     }
     let final_path = dir.join(FINAL);
     if final_path.is_file() {
@@ -197,7 +199,7 @@ fn hash_inputs(inputs: &[Prompt]) -> Result<String> {
     for p in inputs {
         p.fingerprint(&mut |bytes| h.update(bytes))?;
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(earguard_data::hex(&h.finalize()))
 }
 
 pub(crate) fn read_tensor(path: &Path, key: &str) -> Result<Tensor> {
@@ -207,41 +209,14 @@ pub(crate) fn read_tensor(path: &Path, key: &str) -> Result<Tensor> {
         .ok_or_else(|| SteerError::io(path, format!("has no tensor '{key}'")))
 }
 
-/// Write tensors through a temporary file and a rename, so a kill never leaves half a file.
+/// Write tensors atomically (earguard_data::atomic), so a kill never leaves half a file.
 pub(crate) fn write_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
-    let tmp = tmp_path(path);
     let map: std::collections::HashMap<String, Tensor> = tensors
         .iter()
         .map(|(k, t)| (k.to_string(), (*t).clone()))
         .collect();
-    candle_core::safetensors::save(&map, &tmp).map_err(|e| SteerError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| SteerError::io(path, e))
-}
-
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| SteerError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| SteerError::io(path, e))
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp{}", std::process::id()));
-    path.with_file_name(name)
-}
-
-pub(crate) fn progress_bar(label: Option<&str>, len: usize) -> indicatif::ProgressBar {
-    let Some(label) = label else {
-        return indicatif::ProgressBar::hidden();
-    };
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:>16} [{bar:30}] {pos}/{len} prompts, {elapsed} elapsed, eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    bar.set_message(label.to_string());
-    bar
+    earguard_data::atomic::write_with(path, |tmp| {
+        candle_core::safetensors::save(&map, tmp).map_err(std::io::Error::other)
+    })
+    .map_err(|e| SteerError::io(path, e))
 }

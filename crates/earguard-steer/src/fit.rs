@@ -4,6 +4,7 @@
 //!   direction when a = harmful, b = benign; SARSteer's `D_l` when a = with-suffix, b = plain).
 //! - [`pca_direction`]: first principal component of the pooled, centred activations, its sign
 //!   aligned with the mean difference.
+//! - [`pca_2d`]: the 2-D PCA projection of plain rows (the coordinates of a PCA scatter plot).
 //! - [`benign_subspace`]: the top-k right singular vectors of the centred benign activations.
 //! - [`ablate_subspace`]: `v = D − λ U Uᵀ D`, SARSteer's safe-space ablation.
 
@@ -60,7 +61,8 @@ pub fn pca_direction(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(Tensor::stack(&out, 0)?)
 }
 
-/// The top-`k` principal directions `[hidden, k]` of the rows of `x` (`[n, hidden]`), centred.
+/// The top-`k` principal directions `[hidden, k]` of the rows of `x` (`[n, hidden]`), centred,
+/// signs fixed as [`principal_axes`] does.
 pub fn top_components(x: &Tensor, k: usize) -> Result<Tensor> {
     let (n, d) = x.dims2()?;
     if k == 0 {
@@ -76,17 +78,89 @@ pub fn top_components(x: &Tensor, k: usize) -> Result<Tensor> {
         .broadcast_sub(&x.to_dtype(DType::F64)?.mean_keepdim(0)?)?;
     let rows: Vec<Vec<f64>> = centred.to_vec2()?;
     let m = faer::Mat::<f64>::from_fn(n, d, |i, j| rows[i][j]);
-    let svd = m
-        .thin_svd()
-        .map_err(|e| SteerError::Invalid(format!("SVD did not converge: {e:?}")))?;
-    let v = svd.V();
+    let axes = principal_axes(&m, k)?;
     let mut data = vec![0f32; d * k];
     for i in 0..d {
-        for j in 0..k {
-            data[i * k + j] = v[(i, j)] as f32;
+        for (j, axis) in axes.iter().enumerate() {
+            data[i * k + j] = axis[i] as f32;
         }
     }
     Ok(Tensor::from_vec(data, (d, k), &Device::Cpu)?)
+}
+
+/// The first `min(k, n, d)` principal axes of the already centred `n × d` matrix (right singular
+/// vectors of its thin SVD, in f64). Each axis's sign is fixed so that its loading of largest
+/// magnitude (the first such index) is positive: the same data always gives the same axes,
+/// whatever sign the solver returns.
+fn principal_axes(centred: &faer::Mat<f64>, k: usize) -> Result<Vec<Vec<f64>>> {
+    let svd = centred
+        .thin_svd()
+        .map_err(|e| SteerError::Invalid(format!("SVD did not converge: {e:?}")))?;
+    let v = svd.V();
+    let d = v.nrows();
+    let mut axes = Vec::with_capacity(k);
+    for c in 0..v.ncols().min(k) {
+        let mut axis: Vec<f64> = (0..d).map(|j| v[(j, c)]).collect();
+        let mut best = 0;
+        for j in 1..d {
+            if axis[j].abs() > axis[best].abs() {
+                best = j;
+            }
+        }
+        if axis[best] < 0.0 {
+            axis.iter_mut().for_each(|a| *a = -*a);
+        }
+        axes.push(axis);
+    }
+    Ok(axes)
+}
+
+/// Centre `rows` (n × d) and project them onto their top two principal components (see
+/// [`principal_axes`] for the sign rule): the coordinates of a PCA scatter plot. With a single
+/// row or a single feature the missing coordinates are 0.
+pub fn pca_2d(rows: &[Vec<f32>]) -> Result<Vec<(f32, f32)>> {
+    let invalid = |m: String| SteerError::Invalid(format!("PCA: {m}"));
+    let n = rows.len();
+    if n == 0 {
+        return Err(invalid("no rows".into()));
+    }
+    let d = rows[0].len();
+    if d == 0 {
+        return Err(invalid("rows have no features".into()));
+    }
+    for (i, r) in rows.iter().enumerate() {
+        if r.len() != d {
+            return Err(invalid(format!(
+                "row {i} has {} features but row 0 has {d}",
+                r.len()
+            )));
+        }
+        if let Some((j, v)) = r.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(invalid(format!(
+                "row {i} has a non-finite value {v} at feature {j}"
+            )));
+        }
+    }
+    let mut mean = vec![0f64; d];
+    for r in rows {
+        for (m, &v) in mean.iter_mut().zip(r) {
+            *m += f64::from(v);
+        }
+    }
+    for m in &mut mean {
+        *m /= n as f64;
+    }
+    let centred = faer::Mat::<f64>::from_fn(n, d, |i, j| f64::from(rows[i][j]) - mean[j]);
+    let axes = principal_axes(&centred, 2).map_err(|e| invalid(e.to_string()))?;
+    let project = |i: usize, axis: Option<&Vec<f64>>| -> f32 {
+        match axis {
+            None => 0.0,
+            Some(a) => (0..d).map(|j| centred[(i, j)] * a[j]).sum::<f64>() as f32,
+        }
+    };
+    Ok((0..n)
+        .map(|i| (project(i, axes.first()), project(i, axes.get(1))))
+        .collect())
 }
 
 /// Per layer, the top-`k` benign subspace `[layers, hidden, k]` of `benign` (`[n, layers, hidden]`).

@@ -62,13 +62,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::fs;
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use candle_core::quantized::gguf_file::{self, Value as GgufValue};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use earguard_model::{HookKind, ModelInfo};
 
-use crate::artifact::{unique_stamp, SteeringVector, VectorMeta};
+use crate::artifact::{SteeringVector, VectorMeta};
 use crate::error::{Result, SteerError};
 
 /// `general.architecture` of a control vector.
@@ -189,7 +191,7 @@ pub fn export_control_vector(vec: &SteeringVector, out: &Path) -> Result<ExportR
         match tensor_name_of_layer(l) {
             Some(name) => {
                 written.push(l);
-                tensors.push((name, t.to_vec1::<f32>()?));
+                tensors.push((name, t.clone()));
             }
             None => skipped.push(SkippedLayer {
                 layer: l,
@@ -220,17 +222,17 @@ pub fn export_control_vector(vec: &SteeringVector, out: &Path) -> Result<ExportR
     }
     let meta_json = serde_json::to_string(meta)
         .map_err(|e| SteerError::Artifact(format!("cannot serialise meta: {e}")))?;
-    let kv = vec![
-        (KEY_ARCHITECTURE, gguf::Value::Str(ARCHITECTURE.into())),
+    let kv = [
+        (KEY_ARCHITECTURE, GgufValue::String(ARCHITECTURE.into())),
         (
             KEY_MODEL_HINT,
-            gguf::Value::Str(meta.model_architecture.clone()),
+            GgufValue::String(meta.model_architecture.clone()),
         ),
-        (KEY_LAYER_COUNT, gguf::Value::U32(layer_count)),
-        (KEY_EARGUARD_META, gguf::Value::Str(meta_json)),
+        (KEY_LAYER_COUNT, GgufValue::U32(layer_count)),
+        (KEY_EARGUARD_META, GgufValue::String(meta_json)),
     ];
-    let bytes = gguf::write_f32_vectors(&kv, &tensors);
-    write_atomically(out, &bytes)?;
+    let bytes = gguf::write_f32_vectors(&kv, &tensors)?;
+    write_output(out, &bytes)?;
     Ok(ExportReport {
         path: out.to_path_buf(),
         model_hint: meta.model_architecture.clone(),
@@ -430,9 +432,9 @@ pub fn import_control_vector(path: &Path, info: Option<&ModelInfo>) -> Result<St
     })
 }
 
-/// Write `bytes` to a temporary file beside `out`, sync it and rename it over `out`.
-fn write_atomically(out: &Path, bytes: &[u8]) -> Result<()> {
-    let name = out.file_name().ok_or_else(|| {
+/// Check that `out` names a file, create its directory, and write `bytes` there atomically.
+fn write_output(out: &Path, bytes: &[u8]) -> Result<()> {
+    out.file_name().ok_or_else(|| {
         SteerError::Invalid(format!("{}: not a usable output file name", out.display()))
     })?;
     let parent = match out.parent() {
@@ -446,26 +448,26 @@ fn write_atomically(out: &Path, bytes: &[u8]) -> Result<()> {
         )));
     }
     fs::create_dir_all(&parent).map_err(|e| SteerError::io(&parent, e))?;
-    let tmp = parent.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        unique_stamp()
-    ));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, out)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(SteerError::io(out, e));
-    }
-    Ok(())
+    earguard_data::atomic::write(out, bytes).map_err(|e| SteerError::io(out, e))
 }
 
 /// The small part of GGUF a control vector needs: a bounds-checked reader that never trusts
-/// a length it has not checked against the file, and a writer of F32 vectors.
+/// a length it has not checked against the file, and the writer (candle's).
+///
+/// Why our own reader and not candle's `gguf_file::Content::read`, which the model crate
+/// uses for trusted model files: on a malformed control vector candle's reader (0.11)
+/// panics or silently changes the file's meaning, where llama.cpp refuses it —
+/// - `general.alignment = 0` divides by zero (`div_ceil(0)`): a panic, not an error;
+/// - a repeated tensor name or metadata key overwrites the earlier one in its `HashMap`
+///   (llama.cpp's `gguf_init_from_file` rejects duplicates), so `direction.N` could silently
+///   change;
+/// - strings that are not UTF-8 are decoded lossily and trailing NULs dropped, so a corrupt
+///   `earguard.meta` or model hint would be read as different text;
+/// - GGUF version 1 is accepted (llama.cpp refuses it), and a big-endian file is reported as
+///   an unknown version.
+/// The writer has none of these concerns, so export uses candle's `gguf_file::write`; our
+/// reader and candle's writer check each other in the tests below and in
+/// tests/artifact_llamacpp.rs (llama.cpp's own Python writer made the golden fixture).
 mod gguf {
     use super::*;
 
@@ -732,61 +734,22 @@ mod gguf {
         }
     }
 
-    fn put_str(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
-
-    fn pad(out: &mut Vec<u8>) {
-        let rem = out.len() as u64 % DEFAULT_ALIGNMENT;
-        if rem != 0 {
-            out.resize(out.len() + (DEFAULT_ALIGNMENT - rem) as usize, 0);
-        }
-    }
-
-    /// A GGUF v3 file with the given string / u32 metadata and 1-D F32 tensors, every tensor
-    /// (the last one included, as ggml expects) padded to the default 32-byte alignment.
-    pub fn write_f32_vectors(kv: &[(&str, Value)], tensors: &[(String, Vec<f32>)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&3u32.to_le_bytes());
-        out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-        let kv: Vec<_> = kv
+    /// A GGUF file with the given metadata and 1-D F32 tensors, written by candle's GGUF
+    /// writer (version 2, which llama.cpp reads like 3; every tensor, the last one included,
+    /// padded to the default 32-byte alignment as ggml expects).
+    pub fn write_f32_vectors(
+        kv: &[(&str, GgufValue)],
+        tensors: &[(String, Tensor)],
+    ) -> Result<Vec<u8>> {
+        let tensors = tensors
             .iter()
-            .filter(|(_, v)| matches!(v, Value::Str(_) | Value::U32(_)))
-            .collect();
-        out.extend_from_slice(&(kv.len() as u64).to_le_bytes());
-        for (key, value) in kv {
-            put_str(&mut out, key);
-            match value {
-                Value::Str(s) => {
-                    out.extend_from_slice(&8u32.to_le_bytes());
-                    put_str(&mut out, s);
-                }
-                Value::U32(v) => {
-                    out.extend_from_slice(&4u32.to_le_bytes());
-                    out.extend_from_slice(&v.to_le_bytes());
-                }
-                _ => {}
-            }
-        }
-        let mut offset = 0u64;
-        for (name, values) in tensors {
-            put_str(&mut out, name);
-            out.extend_from_slice(&1u32.to_le_bytes());
-            out.extend_from_slice(&(values.len() as u64).to_le_bytes());
-            out.extend_from_slice(&GGML_TYPE_F32.to_le_bytes());
-            out.extend_from_slice(&offset.to_le_bytes());
-            offset += (values.len() as u64 * 4).div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT;
-        }
-        pad(&mut out);
-        for (_, values) in tensors {
-            for v in values {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            pad(&mut out);
-        }
-        out
+            .map(|(name, t)| Ok((name.as_str(), QTensor::quantize(t, GgmlDType::F32)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+        let kv: Vec<(&str, &GgufValue)> = kv.iter().map(|(k, v)| (*k, v)).collect();
+        let mut out = std::io::Cursor::new(Vec::new());
+        gguf_file::write(&mut out, &kv, &tensors)?;
+        Ok(out.into_inner())
     }
 
     #[cfg(test)]
@@ -794,14 +757,21 @@ mod gguf {
         use super::*;
         use std::io::Cursor;
 
+        fn vector(values: &[f32]) -> Tensor {
+            Tensor::new(values, &Device::Cpu).unwrap()
+        }
+
         #[test]
         fn writer_and_reader_agree() {
             let kv = [
-                ("general.architecture", Value::Str("controlvector".into())),
-                ("n", Value::U32(7)),
+                (
+                    "general.architecture",
+                    GgufValue::String("controlvector".into()),
+                ),
+                ("n", GgufValue::U32(7)),
             ];
-            let tensors = vec![("direction.1".to_string(), vec![1.5f32, -2.0, 3.25])];
-            let bytes = write_f32_vectors(&kv, &tensors);
+            let tensors = vec![("direction.1".to_string(), vector(&[1.5, -2.0, 3.25]))];
+            let bytes = write_f32_vectors(&kv, &tensors).unwrap();
             assert_eq!(bytes.len() % 32, 0);
             let mut r = Reader::new(Cursor::new(bytes)).unwrap();
             let h = r.read_header().unwrap();
@@ -815,9 +785,12 @@ mod gguf {
 
         #[test]
         fn every_truncation_is_an_error_not_a_panic() {
-            let kv = [("general.architecture", Value::Str("controlvector".into()))];
-            let tensors = vec![("direction.1".to_string(), vec![1.0f32; 8])];
-            let bytes = write_f32_vectors(&kv, &tensors);
+            let kv = [(
+                "general.architecture",
+                GgufValue::String("controlvector".into()),
+            )];
+            let tensors = vec![("direction.1".to_string(), vector(&[1.0; 8]))];
+            let bytes = write_f32_vectors(&kv, &tensors).unwrap();
             for cut in 0..bytes.len() - 32 {
                 let mut r = Reader::new(Cursor::new(bytes[..cut].to_vec())).unwrap();
                 let ok = r

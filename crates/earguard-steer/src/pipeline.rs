@@ -172,7 +172,11 @@ impl FitSetup<'_> {
         let base_logits = self.logits(&safe, &InterventionPlan::new())?;
         let n_layers = directions.dim(0)?;
         let last = ((n_layers as f64) * sel.max_fraction).floor() as usize;
-        let bar = crate::capture::progress_bar(self.progress.then_some("layer search"), last);
+        let bar = earguard_data::progress::bar(
+            self.progress.then_some("layer search"),
+            "layers",
+            last as u64,
+        );
         let mut table = Vec::new();
         for l in 0..last {
             // The attack's plan does not depend on the batch: built once per layer.

@@ -10,10 +10,9 @@ use candle_transformers::models::whisper as cw;
 use clap::Args;
 use earguard_audio::{from_samples, mel_realtime_factor, MelExtractor, WINDOW_SAMPLES};
 use earguard_model::ct2::convert_ct2_whisper;
+use earguard_model::stock_whisper::candle_stock_whisper;
 use earguard_model::weights::{SafeTensorWeights, WeightStore};
-use earguard_model::whisper::{
-    candle_stock_whisper, Activation, WhisperEncoder, WhisperEncoderConfig,
-};
+use earguard_model::whisper::{Activation, WhisperEncoder, WhisperEncoderConfig};
 use serde_json::json;
 
 #[derive(Args)]

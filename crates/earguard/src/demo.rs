@@ -65,7 +65,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
         }
     }
     let model = crate::commands::load_model(&args.model, false)?;
-    let (harmful, benign, refs) = crate::fit::read_sets(&[train.clone()], &[], &[], false)?;
+    let (harmful, benign, refs) =
+        crate::fit::read_sets(std::slice::from_ref(&train), &[], &[], false)?;
     std::fs::create_dir_all(&args.out)?;
 
     let setup = FitSetup {
@@ -288,7 +289,7 @@ fn pca_plot(out: &Path, layer: usize) -> Result<()> {
         groups.extend(std::iter::repeat_n(label.to_string(), at.len()));
         rows.extend(at);
     }
-    let xy = plots::pca_2d(&rows)?;
+    let xy = earguard_steer::fit::pca_2d(&rows)?;
     let points: Vec<ScatterPoint> = xy
         .into_iter()
         .zip(groups)
@@ -387,7 +388,7 @@ fn write_summary(
         md,
         "![ASR vs ORR](tradeoff.png)\n\n![Per-layer norms](layer_norms.png)\n\n![PCA](pca.png)"
     )?;
-    std::fs::write(args.out.join("report.md"), md)?;
+    crate::write_file(&args.out.join("report.md"), md.as_bytes())?;
     let json = serde_json::json!({
         "model": args.model,
         "pairs": args.pairs,
@@ -398,9 +399,9 @@ fn write_summary(
             "points": points.iter().map(|(s, r)| serde_json::json!({"strength": s, "asr": r.asr, "orr": r.orr, "degenerate": r.degenerate_rate.value})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     });
-    std::fs::write(
-        args.out.join("report.json"),
-        serde_json::to_string_pretty(&json)?,
+    crate::write_file(
+        &args.out.join("report.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     Ok(())
 }

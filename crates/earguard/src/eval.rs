@@ -452,7 +452,7 @@ pub fn merge(args: MergeArgs) -> Result<()> {
         text.push_str(&serde_json::to_string(r)?);
         text.push('\n');
     }
-    std::fs::write(args.out.join(runner::RESULTS), text)?;
+    crate::write_file(&args.out.join(runner::RESULTS), text.as_bytes())?;
     runner::write_skipped(&args.out.join(runner::SKIPPED), &skipped)?;
     let report = finish_report(
         &rows,
@@ -613,9 +613,9 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         "max_orr_points": args.max_orr,
         "picked": pick,
     });
-    std::fs::write(
-        args.out.join("sweep.json"),
-        serde_json::to_string_pretty(&summary)?,
+    crate::write_file(
+        &args.out.join("sweep.json"),
+        serde_json::to_string_pretty(&summary)?.as_bytes(),
     )?;
     let table: Vec<(String, &Report)> = points.iter().map(|(n, r)| (n.clone(), r)).collect();
     print_table(&table);

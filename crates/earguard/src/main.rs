@@ -57,6 +57,12 @@ pub(crate) fn device() -> anyhow::Result<candle_core::Device> {
 /// Set once from `-q`: whether long jobs draw progress bars on stderr.
 static PROGRESS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
+/// Write an output file atomically (earguard_data::atomic), naming it in the error.
+pub(crate) fn write_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    earguard_data::atomic::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Whether to draw progress bars (false under `-q`).
 pub(crate) fn progress_bars() -> bool {
     *PROGRESS.get().unwrap_or(&true)
