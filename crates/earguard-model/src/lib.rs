@@ -12,6 +12,7 @@ pub mod error;
 pub mod generate;
 pub mod hooks;
 pub mod loader;
+pub mod lora;
 pub mod prompt;
 pub mod qwen2_audio;
 pub mod tokenizer;
@@ -20,8 +21,9 @@ pub mod whisper;
 
 pub use chat::{ChatMessage, ContentSpecials};
 pub use config::{Architecture, DecoderConfig};
-pub use decoder::{Decoder, ForwardOutput, KvCache, Logits};
+pub use decoder::{Decoder, ForwardOutput, KvCache, Logits, Ops};
 pub use error::{ModelError, Result};
 pub use hooks::{Capture, Captures, Edit, HookPoint, Intervention, InterventionPlan, Positions};
 pub use loader::{load, Model, ModelInfo};
+pub use lora::{Lora, Proj};
 pub use prompt::{prefill, AudioRows, Prompt};
