@@ -16,14 +16,23 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// A linear layer of a decoder block that can carry an adapter, in PEFT's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Proj {
+    #[serde(rename = "q_proj")]
     Q,
+    #[serde(rename = "k_proj")]
     K,
+    #[serde(rename = "v_proj")]
     V,
+    #[serde(rename = "o_proj")]
     O,
+    #[serde(rename = "gate_proj")]
     Gate,
+    #[serde(rename = "up_proj")]
     Up,
+    #[serde(rename = "down_proj")]
     Down,
 }
 
