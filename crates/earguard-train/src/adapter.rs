@@ -24,6 +24,32 @@ use crate::fs::{save_tensors_atomic, write_json_atomic};
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 const KEY_PREFIX: &str = "base_model.model.model.layers.";
+/// PEFT config fields earguard cannot apply; an adapter with any of them set is refused.
+const UNSUPPORTED: &[&str] = &[
+    "use_dora",
+    "fan_in_fan_out",
+    "lora_bias",
+    "use_qalora",
+    "use_bdlora",
+    "rank_pattern",
+    "alpha_pattern",
+    "layer_replication",
+    "modules_to_save",
+    "trainable_token_indices",
+    "target_parameters",
+    "alora_invocation_tokens",
+];
+
+/// Whether a config value is set (not null, false, empty or zero-length).
+fn is_set(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null | serde_json::Value::Bool(false) => false,
+        serde_json::Value::Object(m) => !m.is_empty(),
+        serde_json::Value::Array(a) => !a.is_empty(),
+        serde_json::Value::String(s) => !s.is_empty(),
+        _ => true,
+    }
+}
 
 /// Where adapters go and how big they are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,7 +293,6 @@ impl Adapter {
             "rank_pattern": {},
             "alpha_pattern": {},
             "revision": null,
-            "library": "earguard",
         });
         write_json_atomic(&dir.join(CONFIG_FILE), &config)?;
         save_tensors_atomic(&dir.join(WEIGHTS_FILE), &self.tensors())
@@ -293,17 +318,10 @@ impl Adapter {
                 "bias \"{b}\" is not supported (only \"none\")"
             )));
         }
-        for flag in ["use_dora", "fan_in_fan_out"] {
-            if v.get(flag).and_then(|x| x.as_bool()) == Some(true) {
-                return Err(bad(format!("{flag} adapters are not supported")));
-            }
-        }
-        for pattern in ["rank_pattern", "alpha_pattern"] {
-            if v.get(pattern)
-                .and_then(|x| x.as_object())
-                .is_some_and(|m| !m.is_empty())
-            {
-                return Err(bad(format!("a non-empty {pattern} is not supported")));
+        // Features that change what the adapter computes: refuse them rather than ignore them.
+        for feature in UNSUPPORTED {
+            if v.get(*feature).is_some_and(is_set) {
+                return Err(bad(format!("adapters with {feature} are not supported")));
             }
         }
         let rank = v
