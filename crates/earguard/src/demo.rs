@@ -119,6 +119,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         force: false,
         alpha: Some(args.alpha),
         tokens: Default::default(),
+        adapter: Default::default(),
     };
     let prepared = prepare(&settings)?;
     let sar_s = sar_dir.display().to_string();
