@@ -28,8 +28,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use earguard_data::{Label, Mode, PromptItem, PromptSet};
-use earguard_model::generate::{generate_batch, FinishReason, GenerateRequest, SamplingParams};
-use earguard_model::{ContentSpecials, Model};
+use earguard_model::generate::{generate_from, FinishReason, GenerateRequest, SamplingParams};
+use earguard_model::score::{refusal_scores, refusal_start_tokens};
+use earguard_model::{prefill, AudioCache, ContentSpecials, Logits, Model};
 use earguard_steer::defense::Defense;
 use earguard_steer::inputs::InputStyle;
 use serde::{Deserialize, Serialize};
@@ -240,6 +241,8 @@ pub struct SkippedItem {
 pub struct RunOutput {
     pub rows: Vec<ResultRow>,
     pub skipped: Vec<SkippedItem>,
+    /// Audio clips this run ran through the audio tower (each distinct clip once).
+    pub audio_clips_encoded: usize,
 }
 
 /// A prompt of the run with the set it came from.
@@ -470,15 +473,16 @@ fn row_seed(seed: u64, id: &str, sample: usize) -> u64 {
 
 /// Check that the model can take every prompt (template, context length, audio) without
 /// generating: the prompts it can take, and the others with the reason. Without
-/// `skip_bad_items` any bad prompt is an error naming it. Each prompt is encoded as generation
-/// will encode it (for audio, one audio-tower pass) and dropped: holding every encoded prompt
-/// of a run would take memory in proportion to the data set.
+/// `skip_bad_items` any bad prompt is an error naming it. Each prompt is tokenized as
+/// generation will tokenize it, its audio decoded and measured but not run through the audio
+/// tower ([`Model::prompt_ids`]): generation encodes each clip once, through `audio`.
 pub fn check_items<'a>(
     model: &Model,
     defense: &dyn Defense,
     style: &InputStyle,
     items: &'a [RunItem],
     skip_bad_items: bool,
+    audio: &AudioCache,
 ) -> Result<(Vec<&'a RunItem>, Vec<SkippedItem>)> {
     let mut good = Vec::with_capacity(items.len());
     let mut bad = Vec::new();
@@ -486,7 +490,7 @@ pub fn check_items<'a>(
         let checked = style
             .messages(&it.item, None)
             .map_err(EvalError::from)
-            .and_then(|m| Ok(model.encode_prompt(&defense.rewrite(m), style.specials)?));
+            .and_then(|m| Ok(model.prompt_ids(&defense.rewrite(m), style.specials, audio)?));
         match checked {
             Ok(_) => good.push(it),
             Err(e) => bad.push(SkippedItem {
@@ -531,7 +535,8 @@ pub fn run(
     if opts.batch_size == 0 {
         return Err(EvalError::Invalid("--batch-size must be at least 1".into()));
     }
-    let (items, skipped) = check_items(model, defense, style, items, opts.skip_bad_items)?;
+    let audio = AudioCache::new();
+    let (items, skipped) = check_items(model, defense, style, items, opts.skip_bad_items, &audio)?;
     let run_dir = prepare_dir(dir, config)?;
     let path = dir.join(RESULTS);
     let mut rows = read_results(&path)?;
@@ -543,7 +548,7 @@ pub fn run(
     })?;
     let written = write_skipped(&dir.join(SKIPPED), &skipped).and_then(|()| {
         generate_rows(
-            model, defense, judges, style, &items, config, dir, opts, &mut rows,
+            model, defense, judges, style, &items, config, dir, opts, &audio, &mut rows,
         )
     });
     match (written, run_dir) {
@@ -552,7 +557,11 @@ pub fn run(
             Err(e)
         }
         (Err(e), _) => Err(e),
-        (Ok(()), _) => Ok(RunOutput { rows, skipped }),
+        (Ok(()), _) => Ok(RunOutput {
+            rows,
+            skipped,
+            audio_clips_encoded: audio.encoded(),
+        }),
     }
 }
 
@@ -567,6 +576,7 @@ fn generate_rows(
     config: &RunConfig,
     dir: &Path,
     opts: &RunOptions,
+    audio: &AudioCache,
     rows: &mut Vec<ResultRow>,
 ) -> Result<()> {
     let path = dir.join(RESULTS);
@@ -586,7 +596,7 @@ fn generate_rows(
         .open(&path)
         .map_err(|e| EvalError::io(&path, e))?;
     let stop = model.tokenizer.stop_token_ids();
-    let score_tokens = earguard_steer::pipeline::refusal_start_tokens(model)?;
+    let refusal = refusal_start_tokens(&model.tokenizer)?;
     let sampling = SamplingParams {
         temperature: config.temperature,
         top_k: None,
@@ -598,7 +608,12 @@ fn generate_rows(
         sampling,
         stop_tokens: &stop,
         pad_token: model.tokenizer.pad_id(),
-        score_tokens: &score_tokens,
+    };
+    request.sampling.validate()?;
+    // A plan that does not depend on the batch is built once for the run.
+    let fixed_plan = match defense.per_batch() {
+        false => Some(defense.plan(model, &[])?),
+        true => None,
     };
     let bar = progress(opts.progress, items.len() * config.samples, done.len());
     for batch in todo.chunks(opts.batch_size) {
@@ -608,18 +623,40 @@ fn generate_rows(
             let messages = defense.rewrite(style.messages(&it.item, None)?);
             prompts.push(
                 model
-                    .encode_prompt(&messages, style.specials)
+                    .encode_prompt(&messages, style.specials, audio)
                     .map_err(|e| EvalError::Invalid(format!("prompt {}: {e}", it.item.id)))?,
             );
         }
-        let plan = defense.plan(model, &prompts)?;
+        let plan = match &fixed_plan {
+            Some(plan) => plan.clone(),
+            None => defense.plan(model, &prompts)?,
+        };
         let seeds: Vec<u64> = batch
             .iter()
             .map(|(it, s)| row_seed(config.seed, &it.item.id, *s))
             .collect();
-        let gens = generate_batch(
+        // One prefill: its logits give the refusal scores and the first sampled token.
+        let (out, cache) = prefill(
             &model.decoder,
             &prompts,
+            request.pad_token,
+            &plan,
+            Logits::Last,
+        )?;
+        let logits = out
+            .logits
+            .ok_or_else(|| EvalError::Invalid("the prefill returned no logits".into()))?;
+        let scores: Vec<Option<f32>> = match refusal.is_empty() {
+            true => vec![None; prompts.len()],
+            false => refusal_scores(&logits, &refusal)?
+                .into_iter()
+                .map(Some)
+                .collect(),
+        };
+        let gens = generate_from(
+            &model.decoder,
+            logits,
+            cache,
             &request,
             &plan,
             Some(&seeds),
@@ -633,11 +670,11 @@ fn generate_rows(
         let inputs: Vec<JudgeInput<'_>> = batch
             .iter()
             .zip(&texts)
-            .zip(&gens)
-            .map(|(((it, _), text), g)| JudgeInput {
+            .zip(&scores)
+            .map(|(((it, _), text), &score)| JudgeInput {
                 prompt: &it.item.text,
                 response: text,
-                refusal_score: g.first_token_log_odds,
+                refusal_score: score,
             })
             .collect();
         let mut verdicts: Vec<BTreeMap<String, Verdict>> = vec![BTreeMap::new(); batch.len()];
@@ -647,7 +684,13 @@ fn generate_rows(
             }
         }
         let mut lines = String::new();
-        for ((((it, sample), text), g), v) in batch.iter().zip(texts).zip(&gens).zip(verdicts) {
+        for (((((it, sample), text), g), v), &score) in batch
+            .iter()
+            .zip(texts)
+            .zip(&gens)
+            .zip(verdicts)
+            .zip(&scores)
+        {
             let row = ResultRow {
                 id: it.item.id.clone(),
                 model: config.model.clone(),
@@ -663,7 +706,7 @@ fn generate_rows(
                 degenerate: classify(&text),
                 response: text,
                 verdicts: v,
-                refusal_score: g.first_token_log_odds,
+                refusal_score: score,
                 n_tokens: g.tokens.len(),
                 finish: g.finish,
                 seconds,

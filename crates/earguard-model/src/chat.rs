@@ -3,30 +3,31 @@
 
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{Content, Value as GgufValue};
+use candle_core::quantized::gguf_file::{Content as GgufContent, Value as GgufValue};
 use minijinja::value::{Kwargs, Value};
 use minijinja::{Environment, Error, ErrorKind, State};
 use serde::{Deserialize, Serialize};
 
+use crate::content::Content;
+pub use crate::content::{spans_text, Span};
 use crate::error::{ModelError, Result};
 use crate::tokenizer::gguf_token_text;
 
 const TEMPLATE_NAME: &str = "chat_template";
 
-/// One turn of a conversation. `content` is a string, or a list of parts such as
-/// `{"type": "text", "text": ..}` and `{"type": "audio", "audio_url": ..}` for multimodal
-/// templates (Qwen2-Audio).
+/// One turn of a conversation: text, or text and audio parts for multimodal templates
+/// (Qwen2-Audio); see [`Content`] for the JSON shapes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
-    pub content: serde_json::Value,
+    pub content: Content,
 }
 
 impl ChatMessage {
-    pub fn new(role: &str, content: &str) -> Self {
+    pub fn new(role: &str, content: impl Into<Content>) -> Self {
         ChatMessage {
             role: role.to_owned(),
-            content: serde_json::Value::String(content.to_owned()),
+            content: content.into(),
         }
     }
 
@@ -54,28 +55,6 @@ pub enum ContentSpecials {
     /// Parsed as special tokens after rendering, as earguard did before: a user can type turn
     /// markers. Unsafe; for research on such injections only.
     Raw,
-}
-
-/// A piece of a rendered prompt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Span {
-    /// Text the template wrote: its special-token strings are turn markers.
-    Markup(String),
-    /// Text of a message: data, never markup.
-    Content(String),
-}
-
-impl Span {
-    pub fn text(&self) -> &str {
-        match self {
-            Span::Markup(t) | Span::Content(t) => t,
-        }
-    }
-}
-
-/// The text of a rendered prompt.
-pub fn spans_text(spans: &[Span]) -> String {
-    spans.iter().map(Span::text).collect()
 }
 
 /// A compiled chat template with the special-token strings it may refer to.
@@ -119,7 +98,7 @@ impl ChatTemplate {
     }
 
     /// The template in a GGUF file (`tokenizer.chat_template`), if it has one.
-    pub fn from_gguf(content: &Content) -> Result<Option<Self>> {
+    pub fn from_gguf(content: &GgufContent) -> Result<Option<Self>> {
         let source = match content.metadata.get("tokenizer.chat_template") {
             None => return Ok(None),
             Some(GgufValue::String(s)) => s,
@@ -259,10 +238,10 @@ impl ChatTemplate {
                 )
             })?;
         let mut contents: Vec<String> = Vec::new();
-        let mut placeholder = |text: &str| -> serde_json::Value {
+        let mut placeholder = |text: &str| -> String {
             let core = text.trim();
             if core.is_empty() {
-                return serde_json::Value::String(text.to_owned());
+                return text.to_owned();
             }
             let start = text.len() - text.trim_start().len();
             let end = start + core.len();
@@ -273,32 +252,13 @@ impl ChatTemplate {
                 &text[end..]
             );
             contents.push(core.to_owned());
-            serde_json::Value::String(value)
+            value
         };
         let marked: Vec<ChatMessage> = messages
             .iter()
-            .map(|m| {
-                let content = match &m.content {
-                    serde_json::Value::String(s) => placeholder(s),
-                    serde_json::Value::Array(parts) => serde_json::Value::Array(
-                        parts
-                            .iter()
-                            .map(|part| {
-                                let mut part = part.clone();
-                                if let Some(t) = part.get("text").and_then(|t| t.as_str()) {
-                                    let value = placeholder(t);
-                                    part["text"] = value;
-                                }
-                                part
-                            })
-                            .collect(),
-                    ),
-                    other => other.clone(),
-                };
-                ChatMessage {
-                    role: m.role.clone(),
-                    content,
-                }
+            .map(|m| ChatMessage {
+                role: m.role.clone(),
+                content: m.content.map_text(&mut placeholder),
             })
             .collect();
         let skeleton = self.render(&marked, add_generation_prompt)?;
@@ -745,10 +705,11 @@ mod tests {
         let t = ChatTemplate::new(QWEN2_AUDIO, "", "<|im_end|>").unwrap();
         let msg = ChatMessage {
             role: "user".into(),
-            content: serde_json::json!([
+            content: serde_json::from_value(serde_json::json!([
                 {"type": "audio", "audio_url": "q.wav"},
                 {"type": "text", "text": "What is said?"}
-            ]),
+            ]))
+            .unwrap(),
         };
         assert_eq!(
             t.render(&[msg], true).unwrap(),

@@ -1,11 +1,14 @@
-//! Batched generation: left-pad the prompts, prefill once, then decode one token per row per
+//! Batched generation: left-pad the prompts, prefill once, then sample one token per row per
 //! step with the KV cache, applying the same intervention plan at every forward call.
+//!
+//! Sampling only: a caller that also scores the prompts ([`crate::score`]) runs [`prefill`]
+//! itself, scores its logits, and continues with [`generate_from`] (one prefill for both).
 
 use candle_core::{DType, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::{Deserialize, Serialize};
 
-use crate::decoder::{Decoder, Logits};
+use crate::decoder::{Decoder, KvCache, Logits};
 use crate::error::{ModelError, Result};
 use crate::hooks::InterventionPlan;
 use crate::prompt::{prefill, Prompt};
@@ -88,9 +91,6 @@ pub enum FinishReason {
 pub struct Generation {
     pub tokens: Vec<u32>,
     pub finish: FinishReason,
-    /// `log P(S) − log(1 − P(S))` of the first answer token over `score_tokens` (the
-    /// refusal score of SPEC §2 when those are refusal-start tokens); None if none were given.
-    pub first_token_log_odds: Option<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,8 +100,6 @@ pub struct GenerateRequest<'a> {
     pub stop_tokens: &'a [u32],
     /// Token fed into padding columns; never attended to.
     pub pad_token: u32,
-    /// Tokens whose first-step probability mass is reported as log-odds (may be empty).
-    pub score_tokens: &'a [u32],
 }
 
 /// Generate for every prompt in one left-padded batch. `on_token(row, token)` sees each new
@@ -114,16 +112,40 @@ pub fn generate_batch(
     request: &GenerateRequest<'_>,
     plan: &InterventionPlan,
     row_seeds: Option<&[u64]>,
-    mut on_token: impl FnMut(usize, u32),
+    on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Generation>> {
     request.sampling.validate()?;
     if prompts.is_empty() {
         return Ok(vec![]);
     }
+    let (out, cache) = prefill(decoder, prompts, request.pad_token, plan, Logits::Last)?;
+    let logits = out
+        .logits
+        .ok_or_else(|| ModelError::Invalid("the prefill returned no logits".into()))?;
+    generate_from(decoder, logits, cache, request, plan, row_seeds, on_token)
+}
+
+/// [`generate_batch`] after its prefill: `logits` `[batch, vocab]` are the prefill's
+/// last-position logits and `cache` its KV cache (both from [`prefill`] with
+/// [`Logits::Last`] and the same `plan`).
+pub fn generate_from(
+    decoder: &Decoder,
+    logits: Tensor,
+    mut cache: KvCache,
+    request: &GenerateRequest<'_>,
+    plan: &InterventionPlan,
+    row_seeds: Option<&[u64]>,
+    mut on_token: impl FnMut(usize, u32),
+) -> Result<Vec<Generation>> {
+    request.sampling.validate()?;
     let context = decoder.config().context_length;
-    let b = prompts.len();
-    let (prefill_out, mut cache) =
-        prefill(decoder, prompts, request.pad_token, plan, Logits::Last)?;
+    let b = logits.dim(0)?;
+    if row_seeds.is_some_and(|s| s.len() != b) {
+        return Err(ModelError::Invalid(format!(
+            "{} row seeds for a batch of {b}",
+            row_seeds.map_or(0, <[u64]>::len)
+        )));
+    }
     let mut samplers: Vec<LogitsProcessor> = (0..b)
         .map(|i| {
             let seed = row_seeds.map_or(request.sampling.seed.wrapping_add(i as u64), |s| s[i]);
@@ -135,24 +157,15 @@ pub fn generate_batch(
         .map(|_| Generation {
             tokens: vec![],
             finish: FinishReason::Length,
-            first_token_log_odds: None,
         })
         .collect();
     let mut done = vec![false; b];
-    let mut logits = prefill_out.logits;
+    let mut logits = Some(logits);
     for step in 0..request.max_tokens {
         let Some(step_logits) = logits.take() else {
             break;
         };
         let step_logits = step_logits.to_dtype(DType::F32)?;
-        if step == 0 && !request.score_tokens.is_empty() {
-            for (g, odds) in out
-                .iter_mut()
-                .zip(log_odds(&step_logits, request.score_tokens)?)
-            {
-                g.first_token_log_odds = Some(odds);
-            }
-        }
         let mut next = Vec::with_capacity(b);
         for row in 0..b {
             if done[row] {
@@ -186,28 +199,4 @@ pub fn generate_batch(
             .logits;
     }
     Ok(out)
-}
-
-/// Per row of `logits` (`[batch, vocab]`): `log P(S) − log(1 − P(S))` with P(S) the softmax
-/// mass of `tokens`.
-pub fn log_odds(logits: &Tensor, tokens: &[u32]) -> Result<Vec<f32>> {
-    let vocab = logits.dim(1)?;
-    if let Some(t) = tokens.iter().find(|&&t| t as usize >= vocab) {
-        return Err(ModelError::Invalid(format!(
-            "score token {t} is outside the vocabulary"
-        )));
-    }
-    let logp = candle_nn::ops::log_softmax(logits, 1)?;
-    let ids = Tensor::new(tokens, logits.device())?;
-    let rows: Vec<Vec<f32>> = logp.index_select(&ids, 1)?.to_vec2()?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            // log-sum-exp of the selected log-probs, then log-odds; clamp keeps ±inf out.
-            let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let log_p = m + r.iter().map(|x| (x - m).exp()).sum::<f32>().ln();
-            let p = log_p.exp().clamp(1e-12, 1.0 - 1e-7);
-            p.ln() - (1.0 - p).ln()
-        })
-        .collect())
 }

@@ -1,4 +1,5 @@
-//! Resolve a model by short name or path and load decoder, tokenizer and chat template.
+//! Resolve a model by short name or path and load decoder, tokenizer and chat template into a
+//! [`Model`].
 //!
 //! Accepted forms: a `.gguf` file; a directory holding `model.gguf` (or exactly one `*.gguf`);
 //! an HF directory (`config.json`, `model.safetensors` or `model.safetensors.index.json` with
@@ -9,14 +10,14 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::chat::{spans_text, ChatMessage, ChatTemplate, ContentSpecials, Span};
+use crate::chat::ChatTemplate;
 use crate::config::DecoderConfig;
 use crate::decoder::Decoder;
 use crate::error::{ModelError, Result};
-use crate::qwen2_audio::{self, AudioTower, AudioTowerInfo, Qwen2AudioConfig};
+use crate::model::{Model, ModelInfo};
+use crate::qwen2_audio::{self, AudioTower, Qwen2AudioConfig};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{safetensor_files, GgufWeights, SafeTensorWeights, WeightStore};
 
@@ -29,42 +30,6 @@ pub const KNOWN_MODELS: &[&str] = &[
 
 /// The default model of the product on CPU machines.
 pub const DEFAULT_MODEL: &str = "qwen2.5-1.5b-instruct";
-
-/// What `earguard inspect` reports, and what artifacts record to tie themselves to a model.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelInfo {
-    pub name: String,
-    pub path: PathBuf,
-    pub format: &'static str,
-    pub architecture: &'static str,
-    pub n_layers: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-    pub vocab_size: usize,
-    pub context_length: usize,
-    pub tie_embeddings: bool,
-    pub quantization: String,
-    pub chat_template: bool,
-    /// sha256 over the checkpoint's headers (GGUF header / config + safetensors headers):
-    /// cheap to compute, and changes whenever the weights' layout or metadata does.
-    pub identity: String,
-    /// The audio encoder of an audio-language model (Qwen2-Audio); absent for text models.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub audio_tower: Option<AudioTowerInfo>,
-}
-
-pub struct Model {
-    pub decoder: Decoder,
-    pub tokenizer: Tokenizer,
-    pub chat_template: Option<ChatTemplate>,
-    pub info: ModelInfo,
-    /// Audio tower + projector of an audio-language model (Qwen2-Audio); `decoder` is its
-    /// language model, usable on text alone.
-    pub audio: Option<AudioTower>,
-}
 
 /// The models directory: `$EARGUARD_MODELS`, else the first `models/` found walking up from
 /// the working directory.
@@ -304,68 +269,5 @@ fn model_info(
         chat_template,
         identity,
         audio_tower: None,
-    }
-}
-
-impl Model {
-    /// Render a conversation with the model's chat template, ending in the assistant prompt.
-    /// Models without a template get the bare user text (with a system line if given).
-    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
-        match &self.chat_template {
-            Some(t) => t.render(messages, true),
-            None => Ok(spans_text(&self.render_spans(messages)?)),
-        }
-    }
-
-    /// [`render_chat`](Self::render_chat), split into the template's markup and the
-    /// messages' content (see [`ChatTemplate::render_spans`]).
-    pub fn render_spans(&self, messages: &[ChatMessage]) -> Result<Vec<Span>> {
-        match &self.chat_template {
-            Some(t) => t.render_spans(messages, true),
-            None => {
-                let mut spans = Vec::new();
-                for text in messages.iter().filter_map(|m| m.content.as_str()) {
-                    if !spans.is_empty() {
-                        spans.push(Span::Markup("\n".into()));
-                    }
-                    spans.push(Span::Content(text.to_owned()));
-                }
-                Ok(spans)
-            }
-        }
-    }
-
-    /// Token ids of a chat prompt (system optional, then one user turn), content literal.
-    pub fn encode_chat(&self, system: Option<&str>, user: &str) -> Result<Vec<u32>> {
-        let mut messages = Vec::with_capacity(2);
-        if let Some(s) = system {
-            messages.push(ChatMessage::system(s));
-        }
-        messages.push(ChatMessage::user(user));
-        Ok(self.encode_prompt(&messages, ContentSpecials::Literal)?.ids)
-    }
-
-    /// Token ids of a rendered conversation, special tokens in content as `specials` says.
-    pub(crate) fn encode_spans(
-        &self,
-        spans: &[Span],
-        specials: ContentSpecials,
-    ) -> Result<Vec<u32>> {
-        match specials {
-            ContentSpecials::Literal => self.tokenizer.encode_spans(spans, true),
-            ContentSpecials::Raw => self.tokenizer.encode(&spans_text(spans), true),
-        }
-    }
-
-    /// Refuse a prompt longer than the model's context.
-    pub(crate) fn check_length(&self, ids: &[u32]) -> Result<()> {
-        let context = self.decoder.config().context_length;
-        if ids.len() > context {
-            return Err(ModelError::PromptTooLong {
-                n_tokens: ids.len(),
-                context,
-            });
-        }
-        Ok(())
     }
 }

@@ -6,14 +6,15 @@
 //! 1. The chat template renders each audio part as `Audio {n}: <|audio_bos|><|AUDIO|><|audio_eos|>\n`.
 //! 2. Each `<|AUDIO|>` is expanded to as many copies as the audio yields tokens:
 //!    with `L` valid mel frames, `((L - 1) / 2 + 1 - 2) / 2 + 1` ([`n_audio_tokens`]; 308 for
-//!    1234 frames, 750 for a full 30 s window) — [`expand_audio_placeholders`] /
-//!    [`expand_audio_ids`].
+//!    1234 frames, 750 for a full 30 s window) — done on token ids by `expand_audio_ids`.
 //! 3. The audio (log-mel `[n_mels, 3000]`, padded to 30 s) is encoded: the Whisper blocks with
 //!    padded keys masked, `avg_pool1d(2, 2)` over time, the tower's final `layer_norm`, the
 //!    projector on every pooled row, and only the first `n_audio_tokens` rows are kept
 //!    ([`AudioTower::encode`]).
 //! 4. The k-th `<|AUDIO|>` position of the token embeddings is replaced by the k-th kept row
-//!    ([`AudioTower::merge`]); the decoder then runs on those embeddings as usual.
+//!    ([`merge_audio`]); the decoder then runs on those embeddings as usual.
+//!
+//! `crate::audio` caches step 3 per clip; `crate::prompt` does steps 2 and 4 for a batch.
 //!
 //! Checkpoint names (the original Qwen2-Audio layout, which transformers also writes back):
 //! `audio_tower.*`, `multi_modal_projector.linear.*`, `language_model.model.*`,
@@ -29,7 +30,7 @@ use crate::chat::ChatTemplate;
 use crate::config::{DecoderConfig, HfConfig};
 use crate::decoder::Decoder;
 use crate::error::{ModelError, Result};
-use crate::weights::{safetensor_files, Linear, SafeTensorWeights, WeightStore};
+use crate::weights::{Linear, WeightStore};
 use crate::whisper::{conv_output_len, WhisperEncoder, WhisperEncoderConfig};
 
 /// The placeholder the processor expands, one per audio token.
@@ -216,8 +217,7 @@ pub struct AudioTowerInfo {
     pub n_mels: usize,
 }
 
-/// The audio half of Qwen2-Audio: encoder, pooling, projector, and the merge into the
-/// decoder's input embeddings.
+/// The audio half of Qwen2-Audio: encoder, pooling and projector.
 #[derive(Debug, Clone)]
 pub struct AudioTower {
     pub encoder: WhisperEncoder,
@@ -322,64 +322,89 @@ impl AudioTower {
         }
         self.encode_batch(features, &[valid_frames])
     }
-
-    /// Decoder input embeddings `[batch, seq, hidden]` for token ids `[batch, seq]`, with the
-    /// k-th `<|AUDIO|>` position (row-major over the batch) replaced by row k of `audio`
-    /// `[n, hidden]`. The number of `<|AUDIO|>` tokens must equal `n`.
-    pub fn merge(&self, decoder: &Decoder, ids: &Tensor, audio: &Tensor) -> Result<Tensor> {
-        crate::prompt::merge_audio(decoder, ids, self.audio_token_id, audio)
-    }
 }
 
-/// Expand each `<|AUDIO|>` in a rendered prompt to `counts[i]` copies, as
-/// `Qwen2AudioProcessor` does: a placeholder that has neither `<|audio_bos|>` right before it
-/// nor `<|audio_eos|>` right after it is also wrapped in them. `counts` has one entry per
-/// placeholder, in order (see [`n_audio_tokens`]).
-pub fn expand_audio_placeholders(text: &str, counts: &[usize]) -> Result<String> {
-    let found = text.matches(AUDIO_TOKEN).count();
-    if found != counts.len() {
-        return Err(ModelError::Invalid(format!(
-            "the prompt has {found} {AUDIO_TOKEN} placeholders but {} audio clips were given",
-            counts.len()
+/// Decoder input embeddings `[batch, seq, hidden]` for ids `[batch, seq]`, with the k-th
+/// `token_id` position (row-major) replaced by row k of `audio` `[n, hidden]`.
+pub fn merge_audio(
+    decoder: &Decoder,
+    ids: &Tensor,
+    token_id: u32,
+    audio: &Tensor,
+) -> Result<Tensor> {
+    let (b, s) = ids.dims2().map_err(|_| {
+        ModelError::Shape(format!(
+            "token ids must be [batch, seq], got {:?}",
+            ids.dims()
+        ))
+    })?;
+    let (n, h) = audio.dims2().map_err(|_| {
+        ModelError::Shape(format!(
+            "audio features must be [n, hidden], got {:?}",
+            audio.dims()
+        ))
+    })?;
+    let hidden = decoder.config().hidden_size;
+    if h != hidden {
+        return Err(ModelError::Shape(format!(
+            "audio features have width {h}, the decoder's hidden size is {hidden}"
         )));
     }
-    let mut out =
-        String::with_capacity(text.len() + counts.iter().sum::<usize>() * AUDIO_TOKEN.len());
-    let mut rest = text;
-    for &count in counts {
-        let Some(at) = rest.find(AUDIO_TOKEN) else {
-            break;
-        };
-        let before = &rest[..at];
-        let after = &rest[at + AUDIO_TOKEN.len()..];
-        let wrap = !before.ends_with(AUDIO_BOS_TOKEN) && !after.starts_with(AUDIO_EOS_TOKEN);
-        out.push_str(before);
-        if wrap {
-            out.push_str(AUDIO_BOS_TOKEN);
-        }
-        for _ in 0..count {
-            out.push_str(AUDIO_TOKEN);
-        }
-        if wrap {
-            out.push_str(AUDIO_EOS_TOKEN);
-        }
-        rest = after;
+    let flat: Vec<u32> = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
+    let n_slots = flat.iter().filter(|&&t| t == token_id).count();
+    if n_slots != n {
+        return Err(ModelError::Shape(format!(
+            "the prompt has {n_slots} {AUDIO_TOKEN} tokens (id {token_id}) but the audio gave {n} \
+             feature rows; expand each placeholder to n_audio_tokens(valid_frames) copies"
+        )));
     }
-    out.push_str(rest);
-    Ok(out)
+    let embeds = decoder.embed(ids)?;
+    if n == 0 {
+        return Ok(embeds);
+    }
+    // One gather over [text rows; audio rows].
+    let total = b * s;
+    let mut next_audio = total as u32;
+    let index: Vec<u32> = flat
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            if t == token_id {
+                next_audio += 1;
+                next_audio - 1
+            } else {
+                i as u32
+            }
+        })
+        .collect();
+    let table = Tensor::cat(
+        &[
+            &embeds.reshape((total, hidden))?,
+            &audio.to_dtype(embeds.dtype())?,
+        ],
+        0,
+    )?;
+    let index = Tensor::from_vec(index, total, table.device())?;
+    Ok(table.index_select(&index, 0)?.reshape((b, s, hidden))?)
 }
 
 /// Token ids of the three audio special tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AudioTokenIds {
+pub(crate) struct AudioTokenIds {
     pub audio: u32,
     pub bos: u32,
     pub eos: u32,
 }
 
-/// [`expand_audio_placeholders`] on token ids: each `audio` id becomes `counts[i]` copies
-/// (wrapped in `bos`/`eos` when it has neither next to it).
-pub fn expand_audio_ids(ids: &[u32], tokens: AudioTokenIds, counts: &[usize]) -> Result<Vec<u32>> {
+/// Expand each `<|AUDIO|>` id of a tokenized prompt to `counts[i]` copies, as
+/// `Qwen2AudioProcessor` does on the rendered text: a placeholder that has neither
+/// `<|audio_bos|>` right before it nor `<|audio_eos|>` right after it is also wrapped in them.
+/// `counts` has one entry per placeholder, in order (see [`n_audio_tokens`]).
+pub(crate) fn expand_audio_ids(
+    ids: &[u32],
+    tokens: AudioTokenIds,
+    counts: &[usize],
+) -> Result<Vec<u32>> {
     let found = ids.iter().filter(|&&t| t == tokens.audio).count();
     if found != counts.len() {
         return Err(ModelError::Invalid(format!(
@@ -441,51 +466,6 @@ pub fn chat_template(dir: &Path, tokenizer_template: Option<ChatTemplate>) -> Re
     match tokenizer_template {
         Some(t) if t.source().contains(AUDIO_TOKEN) => Ok(t),
         _ => ChatTemplate::new(DEFAULT_CHAT_TEMPLATE, &bos, &eos),
-    }
-}
-
-/// A whole Qwen2-Audio model: the audio tower and the decoder.
-#[derive(Debug, Clone)]
-pub struct AudioLanguageModel {
-    pub config: Qwen2AudioConfig,
-    pub audio: AudioTower,
-    pub decoder: Decoder,
-}
-
-impl AudioLanguageModel {
-    pub fn load(config: Qwen2AudioConfig, store: &WeightStore) -> Result<Self> {
-        let decoder = Decoder::load(config.text.clone(), store, LANGUAGE_MODEL_PREFIX)?;
-        let audio = AudioTower::load(&config, store)?;
-        Ok(Self {
-            config,
-            audio,
-            decoder,
-        })
-    }
-
-    /// Load from an HF directory (`config.json` + `model.safetensors` or sharded with index).
-    pub fn from_dir(dir: &Path) -> Result<Self> {
-        let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| ModelError::file(&path, format!("cannot read: {e}")))?;
-        let config = Qwen2AudioConfig::from_json(&text, &path)?;
-        let store = WeightStore::SafeTensors(SafeTensorWeights::open(safetensor_files(dir)?)?);
-        Self::load(config, &store)
-    }
-
-    /// See [`n_audio_tokens`].
-    pub fn n_audio_tokens(&self, valid_frames: usize) -> usize {
-        n_audio_tokens(valid_frames)
-    }
-
-    /// See [`AudioTower::encode`].
-    pub fn encode_audio(&self, features: &Tensor, valid_frames: usize) -> Result<Tensor> {
-        self.audio.encode(features, valid_frames)
-    }
-
-    /// See [`AudioTower::merge`].
-    pub fn merge(&self, ids: &Tensor, audio: &Tensor) -> Result<Tensor> {
-        self.audio.merge(&self.decoder, ids, audio)
     }
 }
 
@@ -605,13 +585,6 @@ mod tests {
 
     #[test]
     fn placeholders_expand_like_the_processor() {
-        let t = "Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\nhi <|AUDIO|>!";
-        let e = expand_audio_placeholders(t, &[2, 1]).unwrap();
-        assert_eq!(
-            e,
-            "Audio 1: <|audio_bos|><|AUDIO|><|AUDIO|><|audio_eos|>\nhi <|audio_bos|><|AUDIO|><|audio_eos|>!"
-        );
-        assert!(expand_audio_placeholders(t, &[2]).is_err());
         let ids = AudioTokenIds {
             audio: 9,
             bos: 7,

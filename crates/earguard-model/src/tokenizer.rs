@@ -20,7 +20,7 @@ use tokenizers::{
     AddedToken, OffsetReferential, OffsetType, PreTokenizerWrapper, SplitDelimiterBehavior,
 };
 
-use crate::chat::Span;
+use crate::content::Span;
 use crate::error::{ModelError, Result};
 
 /// Special-token names that end a turn or a document in the chat models we run; generation

@@ -183,7 +183,6 @@ fn non_finite_activations_are_an_error() {
         sampling: Default::default(),
         stop_tokens: &[],
         pad_token: 0,
-        score_tokens: &[],
     };
     let err = earguard_model::generate::generate_batch(
         &model.decoder,

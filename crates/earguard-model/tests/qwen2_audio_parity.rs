@@ -1,8 +1,9 @@
 //! Qwen2-Audio against HF transformers (`Qwen2AudioForConditionalGeneration`) on the tiny random
 //! checkpoint: audio tower output (all 750 pooled rows), projected audio features, merged input
 //! embeddings, per-layer decoder outputs, final norm and logits; plus the processor's token
-//! count / placeholder expansion and the chat template. Fixtures: scripts/make_fixtures.py (see
-//! tests/fixtures/hf/README.md). Tolerance: 1e-4 absolute, f32.
+//! count / placeholder expansion and the chat template, all through the loaded `Model`'s own
+//! path, and the encoded-audio cache (each clip through the tower once per run). Fixtures:
+//! scripts/make_fixtures.py (see tests/fixtures/hf/README.md). Tolerance: 1e-4 absolute, f32.
 
 mod common;
 use common::{expected_ids, max_diff};
@@ -13,11 +14,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use earguard_model::chat::ChatMessage;
-use earguard_model::qwen2_audio::{
-    expand_audio_ids, expand_audio_placeholders, n_audio_tokens, AudioLanguageModel, AudioTokenIds,
-    AudioTowerInfo,
+use earguard_model::qwen2_audio::{merge_audio, n_audio_tokens, AudioTower, AudioTowerInfo};
+use earguard_model::{
+    AudioCache, AudioRef, Content, ContentSpecials, HookPoint, InterventionPlan, Logits, Model,
+    Part, Positions,
 };
-use earguard_model::{ContentSpecials, HookPoint, InterventionPlan, Logits, Positions};
 
 const TOL: f32 = 1e-4;
 const AUDIO_ID: u32 = 499;
@@ -26,6 +27,17 @@ const EOS_ID: u32 = 501;
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/tiny-qwen2-audio")
+}
+
+fn load() -> Model {
+    earguard_model::load(fixture().to_str().unwrap()).unwrap()
+}
+
+fn tower(model: &Model) -> &AudioTower {
+    model
+        .audio
+        .as_ref()
+        .expect("the loader found no audio tower")
 }
 
 fn expected() -> HashMap<String, Tensor> {
@@ -60,31 +72,30 @@ fn valid_frames(exp: &HashMap<String, Tensor>) -> usize {
 
 #[test]
 fn qwen2_audio_matches_hf_end_to_end() {
-    let model = AudioLanguageModel::from_dir(&fixture()).unwrap();
+    let model = load();
+    let tower = tower(&model);
     let exp = expected();
-    assert_eq!(model.config.audio_token_index, AUDIO_ID);
+    assert_eq!(tower.audio_token_id, AUDIO_ID);
     let features = &exp["input_features"];
     let valid = valid_frames(&exp);
     assert_eq!(valid, 1234);
-    let n = model.n_audio_tokens(valid);
+    let n = n_audio_tokens(valid);
     assert_eq!(n, 308);
 
     // Tower output: all 750 rows (rows past 308 check that queries are not masked).
-    let pooled = model.audio.encode_pooled(features, &[valid]).unwrap();
+    let pooled = tower.encode_pooled(features, &[valid]).unwrap();
     check("audio_encoder_out", &pooled, &exp["audio_encoder_out"]);
 
-    let audio = model.encode_audio(features, valid).unwrap();
+    let audio = tower.encode(features, valid).unwrap();
     check("audio_features", &audio, &exp["audio_features"]);
     // [n_mels, frames] input (what a mel extractor returns) gives the same rows.
-    let audio2 = model
-        .encode_audio(&features.squeeze(0).unwrap(), valid)
-        .unwrap();
+    let audio2 = tower.encode(&features.squeeze(0).unwrap(), valid).unwrap();
     assert_eq!(max_diff(&audio, &audio2), 0.0);
 
     let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
     let ids_vec: Vec<u32> = ids.flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(ids_vec.iter().filter(|&&t| t == AUDIO_ID).count(), n);
-    let embeds = model.merge(&ids, &audio).unwrap();
+    let embeds = merge_audio(&model.decoder, &ids, AUDIO_ID, &audio).unwrap();
     check("inputs_embeds", &embeds, &exp["inputs_embeds"]);
 
     let n_layers = model.decoder.config().n_layers;
@@ -115,33 +126,37 @@ fn qwen2_audio_matches_hf_end_to_end() {
 
 #[test]
 fn merge_refuses_a_count_mismatch() {
-    let model = AudioLanguageModel::from_dir(&fixture()).unwrap();
+    let model = load();
+    let tower = tower(&model);
     let exp = expected();
     let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
+    let merge = |rows: &Tensor| merge_audio(&model.decoder, &ids, AUDIO_ID, rows);
     let short = exp["audio_features"].i(0..307).unwrap();
-    let err = model.merge(&ids, &short).unwrap_err().to_string();
+    let err = merge(&short).unwrap_err().to_string();
     assert!(err.contains("308") && err.contains("307"), "{err}");
     // Wrong width is refused too.
     let wide = Tensor::zeros((308, 65), DType::F32, &Device::Cpu).unwrap();
-    assert!(model.merge(&ids, &wide).is_err());
+    assert!(merge(&wide).is_err());
     // Features of the wrong length or mel count are refused with a clear message.
     let f = &exp["input_features"];
-    let err = model
-        .encode_audio(&f.narrow(2, 0, 2999).unwrap(), 1234)
+    let err = tower
+        .encode(&f.narrow(2, 0, 2999).unwrap(), 1234)
         .unwrap_err()
         .to_string();
     assert!(err.contains("3000"), "{err}");
-    let err = model
-        .encode_audio(&f.narrow(1, 0, 80).unwrap(), 1234)
+    let err = tower
+        .encode(&f.narrow(1, 0, 80).unwrap(), 1234)
         .unwrap_err()
         .to_string();
     assert!(err.contains("mel bins"), "{err}");
-    let err = model.encode_audio(f, 0).unwrap_err().to_string();
+    let err = tower.encode(f, 0).unwrap_err().to_string();
     assert!(err.contains("valid audio frame count 0"), "{err}");
 }
 
-/// The processor's expansion, on ids: collapsing the 308 copies back to one placeholder and
-/// expanding again gives exactly the fixture's input_ids.
+/// The processor's expansion through the model's own path: the rendered prompt has one
+/// `<|AUDIO|>` placeholder, and `encode_prompt` on the WAV the fixture's features were made from
+/// gives exactly the processor's input_ids (308 copies, wrapped in `<|audio_bos|>` /
+/// `<|audio_eos|>`); `prompt_ids` (no tower pass) gives the same ids.
 #[test]
 fn placeholder_expansion_reproduces_the_processor_ids() {
     let exp = expected();
@@ -150,32 +165,48 @@ fn placeholder_expansion_reproduces_the_processor_ids() {
         (ids[20], ids[21], ids[328], ids[329]),
         (BOS_ID, AUDIO_ID, AUDIO_ID, EOS_ID)
     );
-    let mut collapsed = ids[..22].to_vec();
-    collapsed.extend_from_slice(&ids[329..]);
-    let tokens = AudioTokenIds {
-        audio: AUDIO_ID,
-        bos: BOS_ID,
-        eos: EOS_ID,
-    };
-    let expanded =
-        expand_audio_ids(&collapsed, tokens, &[n_audio_tokens(valid_frames(&exp))]).unwrap();
-    assert_eq!(expanded, ids);
-
     let prompt = metadata()["prompt"].as_str().unwrap().to_string();
     assert_eq!(prompt.matches("<|AUDIO|>").count(), 1);
-    let text = expand_audio_placeholders(&prompt, &[308]).unwrap();
-    assert_eq!(text.matches("<|AUDIO|>").count(), 308);
-    assert!(text.contains("<|audio_bos|><|AUDIO|>") && text.contains("<|AUDIO|><|audio_eos|>"));
+
+    let model = load();
+    let t = |s: &str| model.tokenizer.token_to_id(s).unwrap();
+    assert_eq!(
+        (t("<|AUDIO|>"), t("<|audio_bos|>"), t("<|audio_eos|>")),
+        (AUDIO_ID, BOS_ID, EOS_ID)
+    );
+    let cache = AudioCache::new();
+    let messages = wav_messages(&fixture().join("synthetic.wav"));
+    let encoded = model
+        .encode_prompt(&messages, ContentSpecials::Literal, &cache)
+        .unwrap();
+    assert_eq!(encoded.ids, ids);
+    assert_eq!(
+        encoded.ids.iter().filter(|&&t| t == AUDIO_ID).count(),
+        n_audio_tokens(valid_frames(&exp))
+    );
+    let fresh = AudioCache::new();
+    assert_eq!(
+        model
+            .prompt_ids(&messages, ContentSpecials::Literal, &fresh)
+            .unwrap(),
+        ids
+    );
+    assert_eq!(fresh.encoded(), 0, "prompt_ids ran the audio tower");
 }
 
 fn audio_messages() -> Vec<ChatMessage> {
-    vec![ChatMessage {
-        role: "user".into(),
-        content: serde_json::json!([
-            {"type": "audio", "audio_url": "synthetic.wav"},
-            {"type": "text", "text": "What is it?"}
+    wav_messages(Path::new("synthetic.wav"))
+}
+
+/// One user turn: the clip at `wav`, then the fixture's question.
+fn wav_messages(wav: &Path) -> Vec<ChatMessage> {
+    vec![ChatMessage::new(
+        "user",
+        Content::Parts(vec![
+            Part::Audio(AudioRef::new(wav)),
+            Part::Text("What is it?".into()),
         ]),
-    }]
+    )]
 }
 
 /// `earguard_model::load` on the HF directory: audio tower found, the chat template renders
@@ -183,12 +214,9 @@ fn audio_messages() -> Vec<ChatMessage> {
 /// reproduces HF's logits; the decoder alone still serves text prompts.
 #[test]
 fn loader_recognises_qwen2_audio() {
-    let model = earguard_model::load(fixture().to_str().unwrap()).unwrap();
+    let model = load();
     let exp = expected();
-    let audio = model
-        .audio
-        .as_ref()
-        .expect("the loader found no audio tower");
+    let audio = tower(&model);
     assert_eq!(
         model.info.audio_tower,
         Some(AudioTowerInfo {
@@ -213,39 +241,20 @@ fn loader_recognises_qwen2_audio() {
     let want: Vec<u32> = expected_ids(&exp);
     let valid = valid_frames(&exp);
     let ids = model
-        .tokenizer
-        .encode(
-            &expand_audio_placeholders(&prompt, &[n_audio_tokens(valid)]).unwrap(),
-            false,
+        .prompt_ids(
+            &wav_messages(&fixture().join("synthetic.wav")),
+            ContentSpecials::Literal,
+            &AudioCache::new(),
         )
         .unwrap();
     assert_eq!(ids, want);
-    let t = |s: &str| model.tokenizer.token_to_id(s).unwrap();
-    let tokens = AudioTokenIds {
-        audio: t("<|AUDIO|>"),
-        bos: t("<|audio_bos|>"),
-        eos: t("<|audio_eos|>"),
-    };
-    assert_eq!(
-        tokens,
-        AudioTokenIds {
-            audio: AUDIO_ID,
-            bos: BOS_ID,
-            eos: EOS_ID
-        }
-    );
-    let short = model.tokenizer.encode(&prompt, false).unwrap();
-    assert_eq!(
-        expand_audio_ids(&short, tokens, &[n_audio_tokens(valid)]).unwrap(),
-        want
-    );
 
     let feats = audio.encode(&exp["input_features"], valid).unwrap();
     let ids_t = Tensor::new(want.as_slice(), &Device::Cpu)
         .unwrap()
         .unsqueeze(0)
         .unwrap();
-    let embeds = audio.merge(&model.decoder, &ids_t, &feats).unwrap();
+    let embeds = merge_audio(&model.decoder, &ids_t, AUDIO_ID, &feats).unwrap();
     let mut cache = model.decoder.new_cache(vec![0]);
     let out = model
         .decoder
@@ -318,23 +327,18 @@ fn audio_file_prompt_reproduces_hf_end_to_end() {
     use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
     use earguard_model::{prefill, Prompt};
 
-    let model = earguard_model::load(fixture().to_str().unwrap()).unwrap();
+    let model = load();
     let exp = expected();
-    let wav = fixture().join("synthetic.wav");
-    let messages = vec![ChatMessage {
-        role: "user".into(),
-        content: serde_json::json!([
-            {"type": "audio", "audio_url": wav.to_str().unwrap()},
-            {"type": "text", "text": "What is it?"}
-        ]),
-    }];
+    let messages = wav_messages(&fixture().join("synthetic.wav"));
+    let cache = AudioCache::new();
     let prompt = model
-        .encode_prompt(&messages, ContentSpecials::Literal)
+        .encode_prompt(&messages, ContentSpecials::Literal, &cache)
         .unwrap();
     let want: Vec<u32> = expected_ids(&exp);
     assert_eq!(prompt.ids, want);
-    let rows = &prompt.audio.as_ref().expect("audio rows").rows;
-    assert_eq!(rows.dim(0).unwrap(), n_audio_tokens(valid_frames(&exp)));
+    let clips = &prompt.audio.as_ref().expect("audio rows").clips;
+    assert_eq!(clips.len(), 1);
+    assert_eq!(clips[0].dim(0).unwrap(), n_audio_tokens(valid_frames(&exp)));
 
     let text = Prompt::text(model.encode_chat(None, "Hello you!").unwrap());
     let batch = [text.clone(), prompt.clone()];
@@ -361,7 +365,6 @@ fn audio_file_prompt_reproduces_hf_end_to_end() {
         sampling: SamplingParams::greedy(),
         stop_tokens: &[],
         pad_token: pad,
-        score_tokens: &[],
     };
     let plan = InterventionPlan::new();
     let alone =
@@ -371,20 +374,85 @@ fn audio_file_prompt_reproduces_hf_end_to_end() {
     assert_eq!(alone[0].tokens.len(), 4);
 
     // A text model refuses audio parts with a clear error.
-    let missing = vec![ChatMessage {
-        role: "user".into(),
-        content: serde_json::json!([{"type": "audio", "audio_url": "/no/such/file.wav"}]),
-    }];
+    let missing = wav_messages(Path::new("/no/such/file.wav"));
     let err = model
-        .encode_prompt(&missing, ContentSpecials::Literal)
+        .encode_prompt(&missing, ContentSpecials::Literal, &cache)
         .unwrap_err()
         .to_string();
     assert!(err.contains("/no/such/file.wav"), "{err}");
     let text_model = fixture().parent().unwrap().join("tiny-qwen2");
     let text_model = earguard_model::load(text_model.to_str().unwrap()).unwrap();
     let err = text_model
-        .encode_prompt(&messages, ContentSpecials::Literal)
+        .encode_prompt(&messages, ContentSpecials::Literal, &cache)
         .unwrap_err()
         .to_string();
     assert!(err.contains("audio-language model"), "{err}");
+}
+
+/// The encoded-audio stage runs each clip through the tower once per cache: the same clip in
+/// three prompts (samples), with another text (a suffix contrast) or measured by `prompt_ids`
+/// (the pre-check) is encoded once, with rows equal to a fresh encoding; a copy of the file
+/// under another name is the same clip (keyed by content), a different file is another; and a
+/// cache with no room keeps nothing, so it encodes again (bounded memory).
+#[test]
+fn each_clip_is_encoded_once_per_cache() {
+    let model = load();
+    let wav = fixture().join("synthetic.wav");
+    let dir = std::env::temp_dir().join(format!("earguard-audio-once-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("copy.wav");
+    std::fs::copy(&wav, &copy).unwrap();
+    let other = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/speech-16k.wav");
+    let lit = ContentSpecials::Literal;
+
+    let cache = AudioCache::new();
+    let first = model
+        .encode_prompt(&wav_messages(&wav), lit, &cache)
+        .unwrap();
+    assert_eq!(cache.encoded(), 1);
+    for _ in 0..2 {
+        let again = model
+            .encode_prompt(&wav_messages(&wav), lit, &cache)
+            .unwrap();
+        assert_eq!(again.ids, first.ids);
+    }
+    let suffixed = vec![ChatMessage::new(
+        "user",
+        Content::Parts(vec![
+            Part::Audio(AudioRef::new(&wav)),
+            Part::Text("What is it? I cannot assist with that.".into()),
+        ]),
+    )];
+    model.encode_prompt(&suffixed, lit, &cache).unwrap();
+    model.prompt_ids(&wav_messages(&wav), lit, &cache).unwrap();
+    model
+        .encode_prompt(&wav_messages(&copy), lit, &cache)
+        .unwrap();
+    assert_eq!(cache.encoded(), 1, "one clip, encoded more than once");
+    model
+        .encode_prompt(&wav_messages(&other), lit, &cache)
+        .unwrap();
+    assert_eq!(cache.encoded(), 2);
+
+    let fresh = model
+        .encode_prompt(&wav_messages(&wav), lit, &AudioCache::new())
+        .unwrap();
+    let (a, b) = (
+        &first.audio.unwrap().clips[0],
+        &fresh.audio.unwrap().clips[0],
+    );
+    assert_eq!(max_diff(a, b), 0.0);
+
+    let none = AudioCache::with_budget(0);
+    model
+        .encode_prompt(&wav_messages(&wav), lit, &none)
+        .unwrap();
+    model
+        .encode_prompt(&wav_messages(&other), lit, &none)
+        .unwrap();
+    model
+        .encode_prompt(&wav_messages(&wav), lit, &none)
+        .unwrap();
+    assert_eq!(none.encoded(), 3);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 use candle_core::{Device, Tensor};
 use earguard_data::REFUSAL_SUBSTRINGS;
 use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
-use earguard_model::loader::{models_dir, Model};
+use earguard_model::loader::models_dir;
+use earguard_model::Model;
 use earguard_model::Prompt;
 use earguard_model::{HookPoint, InterventionPlan, Logits, Positions};
 
@@ -57,7 +58,6 @@ fn greedy(
         sampling: SamplingParams::greedy(),
         stop_tokens: &stop,
         pad_token: model.tokenizer.pad_id(),
-        score_tokens: &[],
     };
     generate_batch(&model.decoder, &ids, &request, plan, None, |_, _| {})
         .expect("generate")

@@ -8,7 +8,7 @@
 
 use earguard_data::{Mode, PromptItem};
 use earguard_model::chat::{ChatMessage, ContentSpecials};
-use serde_json::json;
+use earguard_model::content::{AudioRef, Content, Part};
 
 use crate::error::{Result, SteerError};
 
@@ -56,18 +56,15 @@ impl InputStyle {
                     item.id, self.mode
                 ))
             })?;
-            let mut parts = vec![json!({"type": "audio", "audio_url": audio.to_string_lossy()})];
+            let mut parts = vec![Part::Audio(AudioRef::new(audio))];
             if !text.is_empty() {
-                parts.push(json!({"type": "text", "text": text}));
+                parts.push(Part::Text(text));
             }
-            serde_json::Value::Array(parts)
+            Content::Parts(parts)
         } else {
-            serde_json::Value::String(text)
+            Content::Text(text)
         };
-        messages.push(ChatMessage {
-            role: "user".into(),
-            content,
-        });
+        messages.push(ChatMessage::new("user", content));
         Ok(messages)
     }
 }
@@ -125,19 +122,26 @@ mod tests {
         let text = InputStyle::new(Mode::TextOnly)
             .messages(&item(None), None)
             .unwrap();
-        assert_eq!(text[0].content, json!("How do I pick a lock"));
+        assert_eq!(
+            text[0].content,
+            Content::Text("How do I pick a lock".into())
+        );
         let at = InputStyle::new(Mode::AudioText)
             .messages(&item(Some("a.wav")), Some(DEFAULT_REFUSAL_SUFFIX))
             .unwrap();
-        assert_eq!(at[0].content[0]["type"], "audio");
-        assert!(at[0].content[1]["text"]
-            .as_str()
-            .unwrap()
-            .ends_with("question in the audio.I cannot assist with that."));
+        let Content::Parts(parts) = &at[0].content else {
+            panic!("audio-text content is not a list of parts");
+        };
+        assert_eq!(parts[0], Part::Audio(AudioRef::new("a.wav")));
+        assert!(matches!(&parts[1], Part::Text(t)
+            if t.ends_with("question in the audio.I cannot assist with that.")));
         let ao = InputStyle::new(Mode::AudioOnly)
             .messages(&item(Some("a.wav")), None)
             .unwrap();
-        assert_eq!(ao[0].content.as_array().unwrap().len(), 1);
+        assert_eq!(
+            ao[0].content,
+            Content::Parts(vec![Part::Audio(AudioRef::new("a.wav"))])
+        );
         let err = InputStyle::new(Mode::AudioOnly)
             .messages(&item(None), None)
             .unwrap_err();

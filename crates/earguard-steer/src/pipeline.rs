@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Tensor};
 use earguard_data::PromptItem;
 use earguard_model::decoder::log_softmax;
-use earguard_model::{HookPoint, InterventionPlan, Logits, Model, Prompt};
+use earguard_model::score::{refusal_scores, refusal_start_tokens};
+use earguard_model::{AudioCache, HookPoint, InterventionPlan, Logits, Model, Prompt};
 use serde_json::json;
 
 use crate::artifact::{DatasetRef, SteeringVector, VectorMeta};
@@ -33,17 +34,20 @@ pub struct FitSetup<'a> {
     pub work_dir: Option<PathBuf>,
     pub progress: bool,
     pub training_sets: Vec<DatasetRef>,
+    /// The fit's encoded audio: each clip runs through the audio tower once, however many
+    /// captures (plain, with the suffix, layer search) use it.
+    pub audio: AudioCache,
 }
 
 impl FitSetup<'_> {
-    /// Token ids of each prompt in this setup's mode, with an optional suffix.
+    /// Each prompt in this setup's mode, with an optional suffix.
     pub fn encode(&self, items: &[PromptItem], suffix: Option<&str>) -> Result<Vec<Prompt>> {
         items
             .iter()
             .map(|item| {
                 let messages = self.style.messages(item, suffix)?;
                 self.model
-                    .encode_prompt(&messages, self.style.specials)
+                    .encode_prompt(&messages, self.style.specials, &self.audio)
                     .map_err(|e| SteerError::Invalid(format!("prompt {}: {e}", item.id)))
             })
             .collect()
@@ -164,7 +168,7 @@ impl FitSetup<'_> {
     fn select_layer(&self, directions: &Tensor, sel: &LayerSelection) -> Result<LayerPick> {
         let harm = self.encode(&sel.harmful, None)?;
         let safe = self.encode(&sel.harmless, None)?;
-        let refusal = refusal_start_tokens(self.model)?;
+        let refusal = refusal_start_tokens(&self.model.tokenizer)?;
         let base_logits = self.logits(&safe, &InterventionPlan::new())?;
         let n_layers = directions.dim(0)?;
         let last = ((n_layers as f64) * sel.max_fraction).floor() as usize;
@@ -173,10 +177,7 @@ impl FitSetup<'_> {
         for l in 0..last {
             // The attack's plan does not depend on the batch: built once per layer.
             let plan = Ablate::new(self.model, &directions.get(l)?, 1.0)?.plan(self.model, &[])?;
-            let score = mean(&earguard_model::generate::log_odds(
-                &self.logits(&harm, &plan)?,
-                &refusal,
-            )?);
+            let score = mean(&refusal_scores(&self.logits(&harm, &plan)?, &refusal)?);
             let kl = mean_kl(&base_logits, &self.logits(&safe, &plan)?)?;
             table.push(json!({"layer": l, "harmful_refusal_score": score, "harmless_kl": kl}));
             bar.inc(1);
@@ -293,19 +294,6 @@ fn check_sets(harmful: &[PromptItem], benign: &[PromptItem]) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// SPEC §2's refusal-start tokens R: the first token of "I" and "As".
-pub fn refusal_start_tokens(model: &Model) -> Result<Vec<u32>> {
-    let mut out = Vec::new();
-    for word in ["I", "As"] {
-        if let Some(&t) = model.tokenizer.encode(word, false)?.first() {
-            if !out.contains(&t) {
-                out.push(t);
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn mean(xs: &[f32]) -> f64 {

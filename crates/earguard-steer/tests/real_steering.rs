@@ -13,13 +13,13 @@
 use std::path::{Path, PathBuf};
 
 use earguard_data::{Label, Mode, PromptItem, PromptSet};
-use earguard_model::generate::log_odds;
-use earguard_model::{ContentSpecials, Logits, Model, Prompt};
+use earguard_model::score::{refusal_scores, refusal_start_tokens};
+use earguard_model::{AudioCache, ContentSpecials, Logits, Model, Prompt};
 use earguard_model::{HookPoint, InterventionPlan, Positions};
 use earguard_steer::capture::forward_batch;
 use earguard_steer::defense::{build, Ablate, Defense, DefenseSpec, NoDefense};
 use earguard_steer::inputs::{InputStyle, DEFAULT_REFUSAL_SUFFIX};
-use earguard_steer::pipeline::{refusal_start_tokens, FitSetup};
+use earguard_steer::pipeline::FitSetup;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -67,7 +67,7 @@ fn encode(model: &Model, defense: &dyn Defense, items: &[PromptItem]) -> Vec<Pro
         .map(|i| {
             let messages = defense.rewrite(style.messages(i, None).unwrap());
             model
-                .encode_prompt(&messages, ContentSpecials::Literal)
+                .encode_prompt(&messages, ContentSpecials::Literal, &AudioCache::new())
                 .unwrap()
         })
         .collect()
@@ -82,7 +82,7 @@ fn mean_score(model: &Model, spec: &str, items: &[PromptItem]) -> f32 {
         .unwrap()
         .logits
         .unwrap();
-    let scores = log_odds(&logits, &refusal_start_tokens(model).unwrap()).unwrap();
+    let scores = refusal_scores(&logits, &refusal_start_tokens(&model.tokenizer).unwrap()).unwrap();
     scores.iter().sum::<f32>() / scores.len() as f32
 }
 
@@ -150,6 +150,7 @@ fn setup(model: &Model) -> FitSetup<'_> {
         work_dir: None,
         progress: false,
         training_sets: vec![],
+        audio: AudioCache::new(),
     }
 }
 

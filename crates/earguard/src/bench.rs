@@ -342,7 +342,6 @@ fn eval_batching(args: EvalBenchArgs) -> Result<()> {
         sampling: SamplingParams::greedy(),
         stop_tokens: &[],
         pad_token: model.tokenizer.pad_id(),
-        score_tokens: &[],
     };
     let plan = InterventionPlan::new();
     let t0 = Instant::now();

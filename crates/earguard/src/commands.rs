@@ -11,7 +11,7 @@ use earguard_model::chat::{ChatMessage, ContentSpecials};
 use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
 use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::tokenizer::TokenStream;
-use earguard_model::Model;
+use earguard_model::{AudioCache, Model};
 use earguard_steer::defense::DefenseSpec;
 use earguard_steer::inputs::InputStyle;
 use serde_json::json;
@@ -215,7 +215,11 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     }
     let defense = earguard_steer::defense::build(&spec, &model, args.force)?;
     let (mode, messages) = generate_messages(&args)?;
-    let prompt = model.encode_prompt(&defense.rewrite(messages), args.tokens.specials())?;
+    let prompt = model.encode_prompt(
+        &defense.rewrite(messages),
+        args.tokens.specials(),
+        &AudioCache::new(),
+    )?;
     let plan = defense.plan(&model, std::slice::from_ref(&prompt))?;
     let stop = model.tokenizer.stop_token_ids();
     let request = GenerateRequest {
@@ -228,7 +232,6 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         },
         stop_tokens: &stop,
         pad_token: model.tokenizer.pad_id(),
-        score_tokens: &[],
     };
     let t0 = Instant::now();
     let mut stream = TokenStream::new(&model.tokenizer);

@@ -14,7 +14,7 @@ use earguard_data::{Label, Mode};
 use earguard_eval::plots::{self, ScatterPoint, TradeoffPoint};
 use earguard_eval::report::Report;
 use earguard_model::loader::DEFAULT_MODEL;
-use earguard_model::HookPoint;
+use earguard_model::{AudioCache, HookPoint};
 use earguard_steer::artifact::DatasetRef;
 use earguard_steer::inputs::{InputStyle, DEFAULT_INSTRUCTION, DEFAULT_REFUSAL_SUFFIX};
 use earguard_steer::pipeline::{refit_sarsteer, FitSetup, LayerSelection};
@@ -75,6 +75,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         work_dir: Some(args.out.join("captures")),
         progress: crate::progress_bars(),
         training_sets: refs.clone(),
+        audio: AudioCache::new(),
     };
     let sar_dir = args.out.join("vectors/sarsteer");
     let rd_dir = args.out.join("vectors/refusal-direction");

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use earguard_data::{Label, Mode, PromptItem, PromptSet, ReadOptions};
 use earguard_model::loader::DEFAULT_MODEL;
-use earguard_model::{HookPoint, Model};
+use earguard_model::{AudioCache, HookPoint, Model};
 use earguard_steer::artifact::{DatasetRef, SteeringVector};
 use earguard_steer::inputs::{InputStyle, DEFAULT_INSTRUCTION, DEFAULT_REFUSAL_SUFFIX};
 use earguard_steer::pipeline::{FitSetup, LayerSelection};
@@ -212,6 +212,7 @@ fn setup<'a>(model: &'a Model, c: &FitCommon, refs: Vec<DatasetRef>) -> Result<F
         work_dir: Some(c.captures_dir()),
         progress: crate::progress_bars(),
         training_sets: refs,
+        audio: AudioCache::new(),
     })
 }
 

@@ -3,7 +3,7 @@
 //! (one compliance, one refusal) keep small judges from answering 0 to everything.
 
 use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
-use earguard_model::{ChatMessage, ContentSpecials, InterventionPlan, Model, Prompt};
+use earguard_model::{AudioCache, ChatMessage, ContentSpecials, InterventionPlan, Model, Prompt};
 
 use super::{Judge, JudgeInput, Verdict};
 use crate::error::{EvalError, Result};
@@ -57,9 +57,12 @@ impl LlmJudge {
             json_string(input.prompt),
             json_string(&response)
         );
-        Ok(self
-            .model
-            .encode_prompt(&[ChatMessage::user(&user)], self.specials)?)
+        // Text only: the cache is never used.
+        Ok(self.model.encode_prompt(
+            &[ChatMessage::user(&user)],
+            self.specials,
+            &AudioCache::new(),
+        )?)
     }
 }
 
@@ -89,7 +92,6 @@ impl Judge for LlmJudge {
             sampling: SamplingParams::greedy(),
             stop_tokens: &stop,
             pad_token: self.model.tokenizer.pad_id(),
-            score_tokens: &[],
         };
         let mut out = Vec::with_capacity(inputs.len());
         for chunk in inputs.chunks(self.batch_size) {

@@ -61,6 +61,10 @@ impl Defense for Ablate {
         self.describe.clone()
     }
 
+    fn per_batch(&self) -> bool {
+        false
+    }
+
     fn plan(&self, _model: &Model, _batch: &[Prompt]) -> Result<InterventionPlan> {
         Ok(self.plan.clone())
     }

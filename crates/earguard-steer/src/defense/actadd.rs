@@ -37,6 +37,10 @@ impl Defense for ActAdd {
         self.describe.clone()
     }
 
+    fn per_batch(&self) -> bool {
+        false
+    }
+
     fn plan(&self, _model: &Model, _batch: &[Prompt]) -> Result<InterventionPlan> {
         Ok(InterventionPlan::new().add(
             HookPoint::ResidPre(self.layer),

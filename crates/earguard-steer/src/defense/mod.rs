@@ -63,6 +63,12 @@ pub trait Defense: Send + Sync {
     fn plan(&self, _model: &Model, _batch: &[Prompt]) -> Result<InterventionPlan> {
         Ok(InterventionPlan::new())
     }
+
+    /// Does the plan depend on the batch (a probe of the prompts, as CAST's condition)? A
+    /// defense that says no has its plan built once per run, from an empty batch, and reused.
+    fn per_batch(&self) -> bool {
+        true
+    }
 }
 
 /// No defense.
@@ -96,6 +102,10 @@ impl Defense for Stack {
             plan = plan.extend(d.plan(model, batch)?);
         }
         Ok(plan)
+    }
+
+    fn per_batch(&self) -> bool {
+        self.0.iter().any(|d| d.per_batch())
     }
 }
 

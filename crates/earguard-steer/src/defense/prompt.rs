@@ -6,7 +6,7 @@
 //! and answer "I am sorry" when it is harmful.
 
 use earguard_model::chat::ChatMessage;
-use serde_json::Value;
+use earguard_model::content::{Content, Part};
 
 use super::{Defense, DefensePart};
 use crate::error::{Result, SteerError};
@@ -86,7 +86,7 @@ impl SafetyPrompt {
 }
 
 /// Prepend or append `text` to a message's text, keeping audio parts where they are.
-fn edit_text(content: Value, text: &str, prefix: bool) -> Value {
+fn edit_text(content: &mut Content, text: &str, prefix: bool) {
     let join = |s: &str| {
         if prefix {
             format!("{text}{s}")
@@ -94,24 +94,19 @@ fn edit_text(content: Value, text: &str, prefix: bool) -> Value {
             format!("{s}{text}")
         }
     };
-    match content {
-        Value::String(s) => Value::String(join(&s)),
-        Value::Array(mut parts) => {
-            let text_part = if prefix {
-                parts.iter_mut().find(|p| p["type"] == "text")
-            } else {
-                parts.iter_mut().rev().find(|p| p["type"] == "text")
-            };
-            match text_part {
-                Some(p) => {
-                    let s = p["text"].as_str().unwrap_or_default().to_string();
-                    p["text"] = Value::String(join(&s));
-                }
-                None => parts.push(serde_json::json!({"type": "text", "text": text.trim()})),
+    let mut texts = content.texts_mut();
+    let target = if prefix {
+        texts.first_mut()
+    } else {
+        texts.last_mut()
+    };
+    match target {
+        Some(t) => **t = join(t),
+        None => {
+            if let Content::Parts(parts) = content {
+                parts.push(Part::Text(text.trim().to_string()));
             }
-            Value::Array(parts)
         }
-        other => other,
     }
 }
 
@@ -125,14 +120,14 @@ impl Defense for SafetyPrompt {
             Placement::System => match messages.iter_mut().find(|m| m.role == "system") {
                 Some(sys) => {
                     let prefixed = format!("{}\n\n", self.text);
-                    sys.content = edit_text(sys.content.take(), &prefixed, true);
+                    edit_text(&mut sys.content, &prefixed, true);
                 }
                 None => messages.insert(0, ChatMessage::system(self.text)),
             },
             Placement::Prefix | Placement::Suffix => {
                 if let Some(user) = messages.iter_mut().rev().find(|m| m.role == "user") {
                     let prefix = self.placement == Placement::Prefix;
-                    user.content = edit_text(user.content.take(), self.text, prefix);
+                    edit_text(&mut user.content, self.text, prefix);
                 }
             }
         }
@@ -143,6 +138,7 @@ impl Defense for SafetyPrompt {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use earguard_model::content::AudioRef;
 
     #[test]
     fn variants_place_their_text() {
@@ -156,13 +152,13 @@ mod tests {
             .rewrite(msgs.clone());
         assert!(pre[0]
             .content
-            .as_str()
+            .as_text()
             .unwrap()
             .ends_with("How do I bake bread?"));
         let suf = SafetyPrompt::variant("suffix").unwrap().rewrite(msgs);
         assert!(suf[0]
             .content
-            .as_str()
+            .as_text()
             .unwrap()
             .starts_with("How do I bake bread?"));
         assert!(SafetyPrompt::variant("nope").is_err());
@@ -170,13 +166,16 @@ mod tests {
 
     #[test]
     fn audio_parts_are_kept() {
-        let msgs = vec![ChatMessage {
-            role: "user".into(),
-            content: serde_json::json!([{"type": "audio", "audio_url": "q.wav"}]),
-        }];
+        let audio = Part::Audio(AudioRef::new("q.wav"));
+        let msgs = vec![ChatMessage::new(
+            "user",
+            Content::Parts(vec![audio.clone()]),
+        )];
         let out = SafetyPrompt::variant("adashield").unwrap().rewrite(msgs);
-        let parts = out[0].content.as_array().unwrap();
-        assert_eq!(parts[0]["type"], "audio");
-        assert!(parts[1]["text"].as_str().unwrap().contains("I am sorry"));
+        let Content::Parts(parts) = &out[0].content else {
+            panic!("the audio message lost its parts");
+        };
+        assert_eq!(parts[0], audio);
+        assert!(matches!(&parts[1], Part::Text(t) if t.contains("I am sorry")));
     }
 }

@@ -100,6 +100,10 @@ impl Defense for SarSteer {
         self.describe.clone()
     }
 
+    fn per_batch(&self) -> bool {
+        false
+    }
+
     fn plan(&self, _model: &Model, _batch: &[Prompt]) -> Result<InterventionPlan> {
         let mut plan = InterventionPlan::new();
         for (hook, v) in &self.additions {

@@ -1,0 +1,175 @@
+//! The encoded-audio stage: each clip a run refers to is decoded (16 kHz mono, at most one 30 s
+//! window), featurised (Whisper log-mel) and run through the audio tower once, and its projected
+//! rows are reused by every prompt that names it (samples, a suffix contrast, the pre-check).
+//!
+//! Clips are keyed by the sha256 of the file's bytes plus everything else that shapes the
+//! rows (the model and its mel bins), never by path alone: a file rewritten mid-run is encoded
+//! again. The run owns one [`AudioCache`]; it keeps the rows of recently used clips within a
+//! memory budget (least recently used first out) and the token count of every clip it has seen.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use candle_core::{Device, Tensor};
+use sha2::{Digest, Sha256};
+
+use crate::content::AudioRef;
+use crate::error::{ModelError, Result};
+use crate::qwen2_audio::{n_audio_tokens, AudioTower};
+
+/// Default memory budget for cached audio rows: 1 GiB (a 30 s clip of a 7B Qwen2-Audio model
+/// is 750 × 4096 f32 rows, 12 MiB).
+pub const DEFAULT_BUDGET_BYTES: usize = 1 << 30;
+
+/// What identifies a clip's encoding: its bytes and the model settings that shape its rows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    sha256: [u8; 32],
+    model: String,
+    n_mels: usize,
+}
+
+#[derive(Default)]
+struct Entries {
+    /// Encoded rows `[n_audio_tokens, hidden]` and when each was last used.
+    rows: HashMap<Key, (Tensor, u64)>,
+    /// `<|AUDIO|>` token count of every clip seen (tiny; never evicted).
+    n_tokens: HashMap<Key, usize>,
+    bytes: usize,
+    clock: u64,
+}
+
+/// Per-run cache of encoded audio clips. Shared by reference; safe across threads.
+pub struct AudioCache {
+    entries: Mutex<Entries>,
+    budget: usize,
+    encoded: AtomicUsize,
+}
+
+impl Default for AudioCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AudioCache {
+    /// A cache with the default memory budget ([`DEFAULT_BUDGET_BYTES`]).
+    pub fn new() -> Self {
+        Self::with_budget(DEFAULT_BUDGET_BYTES)
+    }
+
+    /// A cache that keeps at most `bytes` of encoded rows (at least the clip in use).
+    pub fn with_budget(bytes: usize) -> Self {
+        Self {
+            entries: Mutex::new(Entries::default()),
+            budget: bytes,
+            encoded: AtomicUsize::new(0),
+        }
+    }
+
+    /// How many clips this cache has run through an audio tower (its misses).
+    pub fn encoded(&self) -> usize {
+        self.encoded.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The projected rows `[n_audio_tokens, hidden]` of `clip`, encoded by `tower` on first use.
+    pub(crate) fn rows(
+        &self,
+        model: &str,
+        tower: &AudioTower,
+        device: &Device,
+        clip: &AudioRef,
+    ) -> Result<Tensor> {
+        let key = key(model, tower, clip)?;
+        {
+            let mut e = self.lock();
+            e.clock += 1;
+            let now = e.clock;
+            if let Some((rows, used)) = e.rows.get_mut(&key) {
+                *used = now;
+                return Ok(rows.clone());
+            }
+        }
+        let (features, valid) = featurise(tower, device, clip)?;
+        let rows = tower.encode(&features, valid)?;
+        self.encoded.fetch_add(1, Ordering::Relaxed);
+        let size = rows.elem_count() * rows.dtype().size_in_bytes();
+        let mut e = self.lock();
+        e.n_tokens.insert(key.clone(), rows.dim(0)?);
+        while e.bytes + size > self.budget && !e.rows.is_empty() {
+            let oldest = e
+                .rows
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some((old, _)) = oldest.and_then(|k| e.rows.remove(&k)) {
+                e.bytes -= old.elem_count() * old.dtype().size_in_bytes();
+            }
+        }
+        let now = e.clock;
+        e.bytes += size;
+        e.rows.insert(key, (rows.clone(), now));
+        Ok(rows)
+    }
+
+    /// The number of `<|AUDIO|>` tokens `clip` expands to, without running the tower (decoded
+    /// and featurised once; remembered).
+    pub(crate) fn n_tokens(
+        &self,
+        model: &str,
+        tower: &AudioTower,
+        clip: &AudioRef,
+    ) -> Result<usize> {
+        let key = key(model, tower, clip)?;
+        if let Some(&n) = self.lock().n_tokens.get(&key) {
+            return Ok(n);
+        }
+        let audio = earguard_audio::load_audio(&clip.path, &Default::default())?;
+        let n = n_audio_tokens(earguard_audio::mel::valid_frames(audio.samples.len()));
+        self.lock().n_tokens.insert(key, n);
+        Ok(n)
+    }
+}
+
+/// Log-mel features `[n_mels, 3000]` of a clip and its count of valid frames.
+fn featurise(tower: &AudioTower, device: &Device, clip: &AudioRef) -> Result<(Tensor, usize)> {
+    let audio = earguard_audio::load_audio(&clip.path, &Default::default())?;
+    let features = earguard_audio::MelExtractor::new(tower.n_mels())?.extract(&audio)?;
+    let tensor = Tensor::from_vec(features.data, (features.n_mels, features.n_frames), device)?;
+    Ok((tensor, features.valid_frames))
+}
+
+fn key(model: &str, tower: &AudioTower, clip: &AudioRef) -> Result<Key> {
+    Ok(Key {
+        sha256: file_sha256(clip)?,
+        model: model.to_owned(),
+        n_mels: tower.n_mels(),
+    })
+}
+
+/// sha256 of a clip's bytes. Anything but a regular file (missing, a pipe, a device) is left to
+/// the decoder, whose error names what is wrong, so nothing here can block on a read.
+fn file_sha256(clip: &AudioRef) -> Result<[u8; 32]> {
+    let path = &clip.path;
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        earguard_audio::load_audio(path, &Default::default())?;
+        return Err(ModelError::file(path, "not a regular file"));
+    }
+    let mut f = std::fs::File::open(path).map_err(|e| ModelError::file(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = [0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| ModelError::file(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().into())
+}

@@ -1,0 +1,212 @@
+//! A loaded model and its input stage: render a conversation with the chat template, tokenize
+//! it, and attach its audio clips' encodings (from the run's [`AudioCache`]).
+//!
+//! Dependency order inside this crate, one way: content (message content, spans) → tokenizer →
+//! chat (templates); weights / config → decoder, whisper → qwen2_audio → audio (encoded-audio
+//! cache) → prompt (ids + encoded audio, prefill) → model (this file) → loader (resolves paths,
+//! builds a `Model`); score (from prefill logits) and generate (sampling) sit on prompt.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::audio::AudioCache;
+use crate::chat::{ChatMessage, ChatTemplate, ContentSpecials};
+use crate::content::{spans_text, AudioRef, Span};
+use crate::decoder::Decoder;
+use crate::error::{ModelError, Result};
+use crate::prompt::{AudioRows, Prompt};
+use crate::qwen2_audio::{
+    expand_audio_ids, AudioTokenIds, AudioTower, AudioTowerInfo, AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN,
+};
+use crate::tokenizer::Tokenizer;
+
+/// What `earguard inspect` reports, and what artifacts record to tie themselves to a model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub format: &'static str,
+    pub architecture: &'static str,
+    pub n_layers: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub tie_embeddings: bool,
+    pub quantization: String,
+    pub chat_template: bool,
+    /// sha256 over the checkpoint's headers (GGUF header / config + safetensors headers):
+    /// cheap to compute, and changes whenever the weights' layout or metadata does.
+    pub identity: String,
+    /// The audio encoder of an audio-language model (Qwen2-Audio); absent for text models.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_tower: Option<AudioTowerInfo>,
+}
+
+pub struct Model {
+    pub decoder: Decoder,
+    pub tokenizer: Tokenizer,
+    pub chat_template: Option<ChatTemplate>,
+    pub info: ModelInfo,
+    /// Audio tower + projector of an audio-language model (Qwen2-Audio); `decoder` is its
+    /// language model, usable on text alone.
+    pub audio: Option<AudioTower>,
+}
+
+impl Model {
+    /// Render a conversation with the model's chat template, ending in the assistant prompt.
+    /// Models without a template get the bare user text (with a system line if given).
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        match &self.chat_template {
+            Some(t) => t.render(messages, true),
+            None => Ok(spans_text(&self.render_spans(messages)?)),
+        }
+    }
+
+    /// [`render_chat`](Self::render_chat), split into the template's markup and the
+    /// messages' content (see [`ChatTemplate::render_spans`]).
+    pub fn render_spans(&self, messages: &[ChatMessage]) -> Result<Vec<Span>> {
+        match &self.chat_template {
+            Some(t) => t.render_spans(messages, true),
+            None => {
+                let mut spans = Vec::new();
+                for text in messages.iter().filter_map(|m| m.content.as_text()) {
+                    if !spans.is_empty() {
+                        spans.push(Span::Markup("\n".into()));
+                    }
+                    spans.push(Span::Content(text.to_owned()));
+                }
+                Ok(spans)
+            }
+        }
+    }
+
+    /// Token ids of a chat prompt (system optional, then one user turn), content literal.
+    pub fn encode_chat(&self, system: Option<&str>, user: &str) -> Result<Vec<u32>> {
+        let mut messages = Vec::with_capacity(2);
+        if let Some(s) = system {
+            messages.push(ChatMessage::system(s));
+        }
+        messages.push(ChatMessage::user(user));
+        self.prompt_ids(&messages, ContentSpecials::Literal, &AudioCache::new())
+    }
+
+    /// Token ids of a rendered conversation, special tokens in content as `specials` says.
+    fn encode_spans(&self, spans: &[Span], specials: ContentSpecials) -> Result<Vec<u32>> {
+        match specials {
+            ContentSpecials::Literal => self.tokenizer.encode_spans(spans, true),
+            ContentSpecials::Raw => self.tokenizer.encode(&spans_text(spans), true),
+        }
+    }
+
+    /// Refuse a prompt longer than the model's context.
+    fn check_length(&self, ids: &[u32]) -> Result<()> {
+        let context = self.decoder.config().context_length;
+        if ids.len() > context {
+            return Err(ModelError::PromptTooLong {
+                n_tokens: ids.len(),
+                context,
+            });
+        }
+        Ok(())
+    }
+
+    /// The model input for a conversation: rendered with the chat template and tokenized,
+    /// special-token strings in message content as `specials` says (literal text unless
+    /// [`ContentSpecials::Raw`]); each audio part's clip encoded through `audio` (once per run:
+    /// see [`AudioCache`]) and its placeholder expanded to as many `<|AUDIO|>` tokens as the
+    /// clip has rows. Refused if longer than the model's context.
+    pub fn encode_prompt(
+        &self,
+        messages: &[ChatMessage],
+        specials: ContentSpecials,
+        audio: &AudioCache,
+    ) -> Result<Prompt> {
+        let clips = clips(messages);
+        let tower = self.tower_for(&clips)?;
+        let ids = self.encode_spans(&self.render_spans(messages)?, specials)?;
+        let Some(tower) = tower else {
+            self.check_length(&ids)?;
+            return Ok(Prompt::text(ids));
+        };
+        let encoded = clips
+            .iter()
+            .map(|c| audio.rows(&self.info.identity, tower, self.decoder.device(), c))
+            .collect::<Result<Vec<_>>>()?;
+        let counts = encoded
+            .iter()
+            .map(|t| t.dim(0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let ids = expand_audio_ids(&ids, self.audio_token_ids(tower)?, &counts)?;
+        self.check_length(&ids)?;
+        Ok(Prompt {
+            ids,
+            audio: Some(AudioRows {
+                token_id: tower.audio_token_id,
+                clips: encoded,
+            }),
+        })
+    }
+
+    /// The token ids [`encode_prompt`](Self::encode_prompt) would give, checked the same way
+    /// (template, audio files readable and short enough, context length), without running the
+    /// audio tower: what a run checks up front.
+    pub fn prompt_ids(
+        &self,
+        messages: &[ChatMessage],
+        specials: ContentSpecials,
+        audio: &AudioCache,
+    ) -> Result<Vec<u32>> {
+        let clips = clips(messages);
+        let tower = self.tower_for(&clips)?;
+        let ids = self.encode_spans(&self.render_spans(messages)?, specials)?;
+        let ids = match tower {
+            None => ids,
+            Some(tower) => {
+                let counts = clips
+                    .iter()
+                    .map(|c| audio.n_tokens(&self.info.identity, tower, c))
+                    .collect::<Result<Vec<_>>>()?;
+                expand_audio_ids(&ids, self.audio_token_ids(tower)?, &counts)?
+            }
+        };
+        self.check_length(&ids)?;
+        Ok(ids)
+    }
+
+    /// The audio tower that encodes `clips` (None when there are none); a text model refuses
+    /// audio (before its template could stumble on audio parts).
+    fn tower_for(&self, clips: &[&AudioRef]) -> Result<Option<&AudioTower>> {
+        match (&self.audio, clips.is_empty()) {
+            (_, true) => Ok(None),
+            (Some(tower), false) => Ok(Some(tower)),
+            (None, false) => Err(ModelError::Invalid(format!(
+                "{} is a text model: audio inputs need an audio-language model (Qwen2-Audio); \
+                 use text-only mode",
+                self.info.name
+            ))),
+        }
+    }
+
+    fn audio_token_ids(&self, tower: &AudioTower) -> Result<AudioTokenIds> {
+        let token = |text: &str| {
+            self.tokenizer
+                .token_to_id(text)
+                .ok_or_else(|| ModelError::Invalid(format!("the vocabulary has no {text} token")))
+        };
+        Ok(AudioTokenIds {
+            audio: tower.audio_token_id,
+            bos: token(AUDIO_BOS_TOKEN)?,
+            eos: token(AUDIO_EOS_TOKEN)?,
+        })
+    }
+}
+
+/// The audio clips of a conversation, in order.
+fn clips(messages: &[ChatMessage]) -> Vec<&AudioRef> {
+    messages.iter().flat_map(|m| m.content.audio()).collect()
+}
