@@ -107,7 +107,15 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let y = match &self.weight {
+            // Training: gradient flows through x to earlier adapters, never into W.
+            QMatMul::Tensor(w)
+                if x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 =>
+            {
+                x.contiguous()?.apply_op1(FrozenMatmul(w.clone()))?
+            }
+            _ => self.weight.forward(x)?,
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -116,6 +124,40 @@ impl Linear {
             Some(l) => y + l.delta(x)?,
             None => Ok(y),
         }
+    }
+}
+
+/// `x Wᵀ` for a frozen dense `W` `[out, in]` whose backward pass gives the gradient of `x` only.
+/// candle's matmul backward also computes a weight-sized gradient for `W` and keeps it to the
+/// end of the pass: a matmul per layer and the model's size in memory that nobody reads.
+struct FrozenMatmul(Tensor);
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (Some((start, end)), candle_core::CpuStorage::F32(v)) =
+            (layout.contiguous_offsets(), storage)
+        else {
+            candle_core::bail!("frozen-matmul takes a contiguous f32 input");
+        };
+        let x = Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?;
+        let y = x.broadcast_matmul(&self.0.t()?)?;
+        let shape = y.shape().clone();
+        Ok((
+            candle_core::CpuStorage::F32(y.flatten_all()?.to_vec1()?),
+            shape,
+        ))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.broadcast_matmul(&self.0)?))
     }
 }
 
