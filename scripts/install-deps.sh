@@ -12,3 +12,8 @@ if [ "${#need[@]}" -gt 0 ]; then
   $SUDO apt-get install -y -qq "${need[@]}"
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }
+# Unused-dependency check of scripts/check-deps.sh, pinned (built from the crate registry).
+MACHETE_VERSION=0.9.2
+if ! cargo machete --version 2>/dev/null | grep -qF "$MACHETE_VERSION"; then
+  cargo install --locked cargo-machete --version "$MACHETE_VERSION"
+fi

@@ -32,7 +32,7 @@ use earguard_model::generate::{generate_from, FinishReason, GenerateRequest, Sam
 use earguard_model::score::{refusal_scores, refusal_start_tokens};
 use earguard_model::{prefill, AudioCache, ContentSpecials, Logits, Model};
 use earguard_steer::defense::Defense;
-use earguard_steer::inputs::InputStyle;
+use earguard_steer::inputs::{InputStyle, DEFAULT_INSTRUCTION};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -75,6 +75,20 @@ impl RunConfig {
             .first()
             .map(String::as_str)
             .ok_or_else(|| EvalError::Invalid("the run configuration names no judge".into()))
+    }
+
+    /// How the run's prompts become conversations (mode, instruction, system message, special
+    /// tokens: the settings this configuration records).
+    pub fn style(&self) -> InputStyle {
+        InputStyle {
+            mode: self.mode,
+            instruction: self
+                .instruction
+                .clone()
+                .unwrap_or_else(|| DEFAULT_INSTRUCTION.to_string()),
+            system: self.system.clone(),
+            specials: self.content_specials,
+        }
     }
 
     /// Counts that must be at least 1 (0 would make a run with no responses).
@@ -519,24 +533,68 @@ pub fn check_items<'a>(
     }
 }
 
-/// Run (or resume) an evaluation: every row of the run, old and new, and the prompts skipped.
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    model: &Model,
-    defense: &dyn Defense,
-    judges: &[Box<dyn Judge>],
-    style: &InputStyle,
-    items: &[RunItem],
-    config: &RunConfig,
-    dir: &Path,
-    opts: &RunOptions,
-) -> Result<RunOutput> {
-    config.check()?;
-    if opts.batch_size == 0 {
-        return Err(EvalError::Invalid("--batch-size must be at least 1".into()));
+/// One evaluation: the model, defense and judges that make the responses, the prompts, the
+/// configuration that pins them (recorded in `dir`/config.json; the conversation style comes
+/// from it, see [`RunConfig::style`]), and how the work is done.
+pub struct Run<'a> {
+    pub model: &'a Model,
+    /// Built from the spec `config.defense` names.
+    pub defense: &'a dyn Defense,
+    /// Built from the names in `config.judges`, in that order.
+    pub judges: &'a [Box<dyn Judge>],
+    /// The prompts (see [`run_items`]).
+    pub items: &'a [RunItem],
+    pub config: &'a RunConfig,
+    pub dir: &'a Path,
+    pub opts: &'a RunOptions,
+}
+
+impl Run<'_> {
+    /// The configuration is valid and names the defense and judges the run uses.
+    fn check(&self) -> Result<()> {
+        self.config.check()?;
+        if self.opts.batch_size == 0 {
+            return Err(EvalError::Invalid("--batch-size must be at least 1".into()));
+        }
+        let names: Vec<String> = self.judges.iter().map(|j| j.name()).collect();
+        if names != self.config.judges {
+            return Err(EvalError::Invalid(format!(
+                "the run's judges {names:?} are not the configuration's {:?}",
+                self.config.judges
+            )));
+        }
+        if self.defense.describe() != self.config.defense {
+            return Err(EvalError::Invalid(format!(
+                "the run's defense '{}' is not the configuration's '{}'",
+                self.defense.describe(),
+                self.config.defense
+            )));
+        }
+        Ok(())
     }
+}
+
+/// Run (or resume) an evaluation: every row of the run, old and new, and the prompts skipped.
+pub fn run(run: &Run) -> Result<RunOutput> {
+    run.check()?;
+    let Run {
+        model,
+        defense,
+        config,
+        dir,
+        opts,
+        ..
+    } = *run;
+    let style = config.style();
     let audio = AudioCache::new();
-    let (items, skipped) = check_items(model, defense, style, items, opts.skip_bad_items, &audio)?;
+    let (items, skipped) = check_items(
+        model,
+        defense,
+        &style,
+        run.items,
+        opts.skip_bad_items,
+        &audio,
+    )?;
     let run_dir = prepare_dir(dir, config)?;
     let path = dir.join(RESULTS);
     let mut rows = read_results(&path)?;
@@ -546,11 +604,8 @@ pub fn run(
             dir.display()
         ))
     })?;
-    let written = write_skipped(&dir.join(SKIPPED), &skipped).and_then(|()| {
-        generate_rows(
-            model, defense, judges, style, &items, config, dir, opts, &audio, &mut rows,
-        )
-    });
+    let written = write_skipped(&dir.join(SKIPPED), &skipped)
+        .and_then(|()| generate_rows(run, &style, &items, &audio, &mut rows));
     match (written, run_dir) {
         (Err(e), RunDir::New { made_dir }) if rows.is_empty() => {
             discard_new_run(dir, made_dir);
@@ -566,19 +621,22 @@ pub fn run(
 }
 
 /// Generate, judge and append the rows of `items` × samples not yet in `rows`.
-#[allow(clippy::too_many_arguments)]
 fn generate_rows(
-    model: &Model,
-    defense: &dyn Defense,
-    judges: &[Box<dyn Judge>],
+    run: &Run,
     style: &InputStyle,
     items: &[&RunItem],
-    config: &RunConfig,
-    dir: &Path,
-    opts: &RunOptions,
     audio: &AudioCache,
     rows: &mut Vec<ResultRow>,
 ) -> Result<()> {
+    let Run {
+        model,
+        defense,
+        judges,
+        config,
+        dir,
+        opts,
+        ..
+    } = *run;
     let path = dir.join(RESULTS);
     let done: HashSet<(String, usize)> = rows.iter().map(|r| (r.id.clone(), r.sample)).collect();
     let todo: Vec<(&RunItem, usize)> = items
@@ -897,6 +955,20 @@ mod tests {
         let err = prepare_dir(&dir, &other).unwrap_err().to_string();
         assert!(err.contains("differs in: judges"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The conversation style is the configuration's own settings.
+    #[test]
+    fn style_comes_from_the_config() {
+        let mut c = config();
+        c.system = Some("be safe".into());
+        let style = c.style();
+        assert_eq!(style.mode, Mode::TextOnly);
+        assert_eq!(style.system.as_deref(), Some("be safe"));
+        assert_eq!(style.specials, ContentSpecials::Literal);
+        c.mode = Mode::AudioText;
+        c.instruction = Some("Answer the question.".into());
+        assert_eq!(c.style().instruction, "Answer the question.");
     }
 
     #[test]

@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 
 use earguard_data::{Label, Mode, PromptItem};
 use earguard_eval::judge;
-use earguard_eval::runner::{self, RunConfig, RunItem, RunOptions};
+use earguard_eval::runner::{self, Run, RunConfig, RunItem, RunOptions};
 use earguard_model::ContentSpecials;
 use earguard_steer::defense::NoDefense;
-use earguard_steer::inputs::InputStyle;
 
 fn model_fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../earguard-model/tests/fixtures")
@@ -67,7 +66,6 @@ fn eval_encodes_each_distinct_clip_once() {
         shard: None,
     };
     let judges = vec![judge::build("substring").unwrap()];
-    let style = InputStyle::new(Mode::AudioText);
     let opts = RunOptions {
         batch_size: 2,
         progress: false,
@@ -75,9 +73,15 @@ fn eval_encodes_each_distinct_clip_once() {
     };
     let out = dir.join("run");
     let run = || {
-        runner::run(
-            &model, &NoDefense, &judges, &style, &items, &config, &out, &opts,
-        )
+        runner::run(&Run {
+            model: &model,
+            defense: &NoDefense,
+            judges: &judges,
+            items: &items,
+            config: &config,
+            dir: &out,
+            opts: &opts,
+        })
         .unwrap()
     };
     let first = run();

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, IndexOp, Tensor, D};
 
 use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
-use crate::hooks::{run_hooks, Captures, HookPoint, InterventionPlan, StepLayout};
+use crate::hooks::{run_hooks, Captures, HookKind, HookPoint, InterventionPlan, StepLayout};
 use crate::lora::Proj;
 use crate::weights::{Linear, WeightStore};
 
@@ -328,7 +328,7 @@ impl Decoder {
     /// "language_model." inside Qwen2-Audio.
     pub fn load(cfg: DecoderConfig, store: &WeightStore, prefix: &str) -> Result<Self> {
         cfg.validate()?;
-        let device = Device::Cpu;
+        let device = store.device().clone();
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
         let m = |s: &str| format!("{prefix}{s}");
         let embed =
@@ -498,18 +498,18 @@ impl Decoder {
         let mut x = x;
         for (l, block) in self.blocks.iter().enumerate() {
             let kv = &mut cache.layers[l];
-            x = hook(HookPoint::ResidPre(l), x)?;
+            x = hook(HookKind::ResidPre.at(l), x)?;
             let h = block.attn_norm.forward(&x, ops)?;
             let a = block
                 .attn
                 .forward(&h, &self.rope, &cos, &sin, mask.as_ref(), kv, ops)?;
-            let a = hook(HookPoint::AttnOut(l), a)?;
-            x = hook(HookPoint::ResidMid(l), (x + a)?)?;
+            let a = hook(HookKind::AttnOut.at(l), a)?;
+            x = hook(HookKind::ResidMid.at(l), (x + a)?)?;
             let h = block.mlp_norm.forward(&x, ops)?;
             let m = block.mlp.forward(&h)?;
-            let m = hook(HookPoint::MlpOut(l), m)?;
+            let m = hook(HookKind::MlpOut.at(l), m)?;
             x = (x + m)?;
-            x = hook(HookPoint::ResidPost(l), x)?;
+            x = hook(HookKind::ResidPost.at(l), x)?;
         }
         cache.len = start + q;
         cache.prompt_end = prompt_end;

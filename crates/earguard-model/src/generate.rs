@@ -140,6 +140,7 @@ pub fn generate_from(
     request.sampling.validate()?;
     let context = decoder.config().context_length;
     let b = logits.dim(0)?;
+    let _span = tracing::info_span!("decode", rows = b).entered();
     if row_seeds.is_some_and(|s| s.len() != b) {
         return Err(ModelError::Invalid(format!(
             "{} row seeds for a batch of {b}",
@@ -162,6 +163,7 @@ pub fn generate_from(
     let mut done = vec![false; b];
     let mut logits = Some(logits);
     for step in 0..request.max_tokens {
+        let _step = tracing::debug_span!("decode_step", step).entered();
         let Some(step_logits) = logits.take() else {
             break;
         };

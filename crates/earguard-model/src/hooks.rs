@@ -6,14 +6,17 @@
 //! forward call and costs nothing else.
 //!
 //! ```
-//! use earguard_model::hooks::{HookPoint, InterventionPlan, Positions};
+//! use earguard_model::hooks::{HookKind, HookPoint, InterventionPlan, Positions};
 //! use candle_core::{Device, Tensor};
 //! let v = Tensor::zeros(8, candle_core::DType::F32, &Device::Cpu).unwrap();
 //! let plan = InterventionPlan::new()
-//!     .add(HookPoint::ResidPost(3), Positions::Last, v)
-//!     .capture(HookPoint::ResidPost(3), Positions::Last);
+//!     .add(HookKind::ResidPost.at(3), Positions::Last, v)
+//!     .capture(HookKind::ResidPost.at(3), Positions::Last);
 //! assert_eq!(plan.captures().len(), 1);
-//! assert_eq!("blocks.3.hook_resid_post".parse::<HookPoint>().unwrap(), HookPoint::ResidPost(3));
+//! assert_eq!(
+//!     "blocks.3.hook_resid_post".parse::<HookPoint>().unwrap(),
+//!     HookPoint::Block { kind: HookKind::ResidPost, layer: 3 }
+//! );
 //! ```
 
 use std::fmt;
@@ -24,20 +27,83 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 
+/// What a hook inside a block reads or edits; with a layer it makes a [`HookPoint`].
+///
+/// Serialised (and parsed) as its snake_case name, e.g. `resid_post`: the name steering-vector
+/// artifacts record and `--hook` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "clap", value(rename_all = "snake_case"))]
+pub enum HookKind {
+    /// Input of block l (the residual stream before it).
+    ResidPre,
+    /// Attention output of block l, before it is added to the residual stream.
+    AttnOut,
+    /// The residual stream inside block l, after the attention output is added and before the
+    /// MLP reads it (TransformerLens `hook_resid_mid`).
+    ResidMid,
+    /// MLP output of block l, before it is added to the residual stream.
+    MlpOut,
+    /// Output of block l (the residual stream after it).
+    ResidPost,
+}
+
+impl HookKind {
+    /// Every kind, in the order a block runs them.
+    pub const ALL: [HookKind; 5] = [
+        HookKind::ResidPre,
+        HookKind::AttnOut,
+        HookKind::ResidMid,
+        HookKind::MlpOut,
+        HookKind::ResidPost,
+    ];
+
+    /// `resid_pre`, `attn_out`, `resid_mid`, `mlp_out` or `resid_post`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::ResidPre => "resid_pre",
+            HookKind::AttnOut => "attn_out",
+            HookKind::ResidMid => "resid_mid",
+            HookKind::MlpOut => "mlp_out",
+            HookKind::ResidPost => "resid_post",
+        }
+    }
+
+    /// This kind's hook point in block `layer`.
+    pub fn at(self, layer: usize) -> HookPoint {
+        HookPoint::Block { kind: self, layer }
+    }
+}
+
+impl fmt::Display for HookKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for HookKind {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        HookKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = HookKind::ALL.iter().map(|k| k.name()).collect();
+                ModelError::Invalid(format!(
+                    "unknown hook kind '{s}' (expected one of {})",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
 /// A place in the forward pass, named as in TransformerLens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HookPoint {
-    /// Input of block l (the residual stream before it).
-    ResidPre(usize),
-    /// Attention output of block l, before it is added to the residual stream.
-    AttnOut(usize),
-    /// The residual stream inside block l, after the attention output is added and before the
-    /// MLP reads it (TransformerLens `hook_resid_mid`).
-    ResidMid(usize),
-    /// MLP output of block l, before it is added to the residual stream.
-    MlpOut(usize),
-    /// Output of block l (the residual stream after it).
-    ResidPost(usize),
+    /// A hook of kind `kind` in block `layer`.
+    Block { kind: HookKind, layer: usize },
     /// Output of the final RMSNorm, what the LM head reads.
     FinalNorm,
 }
@@ -45,46 +111,25 @@ pub enum HookPoint {
 impl HookPoint {
     pub fn layer(&self) -> Option<usize> {
         match *self {
-            HookPoint::ResidPre(l)
-            | HookPoint::AttnOut(l)
-            | HookPoint::ResidMid(l)
-            | HookPoint::MlpOut(l)
-            | HookPoint::ResidPost(l) => Some(l),
+            HookPoint::Block { layer, .. } => Some(layer),
             HookPoint::FinalNorm => None,
         }
     }
 
-    /// The same kind of hook point at another layer (FinalNorm stays FinalNorm).
-    pub fn at_layer(&self, l: usize) -> HookPoint {
-        match self {
-            HookPoint::ResidPre(_) => HookPoint::ResidPre(l),
-            HookPoint::AttnOut(_) => HookPoint::AttnOut(l),
-            HookPoint::ResidMid(_) => HookPoint::ResidMid(l),
-            HookPoint::MlpOut(_) => HookPoint::MlpOut(l),
-            HookPoint::ResidPost(_) => HookPoint::ResidPost(l),
-            HookPoint::FinalNorm => HookPoint::FinalNorm,
-        }
-    }
-
-    /// The kind name without a layer: `resid_pre`, `attn_out`, `resid_mid`, `mlp_out`,
-    /// `resid_post`, `final_norm`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            HookPoint::ResidPre(_) => "resid_pre",
-            HookPoint::AttnOut(_) => "attn_out",
-            HookPoint::ResidMid(_) => "resid_mid",
-            HookPoint::MlpOut(_) => "mlp_out",
-            HookPoint::ResidPost(_) => "resid_post",
-            HookPoint::FinalNorm => "final_norm",
+    /// The kind of a block's hook point (None for FinalNorm).
+    pub fn kind(&self) -> Option<HookKind> {
+        match *self {
+            HookPoint::Block { kind, .. } => Some(kind),
+            HookPoint::FinalNorm => None,
         }
     }
 }
 
 impl fmt::Display for HookPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.layer() {
-            Some(l) => write!(f, "blocks.{l}.hook_{}", self.kind()),
-            None => write!(f, "ln_final.hook_normalized"),
+        match self {
+            HookPoint::Block { kind, layer } => write!(f, "blocks.{layer}.hook_{kind}"),
+            HookPoint::FinalNorm => write!(f, "ln_final.hook_normalized"),
         }
     }
 }
@@ -110,15 +155,8 @@ impl FromStr for HookPoint {
         } else {
             s.split_once('.').ok_or_else(bad)?
         };
-        let l: usize = layer.parse().map_err(|_| bad())?;
-        match kind {
-            "resid_pre" => Ok(HookPoint::ResidPre(l)),
-            "attn_out" => Ok(HookPoint::AttnOut(l)),
-            "resid_mid" => Ok(HookPoint::ResidMid(l)),
-            "mlp_out" => Ok(HookPoint::MlpOut(l)),
-            "resid_post" => Ok(HookPoint::ResidPost(l)),
-            _ => Err(bad()),
-        }
+        let layer: usize = layer.parse().map_err(|_| bad())?;
+        Ok(kind.parse::<HookKind>().map_err(|_| bad())?.at(layer))
     }
 }
 
@@ -398,6 +436,7 @@ pub(crate) fn run_hooks(
     x: Tensor,
     captured: &mut Vec<(HookPoint, Tensor)>,
 ) -> Result<Tensor> {
+    let _span = tracing::trace_span!("hooks", %point).entered();
     let mut x = x;
     for e in plan.edits.iter().filter(|e| e.point == point) {
         let Some(w) = layout.weights(e.positions, e.row_scale.as_deref(), x.device())? else {
@@ -405,11 +444,15 @@ pub(crate) fn run_hooks(
         };
         x = match &e.edit {
             Edit::Add(v) => {
-                let v = v.to_dtype(x.dtype())?.reshape((1, 1, ()))?;
+                // Edits are built on the CPU; the residual stream may live elsewhere.
+                let v = v
+                    .to_device(x.device())?
+                    .to_dtype(x.dtype())?
+                    .reshape((1, 1, ()))?;
                 (&x + w.broadcast_mul(&v)?)?
             }
             Edit::ProjectOut { unit, strength } => {
-                let r = unit.to_dtype(x.dtype())?;
+                let r = unit.to_device(x.device())?.to_dtype(x.dtype())?;
                 // s·(x·r̂) for every position: [b, q, 1]
                 let coef = (x
                     .broadcast_mul(&r.reshape((1, 1, ()))?)?
@@ -469,21 +512,46 @@ mod tests {
     #[test]
     fn hook_names_round_trip() {
         for p in [
-            HookPoint::ResidPre(0),
-            HookPoint::AttnOut(7),
-            HookPoint::ResidMid(3),
-            HookPoint::MlpOut(2),
-            HookPoint::ResidPost(27),
+            HookKind::ResidPre.at(0),
+            HookKind::AttnOut.at(7),
+            HookKind::ResidMid.at(3),
+            HookKind::MlpOut.at(2),
+            HookKind::ResidPost.at(27),
             HookPoint::FinalNorm,
         ] {
             assert_eq!(p.to_string().parse::<HookPoint>().unwrap(), p);
         }
         assert_eq!(
             "mlp_out.4".parse::<HookPoint>().unwrap(),
-            HookPoint::MlpOut(4)
+            HookKind::MlpOut.at(4)
         );
         assert!("blocks.x.hook_resid_post".parse::<HookPoint>().is_err());
         assert!("resid_side.3".parse::<HookPoint>().is_err());
+        assert!("final_norm.3".parse::<HookPoint>().is_err());
+    }
+
+    /// A kind is named the same way by its Display, FromStr and serde (the name artifacts
+    /// record), and names its hook points.
+    #[test]
+    fn hook_kinds_round_trip() {
+        for kind in HookKind::ALL {
+            let name = kind.to_string();
+            assert_eq!(name.parse::<HookKind>().unwrap(), kind);
+            assert_eq!(serde_json::to_value(kind).unwrap(), name.as_str());
+            assert_eq!(
+                serde_json::from_value::<HookKind>(name.clone().into()).unwrap(),
+                kind
+            );
+            let point = kind.at(4);
+            assert_eq!((point.kind(), point.layer()), (Some(kind), Some(4)));
+            assert_eq!(point.to_string(), format!("blocks.4.hook_{name}"));
+        }
+        assert_eq!(HookPoint::FinalNorm.kind(), None);
+        let e = "final_norm".parse::<HookKind>().unwrap_err().to_string();
+        assert!(
+            e.contains("resid_pre, attn_out, resid_mid, mlp_out, resid_post"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -544,10 +612,10 @@ mod tests {
         let x = Tensor::new(&[[[3f32, 4.0]]], &Device::Cpu).unwrap();
         let dir = Tensor::new(&[0f32, 2.0], &Device::Cpu).unwrap();
         let plan = InterventionPlan::new()
-            .project_out(HookPoint::ResidPost(0), Positions::All, &dir)
+            .project_out(HookKind::ResidPost.at(0), Positions::All, &dir)
             .unwrap();
         let mut cap = vec![];
-        let y = run_hooks(&plan, HookPoint::ResidPost(0), &layout, x, &mut cap).unwrap();
+        let y = run_hooks(&plan, HookKind::ResidPost.at(0), &layout, x, &mut cap).unwrap();
         assert_eq!(
             y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             [3.0, 0.0]
@@ -557,13 +625,14 @@ mod tests {
     #[test]
     fn bad_plans_are_refused() {
         let v = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
-        let plan = InterventionPlan::new().add(HookPoint::ResidPost(1), Positions::Last, v.clone());
+        let plan =
+            InterventionPlan::new().add(HookKind::ResidPost.at(1), Positions::Last, v.clone());
         assert!(plan
             .validate(2, 4, 1)
             .unwrap_err()
             .to_string()
             .contains("hidden size is 4"));
-        let plan = InterventionPlan::new().add(HookPoint::ResidPost(5), Positions::Last, v);
+        let plan = InterventionPlan::new().add(HookKind::ResidPost.at(5), Positions::Last, v);
         assert!(plan
             .validate(2, 3, 1)
             .unwrap_err()
@@ -571,7 +640,7 @@ mod tests {
             .contains("past the model's last"));
         let zero = Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap();
         assert!(InterventionPlan::new()
-            .project_out(HookPoint::ResidPost(0), Positions::All, &zero)
+            .project_out(HookKind::ResidPost.at(0), Positions::All, &zero)
             .is_err());
     }
 }

@@ -15,9 +15,11 @@ pub mod config;
 pub mod content;
 pub mod ct2;
 pub mod decoder;
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod hooks;
+pub mod hub;
 pub mod loader;
 pub mod lora;
 pub mod model;
@@ -34,8 +36,10 @@ pub use config::{Architecture, DecoderConfig};
 pub use content::{AudioRef, Content, Part};
 pub use decoder::{Decoder, ForwardOutput, KvCache, Logits, Ops};
 pub use error::{ModelError, Result};
-pub use hooks::{Capture, Captures, Edit, HookPoint, Intervention, InterventionPlan, Positions};
-pub use loader::load;
+pub use hooks::{
+    Capture, Captures, Edit, HookKind, HookPoint, Intervention, InterventionPlan, Positions,
+};
+pub use loader::{load, load_on};
 pub use lora::{Lora, Proj};
 pub use model::{Model, ModelInfo};
 pub use prompt::{prefill, AudioRows, Prompt};

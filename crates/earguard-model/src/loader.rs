@@ -4,18 +4,21 @@
 //! Accepted forms: a `.gguf` file; a directory holding `model.gguf` (or exactly one `*.gguf`);
 //! an HF directory (`config.json`, `model.safetensors` or `model.safetensors.index.json` with
 //! shards, `tokenizer.json`, optional `tokenizer_config.json`); or a short name such as
-//! `qwen2.5-1.5b-instruct`, looked up in the models directory (`$EARGUARD_MODELS`, else the
-//! nearest `models/` folder above the working directory).
+//! `qwen2.5-coder-1.5b-instruct`, looked up in the models directory (`$EARGUARD_MODELS`, else
+//! the nearest `models/` folder above the working directory); or a Hugging Face repository id
+//! `ORG/NAME` (or `ORG/NAME/FILE.gguf`) found offline in the hub cache (see [`hub`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use candle_core::Device;
 use sha2::{Digest, Sha256};
 
 use crate::chat::ChatTemplate;
 use crate::config::DecoderConfig;
 use crate::decoder::Decoder;
 use crate::error::{ModelError, Result};
+use crate::hub;
 use crate::model::{Model, ModelInfo};
 use crate::qwen2_audio::{self, AudioTower, Qwen2AudioConfig};
 use crate::tokenizer::Tokenizer;
@@ -23,13 +26,34 @@ use crate::weights::{safetensor_files, GgufWeights, SafeTensorWeights, WeightSto
 
 /// Models `scripts/fetch-models.sh` knows how to install.
 pub const KNOWN_MODELS: &[&str] = &[
-    "qwen2.5-1.5b-instruct",
+    "qwen2.5-coder-1.5b-instruct",
     "smollm2-135m-instruct",
     "qwen2.5-0.5b-instruct",
 ];
 
+/// Former short names, `(alias, name)`: an alias resolves to the model's files, and a model
+/// installed under its alias's directory (as earlier versions did) is found by either name.
+pub const ALIASES: &[(&str, &str)] = &[("qwen2.5-1.5b-instruct", "qwen2.5-coder-1.5b-instruct")];
+
 /// The default model of the product on CPU machines.
-pub const DEFAULT_MODEL: &str = "qwen2.5-1.5b-instruct";
+pub const DEFAULT_MODEL: &str = "qwen2.5-coder-1.5b-instruct";
+
+/// The short name `name` stands for: itself, or the model it is an alias of.
+pub fn canonical_name(name: &str) -> &str {
+    ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map_or(name, |(_, canonical)| canonical)
+}
+
+/// Every directory name a short name may be installed under: the model's name, then its aliases.
+fn install_names(name: &str) -> Vec<&str> {
+    let canonical = canonical_name(name);
+    let aliases = ALIASES.iter().filter(|(_, c)| *c == canonical);
+    std::iter::once(canonical)
+        .chain(aliases.map(|(a, _)| *a))
+        .collect()
+}
 
 /// The models directory: `$EARGUARD_MODELS`, else the first `models/` found walking up from
 /// the working directory.
@@ -50,35 +74,64 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
     if direct.exists() {
         return Ok(direct);
     }
-    let named = models_dir().join(spec);
-    if named.exists() {
+    let dir = models_dir();
+    if let Some(named) = install_names(spec)
+        .into_iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.exists())
+    {
         return Ok(named);
     }
-    let hint = if KNOWN_MODELS.contains(&spec) {
-        format!("run scripts/fetch-models.sh {spec} to install it")
+    if let Some(repo) = hub::RepoRef::parse(spec) {
+        return hub::resolve(&repo).map_err(|e| {
+            ModelError::file(
+                &direct,
+                format!(
+                    "no such model file or directory (looked in {} and, as a Hugging \
+                     Face repository, in its cache): {e}",
+                    dir.display()
+                ),
+            )
+        });
+    }
+    let hint = if KNOWN_MODELS.contains(&canonical_name(spec)) {
+        format!(
+            "run scripts/fetch-models.sh {} to install it",
+            canonical_name(spec)
+        )
     } else {
         format!("known short names: {}", KNOWN_MODELS.join(", "))
     };
     Err(ModelError::file(
         &direct,
         format!(
-            "no such model file or directory (looked in {}; {hint})",
-            models_dir().display()
+            "no such model file or directory (looked in {}; {hint}; a Hugging Face repository \
+             is named ORG/NAME)",
+            dir.display()
         ),
     ))
 }
 
-/// Load a model named by path or short name.
+/// Load a model named by path or short name, on the CPU.
 pub fn load(spec: &str) -> Result<Model> {
+    load_on(spec, &Device::Cpu)
+}
+
+/// Load a model named by path or short name, its weights on `device` (see
+/// [`crate::device::parse`]).
+pub fn load_on(spec: &str, device: &Device) -> Result<Model> {
+    let _span = tracing::info_span!("load", model = spec, ?device).entered();
     let path = resolve(spec)?;
-    let name = model_name(&path).unwrap_or_else(|| spec.to_string());
+    let name = hub::repo_name(&path)
+        .or_else(|| model_name(&path).map(|n| canonical_name(&n).to_string()))
+        .unwrap_or_else(|| spec.to_string());
     if path.is_dir() {
         if path.join("config.json").is_file() {
-            return load_hf_dir(&path, name);
+            return load_hf_dir(&path, name, device);
         }
-        return load_gguf(&find_gguf(&path)?, name);
+        return load_gguf(&find_gguf(&path)?, name, device);
     }
-    load_gguf(&path, name)
+    load_gguf(&path, name, device)
 }
 
 /// Check that `path` is a regular file (or a link to one). A FIFO, socket or device would block a
@@ -130,14 +183,14 @@ fn find_gguf(dir: &Path) -> Result<PathBuf> {
     }
 }
 
-fn load_gguf(path: &Path, name: String) -> Result<Model> {
+fn load_gguf(path: &Path, name: String, device: &Device) -> Result<Model> {
     regular_file(path)?;
     let weights = GgufWeights::open(path)?;
     let cfg = DecoderConfig::from_gguf(&weights.content, path)?;
     let tokenizer = Tokenizer::from_gguf(&weights.content, path)?;
     let chat_template = ChatTemplate::from_gguf(&weights.content)?;
     let identity = hash_prefix(path, weights.content.tensor_data_offset)?;
-    let store = WeightStore::Gguf(weights);
+    let store = WeightStore::Gguf(weights).on(device);
     let decoder = Decoder::load(cfg, &store, "")?;
     let info = model_info(
         name,
@@ -157,7 +210,7 @@ fn load_gguf(path: &Path, name: String) -> Result<Model> {
     })
 }
 
-fn load_hf_dir(dir: &Path, name: String) -> Result<Model> {
+fn load_hf_dir(dir: &Path, name: String, device: &Device) -> Result<Model> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path)
         .map_err(|e| ModelError::file(&config_path, format!("cannot read: {e}")))?;
@@ -178,7 +231,7 @@ fn load_hf_dir(dir: &Path, name: String) -> Result<Model> {
         hasher.update(safetensors_header(s)?);
     }
     let identity = hex(&hasher.finalize());
-    let store = WeightStore::SafeTensors(SafeTensorWeights::open(shards)?);
+    let store = WeightStore::SafeTensors(SafeTensorWeights::open(shards)?).on(device);
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
     let chat_template = ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
     let chat_template = match &audio_cfg {

@@ -111,7 +111,7 @@ impl DropoutRng {
             Err(poisoned) => poisoned.into_inner(),
         };
         (0..n)
-            .map(|_| if g.gen::<f32>() < p { 0.0 } else { keep })
+            .map(|_| if g.random::<f32>() < p { 0.0 } else { keep })
             .collect()
     }
 }

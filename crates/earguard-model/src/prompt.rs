@@ -78,6 +78,7 @@ pub fn prefill(
     plan: &InterventionPlan,
     logits: Logits,
 ) -> Result<(ForwardOutput, KvCache)> {
+    let _span = tracing::info_span!("prefill", rows = prompts.len()).entered();
     if let Some(i) = prompts.iter().position(Prompt::is_empty) {
         return Err(ModelError::Invalid(format!("prompt {i} has no tokens")));
     }

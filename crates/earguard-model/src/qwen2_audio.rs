@@ -264,6 +264,7 @@ impl AudioTower {
     /// `features` is `[batch, n_mels, 3000]` (or `[n_mels, 3000]` for one clip) and
     /// `valid_frames` has one count per clip.
     pub fn encode_pooled(&self, features: &Tensor, valid_frames: &[usize]) -> Result<Tensor> {
+        let _span = tracing::info_span!("encode_audio", clips = valid_frames.len()).entered();
         let features = match features.rank() {
             2 => features.unsqueeze(0)?,
             _ => features.clone(),

@@ -286,8 +286,13 @@ impl Tokenizer {
         }
 
         let mut inner = tokenizers::Tokenizer::new(bpe);
+        let failed = |what: &str, e: tokenizers::Error| {
+            ModelError::Tokenizer(format!("cannot build the GGUF tokenizer ({what}): {e}"))
+        };
         if pre.nfc() {
-            inner.with_normalizer(Some(NFC));
+            inner
+                .with_normalizer(Some(NFC))
+                .map_err(|e| failed("normalizer", e))?;
         }
         inner.with_pre_tokenizer(Some(pre.build().map_err(|e| {
             meta.err(
@@ -298,8 +303,12 @@ impl Tokenizer {
         inner.with_decoder(Some(ByteLevel::default()));
         let (special, user): (Vec<AddedToken>, Vec<AddedToken>) =
             added.into_iter().partition(|t| t.special);
-        inner.add_special_tokens(&special);
-        inner.add_tokens(&user);
+        inner
+            .add_special_tokens(special)
+            .map_err(|e| failed("special tokens", e))?;
+        inner
+            .add_tokens(user)
+            .map_err(|e| failed("added tokens", e))?;
 
         Ok(Tokenizer {
             inner,

@@ -73,7 +73,7 @@ impl Linear {
     /// The weight `[out, in]` as dense f32 (dequantized if stored quantized).
     pub fn dense_weight(&self) -> Result<Tensor> {
         Ok(match &self.weight {
-            QMatMul::QTensor(q) => q.dequantize(&Device::Cpu)?,
+            QMatMul::QTensor(q) => q.dequantize(&q.device())?,
             QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
         })
     }
@@ -171,6 +171,8 @@ pub struct GgufWeights {
     pub path: PathBuf,
     pub content: Content,
     file: Mutex<File>,
+    /// Where tensors are placed (CPU unless [`WeightStore::on`] says otherwise).
+    device: Device,
 }
 
 pub struct SafeTensorWeights {
@@ -181,6 +183,8 @@ pub struct SafeTensorWeights {
     /// Keep f16/bf16 linear weights in f16 instead of widening them to f32 (see
     /// [`keep_half_linears`]).
     half_linears: bool,
+    /// Where tensors are placed (CPU unless [`WeightStore::on`] says otherwise).
+    device: Device,
 }
 
 /// Widened to f32, a checkpoint stored in f16/bf16 doubles in size: a 7B Qwen2-Audio would need
@@ -251,6 +255,7 @@ impl GgufWeights {
             path: path.to_path_buf(),
             content,
             file: Mutex::new(file),
+            device: Device::Cpu,
         })
     }
 
@@ -266,7 +271,7 @@ impl GgufWeights {
             .lock()
             .map_err(|_| ModelError::file(&self.path, "file handle poisoned"))?;
         self.content
-            .tensor(&mut *file, gguf_name, &Device::Cpu)
+            .tensor(&mut *file, gguf_name, &self.device)
             .map_err(|e| ModelError::file(&self.path, format!("reading tensor {gguf_name}: {e}")))
     }
 
@@ -315,6 +320,7 @@ impl SafeTensorWeights {
             tensors,
             owner,
             half_linears: keep_half_linears(half_params),
+            device: Device::Cpu,
         })
     }
 
@@ -342,7 +348,7 @@ impl SafeTensorWeights {
         };
         let t = self
             .tensors
-            .load(name, &Device::Cpu)
+            .load(name, &self.device)
             .map_err(|e| ModelError::file(&self.paths[i], format!("reading tensor {name}: {e}")))?;
         Ok(t)
     }
@@ -431,6 +437,23 @@ fn gguf_name(hf: &str) -> Option<String> {
 }
 
 impl WeightStore {
+    /// The same store, placing the tensors it hands out on `device`.
+    pub fn on(mut self, device: &Device) -> Self {
+        match &mut self {
+            WeightStore::Gguf(g) => g.device = device.clone(),
+            WeightStore::SafeTensors(s) => s.device = device.clone(),
+        }
+        self
+    }
+
+    /// Where the tensors this store hands out live.
+    pub fn device(&self) -> &Device {
+        match self {
+            WeightStore::Gguf(g) => &g.device,
+            WeightStore::SafeTensors(s) => &s.device,
+        }
+    }
+
     fn resolve(&self, module: &str, leaf: &str) -> Result<String> {
         match self {
             WeightStore::SafeTensors(_) => Ok(format!("{module}.{leaf}")),
@@ -455,7 +478,7 @@ impl WeightStore {
     pub fn tensor(&self, module: &str, leaf: &str) -> Result<Tensor> {
         let name = self.resolve(module, leaf)?;
         match self {
-            WeightStore::Gguf(g) => Ok(g.qtensor(&name)?.dequantize(&Device::Cpu)?),
+            WeightStore::Gguf(g) => Ok(g.qtensor(&name)?.dequantize(&g.device)?),
             WeightStore::SafeTensors(s) => s.load(&name),
         }
     }

@@ -256,7 +256,7 @@ impl WhisperEncoder {
                 &[cfg.max_source_positions, d],
             )?
         } else {
-            sinusoids(cfg.max_source_positions, d)?
+            sinusoids(cfg.max_source_positions, d)?.to_device(store.device())?
         };
         let mut layers = Vec::with_capacity(cfg.encoder_layers);
         for l in 0..cfg.encoder_layers {
@@ -337,7 +337,7 @@ impl WhisperEncoder {
             )));
         }
         let mask = match valid_frames {
-            Some(v) => self.key_mask(v, b, n_frames, t)?,
+            Some(v) => self.key_mask(v, b, n_frames, t, features.device())?,
             None => None,
         };
         let x = features.to_dtype(DType::F32)?;
@@ -370,6 +370,7 @@ impl WhisperEncoder {
         b: usize,
         n_frames: usize,
         t: usize,
+        device: &Device,
     ) -> Result<Option<Tensor>> {
         if valid.len() != b {
             return Err(ModelError::Shape(format!(
@@ -390,7 +391,7 @@ impl WhisperEncoder {
         for (row, &len) in lens.iter().enumerate() {
             m[row * t + len..(row + 1) * t].fill(f32::NEG_INFINITY);
         }
-        Ok(Some(Tensor::from_vec(m, (b, 1, 1, t), &Device::Cpu)?))
+        Ok(Some(Tensor::from_vec(m, (b, 1, 1, t), device)?))
     }
 
     fn layer_forward(

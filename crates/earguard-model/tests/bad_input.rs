@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use earguard_model::{HookPoint, InterventionPlan, Logits, ModelError, Positions};
+use earguard_model::{HookKind, InterventionPlan, Logits, ModelError, Positions};
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("earguard-bad-{}-{name}", std::process::id()));
@@ -128,7 +128,7 @@ fn over_long_prompts_and_wrong_shaped_edits_are_refused() {
 
     let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
     let wrong = Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap();
-    let plan = InterventionPlan::new().add(HookPoint::ResidPost(0), Positions::Last, wrong);
+    let plan = InterventionPlan::new().add(HookKind::ResidPost.at(0), Positions::Last, wrong);
     let mut cache = model.decoder.new_cache(vec![0]);
     let err = model
         .decoder
@@ -154,7 +154,7 @@ fn non_finite_activations_are_an_error() {
     // 1e30 is finite, but RMSNorm's sum of squares overflows and would silently give zeros.
     for value in [1e30f32, f32::NAN] {
         let bad = Tensor::full(value, 64, &Device::Cpu).unwrap();
-        let plan = InterventionPlan::new().add(HookPoint::ResidPost(0), Positions::All, bad);
+        let plan = InterventionPlan::new().add(HookKind::ResidPost.at(0), Positions::All, bad);
         for logits in [Logits::Last, Logits::All, Logits::None] {
             let mut cache = model.decoder.new_cache(vec![0]);
             let err = model
@@ -176,7 +176,7 @@ fn non_finite_activations_are_an_error() {
         }
     }
     let huge = Tensor::full(1e30f32, 64, &Device::Cpu).unwrap();
-    let plan = InterventionPlan::new().add(HookPoint::ResidPost(0), Positions::All, huge);
+    let plan = InterventionPlan::new().add(HookKind::ResidPost.at(0), Positions::All, huge);
     let prompt = earguard_model::Prompt::text(model.encode_chat(None, "Hello").unwrap());
     let request = earguard_model::generate::GenerateRequest {
         max_tokens: 4,

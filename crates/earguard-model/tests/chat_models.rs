@@ -11,10 +11,10 @@ use earguard_model::chat::{ChatMessage, ChatTemplate};
 use earguard_model::tokenizer::Tokenizer;
 
 fn model_file(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("EARGUARD_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"));
-    let path = dir.join(name).join("model.gguf");
+    // Where the loader finds the short name (under either of its names).
+    let path = earguard_model::loader::resolve(name)
+        .unwrap_or_else(|_| earguard_model::loader::models_dir().join(name))
+        .join("model.gguf");
     if path.is_file() {
         return Some(path);
     }
@@ -108,7 +108,7 @@ fn check_chatml(tok: &Tokenizer, template: &ChatTemplate, default_system: &str) 
 
 #[test]
 fn qwen25_chat_template_and_tokens() {
-    let Some((tok, template)) = load("qwen2.5-1.5b-instruct") else {
+    let Some((tok, template)) = load("qwen2.5-coder-1.5b-instruct") else {
         return;
     };
     check_chatml(

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use earguard_model::weights::{safetensor_files, SafeTensorWeights, WeightStore};
-use earguard_model::{Decoder, DecoderConfig, HookPoint, InterventionPlan, Logits, Positions};
+use earguard_model::{
+    Decoder, DecoderConfig, HookKind, HookPoint, InterventionPlan, Logits, Positions,
+};
 
 const TOL: f32 = 1e-4;
 
@@ -37,7 +39,7 @@ fn load(name: &str) -> (Decoder, HashMap<String, Tensor>) {
 fn all_positions_plan(n_layers: usize) -> InterventionPlan {
     let mut plan = InterventionPlan::new().capture(HookPoint::FinalNorm, Positions::All);
     for l in 0..n_layers {
-        plan = plan.capture(HookPoint::ResidPost(l), Positions::All);
+        plan = plan.capture(HookKind::ResidPost.at(l), Positions::All);
     }
     plan
 }
@@ -52,7 +54,7 @@ fn single_sequence(name: &str) {
         .unwrap();
     for l in 0..n_layers {
         let d = max_diff(
-            out.captures.get(HookPoint::ResidPost(l)).unwrap(),
+            out.captures.get(HookKind::ResidPost.at(l)).unwrap(),
             &exp[&format!("resid_post.{l}")],
         );
         assert!(d < TOL, "{name}: resid_post.{l} differs by {d}");
@@ -84,7 +86,7 @@ fn left_padded_batch(name: &str) {
     for (row, &p) in pad.iter().enumerate() {
         let real = |t: &Tensor| t.i((row, p..seq)).unwrap();
         for l in 0..n_layers {
-            let got = out.captures.get(HookPoint::ResidPost(l)).unwrap();
+            let got = out.captures.get(HookKind::ResidPost.at(l)).unwrap();
             let d = max_diff(&real(got), &real(&exp[&format!("batch.resid_post.{l}")]));
             assert!(d < TOL, "{name}: row {row} resid_post.{l} differs by {d}");
         }

@@ -53,10 +53,9 @@ fn fixture(name: &str) -> Model {
 
 /// Tokenizer and template of an installed GGUF model (its weights are not loaded).
 fn real(name: &str) -> Option<(Tokenizer, ChatTemplate)> {
-    let dir = std::env::var_os("EARGUARD_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models"));
-    let path = dir.join(name).join("model.gguf");
+    let path = earguard_model::loader::resolve(name)
+        .unwrap_or_else(|_| earguard_model::loader::models_dir().join(name))
+        .join("model.gguf");
     if !path.is_file() {
         assert!(
             std::env::var("EARGUARD_REQUIRE_MODELS").as_deref() != Ok("1"),
@@ -246,11 +245,11 @@ fn typed_audio_markers_do_not_take_audio_rows() {
 
 #[test]
 fn qwen25_tokenizes_content_literally() {
-    let Some((tok, template)) = real("qwen2.5-1.5b-instruct") else {
+    let Some((tok, template)) = real("qwen2.5-coder-1.5b-instruct") else {
         return;
     };
     let n = check_ordinary(&tok, &template);
-    println!("qwen2.5-1.5b-instruct: {n} ordinary conversations encode as before");
+    println!("qwen2.5-coder-1.5b-instruct: {n} ordinary conversations encode as before");
     check_injections(&tok, &template);
 }
 

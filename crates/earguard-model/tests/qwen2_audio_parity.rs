@@ -16,8 +16,8 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use earguard_model::chat::ChatMessage;
 use earguard_model::qwen2_audio::{merge_audio, n_audio_tokens, AudioTower, AudioTowerInfo};
 use earguard_model::{
-    AudioCache, AudioRef, Content, ContentSpecials, HookPoint, InterventionPlan, Logits, Model,
-    Part, Positions,
+    AudioCache, AudioRef, Content, ContentSpecials, HookKind, HookPoint, InterventionPlan, Logits,
+    Model, Part, Positions,
 };
 
 const TOL: f32 = 1e-4;
@@ -101,7 +101,7 @@ fn qwen2_audio_matches_hf_end_to_end() {
     let n_layers = model.decoder.config().n_layers;
     let mut plan = InterventionPlan::new().capture(HookPoint::FinalNorm, Positions::All);
     for l in 0..n_layers {
-        plan = plan.capture(HookPoint::ResidPost(l), Positions::All);
+        plan = plan.capture(HookKind::ResidPost.at(l), Positions::All);
     }
     let mut cache = model.decoder.new_cache(vec![0]);
     let out = model
@@ -109,7 +109,7 @@ fn qwen2_audio_matches_hf_end_to_end() {
         .forward_embeds(embeds, &mut cache, &plan, Logits::All)
         .unwrap();
     for l in 0..n_layers {
-        let got = out.captures.get(HookPoint::ResidPost(l)).unwrap();
+        let got = out.captures.get(HookKind::ResidPost.at(l)).unwrap();
         check(
             &format!("resid_post.{l}"),
             got,

@@ -11,9 +11,9 @@ use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
 use earguard_model::loader::models_dir;
 use earguard_model::Model;
 use earguard_model::Prompt;
-use earguard_model::{HookPoint, InterventionPlan, Logits, Positions};
+use earguard_model::{HookKind, InterventionPlan, Logits, Positions};
 
-const QWEN: &str = "qwen2.5-1.5b-instruct";
+const QWEN: &str = "qwen2.5-coder-1.5b-instruct";
 
 fn is_refusal(text: &str) -> bool {
     let lower = text.to_lowercase().replace('’', "'");
@@ -26,8 +26,8 @@ fn qwen() -> Option<&'static Model> {
     static MODEL: OnceLock<Option<Model>> = OnceLock::new();
     MODEL
         .get_or_init(|| {
-            let path = models_dir().join(QWEN);
-            if !path.exists() {
+            let Ok(path) = earguard_model::loader::resolve(QWEN) else {
+                let path = models_dir().join(QWEN);
                 if std::env::var("EARGUARD_REQUIRE_MODELS").as_deref() == Ok("1") {
                     panic!("{} is missing; run scripts/fetch-models.sh", path.display());
                 }
@@ -36,8 +36,8 @@ fn qwen() -> Option<&'static Model> {
                     path.display()
                 );
                 return None;
-            }
-            Some(earguard_model::load(QWEN).expect("load qwen"))
+            };
+            Some(earguard_model::load(path.to_str().unwrap()).expect("load qwen"))
         })
         .as_ref()
 }
@@ -137,7 +137,7 @@ fn zero_edit_is_bit_identical_and_nonzero_edit_changes_logits() {
     let mut zero = InterventionPlan::new();
     for l in 0..cfg.n_layers {
         let v = Tensor::zeros(cfg.hidden_size, candle_core::DType::F32, &Device::Cpu).unwrap();
-        zero = zero.add(HookPoint::ResidPost(l), Positions::All, v);
+        zero = zero.add(HookKind::ResidPost.at(l), Positions::All, v);
     }
     let same = last_logits(model, text, &zero);
     assert!(base
@@ -148,7 +148,7 @@ fn zero_edit_is_bit_identical_and_nonzero_edit_changes_logits() {
     let v = (Tensor::ones(cfg.hidden_size, candle_core::DType::F32, &Device::Cpu).unwrap() * 0.5)
         .unwrap();
     let plan =
-        InterventionPlan::new().add(HookPoint::ResidPost(cfg.n_layers / 2), Positions::Last, v);
+        InterventionPlan::new().add(HookKind::ResidPost.at(cfg.n_layers / 2), Positions::Last, v);
     let moved = last_logits(model, text, &plan);
     let max_diff = base
         .iter()
@@ -167,7 +167,7 @@ fn captures_one_hidden_vector_per_layer() {
     let cfg = model.decoder.config();
     let mut plan = InterventionPlan::new();
     for l in 0..cfg.n_layers {
-        plan = plan.capture(HookPoint::ResidPost(l), Positions::Last);
+        plan = plan.capture(HookKind::ResidPost.at(l), Positions::Last);
     }
     let ids = model.encode_chat(None, "Hello").unwrap();
     let ids = Tensor::new(ids.as_slice(), &Device::Cpu)
@@ -181,7 +181,7 @@ fn captures_one_hidden_vector_per_layer() {
         .unwrap();
     assert_eq!(out.captures.items.len(), cfg.n_layers);
     for (l, (point, t)) in out.captures.items.iter().enumerate() {
-        assert_eq!(*point, HookPoint::ResidPost(l));
+        assert_eq!(*point, HookKind::ResidPost.at(l));
         assert_eq!(t.dims(), [1, cfg.hidden_size]);
         let norm = t
             .sqr()

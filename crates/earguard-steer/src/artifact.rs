@@ -3,7 +3,8 @@
 //! ```text
 //! my-vector/
 //!   meta.json            what was fitted, on which model, from which data (pretty JSON)
-//!   vectors.safetensors  one F32 tensor `direction.{l}` of shape [hidden] per layer l
+//!   vectors.safetensors  one F32 tensor `direction.{l}` of shape [hidden] per layer l, and
+//!                        for a conditional vector (CAST) one `condition.{l}` of the same shape
 //! ```
 //!
 //! [`SteeringVector::save`] writes the whole directory next to its destination and swaps it
@@ -16,9 +17,10 @@
 //! ```
 //! use std::collections::BTreeMap;
 //! use candle_core::{Device, Tensor};
+//! use earguard_model::HookKind;
 //! use earguard_steer::artifact::{SteeringVector, VectorMeta};
 //!
-//! let mut meta = VectorMeta::new("pca", "tiny", "qwen2", "sha256:abc", 4, 2, "resid_post");
+//! let mut meta = VectorMeta::new("pca", "tiny", "qwen2", "sha256:abc", 4, 2, HookKind::ResidPost);
 //! meta.hyper_parameters = serde_json::json!({"n_pairs": 16});
 //! let mut directions = BTreeMap::new();
 //! directions.insert(1, Tensor::new(&[1f32, 0., 0., 0.], &Device::Cpu).unwrap());
@@ -37,7 +39,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use earguard_model::{HookPoint, ModelInfo};
+use earguard_model::{HookKind, HookPoint, ModelInfo};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -48,15 +50,6 @@ pub const FORMAT_VERSION: u32 = 1;
 /// File names inside an artifact directory.
 pub const META_FILE: &str = "meta.json";
 pub const VECTORS_FILE: &str = "vectors.safetensors";
-
-/// Hook kinds a steering vector may be fitted at (each has one direction per layer).
-const HOOK_KINDS: &[&str] = &[
-    "resid_pre",
-    "attn_out",
-    "resid_mid",
-    "mlp_out",
-    "resid_post",
-];
 
 /// A prompt set a vector was fitted on, pinned by content hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,8 +121,8 @@ pub struct VectorMeta {
     pub model_identity: String,
     pub hidden_size: usize,
     pub n_layers: usize,
-    /// Hook kind without a layer, e.g. `resid_post` (see [`HookPoint::kind`]).
-    pub hook: String,
+    /// Hook kind of every direction, written as its name, e.g. `resid_post`.
+    pub hook: HookKind,
     /// The layers that have a direction, ascending.
     pub layers: Vec<usize>,
     #[serde(default)]
@@ -152,7 +145,7 @@ impl VectorMeta {
         model_identity: &str,
         hidden_size: usize,
         n_layers: usize,
-        hook: &str,
+        hook: HookKind,
     ) -> VectorMeta {
         VectorMeta {
             format_version: FORMAT_VERSION,
@@ -162,7 +155,7 @@ impl VectorMeta {
             model_identity: model_identity.to_string(),
             hidden_size,
             n_layers,
-            hook: hook.to_string(),
+            hook,
             layers: Vec::new(),
             hyper_parameters: serde_json::Value::Object(Default::default()),
             training_sets: Vec::new(),
@@ -172,7 +165,7 @@ impl VectorMeta {
     }
 
     /// [`VectorMeta::new`] with the model fields taken from `info`.
-    pub fn for_model(method: &str, info: &ModelInfo, hook: &str) -> VectorMeta {
+    pub fn for_model(method: &str, info: &ModelInfo, hook: HookKind) -> VectorMeta {
         VectorMeta::new(
             method,
             &info.name,
@@ -185,16 +178,8 @@ impl VectorMeta {
     }
 
     /// The hook point of layer `l` for this vector's hook kind.
-    pub fn hook_point(&self, l: usize) -> Result<HookPoint> {
-        format!("{}.{l}", self.hook)
-            .parse::<HookPoint>()
-            .map_err(|_| {
-                SteerError::Artifact(format!(
-                    "unknown hook kind '{}' (expected one of {})",
-                    self.hook,
-                    HOOK_KINDS.join(", ")
-                ))
-            })
+    pub fn hook_point(&self, l: usize) -> HookPoint {
+        self.hook.at(l)
     }
 
     /// "NAME (hidden H, N layers)", as compatibility errors describe a model.
@@ -212,6 +197,16 @@ pub struct SteeringVector {
     pub meta: VectorMeta,
     /// Layer → direction, each an F32 CPU tensor of shape `[hidden_size]`.
     pub directions: BTreeMap<usize, Tensor>,
+    /// The direction that decides whether the others are applied (CAST's condition), if any.
+    pub condition: Option<ConditionDirection>,
+}
+
+/// A direction read at one layer to gate a vector (tensor `condition.{layer}` on disk).
+#[derive(Debug, Clone)]
+pub struct ConditionDirection {
+    pub layer: usize,
+    /// F32 CPU tensor of shape `[hidden_size]`.
+    pub direction: Tensor,
 }
 
 impl SteeringVector {
@@ -223,9 +218,21 @@ impl SteeringVector {
             .map(|(l, t)| Ok((l, t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)))
             .collect::<Result<BTreeMap<_, _>>>()?;
         meta.layers = directions.keys().copied().collect();
-        let v = SteeringVector { meta, directions };
+        let v = SteeringVector {
+            meta,
+            directions,
+            condition: None,
+        };
         v.validate()?;
         Ok(v)
+    }
+
+    /// The same vector gated by `direction` read at `layer` (checked like a direction).
+    pub fn with_condition(mut self, layer: usize, direction: &Tensor) -> Result<Self> {
+        let direction = direction.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        self.condition = Some(ConditionDirection { layer, direction });
+        self.validate()?;
+        Ok(self)
     }
 
     /// The direction of layer `l`, if the vector has one.
@@ -257,13 +264,6 @@ impl SteeringVector {
                 m.hidden_size, m.n_layers
             )));
         }
-        if !HOOK_KINDS.contains(&m.hook.as_str()) {
-            return Err(SteerError::Artifact(format!(
-                "unknown hook kind '{}' (expected one of {})",
-                m.hook,
-                HOOK_KINDS.join(", ")
-            )));
-        }
         if self.directions.is_empty() {
             return Err(SteerError::Artifact("the vector has no directions".into()));
         }
@@ -283,28 +283,37 @@ impl SteeringVector {
                 have.iter().collect::<Vec<_>>()
             )));
         }
-        for (&l, t) in &self.directions {
+        let condition = self
+            .condition
+            .iter()
+            .map(|c| ("condition", c.layer, &c.direction));
+        for (what, l, t) in self
+            .directions
+            .iter()
+            .map(|(&l, t)| ("direction", l, t))
+            .chain(condition)
+        {
             if l >= m.n_layers {
                 return Err(SteerError::Artifact(format!(
-                    "direction for layer {l}, but the model has only {} layers (0..{})",
+                    "{what} for layer {l}, but the model has only {} layers (0..{})",
                     m.n_layers,
                     m.n_layers - 1
                 )));
             }
             if t.dtype() != DType::F32 {
                 return Err(SteerError::Artifact(format!(
-                    "direction of layer {l} is {:?}, expected F32",
+                    "{what} of layer {l} is {:?}, expected F32",
                     t.dtype()
                 )));
             }
             if t.dims() != [m.hidden_size] {
                 return Err(SteerError::Artifact(format!(
-                    "direction of layer {l} has shape {:?}, expected [{}] (hidden_size)",
+                    "{what} of layer {l} has shape {:?}, expected [{}] (hidden_size)",
                     t.dims(),
                     m.hidden_size
                 )));
             }
-            crate::limits::direction(&format!("direction of layer {l}"), &t.to_vec1::<f32>()?)?;
+            crate::limits::direction(&format!("{what} of layer {l}"), &t.to_vec1::<f32>()?)?;
         }
         Ok(())
     }
@@ -320,10 +329,15 @@ impl SteeringVector {
         meta.layers = self.directions.keys().copied().collect();
         let meta_json = serde_json::to_string_pretty(&meta)
             .map_err(|e| SteerError::Artifact(format!("cannot serialise meta.json: {e}")))?;
+        let condition = self
+            .condition
+            .iter()
+            .map(|c| (format!("condition.{}", c.layer), c.direction.clone()));
         let tensors: HashMap<String, Tensor> = self
             .directions
             .iter()
             .map(|(l, t)| (format!("direction.{l}"), t.clone()))
+            .chain(condition)
             .collect();
 
         let name = dir.file_name().ok_or_else(|| {
@@ -429,32 +443,44 @@ impl SteeringVector {
         })?;
 
         let mut directions = BTreeMap::new();
+        let mut condition = None;
         let mut names: Vec<_> = tensors.into_iter().collect();
         names.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, t) in names {
-            let layer = name
-                .strip_prefix("direction.")
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<usize>().ok())
-                .filter(|l| format!("direction.{l}") == name)
-                .ok_or_else(|| {
-                    bad(
-                        VECTORS_FILE,
-                        format!("unexpected tensor '{name}' (only direction.<layer> is allowed)"),
-                    )
-                })?;
+            let (what, layer) = tensor_layer(&name).ok_or_else(|| {
+                bad(
+                    VECTORS_FILE,
+                    format!(
+                        "unexpected tensor '{name}' (only direction.<layer> and one \
+                         condition.<layer> are allowed)"
+                    ),
+                )
+            })?;
             if t.dtype() != DType::F32 {
                 return Err(bad(
                     VECTORS_FILE,
-                    format!(
-                        "direction of layer {layer} is {:?}, expected F32",
-                        t.dtype()
-                    ),
+                    format!("{what} of layer {layer} is {:?}, expected F32", t.dtype()),
                 ));
             }
-            directions.insert(layer, t);
+            if what == "direction" {
+                directions.insert(layer, t);
+            } else if condition.is_some() {
+                return Err(bad(
+                    VECTORS_FILE,
+                    "more than one condition.<layer> tensor".into(),
+                ));
+            } else {
+                condition = Some(ConditionDirection {
+                    layer,
+                    direction: t,
+                });
+            }
         }
-        let v = SteeringVector { meta, directions };
+        let v = SteeringVector {
+            meta,
+            directions,
+            condition,
+        };
         v.validate().map_err(|e| match e {
             SteerError::Artifact(m) => SteerError::Artifact(format!("{}: {m}", dir.display())),
             other => other,
@@ -494,6 +520,22 @@ impl SteeringVector {
             short(&info.identity)
         )))
     }
+}
+
+/// `("direction", l)` for a tensor named `direction.{l}`, `("condition", l)` for
+/// `condition.{l}` (the layer written plainly: no sign, no leading zeros); None otherwise.
+fn tensor_layer(name: &str) -> Option<(&'static str, usize)> {
+    let (what, l) = name.split_once('.')?;
+    let what = ["direction", "condition"]
+        .into_iter()
+        .find(|&w| w == what)?;
+    let layer = l
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| l.parse::<usize>().ok())
+        .flatten()
+        .filter(|layer| layer.to_string() == l)?;
+    Some((what, layer))
 }
 
 /// An existing destination may be replaced only if it is an artifact (or empty).
@@ -572,9 +614,22 @@ mod tests {
 
     #[test]
     fn hook_points_follow_the_kind() {
-        let m = VectorMeta::new("pca", "m", "qwen2", "id", 4, 3, "resid_post");
-        assert_eq!(m.hook_point(2).unwrap(), HookPoint::ResidPost(2));
-        let bad = VectorMeta::new("pca", "m", "qwen2", "id", 4, 3, "final_norm");
-        assert!(bad.hook_point(0).is_err());
+        let m = VectorMeta::new("pca", "m", "qwen2", "id", 4, 3, HookKind::MlpOut);
+        assert_eq!(m.hook_point(2), HookKind::MlpOut.at(2));
+    }
+
+    #[test]
+    fn tensor_names_carry_their_layer() {
+        assert_eq!(tensor_layer("direction.12"), Some(("direction", 12)));
+        assert_eq!(tensor_layer("condition.0"), Some(("condition", 0)));
+        for bad in [
+            "direction.",
+            "direction.01",
+            "direction.+1",
+            "cond.1",
+            "direction1",
+        ] {
+            assert_eq!(tensor_layer(bad), None, "{bad}");
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use earguard_model::{
-    prefill, ForwardOutput, HookPoint, InterventionPlan, Logits, Model, Positions, Prompt,
+    prefill, ForwardOutput, HookKind, InterventionPlan, Logits, Model, Positions, Prompt,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -16,8 +16,8 @@ use crate::error::{Result, SteerError};
 
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {
-    /// Hook kind captured at every layer (its layer number is ignored).
-    pub hook: HookPoint,
+    /// Hook kind captured at every layer.
+    pub hook: HookKind,
     pub batch_size: usize,
     /// Where chunks and the final `activations.safetensors` go (None: memory only).
     pub dir: Option<PathBuf>,
@@ -28,7 +28,7 @@ pub struct CaptureOptions {
 impl Default for CaptureOptions {
     fn default() -> Self {
         Self {
-            hook: HookPoint::ResidPost(0),
+            hook: HookKind::ResidPost,
             batch_size: 8,
             dir: None,
             progress: None,
@@ -39,7 +39,7 @@ impl Default for CaptureOptions {
 /// What identifies a capture, so a resume never mixes activations of different inputs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct CaptureManifest {
-    hook: String,
+    hook: HookKind,
     n_inputs: usize,
     batch_size: usize,
     inputs_sha256: String,
@@ -60,7 +60,7 @@ pub fn capture_last(model: &Model, inputs: &[Prompt], opts: &CaptureOptions) -> 
     let cfg = model.decoder.config();
     let batch_size = opts.batch_size.max(1);
     let manifest = CaptureManifest {
-        hook: opts.hook.kind().to_string(),
+        hook: opts.hook,
         n_inputs: inputs.len(),
         batch_size,
         inputs_sha256: hash_inputs(inputs)?,
@@ -79,7 +79,7 @@ pub fn capture_last(model: &Model, inputs: &[Prompt], opts: &CaptureOptions) -> 
     order.sort_by_key(|&i| (inputs[i].len(), i));
     let mut plan = InterventionPlan::new();
     for l in 0..cfg.n_layers {
-        plan = plan.capture(opts.hook.at_layer(l), Positions::Last);
+        plan = plan.capture(opts.hook.at(l), Positions::Last);
     }
     let bar = progress_bar(opts.progress.as_deref(), inputs.len());
     let mut rows: Vec<Option<Tensor>> = vec![None; inputs.len()];
@@ -128,7 +128,8 @@ pub fn capture_last(model: &Model, inputs: &[Prompt], opts: &CaptureOptions) -> 
 fn capture_batch(model: &Model, batch: &[Prompt], plan: &InterventionPlan) -> Result<Tensor> {
     let out = forward_batch(model, batch, plan, Logits::None)?;
     let per_layer: Vec<Tensor> = out.captures.items.into_iter().map(|(_, t)| t).collect();
-    Ok(Tensor::stack(&per_layer, 1)?)
+    // Fits run on the CPU, next to cached chunks read from disk, whatever the model's device.
+    Ok(Tensor::stack(&per_layer, 1)?.to_device(&candle_core::Device::Cpu)?)
 }
 
 /// One left-padded prefill of a batch of prompts (for captures, probes and scores).

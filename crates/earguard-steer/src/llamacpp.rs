@@ -15,7 +15,7 @@
 //!
 //! **`direction.N` is added to the output of the 0-based block N, at every token position,
 //! with a plus sign, times the user's strength** — i.e. earguard's
-//! `HookPoint::ResidPost(N)` with `Positions::All` and coefficient +strength. Evidence
+//! `HookKind::ResidPost.at(N)` with `Positions::All` and coefficient +strength. Evidence
 //! (ggml-org/llama.cpp):
 //!
 //! 1. `common/common.cpp`, `common_control_vector_load_one`: parses the tensor name after
@@ -66,7 +66,7 @@ use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use earguard_model::ModelInfo;
+use earguard_model::{HookKind, ModelInfo};
 
 use crate::artifact::{unique_stamp, SteeringVector, VectorMeta};
 use crate::error::{Result, SteerError};
@@ -76,7 +76,7 @@ pub const ARCHITECTURE: &str = "controlvector";
 /// `meta.method` of imported vectors.
 pub const IMPORT_METHOD: &str = "llama-cpp-import";
 /// The only hook kind llama.cpp can apply.
-pub const HOOK: &str = "resid_post";
+pub const HOOK: HookKind = HookKind::ResidPost;
 
 const KEY_ARCHITECTURE: &str = "general.architecture";
 const KEY_ALIGNMENT: &str = "general.alignment";

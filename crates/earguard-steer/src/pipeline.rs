@@ -14,7 +14,7 @@ use candle_core::{DType, Tensor};
 use earguard_data::PromptItem;
 use earguard_model::decoder::log_softmax;
 use earguard_model::score::{refusal_scores, refusal_start_tokens};
-use earguard_model::{AudioCache, HookPoint, InterventionPlan, Logits, Model, Prompt};
+use earguard_model::{AudioCache, HookKind, InterventionPlan, Logits, Model, Prompt};
 use serde_json::json;
 
 use crate::artifact::{DatasetRef, SteeringVector, VectorMeta};
@@ -27,7 +27,7 @@ use crate::inputs::InputStyle;
 pub struct FitSetup<'a> {
     pub model: &'a Model,
     pub style: InputStyle,
-    pub hook: HookPoint,
+    pub hook: HookKind,
     pub batch_size: usize,
     /// Captures are kept here (one folder per set) so an interrupted fit resumes and a re-fit
     /// with other hyper-parameters needs no forward passes.
@@ -74,7 +74,7 @@ impl FitSetup<'_> {
     }
 
     fn meta(&self, method: &str, hyper: serde_json::Value) -> VectorMeta {
-        let mut meta = VectorMeta::for_model(method, &self.model.info, self.hook.kind());
+        let mut meta = VectorMeta::for_model(method, &self.model.info, self.hook);
         meta.hyper_parameters = hyper;
         meta.training_sets = self.training_sets.clone();
         meta
@@ -138,7 +138,8 @@ impl FitSetup<'_> {
     }
 
     /// CAST: behaviour = harmful-minus-benign mean difference per layer; condition fitted on
-    /// the same sets.
+    /// the same sets (its direction is the vector's condition tensor, its threshold in
+    /// `extra`).
     pub fn cast(
         &self,
         harmful: &[PromptItem],
@@ -153,13 +154,12 @@ impl FitSetup<'_> {
         let cond = fit::fit_condition(&h, &b)?;
         let mut meta = self.meta("cast", json!({"mode": self.style.mode, "alpha": alpha}));
         meta.extra = json!({
-            "condition_layer": cond.layer,
-            "condition_direction": cond.direction.to_vec1::<f32>()?,
             "threshold": cond.threshold,
             "train_accuracy": cond.accuracy,
             "alpha": alpha,
         });
-        self.package(meta, &behaviour)
+        self.package(meta, &behaviour)?
+            .with_condition(cond.layer, &cond.direction)
     }
 
     /// SPEC §2 layer selection: among layers below `max_fraction`·L, the direction whose
@@ -337,7 +337,7 @@ mod tests {
             )
             .unwrap();
         }
-        let mut meta = VectorMeta::new("sarsteer", "m", "qwen2", "id", 16, 3, "resid_post");
+        let mut meta = VectorMeta::new("sarsteer", "m", "qwen2", "id", 16, 3, HookKind::ResidPost);
         meta.hyper_parameters = json!({"k": 10, "lambda": 1.0, "suffix": "I cannot."});
         let fitted = package(
             meta,

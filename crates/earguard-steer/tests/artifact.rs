@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use earguard_model::ModelInfo;
+use earguard_model::{HookKind, ModelInfo};
 use earguard_steer::artifact::{DatasetRef, SteeringVector, VectorMeta};
 use earguard_steer::SteerError;
 
@@ -72,7 +72,7 @@ fn vector(hidden: usize, n_layers: usize, layers: &[usize]) -> SteeringVector {
         "id-aaa",
         hidden,
         n_layers,
-        "resid_post",
+        HookKind::ResidPost,
     );
     meta.hyper_parameters = serde_json::json!({"k": 3, "lambda": 0.5});
     meta.extra = serde_json::json!({"threshold": 0.25});
@@ -158,7 +158,7 @@ fn save_replaces_an_existing_artifact_but_not_a_foreign_directory() {
 
 #[test]
 fn new_refuses_bad_directions() {
-    let meta = VectorMeta::new("pca", "m", "qwen2", "id", 4, 3, "resid_post");
+    let meta = VectorMeta::new("pca", "m", "qwen2", "id", 4, 3, HookKind::ResidPost);
     let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();
     let mut nan = BTreeMap::new();
     nan.insert(2, t(&[0.0, f32::NAN, 0.0, 0.0]));
@@ -186,14 +186,90 @@ fn new_refuses_bad_directions() {
 
     assert!(SteeringVector::new(meta.clone(), BTreeMap::new()).is_err());
 
-    let mut hook = meta;
-    hook.hook = "nowhere".into();
+    // A condition is checked like a direction.
     let mut one = BTreeMap::new();
-    one.insert(0, t(&[0.0; 4]));
-    assert!(SteeringVector::new(hook, one)
+    one.insert(0, t(&[1.0; 4]));
+    let v = SteeringVector::new(meta, one).unwrap();
+    let err = v
+        .clone()
+        .with_condition(3, &t(&[1.0; 4]))
         .unwrap_err()
-        .to_string()
-        .contains("hook kind"));
+        .to_string();
+    assert!(err.contains("condition for layer 3"), "{err}");
+    let err = v.with_condition(1, &t(&[1.0; 3])).unwrap_err().to_string();
+    assert!(err.contains("condition of layer 1 has shape [3]"), "{err}");
+}
+
+/// The hook kind is written as its name, as earlier versions wrote it; a name that is not a
+/// kind is refused naming the kinds.
+#[test]
+fn hook_kinds_are_names_on_disk() {
+    let tmp = TempDir::new("hook");
+    let dir = tmp.path().join("vec");
+    vector(4, 3, &[1]).save(&dir).unwrap();
+    let text = fs::read_to_string(dir.join("meta.json")).unwrap();
+    assert!(text.contains("\"hook\": \"resid_post\""), "{text}");
+    write_meta(&dir, |m| m["hook"] = "mlp_out".into());
+    assert_eq!(
+        SteeringVector::load(&dir).unwrap().meta.hook,
+        HookKind::MlpOut
+    );
+    for bad in ["nowhere", "final_norm"] {
+        write_meta(&dir, |m| m["hook"] = bad.into());
+        let err = load_err(&dir);
+        assert!(
+            err.contains("meta.json") && err.contains(bad) && err.contains("resid_post"),
+            "{err}"
+        );
+    }
+}
+
+/// A conditional vector keeps its condition in vectors.safetensors as `condition.{layer}`.
+#[test]
+fn conditions_round_trip_in_the_tensor_file() {
+    let tmp = TempDir::new("condition");
+    let dir = tmp.path().join("vec");
+    let cond = Tensor::new(&[0.5f32, -0.5, 0.25, 0.0], &Device::Cpu).unwrap();
+    let v = vector(4, 3, &[0, 2]).with_condition(1, &cond).unwrap();
+    v.save(&dir).unwrap();
+    let back = SteeringVector::load(&dir).unwrap();
+    let c = back.condition.expect("condition");
+    assert_eq!(c.layer, 1);
+    assert_eq!(
+        c.direction.to_vec1::<f32>().unwrap(),
+        [0.5, -0.5, 0.25, 0.0]
+    );
+    assert_eq!(back.meta.layers, [0, 2]);
+    let names = candle_core::safetensors::load(dir.join("vectors.safetensors"), &Device::Cpu)
+        .unwrap()
+        .into_keys()
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(
+        names,
+        ["condition.1", "direction.0", "direction.2"]
+            .map(String::from)
+            .into()
+    );
+    // A plain vector has none.
+    vector(4, 3, &[0]).save(&dir).unwrap();
+    assert!(SteeringVector::load(&dir).unwrap().condition.is_none());
+    // Two conditions, or one past the model, are refused.
+    let t = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();
+    write_tensors(
+        &dir,
+        vec![
+            ("direction.0", t(&[0.0; 4])),
+            ("condition.1", t(&[1.0; 4])),
+            ("condition.2", t(&[1.0; 4])),
+        ],
+    );
+    assert!(load_err(&dir).contains("more than one condition"));
+    write_tensors(
+        &dir,
+        vec![("direction.0", t(&[0.0; 4])), ("condition.7", t(&[1.0; 4]))],
+    );
+    let err = load_err(&dir);
+    assert!(err.contains("condition for layer 7"), "{err}");
 }
 
 #[test]
@@ -368,7 +444,7 @@ fn compatibility_shapes_always_identity_unless_forced() {
 #[test]
 fn meta_for_model_copies_the_model() {
     let i = info("tiny-qwen", 6, 5, "id-aaa");
-    let m = VectorMeta::for_model("pca", &i, "resid_pre");
+    let m = VectorMeta::for_model("pca", &i, HookKind::ResidPre);
     assert_eq!(
         (m.model_name.as_str(), m.model_architecture.as_str()),
         ("tiny-qwen", "qwen2")
@@ -378,6 +454,7 @@ fn meta_for_model_copies_the_model() {
         (6, 5, "id-aaa")
     );
     assert_eq!(m.format_version, 1);
+    assert_eq!(m.hook, HookKind::ResidPre);
     assert!(m.extra.is_null());
 }
 

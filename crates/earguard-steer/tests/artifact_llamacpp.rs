@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use earguard_model::ModelInfo;
+use earguard_model::{HookKind, ModelInfo};
 use earguard_steer::artifact::{SteeringVector, VectorMeta};
 use earguard_steer::llamacpp::{export_control_vector, import_control_vector, IMPORT_METHOD};
 use earguard_steer::SteerError;
@@ -75,7 +75,7 @@ fn info(hidden: usize, layers: usize, identity: &str) -> ModelInfo {
     }
 }
 
-fn ours(hook: &str, layers: &[usize]) -> SteeringVector {
+fn ours(hook: HookKind, layers: &[usize]) -> SteeringVector {
     let mut meta = VectorMeta::new("sarsteer", "tiny-qwen", "qwen2", "id-aaa", 8, 4, hook);
     meta.extra = serde_json::json!({"alpha": 0.2});
     let dirs = layers
@@ -113,7 +113,7 @@ fn import_err(name: &str, info: Option<&ModelInfo>) -> SteerError {
 fn golden_fixture_maps_direction_n_to_resid_post_n() {
     let v = import_control_vector(&fixture("qwen2_h8_l4.gguf"), None).unwrap();
     assert_eq!(v.meta.method, IMPORT_METHOD);
-    assert_eq!(v.meta.hook, "resid_post");
+    assert_eq!(v.meta.hook, HookKind::ResidPost);
     assert_eq!(v.meta.layers, [1, 2, 3]);
     assert_eq!((v.meta.hidden_size, v.meta.n_layers), (8, 4));
     assert_eq!(v.meta.model_architecture, "qwen2");
@@ -122,10 +122,7 @@ fn golden_fixture_maps_direction_n_to_resid_post_n() {
     assert_eq!(v.meta.extra["layer_count"], 4);
     for n in 1..=3 {
         // direction.N steers the output of 0-based block N: our ResidPost(N).
-        assert_eq!(
-            v.meta.hook_point(n).unwrap(),
-            earguard_model::HookPoint::ResidPost(n)
-        );
+        assert_eq!(v.meta.hook_point(n), HookKind::ResidPost.at(n));
         assert_eq!(v.direction_values(n).unwrap(), golden(n), "direction.{n}");
     }
     assert!(v.direction(0).is_none());
@@ -167,7 +164,7 @@ fn golden_fixture_re_exports_and_round_trips_exactly() {
 #[test]
 fn export_skips_block_zero_and_round_trips_bit_exactly() {
     let tmp = TempDir::new("export");
-    let v = ours("resid_post", &[0, 1, 3]);
+    let v = ours(HookKind::ResidPost, &[0, 1, 3]);
     let out = tmp.join("sub/dir/vec.gguf");
     let report = export_control_vector(&v, &out).unwrap();
     assert_eq!(report.written, [1, 3]);
@@ -224,16 +221,18 @@ fn export_skips_block_zero_and_round_trips_bit_exactly() {
 #[test]
 fn export_refuses_other_hooks_and_unrepresentable_vectors() {
     let tmp = TempDir::new("refuse");
-    let err = export_control_vector(&ours("resid_pre", &[1, 2]), &tmp.join("x.gguf")).unwrap_err();
+    let err =
+        export_control_vector(&ours(HookKind::ResidPre, &[1, 2]), &tmp.join("x.gguf")).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("resid_pre") && msg.contains("resid_post"),
         "{msg}"
     );
-    let err = export_control_vector(&ours("resid_post", &[0]), &tmp.join("x.gguf")).unwrap_err();
+    let err =
+        export_control_vector(&ours(HookKind::ResidPost, &[0]), &tmp.join("x.gguf")).unwrap_err();
     assert!(err.to_string().contains("nothing to export"), "{err}");
     assert!(!tmp.join("x.gguf").exists());
-    let err = export_control_vector(&ours("resid_post", &[1]), &tmp.0).unwrap_err();
+    let err = export_control_vector(&ours(HookKind::ResidPost, &[1]), &tmp.0).unwrap_err();
     assert!(err.to_string().contains("is a directory"), "{err}");
 }
 

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use earguard_data::{Label, Mode, PromptItem};
-use earguard_model::{AudioCache, HookPoint};
+use earguard_model::{AudioCache, HookKind};
 use earguard_steer::inputs::{InputStyle, DEFAULT_REFUSAL_SUFFIX};
 use earguard_steer::pipeline::FitSetup;
 
@@ -52,7 +52,7 @@ fn sarsteer_fit_encodes_each_clip_once() {
     let setup = FitSetup {
         model: &model,
         style: InputStyle::new(Mode::AudioText),
-        hook: HookPoint::ResidPost(0),
+        hook: HookKind::ResidPost,
         batch_size: 2,
         work_dir: None,
         progress: false,

@@ -7,7 +7,7 @@
 //! the harmful score; SARSteer added on top of the attack moves the harmful score back up
 //! (how far it gets is reported in the closing note: not back to refusal, on this model).
 //!
-//! Skipped unless `models/qwen2.5-1.5b-instruct` exists; EARGUARD_REQUIRE_MODELS=1 makes its
+//! Skipped unless `models/qwen2.5-coder-1.5b-instruct` (or its former name) exists; EARGUARD_REQUIRE_MODELS=1 makes its
 //! absence a failure.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use earguard_data::{Label, Mode, PromptItem, PromptSet};
 use earguard_model::score::{refusal_scores, refusal_start_tokens};
 use earguard_model::{AudioCache, ContentSpecials, Logits, Model, Prompt};
-use earguard_model::{HookPoint, InterventionPlan, Positions};
+use earguard_model::{HookKind, InterventionPlan, Positions};
 use earguard_steer::capture::forward_batch;
 use earguard_steer::defense::{build, Ablate, Defense, DefenseSpec, NoDefense};
 use earguard_steer::inputs::{InputStyle, DEFAULT_REFUSAL_SUFFIX};
@@ -30,10 +30,9 @@ fn model_at(path: &Path) -> Model {
 }
 
 fn model() -> Option<Model> {
-    let dir = std::env::var_os("EARGUARD_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models"));
-    let path = dir.join("qwen2.5-1.5b-instruct");
+    let name = earguard_model::loader::DEFAULT_MODEL;
+    let path = earguard_model::loader::resolve(name)
+        .unwrap_or_else(|_| earguard_model::loader::models_dir().join(name));
     if !path.is_dir() {
         assert!(
             std::env::var("EARGUARD_REQUIRE_MODELS").as_deref() != Ok("1"),
@@ -145,7 +144,7 @@ fn setup(model: &Model) -> FitSetup<'_> {
     FitSetup {
         model,
         style: InputStyle::new(Mode::TextOnly),
-        hook: HookPoint::ResidPost(0),
+        hook: HookKind::ResidPost,
         batch_size: 8,
         work_dir: None,
         progress: false,
@@ -205,7 +204,7 @@ fn ablation_removes_writes_not_the_defense() {
     let mut prompts = encode(&model, &none, &harmful[..4]);
     prompts.extend(encode(&model, &none, &harmless[..4]));
     let n_layers = model.decoder.config().n_layers;
-    let last = HookPoint::ResidPost(n_layers - 1);
+    let last = HookKind::ResidPost.at(n_layers - 1);
     let run = |plan: &InterventionPlan| {
         let out = forward_batch(
             &model,
@@ -227,9 +226,9 @@ fn ablation_removes_writes_not_the_defense() {
     let mut stream = InterventionPlan::new();
     for l in 0..n_layers {
         for hook in [
-            HookPoint::ResidPre(l),
-            HookPoint::ResidMid(l),
-            HookPoint::ResidPost(l),
+            HookKind::ResidPre.at(l),
+            HookKind::ResidMid.at(l),
+            HookKind::ResidPost.at(l),
         ] {
             stream = stream.project_out(hook, Positions::All, &r).unwrap();
         }
@@ -275,7 +274,7 @@ fn ablation_removes_writes_not_the_defense() {
     // 2. A defense's addition at resid_post(10) along r̂ reaches the last layer intact.
     let c = 8.0;
     let added = attack.clone().add(
-        HookPoint::ResidPost(10),
+        HookKind::ResidPost.at(10),
         Positions::All,
         (&r_hat * c).unwrap(),
     );

@@ -180,7 +180,7 @@ impl Adapter {
                 let (inp, out) = (lin.in_features(), lin.out_features());
                 let bound = 1.0 / (inp as f32).sqrt();
                 let a: Vec<f32> = (0..config.rank * inp)
-                    .map(|_| rng.gen_range(-bound..bound))
+                    .map(|_| rng.random_range(-bound..bound))
                     .collect();
                 let a = Tensor::from_vec(a, (config.rank, inp), dec.device())?;
                 let b = Tensor::zeros((out, config.rank), DType::F32, dec.device())?;

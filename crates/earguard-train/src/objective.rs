@@ -39,7 +39,7 @@ fn pick<'a>(variants: &'a [Vec<u32>], rng: &mut StdRng) -> Result<&'a [u32]> {
     if variants.is_empty() {
         return Err(TrainError::Invalid("a sample has no prompt".into()));
     }
-    Ok(&variants[rng.gen_range(0..variants.len())])
+    Ok(&variants[rng.random_range(0..variants.len())])
 }
 
 /// One sample: its prompt variants and what it should produce.

@@ -41,7 +41,7 @@ fn objective(dec: &Decoder) -> RepresentationTargets {
         .map(|(i, s)| {
             let mut rng = StdRng::seed_from_u64(i as u64);
             let t: Vec<f32> = (0..d)
-                .map(|_| rand::Rng::gen_range(&mut rng, -1.0..1.0))
+                .map(|_| rand::Rng::random_range(&mut rng, -1.0..1.0))
                 .collect();
             Sample {
                 variants: vec![s.to_vec(), [s, &[11u32][..]].concat()],
@@ -69,7 +69,10 @@ fn seeded(rng: &mut StdRng, dims: &[usize], std: f32) -> Tensor {
     let v: Vec<f32> = (0..n)
         .map(|_| {
             // Box-Muller from two uniforms.
-            let (u1, u2): (f32, f32) = (rand::Rng::gen_range(rng, 1e-7..1.0), rand::Rng::gen(rng));
+            let (u1, u2): (f32, f32) = (
+                rand::Rng::random_range(rng, 1e-7..1.0),
+                rand::Rng::random(rng),
+            );
             std * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
         })
         .collect();

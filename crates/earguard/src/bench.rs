@@ -7,12 +7,13 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::{Args, Subcommand};
 use earguard_model::loader::DEFAULT_MODEL;
-use earguard_model::{HookPoint, InterventionPlan, Logits, Model, Positions, Prompt};
+use earguard_model::{HookKind, InterventionPlan, Logits, Model, Positions, Prompt};
 use serde_json::json;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Decode and prefill tokens/s: ours (empty plan), ours steered, candle's stock model.
+    #[command(after_long_help = crate::DEFENSE_SPECS)]
     Decode(DecodeArgs),
     /// Responses/s of batched generation (batch 1 vs batch N) on the same prompts.
     Eval(EvalBenchArgs),
@@ -90,7 +91,7 @@ impl Runner for Ours<'_> {
     fn run(&mut self, prompt: &[u32], n: usize) -> Result<Timing> {
         let dec = &self.model.decoder;
         let mut cache = dec.new_cache(vec![0]);
-        let ids = Tensor::new(prompt, &Device::Cpu)?.unsqueeze(0)?;
+        let ids = Tensor::new(prompt, dec.device())?.unsqueeze(0)?;
         let t0 = Instant::now();
         let mut logits = dec
             .forward(&ids, &mut cache, &self.plan, Logits::Last)?
@@ -100,7 +101,7 @@ impl Runner for Ours<'_> {
         for _ in 0..n {
             let l = logits.take().context("no logits")?;
             let next = l.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
-            let ids = Tensor::new(&[[next]], &Device::Cpu)?;
+            let ids = Tensor::new(&[[next]], dec.device())?;
             logits = dec
                 .forward(&ids, &mut cache, &self.plan, Logits::Last)?
                 .logits;
@@ -129,6 +130,8 @@ impl StockModel {
 struct Stock {
     path: std::path::PathBuf,
     arch: &'static str,
+    /// The device ours runs on, so both run on the same one.
+    device: Device,
 }
 
 impl Stock {
@@ -140,33 +143,33 @@ impl Stock {
                 candle_transformers::models::quantized_qwen2::ModelWeights::from_gguf(
                     ct,
                     &mut f,
-                    &Device::Cpu,
+                    &self.device,
                 )?,
             ),
             _ => StockModel::Llama(
                 candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
                     ct,
                     &mut f,
-                    &Device::Cpu,
+                    &self.device,
                 )?,
             ),
         })
     }
 }
 
-struct StockRunner(StockModel);
+struct StockRunner(StockModel, Device);
 
 impl Runner for StockRunner {
     fn run(&mut self, prompt: &[u32], n: usize) -> Result<Timing> {
         // The stock model keeps its KV cache inside; a fresh prefill at position 0 resets it.
-        let ids = Tensor::new(prompt, &Device::Cpu)?.unsqueeze(0)?;
+        let ids = Tensor::new(prompt, &self.1)?.unsqueeze(0)?;
         let t0 = Instant::now();
         let mut logits = self.0.forward(&ids, 0)?;
         let prefill_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         for i in 0..n {
             let next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
-            let ids = Tensor::new(&[[next]], &Device::Cpu)?;
+            let ids = Tensor::new(&[[next]], &self.1)?;
             logits = self.0.forward(&ids, prompt.len() + i)?;
         }
         Ok(Timing {
@@ -201,11 +204,12 @@ fn decode(args: DecodeArgs) -> Result<()> {
     let mut steer = InterventionPlan::new();
     for l in 0..cfg.n_layers {
         let v = (Tensor::randn(0f32, 1.0, cfg.hidden_size, &Device::Cpu)? * 0.01)?;
-        steer = steer.add(HookPoint::ResidPost(l), Positions::Last, v);
+        steer = steer.add(HookKind::ResidPost.at(l), Positions::Last, v);
     }
     let stock = Stock {
         path: model.info.path.clone(),
         arch: model.info.architecture,
+        device: model.decoder.device().clone(),
     };
     let stock_model = stock.load().context("loading candle's stock model")?;
     let mut runners: Vec<(String, Box<dyn Runner + '_>)> = vec![
@@ -223,7 +227,10 @@ fn decode(args: DecodeArgs) -> Result<()> {
                 plan: steer,
             }),
         ),
-        ("stock".into(), Box::new(StockRunner(stock_model))),
+        (
+            "stock".into(),
+            Box::new(StockRunner(stock_model, model.decoder.device().clone())),
+        ),
     ];
     for spec in &args.defenses {
         let parsed: earguard_steer::defense::DefenseSpec = spec.parse()?;

@@ -106,7 +106,8 @@ impl SpecialsArg {
 
 pub fn load_model(spec: &str, quiet: bool) -> Result<Model> {
     let t0 = Instant::now();
-    let model = earguard_model::load(spec).with_context(|| format!("loading model '{spec}'"))?;
+    let model = earguard_model::load_on(spec, &crate::device()?)
+        .with_context(|| format!("loading model '{spec}'"))?;
     if !quiet {
         eprintln!(
             "loaded {} ({} {}, {} layers, hidden {}) in {:.1}s",
@@ -205,13 +206,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     args.adapter.apply(&mut model)?;
     let mut spec: DefenseSpec = args.defense.parse()?;
     if let Some(alpha) = args.alpha {
-        for part in spec
-            .parts
-            .iter_mut()
-            .filter(|p| matches!(p.name.as_str(), "sarsteer" | "text-steer" | "cast"))
-        {
-            part.set_default("alpha", alpha.to_string());
-        }
+        spec.set_default("alpha", alpha);
     }
     let defense = earguard_steer::defense::build(&spec, &model, args.force)?;
     let (mode, messages) = generate_messages(&args)?;

@@ -14,8 +14,9 @@ use earguard_data::{Label, Mode};
 use earguard_eval::plots::{self, ScatterPoint, TradeoffPoint};
 use earguard_eval::report::Report;
 use earguard_model::loader::DEFAULT_MODEL;
-use earguard_model::{AudioCache, HookPoint};
+use earguard_model::{AudioCache, HookKind};
 use earguard_steer::artifact::DatasetRef;
+use earguard_steer::defense::{DefenseKind, DefensePart, DefenseSpec};
 use earguard_steer::inputs::{InputStyle, DEFAULT_INSTRUCTION, DEFAULT_REFUSAL_SUFFIX};
 use earguard_steer::pipeline::{refit_sarsteer, FitSetup, LayerSelection};
 
@@ -70,7 +71,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let setup = FitSetup {
         model: &model,
         style: InputStyle::new(Mode::TextOnly),
-        hook: HookPoint::ResidPost(0),
+        hook: HookKind::ResidPost,
         batch_size: 8,
         work_dir: Some(args.out.join("captures")),
         progress: crate::progress_bars(),
@@ -123,21 +124,27 @@ pub fn run(args: DemoArgs) -> Result<()> {
         adapter: Default::default(),
     };
     let prepared = prepare(&settings)?;
-    let sar_s = sar_dir.display().to_string();
-    let rd_s = rd_dir.display().to_string();
-    let runs: Vec<(&str, String)> = vec![
-        ("none", "none".into()),
-        ("prompt", "prompt".into()),
-        ("sarsteer", format!("sarsteer={sar_s}")),
-        ("ablate", format!("ablate={rd_s}")),
-        ("ablate+sarsteer", format!("ablate={rd_s}+sarsteer={sar_s}")),
+    let sarsteer = |dir: &Path| DefensePart::new(DefenseKind::Sarsteer, Some(dir.to_path_buf()));
+    let ablate = DefensePart::new(DefenseKind::Ablate, Some(rd_dir.clone()));
+    let runs: Vec<(&str, DefenseSpec)> = vec![
+        ("none", DefenseSpec::of(vec![])),
+        (
+            "prompt",
+            DefenseSpec::of(vec![DefensePart::new(DefenseKind::Prompt, None)]),
+        ),
+        ("sarsteer", DefenseSpec::of(vec![sarsteer(&sar_dir)])),
+        ("ablate", DefenseSpec::of(vec![ablate.clone()])),
+        (
+            "ablate+sarsteer",
+            DefenseSpec::of(vec![ablate.clone(), sarsteer(&sar_dir)]),
+        ),
         (
             "ablate+sarsteer-lambda0",
-            format!("ablate={rd_s}+sarsteer={}:alpha=0.2", sar0_dir.display()),
+            DefenseSpec::of(vec![ablate.clone(), sarsteer(&sar0_dir).with("alpha", 0.2)]),
         ),
     ];
     let base_dir = args.out.join("runs/none");
-    let run_one = |name: &str, spec: &str| -> Result<Report> {
+    let run_one = |name: &str, spec: &DefenseSpec| -> Result<Report> {
         eprintln!("[demo] evaluating {name}");
         let baseline = (name != "none").then_some(base_dir.as_path());
         evaluate(
@@ -173,23 +180,18 @@ pub fn run(args: DemoArgs) -> Result<()> {
             let attack = if s == 0.0 {
                 None
             } else if s == 1.0 {
-                Some(format!("ablate={rd_s}"))
+                Some(ablate.clone())
             } else {
-                Some(format!("ablate={rd_s}:strength={s}"))
+                Some(ablate.clone().with("strength", s))
             };
             let steer = alpha.map(|a| {
                 if a == args.alpha {
-                    format!("sarsteer={sar_s}")
+                    sarsteer(&sar_dir)
                 } else {
-                    format!("sarsteer={sar_s}:alpha={a}")
+                    sarsteer(&sar_dir).with("alpha", a)
                 }
             });
-            let spec = [attack, steer]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join("+");
-            let spec = if spec.is_empty() { "none".into() } else { spec };
+            let spec = DefenseSpec::of([attack, steer].into_iter().flatten().collect());
             let done = runs.iter().position(|(_, sp)| *sp == spec);
             let r = match done {
                 Some(i) => reports[i].1.clone(),

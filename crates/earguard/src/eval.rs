@@ -10,12 +10,12 @@ use earguard_eval::judge::{self, Judge};
 use earguard_eval::plots::{self, TradeoffPoint};
 use earguard_eval::report::{self, Report};
 use earguard_eval::runner::{
-    self, DataRef, ResultRow, RunConfig, RunItem, RunOptions, Shard, SkippedItem,
+    self, DataRef, ResultRow, Run, RunConfig, RunItem, RunOptions, Shard, SkippedItem,
 };
 use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::Model;
-use earguard_steer::defense::{self, DefenseSpec};
-use earguard_steer::inputs::{InputStyle, DEFAULT_INSTRUCTION};
+use earguard_steer::defense::{self, DefenseKind, DefensePart, DefenseSpec};
+use earguard_steer::inputs::DEFAULT_INSTRUCTION;
 
 use crate::commands::SpecialsArg;
 
@@ -193,31 +193,21 @@ pub fn prepare(s: &EvalSettings) -> Result<Prepared> {
     })
 }
 
-/// Run (or resume) one evaluation into `dir` and write its report.
+/// Run (or resume) one evaluation of `spec` into `dir` and write its report.
 pub fn evaluate(
     model: &Model,
     s: &EvalSettings,
     prepared: &Prepared,
-    spec_text: &str,
+    spec: &DefenseSpec,
     shard: Option<Shard>,
     baseline: Option<&Path>,
     dir: &Path,
 ) -> Result<Report> {
-    let mut spec: DefenseSpec = spec_text.parse()?;
+    let mut spec = spec.clone();
     if let Some(alpha) = s.alpha {
-        for part in spec
-            .parts
-            .iter_mut()
-            .filter(|p| matches!(p.name.as_str(), "sarsteer" | "text-steer" | "cast"))
-        {
-            part.set_default("alpha", alpha.to_string());
-        }
+        spec.set_default("alpha", alpha);
     }
     let defense = defense::build(&spec, model, s.force)?;
-    let mut style = InputStyle::new(s.mode);
-    style.instruction = s.instruction.clone();
-    style.system = s.system.clone();
-    style.specials = s.tokens.specials();
     let config = RunConfig {
         model: model.info.name.clone(),
         model_identity: model.info.identity.clone(),
@@ -226,7 +216,7 @@ pub fn evaluate(
         mode: s.mode,
         instruction: s.mode.needs_audio().then(|| s.instruction.clone()),
         system: s.system.clone(),
-        content_specials: style.specials,
+        content_specials: s.tokens.specials(),
         samples: s.samples,
         temperature: s.temperature,
         top_p: s.top_p,
@@ -244,20 +234,19 @@ pub fn evaluate(
     if items.is_empty() {
         bail!("no prompts to evaluate (empty set, or an empty shard)");
     }
-    let out = runner::run(
+    let out = runner::run(&Run {
         model,
-        defense.as_ref(),
-        &prepared.judges,
-        &style,
-        &items,
-        &config,
+        defense: defense.as_ref(),
+        judges: &prepared.judges,
+        items: &items,
+        config: &config,
         dir,
-        &RunOptions {
+        opts: &RunOptions {
             batch_size: s.batch_size,
             progress: crate::progress_bars(),
             skip_bad_items: s.skip_bad_lines,
         },
-    )?;
+    })?;
     for bad in &out.skipped {
         tracing::warn!("skipped prompt '{}' ({}): {}", bad.id, bad.set, bad.reason);
     }
@@ -338,6 +327,7 @@ pub fn print_table(rows: &[(String, &Report)]) {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
+    let spec: DefenseSpec = args.defense.parse()?;
     let prepared = prepare(&args.settings)?;
     let mut model = crate::commands::load_model(&args.settings.model, false)?;
     args.settings.adapter.apply(&mut model)?;
@@ -345,7 +335,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         &model,
         &args.settings,
         &prepared,
-        &args.defense,
+        &spec,
         args.shard,
         args.baseline.as_deref(),
         &args.out,
@@ -519,16 +509,20 @@ fn sweep_vectors(args: &SweepArgs) -> Result<Vec<(String, PathBuf)>> {
 }
 
 pub fn sweep(args: SweepArgs) -> Result<()> {
+    // The defense the swept one is stacked on (none: nothing).
+    let under: Vec<DefensePart> = match &args.under {
+        Some(u) => {
+            u.parse::<DefenseSpec>()
+                .with_context(|| format!("--under {u}"))?
+                .parts
+        }
+        None => Vec::new(),
+    };
+    let base_spec = DefenseSpec::of(under.clone());
     let prepared = prepare(&args.settings)?;
     let mut model = crate::commands::load_model(&args.settings.model, false)?;
     args.settings.adapter.apply(&mut model)?;
     std::fs::create_dir_all(&args.out)?;
-    let under = args
-        .under
-        .as_deref()
-        .map(|u| format!("{u}+"))
-        .unwrap_or_default();
-    let base_spec = args.under.clone().unwrap_or_else(|| "none".into());
     let base_dir = args.out.join("baseline");
     eprintln!("sweep: baseline {base_spec}");
     let base = evaluate(
@@ -549,8 +543,9 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     let base_name = format!(
         "baseline ({})",
         base_spec
-            .split('+')
-            .map(|p| p.split(['=', ':']).next().unwrap_or(p))
+            .parts
+            .iter()
+            .map(|p| p.kind.name())
             .collect::<Vec<_>>()
             .join("+")
     );
@@ -561,11 +556,14 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         .flat_map(|v| layer_sets.iter().map(move |l| (v, l)))
     {
         for &alpha in &args.alphas {
-            let mut opts = vec![format!("alpha={alpha}")];
+            let mut steer =
+                DefensePart::new(DefenseKind::Sarsteer, Some(vector.clone())).with("alpha", alpha);
             if let Some(l) = layers {
-                opts.push(format!("layers={}", l.replace(',', "|")));
+                steer = steer.with("layers", l);
             }
-            let spec = format!("{under}sarsteer={}:{}", vector.display(), opts.join(","));
+            let mut parts = under.clone();
+            parts.push(steer);
+            let spec = DefenseSpec::of(parts);
             let name = format!(
                 "{tag}alpha={alpha}{}",
                 layers
@@ -614,7 +612,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
             .map(|(n, _)| n.clone())
     });
     let summary = serde_json::json!({
-        "baseline": base_spec,
+        "baseline": base_spec.to_string(),
         "points": points.iter().map(|(n, r)| serde_json::json!({"setting": n, "asr": r.asr, "orr": r.orr, "degenerate": r.degenerate_rate.value, "nsi": r.baseline.as_ref().and_then(|b| b.nsi)})).collect::<Vec<_>>(),
         "max_orr_points": args.max_orr,
         "picked": pick,

@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use earguard_data::{Label, Mode, PromptItem, PromptSet, ReadOptions};
 use earguard_model::loader::DEFAULT_MODEL;
-use earguard_model::{AudioCache, HookPoint, Model};
+use earguard_model::{AudioCache, HookKind, Model};
 use earguard_steer::artifact::{DatasetRef, SteeringVector};
 use earguard_steer::inputs::{InputStyle, DEFAULT_INSTRUCTION, DEFAULT_REFUSAL_SUFFIX};
 use earguard_steer::pipeline::{FitSetup, LayerSelection};
@@ -48,8 +48,8 @@ pub struct FitCommon {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Hook kind whose last-position activation is fitted and steered.
-    #[arg(long, default_value = "resid_post")]
-    pub hook: String,
+    #[arg(long, value_enum, default_value_t = HookKind::ResidPost)]
+    pub hook: HookKind,
     /// Prompts per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
@@ -197,23 +197,20 @@ pub fn read_sets(
     Ok((h, b, refs))
 }
 
-fn setup<'a>(model: &'a Model, c: &FitCommon, refs: Vec<DatasetRef>) -> Result<FitSetup<'a>> {
-    let hook: HookPoint = format!("{}.0", c.hook)
-        .parse()
-        .with_context(|| format!("--hook {}", c.hook))?;
+fn setup<'a>(model: &'a Model, c: &FitCommon, refs: Vec<DatasetRef>) -> FitSetup<'a> {
     let mut style = InputStyle::new(c.mode);
     style.instruction = c.instruction.clone();
     style.specials = c.tokens.specials();
-    Ok(FitSetup {
+    FitSetup {
         model,
         style,
-        hook,
+        hook: c.hook,
         batch_size: c.batch_size,
         work_dir: Some(c.captures_dir()),
         progress: crate::progress_bars(),
         training_sets: refs,
         audio: AudioCache::new(),
-    })
+    }
 }
 
 fn limited(mut v: Vec<PromptItem>, limit: Option<usize>) -> Vec<PromptItem> {
@@ -249,7 +246,7 @@ pub fn run(cmd: FitCommand) -> Result<()> {
         );
     }
     let model = crate::commands::load_model(&common.model, false)?;
-    let setup = setup(&model, common, refs)?;
+    let setup = setup(&model, common, refs);
     eprintln!(
         "fitting {kind} on {} harmful + {} benign prompts ({} mode)",
         harmful.len(),

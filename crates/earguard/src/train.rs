@@ -45,14 +45,22 @@ impl AdapterArg {
     }
 }
 
-#[derive(Clone, Copy, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, ValueEnum)]
 pub enum Method {
     /// Reshaping Representation Space (SPEC §4): move last-position representations to
     /// frozen targets ± the masked refusal direction.
     Rrs,
     /// SFT on the first response token: "I" for harmful, the model's own for benign (mirror pairs).
     ShallowMirror,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Rrs => "rrs",
+            Method::ShallowMirror => "shallow-mirror",
+        }
+    }
 }
 
 #[derive(Args)]
@@ -231,7 +239,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None => FeatureSelect::Positive,
     };
     let config = json!({
-        "method": args.method,
+        "method": args.method.name(),
         "model": args.model,
         "model_identity": model.info.identity,
         "data": args.data,

@@ -54,7 +54,15 @@ fn espeak_available() -> bool {
 
 /// A small valid vector for an 8-wide, 4-layer model with directions at `layers`.
 fn write_vector(dir: &Path, layers: &[usize]) {
-    let meta = VectorMeta::new("pca", "tiny", "qwen2", "", 8, 4, "resid_post");
+    let meta = VectorMeta::new(
+        "pca",
+        "tiny",
+        "qwen2",
+        "",
+        8,
+        4,
+        earguard_model::HookKind::ResidPost,
+    );
     let directions: BTreeMap<usize, Tensor> = layers
         .iter()
         .map(|&l| (l, Tensor::new(&[0.5f32; 8], &Device::Cpu).unwrap()))
@@ -242,6 +250,60 @@ fn pipes_and_devices_are_refused_at_once() {
     );
     assert!(
         err.contains("31.") && err.contains("pass --truncate") && !err.contains("LoadOptions"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A CAST vector keeps its condition as a `condition.{layer}` tensor and is used; one written
+/// before that (the condition in meta.json) is refused with the fix, re-fitting.
+#[test]
+fn cast_vectors_need_their_condition_tensor() {
+    let model = tiny_model();
+    let dir = scratch("cast");
+    let t = |x: f32| Tensor::new(&[x; 64], &Device::Cpu).unwrap();
+    let mut meta = VectorMeta::new(
+        "cast",
+        "tiny",
+        "qwen2",
+        "",
+        64,
+        2,
+        earguard_model::HookKind::ResidPost,
+    );
+    meta.extra = serde_json::json!({"threshold": 0.0, "alpha": 0.1});
+    let vector = SteeringVector::new(meta, BTreeMap::from([(1, t(0.01))])).unwrap();
+    let generate = |vec: &Path| {
+        let mut c = bin();
+        c.args([
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "1",
+        ])
+        .args(["--force", "--defense"])
+        .arg(format!("cast={}", vec.display()));
+        c
+    };
+    let new = dir.join("new");
+    vector
+        .clone()
+        .with_condition(0, &t(1.0))
+        .unwrap()
+        .save(&new)
+        .unwrap();
+    ok(&mut generate(&new));
+
+    let mut old = vector;
+    old.meta.extra["condition_layer"] = 0.into();
+    old.meta.extra["condition_direction"] = vec![1.0f32; 64].into();
+    old.save(&dir.join("old")).unwrap();
+    let err = fails(&mut generate(&dir.join("old")));
+    assert!(
+        err.contains("condition in meta.json") && err.contains("re-fit it with earguard fit cast"),
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();

@@ -749,3 +749,156 @@ fn unreadable_audio_is_refused_up_front_or_skipped() {
     assert_eq!((skipped.len(), skipped[0]["id"].as_str()), (1, Some("a1")));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bash_completions_name_the_subcommands() {
+    let script = ok(bin().args(["completions", "bash"]));
+    assert!(
+        script.contains("_earguard()"),
+        "not a bash completion script"
+    );
+    for sub in [
+        "inspect",
+        "generate",
+        "fit",
+        "eval",
+        "sweep",
+        "demo",
+        "bench",
+        "completions",
+    ] {
+        assert!(script.contains(sub), "no '{sub}' in the bash completions");
+    }
+    // Subcommands of subcommands and global flags are completed too.
+    assert!(script.contains("sarsteer") && script.contains("--device"));
+    let err = String::from_utf8(run(bin().args(["completions", "tcsh"])).stderr).unwrap();
+    assert!(err.contains("tcsh") && err.contains("bash"), "{err}");
+}
+
+#[test]
+fn help_carries_the_defense_spec_grammar() {
+    for args in [
+        &["generate", "--help"][..],
+        &["eval", "--help"],
+        &["--help"],
+    ] {
+        let help = ok(bin().args(args));
+        for needle in [
+            "NAME[=ARTIFACT][:key=value,...]",
+            "sarsteer=DIR",
+            "alpha=0.1",
+            "ablate=DIR[:layer=L,strength=1]",
+            "cast=DIR[:alpha=A,threshold=T]",
+            "variant=V",
+            "ablate must come before",
+        ] {
+            assert!(help.contains(needle), "{args:?}: no {needle:?} in\n{help}");
+        }
+    }
+}
+
+#[test]
+fn devices_this_build_lacks_are_refused_clearly() {
+    let out = ok(bin()
+        .args(["inspect", "--json", "--device", "cpu", "--model"])
+        .arg(tiny_text_model()));
+    assert!(out.contains("\"n_layers\": 2"), "{out}");
+    if !cfg!(feature = "cuda") {
+        let err = fails(
+            bin()
+                .args(["inspect", "--device", "cuda:0", "--model"])
+                .arg(tiny_text_model()),
+        );
+        assert!(
+            err.contains("no cuda support") && err.contains("--features cuda"),
+            "{err}"
+        );
+    }
+    let err = fails(
+        bin()
+            .args(["generate", "--device", "tpu", "-p", "hi", "--model"])
+            .arg(tiny_text_model()),
+    );
+    assert!(err.contains("unknown device 'tpu'"), "{err}");
+}
+
+#[test]
+fn hub_repository_ids_load_from_the_hf_cache() {
+    // A hub cache made by hand: refs/main, a snapshot whose files link into blobs/.
+    let home = scratch("hf-home");
+    let repo = home.join("hub/models--earguard-test--tiny-qwen2");
+    let rev = "3f2c0d9e8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e";
+    let snapshot = repo.join("snapshots").join(rev);
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::write(repo.join("refs/main"), rev).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(
+            Path::new(&tiny_text_model()).join(f),
+            repo.join("blobs").join(f),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{f}"), snapshot.join(f)).unwrap();
+    }
+    let empty_models = scratch("hf-models");
+    let out = ok(bin()
+        .args(["inspect", "--json", "--model", "earguard-test/tiny-qwen2"])
+        .env("HF_HOME", &home)
+        .env_remove("HF_HUB_CACHE")
+        .env("EARGUARD_MODELS", &empty_models));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["name"], "earguard-test/tiny-qwen2");
+    assert_eq!(v["path"], snapshot.to_str().unwrap());
+    let err = fails(
+        bin()
+            .args(["inspect", "--model", "earguard-test/not-there"])
+            .env("HF_HOME", &home)
+            .env_remove("HF_HUB_CACHE")
+            .env("EARGUARD_MODELS", &empty_models),
+    );
+    assert!(
+        err.contains("models--earguard-test--not-there")
+            && err.contains("not in the Hugging Face cache"),
+        "{err}"
+    );
+}
+
+#[test]
+fn verbose_runs_time_their_stages() {
+    let args = |v: Option<&str>| {
+        let mut cmd = bin();
+        cmd.env_remove("RUST_LOG");
+        if let Some(v) = v {
+            cmd.arg(v);
+        }
+        cmd.args(["generate", "--max-tokens", "2", "-p", "hi", "--model"])
+            .arg(tiny_text_model());
+        cmd
+    };
+    let stderr = |mut cmd: Command| {
+        let out = run(&mut cmd);
+        assert!(out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let info = stderr(args(Some("-v")));
+    for span in ["load{", "prefill{", "decode{"] {
+        assert!(
+            info.lines()
+                .any(|l| l.contains(span) && l.contains("close time.busy=")),
+            "no timing for {span} in\n{info}"
+        );
+    }
+    assert!(!info.contains("decode_step"), "{info}");
+    let debug = stderr(args(Some("-vv")));
+    assert!(
+        debug.contains("decode_step{step=0}: close time.busy="),
+        "{debug}"
+    );
+    assert!(!stderr(args(None)).contains("time.busy"));
+}

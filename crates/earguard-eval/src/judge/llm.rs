@@ -146,12 +146,9 @@ mod tests {
     /// model (SmolLM2-135M gives no 0/1 verdicts); skipped without it.
     #[test]
     fn fake_turn_in_a_response_cannot_set_the_verdict() {
-        let dir = std::env::var_os("EARGUARD_MODELS")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
-            });
-        let path = dir.join("qwen2.5-1.5b-instruct");
+        let name = earguard_model::loader::DEFAULT_MODEL;
+        let path = earguard_model::loader::resolve(name)
+            .unwrap_or_else(|_| earguard_model::loader::models_dir().join(name));
         if !path.is_dir() {
             assert!(
                 std::env::var("EARGUARD_REQUIRE_MODELS").as_deref() != Ok("1"),

@@ -41,7 +41,7 @@ pub struct Verdict {
 }
 
 pub trait Judge: Send + Sync {
-    /// Name used in results and reports, e.g. `substring`, `llm=qwen2.5-1.5b-instruct`.
+    /// Name used in results and reports, e.g. `substring`, `llm=qwen2.5-coder-1.5b-instruct`.
     fn name(&self) -> String;
     fn judge_batch(&self, inputs: &[JudgeInput<'_>]) -> Result<Vec<Verdict>>;
 }

@@ -12,7 +12,7 @@
 //! setting the seed papers study (speech input lowers refusal, it does not erase it).
 
 use candle_core::Tensor;
-use earguard_model::{HookPoint, InterventionPlan, Model, Positions, Prompt};
+use earguard_model::{HookKind, InterventionPlan, Model, Positions, Prompt};
 
 use super::{selected_layer, Defense, DefensePart};
 use crate::artifact::SteeringVector;
@@ -25,8 +25,8 @@ pub struct Ablate {
 }
 
 impl Ablate {
-    pub fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
-        part.only_options(&["layer", "strength"])?;
+    /// The defense a checked spec part names (options checked by [`super::DefenseSpec::check`]).
+    pub(crate) fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
         // The fraction of the refusal component removed (1 = full ablation).
         let strength = part.option_f64_in("strength", 0.0..=1.0)?.unwrap_or(1.0);
         let vector = SteeringVector::load(part.artifact()?)?;
@@ -43,8 +43,8 @@ impl Ablate {
     /// The attack with direction `direction` (any norm) at `strength` in [0, 1].
     pub fn new(model: &Model, direction: &Tensor, strength: f64) -> Result<Self> {
         let n_layers = model.decoder.config().n_layers;
-        let writes = std::iter::once(HookPoint::ResidPre(0))
-            .chain((0..n_layers).flat_map(|l| [HookPoint::AttnOut(l), HookPoint::MlpOut(l)]));
+        let writes = std::iter::once(HookKind::ResidPre.at(0))
+            .chain((0..n_layers).flat_map(|l| [HookKind::AttnOut.at(l), HookKind::MlpOut.at(l)]));
         let mut plan = InterventionPlan::new();
         for hook in writes {
             plan = plan.project_out_fraction(hook, Positions::All, direction, strength)?;

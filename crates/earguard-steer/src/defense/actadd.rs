@@ -2,7 +2,7 @@
 //! with c = +1 it induces refusal.
 
 use candle_core::Tensor;
-use earguard_model::{HookPoint, InterventionPlan, Model, Positions, Prompt};
+use earguard_model::{HookKind, InterventionPlan, Model, Positions, Prompt};
 
 use super::{selected_layer, Defense, DefensePart};
 use crate::artifact::SteeringVector;
@@ -15,8 +15,8 @@ pub struct ActAdd {
 }
 
 impl ActAdd {
-    pub fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
-        part.only_options(&["layer", "coeff"])?;
+    /// The defense a checked spec part names (options checked by [`super::DefenseSpec::check`]).
+    pub(crate) fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
         let coeff = part.option_f64("coeff")?.unwrap_or(1.0);
         let vector = SteeringVector::load(part.artifact()?)?;
         vector.check_compatible(&model.info, force)?;
@@ -43,7 +43,7 @@ impl Defense for ActAdd {
 
     fn plan(&self, _model: &Model, _batch: &[Prompt]) -> Result<InterventionPlan> {
         Ok(InterventionPlan::new().add(
-            HookPoint::ResidPre(self.layer),
+            HookKind::ResidPre.at(self.layer),
             Positions::All,
             self.vector.clone(),
         ))

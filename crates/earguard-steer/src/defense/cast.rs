@@ -2,14 +2,16 @@
 //! sequence, from the prompt's last-position activation at one layer, whether the behaviour
 //! vector is applied. Sequences of one batch are steered or not independently (row scales).
 //!
-//! The artifact (`earguard fit cast`) holds the behaviour vectors as directions and, in
-//! `meta.extra`: `condition_layer`, `condition_direction` (list of floats), `threshold` (cosine
-//! similarity above which a prompt counts as harmful) and `alpha`.
+//! The artifact (`earguard fit cast`) holds the behaviour vectors as directions, the condition
+//! direction as its `condition.{layer}` tensor and, in `meta.extra`, `threshold` (cosine
+//! similarity above which a prompt counts as harmful) and `alpha`. Artifacts of earlier
+//! versions kept the condition in `meta.extra.condition_direction`; they are refused with the
+//! fix (re-fit: the fit reuses its cached activations).
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use earguard_model::{HookPoint, Intervention, InterventionPlan, Model, Positions, Prompt};
 
-use super::{hook_of, Defense, DefensePart};
+use super::{Defense, DefensePart};
 use crate::artifact::SteeringVector;
 use crate::error::{Result, SteerError};
 
@@ -25,8 +27,8 @@ pub struct Cast {
 }
 
 impl Cast {
-    pub fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
-        part.only_options(&["alpha", "threshold"])?;
+    /// The defense a checked spec part names (options checked by [`super::DefenseSpec::check`]).
+    pub(crate) fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
         let threshold = part.option_f64_in("threshold", COSINE)?;
         let alpha = part.option_f64("alpha")?;
         let vector = SteeringVector::load(part.artifact()?)?;
@@ -37,27 +39,17 @@ impl Cast {
                 "cast vector has no extra.{k}: fit it with earguard fit cast"
             ))
         };
-        let layer = extra
-            .get("condition_layer")
-            .and_then(|v| v.as_u64())
-            .ok_or_else(|| missing("condition_layer"))? as usize;
-        let direction: Vec<f32> = extra
-            .get("condition_direction")
-            .and_then(|v| v.as_array())
-            .ok_or_else(|| missing("condition_direction"))?
-            .iter()
-            .map(|x| x.as_f64().map(|f| f as f32))
-            .collect::<Option<Vec<f32>>>()
-            .ok_or_else(|| {
-                SteerError::Artifact("condition_direction must be a list of numbers".into())
-            })?;
-        let hidden = model.decoder.config().hidden_size;
-        if direction.len() != hidden || direction.iter().any(|x| !x.is_finite()) {
-            return Err(SteerError::Artifact(format!(
-                "condition_direction must hold {hidden} finite numbers, it has {}",
-                direction.len()
-            )));
-        }
+        let Some(condition) = &vector.condition else {
+            let why = if extra.get("condition_direction").is_some() {
+                "keeps its condition in meta.json, as earguard did before the condition tensor; \
+                 re-fit it with earguard fit cast (the fit reuses its cached activations)"
+            } else {
+                "has no condition.<layer> tensor, so it is not a cast vector; fit one with \
+                 earguard fit cast"
+            };
+            let dir = part.artifact()?.display();
+            return Err(SteerError::Artifact(format!("{dir}: this vector {why}")));
+        };
         let threshold = match threshold {
             Some(t) => t,
             None => crate::limits::check_in(
@@ -79,17 +71,17 @@ impl Cast {
                     .unwrap_or(super::sarsteer::DEFAULT_ALPHA),
             )?,
         };
-        let hook = hook_of(&vector)?;
-        let condition = super::sarsteer::unit(&Tensor::from_vec(direction, hidden, &Device::Cpu)?)?;
         let additions = vector
             .directions
             .iter()
-            .map(|(&l, v)| Ok((hook.at_layer(l), (v * alpha)?)))
+            .map(|(&l, v)| Ok((vector.meta.hook_point(l), (v * alpha)?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             describe: part.to_string(),
-            condition_hook: hook.at_layer(layer),
-            condition,
+            condition_hook: vector.meta.hook_point(condition.layer),
+            condition: super::sarsteer::unit(
+                &condition.direction.to_device(model.decoder.device())?,
+            )?,
             threshold,
             additions,
         })

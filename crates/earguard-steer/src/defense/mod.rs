@@ -21,11 +21,23 @@
 //! (`alpha`, `beta`, `coeff`) must be finite with magnitude at most 1e3 and `threshold` (a
 //! cosine) in [-1, 1]; see [`crate::limits`] for why.
 //!
+//! Each name is a [`DefenseKind`], which declares the options it takes; a spec is checked
+//! against them when it is parsed (and again when built, for specs made as values).
+//!
 //! ```
-//! use earguard_steer::defense::DefenseSpec;
+//! use earguard_steer::defense::{DefenseKind, DefensePart, DefenseSpec};
 //! let spec: DefenseSpec = "ablate=vec/rd+sarsteer=vec/sar:alpha=0.2".parse().unwrap();
 //! assert_eq!(spec.parts.len(), 2);
+//! assert_eq!(spec.parts[1].kind, DefenseKind::Sarsteer);
 //! assert_eq!(spec.parts[1].option_f64("alpha").unwrap(), Some(0.2));
+//! // The same spec built as values.
+//! let built = DefenseSpec {
+//!     parts: vec![
+//!         DefensePart::new(DefenseKind::Ablate, Some("vec/rd".into())),
+//!         DefensePart::new(DefenseKind::Sarsteer, Some("vec/sar".into())).with("alpha", 0.2),
+//!     ],
+//! };
+//! assert_eq!(built, spec);
 //! ```
 
 mod ablate;
@@ -109,15 +121,120 @@ impl Defense for Stack {
     }
 }
 
+/// The defenses a spec can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DefenseKind {
+    None,
+    Prompt,
+    Sarsteer,
+    TextSteer,
+    Actadd,
+    Ablate,
+    Cast,
+}
+
+impl DefenseKind {
+    pub const ALL: [DefenseKind; 7] = [
+        DefenseKind::None,
+        DefenseKind::Prompt,
+        DefenseKind::Sarsteer,
+        DefenseKind::TextSteer,
+        DefenseKind::Actadd,
+        DefenseKind::Ablate,
+        DefenseKind::Cast,
+    ];
+
+    /// The name a spec uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            DefenseKind::None => "none",
+            DefenseKind::Prompt => "prompt",
+            DefenseKind::Sarsteer => "sarsteer",
+            DefenseKind::TextSteer => "text-steer",
+            DefenseKind::Actadd => "actadd",
+            DefenseKind::Ablate => "ablate",
+            DefenseKind::Cast => "cast",
+        }
+    }
+
+    /// The options its part of a spec may set.
+    pub fn options(self) -> &'static [&'static str] {
+        match self {
+            DefenseKind::None => &[],
+            DefenseKind::Prompt => &["variant"],
+            DefenseKind::Sarsteer | DefenseKind::TextSteer => {
+                &["alpha", "layers", "beta", "positions", "normalize"]
+            }
+            DefenseKind::Actadd => &["layer", "coeff"],
+            DefenseKind::Ablate => &["layer", "strength"],
+            DefenseKind::Cast => &["alpha", "threshold"],
+        }
+    }
+
+    pub fn takes(self, option: &str) -> bool {
+        self.options().contains(&option)
+    }
+
+    /// Does it add to the residual stream (so the ablation attack must come before it)?
+    fn steers(self) -> bool {
+        matches!(
+            self,
+            DefenseKind::Sarsteer
+                | DefenseKind::TextSteer
+                | DefenseKind::Actadd
+                | DefenseKind::Cast
+        )
+    }
+}
+
+impl fmt::Display for DefenseKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for DefenseKind {
+    type Err = SteerError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        DefenseKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = DefenseKind::ALL.iter().map(|k| k.name()).collect();
+                SteerError::Invalid(format!(
+                    "unknown defense '{s}' (known: {})",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
 /// One component of a spec: `NAME[=ARTIFACT][:key=value,...]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DefensePart {
-    pub name: String,
+    pub kind: DefenseKind,
     pub artifact: Option<PathBuf>,
     pub options: Vec<(String, String)>,
 }
 
 impl DefensePart {
+    /// A part with no options.
+    pub fn new(kind: DefenseKind, artifact: Option<PathBuf>) -> Self {
+        Self {
+            kind,
+            artifact,
+            options: Vec::new(),
+        }
+    }
+
+    /// This part with option `key` set to `value` (replacing an earlier value).
+    pub fn with(mut self, key: &str, value: impl fmt::Display) -> Self {
+        self.options.retain(|(k, _)| k != key);
+        self.options.push((key.to_string(), value.to_string()));
+        self
+    }
+
     pub fn option(&self, key: &str) -> Option<&str> {
         self.options
             .iter()
@@ -136,9 +253,9 @@ impl DefensePart {
         self.option(key)
             .map(|v| {
                 let x = v.parse::<f64>().map_err(|_| {
-                    SteerError::Invalid(format!("{}: option {key}={v} is not a number", self.name))
+                    SteerError::Invalid(format!("{}: option {key}={v} is not a number", self.kind))
                 })?;
-                crate::limits::check_in(&format!("{}: option {key}", self.name), x, range)
+                crate::limits::check_in(&format!("{}: option {key}", self.kind), x, range)
             })
             .transpose()
     }
@@ -154,10 +271,10 @@ impl DefensePart {
                             SteerError::Invalid(format!(
                                 "{}: option {key}={v}: '{x}' is not a number (expected numbers \
                                  separated by {LIST_SEPARATOR}, e.g. 1|0.5|1)",
-                                self.name
+                                self.kind
                             ))
                         })?;
-                        crate::limits::coefficient(&format!("{}: option {key}", self.name), n)
+                        crate::limits::coefficient(&format!("{}: option {key}", self.kind), n)
                     })
                     .collect()
             })
@@ -172,7 +289,7 @@ impl DefensePart {
                 "false" | "0" | "no" => Ok(false),
                 _ => Err(SteerError::Invalid(format!(
                     "{}: option {key}={v} must be true or false",
-                    self.name
+                    self.kind
                 ))),
             })
             .transpose()
@@ -184,24 +301,21 @@ impl DefensePart {
                 v.parse::<usize>().map_err(|_| {
                     SteerError::Invalid(format!(
                         "{}: option {key}={v} is not a whole number",
-                        self.name
+                        self.kind
                     ))
                 })
             })
             .transpose()
     }
 
-    /// Refuse options this defense does not know, so a typo never silently does nothing.
-    pub fn only_options(&self, known: &[&str]) -> Result<()> {
-        match self
-            .options
-            .iter()
-            .find(|(k, _)| !known.contains(&k.as_str()))
-        {
+    /// Refuse options this defense does not take, so a typo never silently does nothing.
+    fn check_options(&self) -> Result<()> {
+        let known = self.kind.options();
+        match self.options.iter().find(|(k, _)| !self.kind.takes(k)) {
             None => Ok(()),
             Some((k, _)) => Err(SteerError::Invalid(format!(
                 "{} has no option '{k}' (known: {})",
-                self.name,
+                self.kind,
                 if known.is_empty() {
                     "none".to_string()
                 } else {
@@ -215,7 +329,7 @@ impl DefensePart {
         self.artifact.as_ref().ok_or_else(|| {
             SteerError::Invalid(format!(
                 "{} needs a fitted vector: --defense {}=DIR (see earguard fit)",
-                self.name, self.name
+                self.kind, self.kind
             ))
         })
     }
@@ -230,7 +344,7 @@ impl DefensePart {
 
 impl fmt::Display for DefensePart {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.name)?;
+        write!(f, "{}", self.kind)?;
         if let Some(a) = &self.artifact {
             write!(f, "={}", a.display())?;
         }
@@ -251,15 +365,50 @@ pub struct DefenseSpec {
     pub parts: Vec<DefensePart>,
 }
 
-pub const DEFENSE_NAMES: &[&str] = &[
-    "none",
-    "prompt",
-    "sarsteer",
-    "text-steer",
-    "actadd",
-    "ablate",
-    "cast",
-];
+impl DefenseSpec {
+    /// The spec of `parts` applied in order; `none` when there are none.
+    pub fn of(parts: Vec<DefensePart>) -> Self {
+        if parts.is_empty() {
+            return Self {
+                parts: vec![DefensePart::new(DefenseKind::None, None)],
+            };
+        }
+        Self { parts }
+    }
+
+    /// Check what parsing checks, for specs built as values: every option is one its defense
+    /// takes, and the ablation attack comes before any steering part.
+    pub fn check(&self) -> Result<()> {
+        for part in &self.parts {
+            part.check_options()?;
+        }
+        // The attack edits the model's writes (embeddings, attention and MLP outputs); a
+        // steering part listed before it, at those hook points, would be projected with them.
+        let parts = &self.parts;
+        if let (Some(first_steer), Some(last_ablate)) = (
+            parts.iter().position(|p| p.kind.steers()),
+            parts.iter().rposition(|p| p.kind == DefenseKind::Ablate),
+        ) {
+            if last_ablate > first_steer {
+                return Err(SteerError::Invalid(format!(
+                    "ablate must come before {}: the attack stands for the model's weights, and a \
+                     defense listed before it would have its additions projected with the \
+                     model's writes (e.g. ablate=RD+{}=DIR)",
+                    parts[first_steer].kind, parts[first_steer].kind
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Set option `key` on every part whose defense takes it and does not set it already (CLI
+    /// flags like `--alpha`).
+    pub fn set_default(&mut self, key: &str, value: impl fmt::Display) {
+        for part in self.parts.iter_mut().filter(|p| p.kind.takes(key)) {
+            part.set_default(key, value.to_string());
+        }
+    }
+}
 
 impl FromStr for DefenseSpec {
     type Err = SteerError;
@@ -275,12 +424,7 @@ impl FromStr for DefenseSpec {
                 Some((n, a)) => (n.trim(), Some(PathBuf::from(a.trim()))),
                 None => (head.trim(), None),
             };
-            if !DEFENSE_NAMES.contains(&name) {
-                return Err(SteerError::Invalid(format!(
-                    "unknown defense '{name}' (known: {})",
-                    DEFENSE_NAMES.join(", ")
-                )));
-            }
+            let kind: DefenseKind = name.parse()?;
             let mut options = Vec::new();
             for kv in opts
                 .into_iter()
@@ -302,28 +446,14 @@ impl FromStr for DefenseSpec {
                 options.push((k.to_string(), v.trim().to_string()));
             }
             parts.push(DefensePart {
-                name: name.to_string(),
+                kind,
                 artifact,
                 options,
             });
         }
-        // The attack edits the model's writes (embeddings, attention and MLP outputs); a
-        // steering part listed before it, at those hook points, would be projected with them.
-        let steers = |n: &str| matches!(n, "sarsteer" | "text-steer" | "actadd" | "cast");
-        if let (Some(first_steer), Some(last_ablate)) = (
-            parts.iter().position(|p| steers(&p.name)),
-            parts.iter().rposition(|p| p.name == "ablate"),
-        ) {
-            if last_ablate > first_steer {
-                return Err(SteerError::Invalid(format!(
-                    "ablate must come before {}: the attack stands for the model's weights, and a \
-                     defense listed before it would have its additions projected with the \
-                     model's writes (e.g. ablate=RD+{}=DIR)",
-                    parts[first_steer].name, parts[first_steer].name
-                )));
-            }
-        }
-        Ok(Self { parts })
+        let spec = Self { parts };
+        spec.check()?;
+        Ok(spec)
     }
 }
 
@@ -337,19 +467,18 @@ impl fmt::Display for DefenseSpec {
 /// Build the defense a spec names, loading and checking its artifacts against `model`.
 /// `force` skips only the model-identity check of artifacts (never the shape checks).
 pub fn build(spec: &DefenseSpec, model: &Model, force: bool) -> Result<Box<dyn Defense>> {
+    spec.check()?;
     let mut built: Vec<Box<dyn Defense>> = Vec::new();
     for part in &spec.parts {
-        let d: Box<dyn Defense> = match part.name.as_str() {
-            "none" => {
-                part.only_options(&[])?;
-                Box::new(NoDefense)
+        let d: Box<dyn Defense> = match part.kind {
+            DefenseKind::None => Box::new(NoDefense),
+            DefenseKind::Prompt => Box::new(SafetyPrompt::from_part(part)?),
+            DefenseKind::Sarsteer | DefenseKind::TextSteer => {
+                Box::new(SarSteer::from_part(part, model, force)?)
             }
-            "prompt" => Box::new(SafetyPrompt::from_part(part)?),
-            "sarsteer" | "text-steer" => Box::new(SarSteer::from_part(part, model, force)?),
-            "actadd" => Box::new(ActAdd::from_part(part, model, force)?),
-            "ablate" => Box::new(Ablate::from_part(part, model, force)?),
-            "cast" => Box::new(Cast::from_part(part, model, force)?),
-            other => return Err(SteerError::Invalid(format!("unknown defense '{other}'"))),
+            DefenseKind::Actadd => Box::new(ActAdd::from_part(part, model, force)?),
+            DefenseKind::Ablate => Box::new(Ablate::from_part(part, model, force)?),
+            DefenseKind::Cast => Box::new(Cast::from_part(part, model, force)?),
         };
         built.push(d);
     }
@@ -418,7 +547,7 @@ mod tests {
         let s: DefenseSpec = "ablate=a/b:layer=12+sarsteer=c:alpha=0.2,layers=3-5"
             .parse()
             .unwrap();
-        assert_eq!(s.parts[0].name, "ablate");
+        assert_eq!(s.parts[0].kind, DefenseKind::Ablate);
         assert_eq!(s.parts[0].option_usize("layer").unwrap(), Some(12));
         assert_eq!(
             s.to_string(),
@@ -432,6 +561,39 @@ mod tests {
             .contains("unknown defense"));
         let bad: DefenseSpec = "sarsteer=x:alpha=abc".parse().unwrap();
         assert!(bad.parts[0].option_f64("alpha").is_err());
+    }
+
+    /// Each kind parses from its name and declares its options: an option it does not take is
+    /// refused when the spec is parsed, or checked, for a spec built as values.
+    #[test]
+    fn kinds_declare_their_options() {
+        for k in DefenseKind::ALL {
+            assert_eq!(k.name().parse::<DefenseKind>().unwrap(), k);
+        }
+        let e = "actadd=v:alpha=1"
+            .parse::<DefenseSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("actadd has no option 'alpha' (known: layer, coeff)"),
+            "{e}"
+        );
+        let built = DefenseSpec::of(vec![DefensePart::new(DefenseKind::None, None).with("k", 1)]);
+        let e = built.check().unwrap_err().to_string();
+        assert!(e.contains("none has no option 'k' (known: none)"), "{e}");
+        let built = DefenseSpec::of(vec![
+            DefensePart::new(DefenseKind::Cast, Some("c".into())),
+            DefensePart::new(DefenseKind::Ablate, Some("a".into())),
+        ]);
+        assert!(built.check().is_err());
+        // --alpha goes to the parts that take it and leave it unset.
+        let mut spec: DefenseSpec = "prompt+sarsteer=v+cast=c:alpha=0.5".parse().unwrap();
+        spec.set_default("alpha", 0.3);
+        assert_eq!(
+            spec.to_string(),
+            "prompt+sarsteer=v:alpha=0.3+cast=c:alpha=0.5"
+        );
+        assert_eq!(DefenseSpec::of(vec![]).to_string(), "none");
     }
 
     #[test]
@@ -508,20 +670,6 @@ mod tests {
             .to_string();
         assert!(e.contains("layers=3|5|7"), "{e}");
     }
-}
-
-/// The hook kind a vector was fitted at (its layer number is replaced per layer).
-pub(crate) fn hook_of(
-    vector: &crate::artifact::SteeringVector,
-) -> Result<earguard_model::HookPoint> {
-    format!("{}.0", vector.meta.hook)
-        .parse::<earguard_model::HookPoint>()
-        .map_err(|_| {
-            SteerError::Artifact(format!(
-                "unknown hook kind '{}' in meta.json",
-                vector.meta.hook
-            ))
-        })
 }
 
 /// The layer a refusal-direction artifact recommends (`extra.selected_layer`), or `fallback`.

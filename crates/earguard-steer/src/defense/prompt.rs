@@ -74,8 +74,8 @@ impl SafetyPrompt {
             })
     }
 
-    pub fn from_part(part: &DefensePart) -> Result<Self> {
-        part.only_options(&["variant"])?;
+    /// The defense a checked spec part names (options checked by [`super::DefenseSpec::check`]).
+    pub(crate) fn from_part(part: &DefensePart) -> Result<Self> {
         if part.artifact.is_some() {
             return Err(SteerError::Invalid(
                 "the prompt defense takes no artifact".into(),

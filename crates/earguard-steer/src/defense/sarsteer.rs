@@ -4,7 +4,7 @@
 //! inputs (the "LLM steering" baseline).
 
 use candle_core::Tensor;
-use earguard_model::{HookPoint, InterventionPlan, Model, Positions, Prompt};
+use earguard_model::{HookKind, HookPoint, InterventionPlan, Model, Positions, Prompt};
 
 use super::{parse_layers, Defense, DefensePart};
 use crate::artifact::SteeringVector;
@@ -13,7 +13,7 @@ use crate::error::{Result, SteerError};
 pub const DEFAULT_ALPHA: f64 = 0.1;
 
 pub struct SarSteer {
-    name: String,
+    name: &'static str,
     describe: String,
     /// (hook, α·β_l·v_l) for every steered layer, ready to add.
     additions: Vec<(HookPoint, Tensor)>,
@@ -21,8 +21,8 @@ pub struct SarSteer {
 }
 
 impl SarSteer {
-    pub fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
-        part.only_options(&["alpha", "layers", "beta", "positions", "normalize"])?;
+    /// The defense a checked spec part names (options checked by [`super::DefenseSpec::check`]).
+    pub(crate) fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
         // Options first: a bad one is reported before any file is read.
         let n_layers = model.decoder.config().n_layers;
         let alpha = part.option_f64("alpha")?.unwrap_or(DEFAULT_ALPHA);
@@ -49,17 +49,16 @@ impl SarSteer {
                 }
             },
         };
-        let hook = super::hook_of(&vector)?;
         let mut additions = Vec::with_capacity(layers.len());
         for (&l, &beta) in layers.iter().zip(&betas) {
             let v = vector.directions.get(&l).ok_or_else(|| {
                 SteerError::Invalid(format!("the vector has no direction for layer {l}"))
             })?;
             let v = if normalize { unit(v)? } else { v.clone() };
-            additions.push((hook.at_layer(l), (v * (alpha * beta))?));
+            additions.push((vector.meta.hook_point(l), (v * (alpha * beta))?));
         }
         Ok(Self {
-            name: part.name.clone(),
+            name: part.kind.name(),
             describe: part.to_string(),
             additions,
             positions,
@@ -67,13 +66,13 @@ impl SarSteer {
     }
 
     /// Steering directly from vectors (for tests and sweeps): `α·v_l` at `hook` of each layer.
-    pub fn from_vectors(hook: HookPoint, vectors: &[(usize, Tensor)], alpha: f64) -> Result<Self> {
+    pub fn from_vectors(hook: HookKind, vectors: &[(usize, Tensor)], alpha: f64) -> Result<Self> {
         let additions = vectors
             .iter()
-            .map(|(l, v)| Ok((hook.at_layer(*l), (v * alpha)?)))
+            .map(|(l, v)| Ok((hook.at(*l), (v * alpha)?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            name: "sarsteer".into(),
+            name: "sarsteer",
             describe: format!("sarsteer:alpha={alpha}"),
             additions,
             positions: Positions::Last,
@@ -81,7 +80,7 @@ impl SarSteer {
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.name
     }
 }
 
