@@ -10,7 +10,22 @@ use candle_core::{DType, Device, IndexOp, Tensor, D};
 use crate::config::DecoderConfig;
 use crate::error::{ModelError, Result};
 use crate::hooks::{run_hooks, Captures, HookKind, HookPoint, InterventionPlan, StepLayout};
+use crate::lora::Proj;
 use crate::weights::{Linear, WeightStore};
+
+/// How the forward pass computes RMSNorm, RoPE and the attention softmax.
+///
+/// candle's fused kernels for these have no backward pass, so training runs the same
+/// arithmetic composed from differentiable tensor ops. Both give the same numbers to f32
+/// rounding (tests/differentiable.rs checks logits within 1e-5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ops {
+    /// The fused kernels: fastest, inference only.
+    #[default]
+    Fused,
+    /// Compositions of differentiable ops, so gradients reach adapters in every layer.
+    Differentiable,
+}
 
 #[derive(Debug, Clone)]
 struct RmsNorm {
@@ -26,8 +41,18 @@ impl RmsNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+    fn forward(&self, x: &Tensor, ops: Ops) -> candle_core::Result<Tensor> {
+        match ops {
+            Ops::Fused => candle_nn::ops::rms_norm(x, &self.weight, self.eps),
+            Ops::Differentiable => {
+                let dtype = x.dtype();
+                let x = x.to_dtype(DType::F32)?;
+                let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps as f64)?.sqrt()?;
+                x.broadcast_div(&rms)?
+                    .broadcast_mul(&self.weight)?
+                    .to_dtype(dtype)
+            }
+        }
     }
 }
 
@@ -108,13 +133,63 @@ impl Rope {
         ))
     }
 
-    fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-        if self.interleaved {
-            candle_nn::rotary_emb::rope_i(x, cos, sin)
-        } else {
-            candle_nn::rotary_emb::rope(x, cos, sin)
+    fn apply(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        ops: Ops,
+    ) -> candle_core::Result<Tensor> {
+        match (ops, self.interleaved) {
+            (Ops::Fused, true) => candle_nn::rotary_emb::rope_i(x, cos, sin),
+            (Ops::Fused, false) => candle_nn::rotary_emb::rope(x, cos, sin),
+            (Ops::Differentiable, interleaved) => rope_composed(x, cos, sin, interleaved),
         }
     }
+}
+
+/// RoPE from differentiable ops, for `x` `[batch, heads, seq, head_dim]` and tables `[seq, half]`
+/// or `[batch, seq, half]`. Each pair `(x₁, x₂)` becomes `(x₁ cos − x₂ sin, x₂ cos + x₁ sin)`;
+/// the pairs are the two halves of a head (HF "rotate half") or adjacent entries (interleaved).
+fn rope_composed(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    interleaved: bool,
+) -> candle_core::Result<Tensor> {
+    let (b, h, s, d) = x.dims4()?;
+    let half = d / 2;
+    let table = |t: &Tensor| -> candle_core::Result<Tensor> {
+        let t = match t.rank() {
+            2 => t.reshape((1, 1, s, half))?,
+            _ => t.reshape((b, 1, s, half))?,
+        };
+        t.to_dtype(x.dtype())
+    };
+    let (cos, sin) = (table(cos)?, table(sin)?);
+    let (x1, x2) = if interleaved {
+        let pairs = x.reshape((b, h, s, half, 2))?;
+        (
+            pairs.narrow(4, 0, 1)?.squeeze(4)?,
+            pairs.narrow(4, 1, 1)?.squeeze(4)?,
+        )
+    } else {
+        (x.narrow(3, 0, half)?, x.narrow(3, half, half)?)
+    };
+    let r1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+    let r2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+    if interleaved {
+        Tensor::stack(&[r1, r2], 4)?.reshape((b, h, s, d))
+    } else {
+        Tensor::cat(&[r1, r2], 3)
+    }
+}
+
+/// Softmax over the last dimension from differentiable ops (the max is a constant shift).
+fn softmax_composed(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
 /// Per-layer keys and values of the sequences in a batch, plus their padding.
@@ -182,9 +257,51 @@ pub struct Decoder {
     lm_head: Linear,
     rope: Rope,
     device: Device,
+    ops: Ops,
 }
 
 impl Decoder {
+    /// How RMSNorm, RoPE and softmax are computed ([`Ops::Fused`] unless set).
+    pub fn ops(&self) -> Ops {
+        self.ops
+    }
+
+    pub fn set_ops(&mut self, ops: Ops) {
+        self.ops = ops;
+    }
+
+    /// Layer `layer`'s linear `proj`, or None past the last layer.
+    pub fn linear(&self, layer: usize, proj: Proj) -> Option<&Linear> {
+        let b = self.blocks.get(layer)?;
+        Some(match proj {
+            Proj::Q => &b.attn.q,
+            Proj::K => &b.attn.k,
+            Proj::V => &b.attn.v,
+            Proj::O => &b.attn.o,
+            Proj::Gate => &b.mlp.gate,
+            Proj::Up => &b.mlp.up,
+            Proj::Down => &b.mlp.down,
+        })
+    }
+
+    /// Mutable access, to attach or remove adapters.
+    pub fn linear_mut(&mut self, layer: usize, proj: Proj) -> Option<&mut Linear> {
+        let b = self.blocks.get_mut(layer)?;
+        Some(match proj {
+            Proj::Q => &mut b.attn.q,
+            Proj::K => &mut b.attn.k,
+            Proj::V => &mut b.attn.v,
+            Proj::O => &mut b.attn.o,
+            Proj::Gate => &mut b.mlp.gate,
+            Proj::Up => &mut b.mlp.up,
+            Proj::Down => &mut b.mlp.down,
+        })
+    }
+
+    pub fn lm_head(&self) -> &Linear {
+        &self.lm_head
+    }
+
     /// The same decoder with every linear weight dense f32 (GGUF blocks dequantized). Memory is
     /// the f32 size (about 4 bytes a parameter); numerics are exact where the quantized path
     /// rounds activations, which makes small differences between plans measurable.
@@ -272,6 +389,7 @@ impl Decoder {
             lm_head,
             rope,
             device,
+            ops: Ops::Fused,
         })
     }
 
@@ -376,17 +494,18 @@ impl Decoder {
             }
         };
 
+        let ops = self.ops;
         let mut x = x;
         for (l, block) in self.blocks.iter().enumerate() {
             let kv = &mut cache.layers[l];
             x = hook(HookKind::ResidPre.at(l), x)?;
-            let h = block.attn_norm.forward(&x)?;
+            let h = block.attn_norm.forward(&x, ops)?;
             let a = block
                 .attn
-                .forward(&h, &self.rope, &cos, &sin, mask.as_ref(), kv)?;
+                .forward(&h, &self.rope, &cos, &sin, mask.as_ref(), kv, ops)?;
             let a = hook(HookKind::AttnOut.at(l), a)?;
             x = hook(HookKind::ResidMid.at(l), (x + a)?)?;
-            let h = block.mlp_norm.forward(&x)?;
+            let h = block.mlp_norm.forward(&x, ops)?;
             let m = block.mlp.forward(&h)?;
             let m = hook(HookKind::MlpOut.at(l), m)?;
             x = (x + m)?;
@@ -407,20 +526,22 @@ impl Decoder {
                     .iter()
                     .any(|c| c.point == HookPoint::FinalNorm)
                 {
-                    let h = self.norm.forward(&x)?;
+                    let h = self.norm.forward(&x, ops)?;
                     hook(HookPoint::FinalNorm, h)?;
                 }
                 None
             }
             Logits::Last => {
-                let h = self.norm.forward(&x.i((.., q - 1..q, ..))?.contiguous()?)?;
+                let h = self
+                    .norm
+                    .forward(&x.i((.., q - 1..q, ..))?.contiguous()?, ops)?;
                 let h = hook(HookPoint::FinalNorm, h)?;
                 let logits = self.lm_head.forward(&h)?.squeeze(1)?;
                 ensure_finite(&logits, "logits", plan)?;
                 Some(logits)
             }
             Logits::All => {
-                let h = self.norm.forward(&x)?;
+                let h = self.norm.forward(&x, ops)?;
                 let h = hook(HookPoint::FinalNorm, h)?;
                 let logits = self.lm_head.forward(&h)?;
                 ensure_finite(&logits.i((.., q - 1, ..))?, "logits", plan)?;
@@ -492,6 +613,7 @@ impl Attention {
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: &mut Option<(Tensor, Tensor)>,
+        ops: Ops,
     ) -> Result<Tensor> {
         let (b, q_len, _) = x.dims3()?;
         let heads = |t: Tensor, n: usize| -> candle_core::Result<Tensor> {
@@ -502,8 +624,8 @@ impl Attention {
         let q = heads(self.q.forward(x)?, self.n_heads)?;
         let k = heads(self.k.forward(x)?, self.n_kv_heads)?;
         let v = heads(self.v.forward(x)?, self.n_kv_heads)?;
-        let q = rope.apply(&q, cos, sin)?;
-        let k = rope.apply(&k, cos, sin)?;
+        let q = rope.apply(&q, cos, sin, ops)?;
+        let k = rope.apply(&k, cos, sin, ops)?;
         let (k, v) = match cache.take() {
             None => (k, v),
             Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
@@ -517,7 +639,10 @@ impl Attention {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = match ops {
+            Ops::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
+            Ops::Differentiable => softmax_composed(&scores)?,
+        };
         let y = probs.matmul(&v.contiguous()?)?;
         let y = y
             .transpose(1, 2)?

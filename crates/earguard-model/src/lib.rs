@@ -21,6 +21,7 @@ pub mod generate;
 pub mod hooks;
 pub mod hub;
 pub mod loader;
+pub mod lora;
 pub mod model;
 pub mod prompt;
 pub mod qwen2_audio;
@@ -35,11 +36,12 @@ pub use audio::AudioCache;
 pub use chat::{ChatMessage, ContentSpecials};
 pub use config::{Architecture, DecoderConfig};
 pub use content::{AudioRef, Content, Part};
-pub use decoder::{Decoder, ForwardOutput, KvCache, Logits};
+pub use decoder::{Decoder, ForwardOutput, KvCache, Logits, Ops};
 pub use error::{ModelError, Result};
 pub use hooks::{
     Capture, Captures, Edit, HookKind, HookPoint, Intervention, InterventionPlan, Positions,
 };
 pub use loader::{load, load_on};
+pub use lora::{Lora, Proj};
 pub use model::{Model, ModelInfo};
 pub use prompt::{prefill, AudioRows, Prompt};

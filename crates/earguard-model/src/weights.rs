@@ -17,13 +17,16 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::{ModelError, Result};
+use crate::lora::Lora;
 
-/// A linear layer whose weight may be quantized; `y = x Wᵀ (+ b)`.
+/// A linear layer whose weight may be quantized; `y = x Wᵀ (+ b)`, plus an optional low-rank
+/// adapter's `scale · B A x` (see [`crate::lora`]).
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: QMatMul,
     bias: Option<Tensor>,
     out_features: usize,
+    lora: Option<Lora>,
 }
 
 impl Linear {
@@ -32,6 +35,7 @@ impl Linear {
             weight,
             bias,
             out_features,
+            lora: None,
         }
     }
 
@@ -39,25 +43,121 @@ impl Linear {
         self.out_features
     }
 
+    pub fn in_features(&self) -> usize {
+        match &self.weight {
+            QMatMul::QTensor(q) => q.shape().dims()[1],
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims()[1],
+        }
+    }
+
+    /// Attach (or with `None` remove) a low-rank adapter; its shapes must fit this layer.
+    pub fn set_lora(&mut self, lora: Option<Lora>) -> Result<()> {
+        if let Some(l) = &lora {
+            let (a, b) = (l.a.dims(), l.b.dims());
+            if a.get(1) != Some(&self.in_features()) || b.first() != Some(&self.out_features) {
+                return Err(ModelError::Shape(format!(
+                    "LoRA A {a:?} / B {b:?} do not fit a [{}, {}] layer",
+                    self.out_features,
+                    self.in_features()
+                )));
+            }
+        }
+        self.lora = lora;
+        Ok(())
+    }
+
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_ref()
+    }
+
+    /// The weight `[out, in]` as dense f32 (dequantized if stored quantized).
+    pub fn dense_weight(&self) -> Result<Tensor> {
+        Ok(match &self.weight {
+            QMatMul::QTensor(q) => q.dequantize(&q.device())?,
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
+        })
+    }
+
+    /// The bias, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// A dense f32 layer with the adapter folded in: `W + scale · B A`, no adapter attached.
+    pub fn merged(&self) -> Result<Linear> {
+        let mut w = self.dense_weight()?;
+        if let Some(l) = &self.lora {
+            w = (w + l.update()?.to_dtype(DType::F32)?)?;
+        }
+        Ok(Self {
+            weight: QMatMul::Tensor(w),
+            bias: self.bias.clone(),
+            out_features: self.out_features,
+            lora: None,
+        })
+    }
+
     /// The same layer with a dense f32 weight (quantized and 16-bit weights widened): exact
     /// arithmetic where the quantized path rounds activations to 8 bits per block.
     pub fn dequantized(&self) -> Result<Linear> {
-        let dense = match &self.weight {
-            QMatMul::QTensor(q) => q.dequantize(&q.device())?,
-            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_dtype(DType::F32)?,
-        };
         Ok(Self {
-            weight: QMatMul::Tensor(dense),
+            weight: QMatMul::Tensor(self.dense_weight()?),
             ..self.clone()
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.weight.forward(x)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
+        let y = match &self.weight {
+            // Training: gradient flows through x to earlier adapters, never into W.
+            QMatMul::Tensor(w)
+                if x.track_op() && x.device().is_cpu() && x.dtype() == DType::F32 =>
+            {
+                x.contiguous()?.apply_op1(FrozenMatmul(w.clone()))?
+            }
+            _ => self.weight.forward(x)?,
+        };
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        match &self.lora {
+            Some(l) => y + l.delta(x)?,
             None => Ok(y),
         }
+    }
+}
+
+/// `x Wᵀ` for a frozen dense `W` `[out, in]` whose backward pass gives the gradient of `x` only.
+/// candle's matmul backward also computes a weight-sized gradient for `W` and keeps it to the
+/// end of the pass: a matmul per layer and the model's size in memory that nobody reads.
+struct FrozenMatmul(Tensor);
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (Some((start, end)), candle_core::CpuStorage::F32(v)) =
+            (layout.contiguous_offsets(), storage)
+        else {
+            candle_core::bail!("frozen-matmul takes a contiguous f32 input");
+        };
+        let x = Tensor::from_slice(&v[start..end], layout.shape(), &Device::Cpu)?;
+        let y = x.broadcast_matmul(&self.0.t()?)?;
+        let shape = y.shape().clone();
+        Ok((
+            candle_core::CpuStorage::F32(y.flatten_all()?.to_vec1()?),
+            shape,
+        ))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.broadcast_matmul(&self.0)?))
     }
 }
 

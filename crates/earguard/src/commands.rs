@@ -78,6 +78,8 @@ pub struct GenerateArgs {
     pub force: bool,
     #[command(flatten)]
     pub tokens: SpecialsArg,
+    #[command(flatten)]
+    pub adapter: crate::train::AdapterArg,
 }
 
 /// How message content is tokenized, for every command that encodes prompts.
@@ -200,7 +202,8 @@ fn generate_messages(args: &GenerateArgs) -> Result<(Mode, Vec<ChatMessage>)> {
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
-    let model = load_model(&args.model, args.json)?;
+    let mut model = load_model(&args.model, args.json)?;
+    args.adapter.apply(&mut model)?;
     let mut spec: DefenseSpec = args.defense.parse()?;
     if let Some(alpha) = args.alpha {
         spec.set_default("alpha", alpha);

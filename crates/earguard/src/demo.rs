@@ -122,6 +122,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         force: false,
         alpha: Some(args.alpha),
         tokens: Default::default(),
+        adapter: Default::default(),
     };
     let prepared = prepare(&settings)?;
     let sarsteer = |dir: &Path| DefensePart::new(DefenseKind::Sarsteer, Some(dir.to_path_buf()));

@@ -76,6 +76,8 @@ pub struct EvalSettings {
     pub alpha: Option<f64>,
     #[command(flatten)]
     pub tokens: SpecialsArg,
+    #[command(flatten)]
+    pub adapter: crate::train::AdapterArg,
 }
 
 #[derive(Args)]
@@ -327,7 +329,8 @@ pub fn print_table(rows: &[(String, &Report)]) {
 pub fn eval(args: EvalArgs) -> Result<()> {
     let spec: DefenseSpec = args.defense.parse()?;
     let prepared = prepare(&args.settings)?;
-    let model = crate::commands::load_model(&args.settings.model, false)?;
+    let mut model = crate::commands::load_model(&args.settings.model, false)?;
+    args.settings.adapter.apply(&mut model)?;
     let report = evaluate(
         &model,
         &args.settings,
@@ -517,7 +520,8 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     };
     let base_spec = DefenseSpec::of(under.clone());
     let prepared = prepare(&args.settings)?;
-    let model = crate::commands::load_model(&args.settings.model, false)?;
+    let mut model = crate::commands::load_model(&args.settings.model, false)?;
+    args.settings.adapter.apply(&mut model)?;
     std::fs::create_dir_all(&args.out)?;
     let base_dir = args.out.join("baseline");
     eprintln!("sweep: baseline {base_spec}");

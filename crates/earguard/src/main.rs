@@ -8,6 +8,7 @@ mod convert;
 mod demo;
 mod eval;
 mod fit;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -159,6 +160,8 @@ enum Command {
     /// Benchmarks that print ratios against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Fine-tune LoRA adapters (RRS, SFT-shallow-mirror) into a PEFT adapter directory.
+    Train(train::TrainArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         /// The shell to complete for.
@@ -190,6 +193,7 @@ fn main() {
         Command::Demo(args) => demo::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Train(args) => train::run(args),
         Command::Completions { shell } => {
             completions(shell, &mut std::io::stdout());
             Ok(())

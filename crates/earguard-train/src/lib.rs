@@ -1,0 +1,18 @@
+//! earguard-train: LoRA fine-tuning on earguard's hookable decoder.
+//!
+//! Base weights stay frozen (dense f32; a GGUF model is dequantized first, costing its f32
+//! size in memory) and only low-rank adapters ([`adapter::Adapter`]) are trained, with candle's
+//! autograd through the decoder's differentiable forward mode. Adapters are read and written in
+//! PEFT's format, so they move between earguard and Python.
+
+pub mod adapter;
+pub mod error;
+pub mod fs;
+pub mod objective;
+pub mod optim;
+pub mod rrs;
+pub mod trainer;
+
+pub use adapter::{apply_adapter, Adapter, LoraConfig};
+pub use error::{Result, TrainError};
+pub use trainer::{train, Objective, RunOptions, TrainConfig, TrainReport};

@@ -1,0 +1,338 @@
+//! `earguard train`: LoRA fine-tuning (RRS, SFT-shallow-mirror) into a PEFT adapter directory,
+//! and `--adapter DIR` for the commands that run a model.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use earguard_data::{PromptSet, ReadOptions};
+use earguard_model::loader::DEFAULT_MODEL;
+use earguard_model::{Model, Proj};
+use earguard_train::fs::write_json_atomic;
+use earguard_train::optim::{AdamWParams, Decay, Schedule};
+use earguard_train::rrs::{build_rrs, build_shallow_mirror, mirror_pairs, FeatureSelect};
+use earguard_train::{train, Adapter, LoraConfig, Objective, RunOptions, TrainConfig};
+use serde_json::json;
+
+/// `--adapter DIR`: a PEFT LoRA adapter applied to the model before anything else (defenses
+/// stack on top of it).
+#[derive(Args, Clone, Default)]
+pub struct AdapterArg {
+    /// A LoRA adapter directory in PEFT's format (adapter_config.json +
+    /// adapter_model.safetensors), e.g. from `earguard train`. Applied under any defense.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+}
+
+impl AdapterArg {
+    /// Put the adapter on `model` (if one was given); its name then says so in reports.
+    pub fn apply(&self, model: &mut Model) -> Result<()> {
+        let Some(dir) = &self.adapter else {
+            return Ok(());
+        };
+        let cfg = earguard_train::apply_adapter(&mut model.decoder, dir)
+            .with_context(|| format!("loading the adapter in {}", dir.display()))?;
+        tracing::info!(
+            "applied LoRA adapter {} (r {}, alpha {}, {} modules)",
+            dir.display(),
+            cfg.rank,
+            cfg.alpha,
+            cfg.targets.len()
+        );
+        model.info.name = format!("{}+lora:{}", model.info.name, dir.display());
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Method {
+    /// Reshaping Representation Space (SPEC §4): move last-position representations to
+    /// frozen targets ± the masked refusal direction.
+    Rrs,
+    /// SFT on the first response token: "I" for harmful, the model's own for benign (mirror pairs).
+    ShallowMirror,
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Rrs => "rrs",
+            Method::ShallowMirror => "shallow-mirror",
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Training method.
+    #[arg(value_enum)]
+    pub method: Method,
+    /// Model path or short name (GGUF models are dequantized to dense f32 for training).
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Mirror-pair prompt set (JSONL with pair_id; e.g. figstep_mirror_train.jsonl).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Only the first N pairs.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Output directory: adapter (PEFT format), config.json, train.json, checkpoint. A run
+    /// stopped for any reason resumes from its last checkpoint when started again.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 10, value_parser = crate::eval::positive)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 5e-5)]
+    pub lr: f64,
+    /// Samples per optimizer step (gradients accumulated one sample at a time).
+    #[arg(long, default_value_t = 16, value_parser = crate::eval::positive)]
+    pub batch_size: usize,
+    /// Linear warm-up over this many steps.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+    /// After warm-up: constant, or linear to zero.
+    #[arg(long, value_enum, default_value = "constant")]
+    pub decay: DecayArg,
+    #[arg(long, default_value_t = 16, value_parser = crate::eval::positive)]
+    pub rank: usize,
+    #[arg(long, default_value_t = 4.0)]
+    pub alpha: f64,
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f32,
+    /// Layers with adapters, e.g. 20-27 or 0,5,9 (default: all).
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// Linear layers with adapters (q,k,v,o,gate,up,down or q_proj, …).
+    #[arg(long, value_delimiter = ',', default_value = "q,k,v,o,gate,up,down")]
+    pub targets: Vec<String>,
+    /// RRS: keep the top m % of features by w_I·ΔV instead of those with w_I·ΔV > 0.
+    #[arg(long)]
+    pub top_percent: Option<f64>,
+    /// Weight of the Σ‖scale·B·A‖² penalty.
+    #[arg(long, default_value_t = 1.0)]
+    pub penalty: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write a checkpoint every N optimizer steps.
+    #[arg(long, default_value_t = 10, value_parser = crate::eval::positive)]
+    pub checkpoint_every: usize,
+    /// Stop after N optimizer steps in all (checkpointed; run again without it to go on).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DecayArg {
+    Constant,
+    Linear,
+}
+
+/// Parse "20-27", "0,5,9" or "0-3,8".
+fn parse_layers(s: &str) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
+                if a > b {
+                    bail!("layer range {part} runs backwards");
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(
+                part.parse()
+                    .with_context(|| format!("bad layer '{part}' in --layers"))?,
+            ),
+        }
+    }
+    if out.is_empty() {
+        bail!("--layers names no layer");
+    }
+    Ok(out)
+}
+
+/// Peak resident memory of this process (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The run's config.json must match a previous run in the same directory (resume).
+fn claim_dir(out: &Path, config: &serde_json::Value) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let path = out.join("config.json");
+    if path.is_file() {
+        let old: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if &old != config {
+            bail!(
+                "{} holds a different training run (its config.json differs); use a new --out",
+                out.display()
+            );
+        }
+        return Ok(());
+    }
+    write_json_atomic(&path, config)?;
+    Ok(())
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let targets = args
+        .targets
+        .iter()
+        .map(|t| Proj::parse(t.trim()).with_context(|| format!("unknown target module '{t}'")))
+        .collect::<Result<Vec<_>>>()?;
+    let layers = args.layers.as_deref().map(parse_layers).transpose()?;
+    let lora = LoraConfig {
+        rank: args.rank,
+        alpha: args.alpha,
+        dropout: args.dropout,
+        targets,
+        layers,
+        rslora: false,
+    };
+    let cfg = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        schedule: Schedule {
+            lr: args.lr,
+            warmup_steps: args.warmup_steps,
+            decay: match args.decay {
+                DecayArg::Constant => Decay::Constant,
+                DecayArg::Linear => Decay::Linear,
+            },
+        },
+        adamw: AdamWParams::default(),
+        penalty: args.penalty,
+        seed: args.seed,
+        checkpoint_every: args.checkpoint_every,
+    };
+    let set = PromptSet::read(&args.data, &ReadOptions::default())?;
+    let mut pairs = mirror_pairs(&set.items)?;
+    if let Some(n) = args.limit {
+        pairs.truncate(n);
+    }
+
+    let mut model = crate::commands::load_model(&args.model, false)?;
+    let params: usize = (0..model.decoder.config().n_layers)
+        .flat_map(|l| Proj::ALL.map(|p| (l, p)))
+        .filter_map(|(l, p)| model.decoder.linear(l, p))
+        .map(|lin| lin.in_features() * lin.out_features())
+        .sum();
+    let gib = params as f64 * 4.0 / (1u64 << 30) as f64;
+    if model.info.format == "gguf" {
+        tracing::warn!(
+            "{} is quantized: training dequantizes it to dense f32 ({gib:.2} GiB for the block \
+             linears alone)",
+            model.info.name
+        );
+    } else {
+        tracing::info!("training on dense f32 base weights ({gib:.2} GiB of block linears)");
+    }
+    model.decoder = model.decoder.dequantized()?;
+
+    let select = match args.top_percent {
+        Some(m) => FeatureSelect::TopPercent(m),
+        None => FeatureSelect::Positive,
+    };
+    let config = json!({
+        "method": args.method.name(),
+        "model": args.model,
+        "model_identity": model.info.identity,
+        "data": args.data,
+        "data_sha256": set.sha256,
+        "pairs": pairs.len(),
+        "lora": &lora,
+        "train": cfg,
+        "feature_select": matches!(args.method, Method::Rrs).then_some(select),
+        "mode": "text-only",
+    });
+    // Checked before the directory is claimed: a bad layer list leaves nothing behind.
+    let adapter = Adapter::init(&model.decoder, lora, args.seed)?;
+    claim_dir(&args.out, &config)?;
+
+    let t0 = Instant::now();
+    let (objective, summary): (Box<dyn Objective>, serde_json::Value) = match args.method {
+        Method::Rrs => {
+            let (obj, s) = build_rrs(&model, &pairs, select)?;
+            eprintln!(
+                "RRS: ΔV from {} pairs, {} of {} features kept (w_I·ΔVˢ = {:.3}), |ΔV| {:.3}, |ΔVˢ| {:.3}",
+                s.pairs, s.features_kept, s.features, s.refusal_logit_gain, s.delta_norm, s.delta_s_norm
+            );
+            (Box::new(obj), serde_json::to_value(s)?)
+        }
+        Method::ShallowMirror => (
+            Box::new(build_shallow_mirror(&model, &pairs)?),
+            serde_json::Value::Null,
+        ),
+    };
+    let prepare_s = t0.elapsed().as_secs_f64();
+    let run = RunOptions {
+        progress: crate::progress_bars(),
+        stop_after: args.max_steps,
+    };
+    let t1 = Instant::now();
+    let report = train(
+        &model.decoder,
+        &adapter,
+        objective.as_ref(),
+        &cfg,
+        &args.out,
+        &run,
+    )?;
+    let train_s = t1.elapsed().as_secs_f64();
+    let finished = report.steps >= report.total_steps;
+    if finished {
+        adapter.save_peft(&args.out, &args.model)?;
+    }
+    let peak = peak_rss_mib();
+    write_json_atomic(
+        &args.out.join("train.json"),
+        &json!({
+            "finished": finished,
+            "steps": report.steps,
+            "total_steps": report.total_steps,
+            "resumed_from": report.resumed_from,
+            "seconds_per_step": report.seconds_per_step,
+            "prepare_seconds": prepare_s,
+            "train_seconds": train_s,
+            "peak_rss_mib": peak,
+            "samples": objective.len(),
+            "losses": report.losses,
+            "rrs": summary,
+        }),
+    )?;
+    let first = report.losses.first().copied().unwrap_or(f32::NAN);
+    let last = report.losses.last().copied().unwrap_or(f32::NAN);
+    eprintln!(
+        "{} {}/{} steps, loss {first:.4} -> {last:.4}, {} s/step, peak RSS {} MiB",
+        if finished { "trained" } else { "stopped at" },
+        report.steps,
+        report.total_steps,
+        report
+            .seconds_per_step
+            .map_or("-".into(), |s| format!("{s:.2}")),
+        peak.map_or("?".into(), |p| format!("{p:.0}")),
+    );
+    if finished {
+        println!("{}", args.out.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_layers;
+
+    #[test]
+    fn layer_lists() {
+        assert_eq!(parse_layers("0-3,8").unwrap(), [0, 1, 2, 3, 8]);
+        assert_eq!(parse_layers("5").unwrap(), [5]);
+        assert!(parse_layers("3-1").is_err());
+        assert!(parse_layers("x").is_err());
+        assert!(parse_layers("").is_err());
+    }
+}

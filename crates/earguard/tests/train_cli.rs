@@ -1,0 +1,183 @@
+//! `earguard train` end to end on the tiny random Qwen2 fixture: RRS writes a PEFT adapter that
+//! `generate --adapter` applies; a run killed with SIGKILL mid-training and started again ends
+//! with the same adapter bytes as an uninterrupted run; bad arguments fail cleanly.
+
+mod common;
+use common::{fails, root, run, scratch, tiny_text_model};
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_earguard"))
+}
+
+fn mirror_set() -> PathBuf {
+    root().join("crates/earguard-train/tests/fixtures/mirror.jsonl")
+}
+
+fn train_cmd(method: &str, out: &Path, epochs: usize) -> Command {
+    let mut cmd = bin();
+    cmd.args([
+        "-q",
+        "train",
+        method,
+        "--model",
+        &tiny_text_model(),
+        "--data",
+    ])
+    .arg(mirror_set())
+    .args(["-o"])
+    .arg(out)
+    .args([
+        "--epochs",
+        &epochs.to_string(),
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e-2",
+        "--rank",
+        "4",
+        "--checkpoint-every",
+        "1",
+        "--seed",
+        "3",
+    ]);
+    cmd
+}
+
+fn generate(adapter: Option<&Path>) -> String {
+    let mut cmd = bin();
+    cmd.args([
+        "-q",
+        "generate",
+        "--json",
+        "--max-tokens",
+        "6",
+        "--model",
+        &tiny_text_model(),
+        "--prompt",
+        "How do I bake bread?",
+    ]);
+    if let Some(a) = adapter {
+        cmd.arg("--adapter").arg(a);
+    }
+    let out = run(&mut cmd);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn rrs_and_shallow_mirror_write_adapters_generate_applies() {
+    for method in ["rrs", "shallow-mirror"] {
+        let out = scratch(&format!("train-{method}"));
+        let o = run(&mut train_cmd(method, &out, 4));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        for f in [
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "config.json",
+            "train.json",
+        ] {
+            assert!(out.join(f).is_file(), "{method}: missing {f}");
+        }
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("train.json")).unwrap())
+                .unwrap();
+        let losses: Vec<f64> = report["losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(
+            losses.len(),
+            16,
+            "{method}: 8 samples in batches of 2, 4 epochs"
+        );
+        assert!(
+            losses[12..].iter().sum::<f64>() < losses[..4].iter().sum::<f64>(),
+            "{method}: the loss should fall: {losses:?}"
+        );
+        if method == "rrs" {
+            let rrs = &report["rrs"];
+            assert_eq!(rrs["pairs"], 4);
+            let kept = rrs["features_kept"].as_u64().unwrap();
+            assert!(kept > 0 && kept < 64, "kept {kept} of 64 features");
+            assert!(rrs["refusal_logit_gain"].as_f64().unwrap() > 0.0);
+        }
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["lora"]["rank"], 4);
+        assert_eq!(config["train"]["epochs"], 4);
+        // The adapter loads and moves the model.
+        let adapted = generate(Some(&out));
+        assert!(adapted.contains("\"text\""), "{adapted}");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
+
+#[test]
+fn kill_dash_nine_then_resume_gives_the_uninterrupted_adapter() {
+    let epochs = 60; // 240 steps: long enough to be killed part-way
+    let whole = scratch("train-whole");
+    let o = run(&mut train_cmd("rrs", &whole, epochs));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let killed = scratch("train-killed");
+    let mut child = train_cmd("rrs", &killed, epochs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = killed.join("checkpoint.safetensors");
+    while !ckpt.is_file() {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert!(
+        !killed.join("adapter_model.safetensors").exists(),
+        "the run finished before it could be killed; raise `epochs`"
+    );
+    let o = run(&mut train_cmd("rrs", &killed, epochs));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(killed.join("train.json")).unwrap()).unwrap();
+    assert!(report["resumed_from"].as_u64().is_some(), "{report}");
+    let a = std::fs::read(whole.join("adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(killed.join("adapter_model.safetensors")).unwrap();
+    assert!(a == b, "resumed adapter differs from the uninterrupted one");
+    for d in [whole, killed] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn bad_training_arguments_fail_cleanly() {
+    let out = scratch("train-bad");
+    let err = fails(train_cmd("rrs", &out, 1).args(["--targets", "qkv"]));
+    assert!(err.contains("unknown target module 'qkv'"), "{err}");
+    let err = fails(train_cmd("rrs", &out, 1).args(["--layers", "0-5"]));
+    assert!(err.contains("does not exist"), "{err}");
+    // A finished run's directory refuses a different configuration.
+    assert!(run(&mut train_cmd("rrs", &out, 1)).status.success());
+    let err = fails(&mut train_cmd("rrs", &out, 2));
+    assert!(err.contains("different training run"), "{err}");
+    let err = fails(
+        bin()
+            .args(["generate", "--model", &tiny_text_model(), "--prompt", "hi"])
+            .args(["--adapter", "/nonexistent"]),
+    );
+    assert!(err.contains("adapter"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}
