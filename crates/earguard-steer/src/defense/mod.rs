@@ -44,6 +44,7 @@ mod ablate;
 mod actadd;
 mod cast;
 mod prompt;
+pub mod safecode;
 mod sarsteer;
 
 use std::fmt;
