@@ -29,7 +29,7 @@ pub mod tokenizer;
 pub mod weights;
 pub mod whisper;
 
-pub use audio::AudioCache;
+pub use audio::{AudioCache, WaveformNoise};
 pub use chat::{ChatMessage, ContentSpecials};
 pub use config::{Architecture, DecoderConfig};
 pub use content::{AudioRef, Content, Part};
@@ -40,4 +40,4 @@ pub use hooks::{
 };
 pub use loader::{load, load_on};
 pub use model::{Model, ModelInfo};
-pub use prompt::{prefill, AudioRows, Prompt};
+pub use prompt::{prefill, AudioRows, EmbeddingNoise, Prompt};

@@ -352,17 +352,20 @@ impl Tokenizer {
     /// [`encode`](Self::encode) on the whole text: the text between two markup special tokens
     /// is tokenized as one piece either way, and post-processing (BOS) runs once on the whole.
     pub fn encode_spans(&self, spans: &[Span], add_special_tokens: bool) -> Result<Vec<u32>> {
-        Ok(self.encode_spans_marked(spans, add_special_tokens)?.0)
+        Ok(self
+            .encode_spans_marked(spans, add_special_tokens, |_| false)?
+            .0)
     }
 
     /// [`encode_spans`](Self::encode_spans), and for every token whether it carries text of a
-    /// [`Span::Content`] (user data, not template). A token that straddles content and
-    /// template text (a merge across the boundary) counts as content; tokens the
-    /// post-processor adds (BOS) do not.
+    /// [`Span::Content`] for which `marked(text)` holds (e.g. the user's messages, not the
+    /// system's). A token that straddles marked content and other text (a merge across the
+    /// boundary) counts as marked; tokens the post-processor adds (BOS) do not.
     pub fn encode_spans_marked(
         &self,
         spans: &[Span],
         add_special_tokens: bool,
+        marked: impl Fn(&str) -> bool,
     ) -> Result<(Vec<u32>, Vec<bool>)> {
         let err = |e: tokenizers::Error| ModelError::Tokenizer(format!("cannot encode text: {e}"));
         let mut pieces = Vec::new();
@@ -394,7 +397,9 @@ impl Tokenizer {
                 Span::Content(t) => {
                     let start = text.len();
                     text.push_str(t);
-                    content.push(start..text.len());
+                    if marked(t) {
+                        content.push(start..text.len());
+                    }
                     continue;
                 }
                 Span::Markup(t) => t,

@@ -135,7 +135,7 @@ fn check_ordinary(tok: &Tokenizer, template: &ChatTemplate) -> usize {
 /// content; the marked tokens decode to text holding every content span, and the unmarked ones
 /// to text holding none of them (at most one boundary token per side may straddle).
 fn check_marks(tok: &Tokenizer, spans: &[Span]) {
-    let (ids, mask) = tok.encode_spans_marked(spans, true).unwrap();
+    let (ids, mask) = tok.encode_spans_marked(spans, true, |_| true).unwrap();
     assert_eq!(ids, tok.encode_spans(spans, true).unwrap());
     assert_eq!(ids.len(), mask.len());
     let pick = |want: bool| -> Vec<u32> {
