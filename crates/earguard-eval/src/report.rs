@@ -448,6 +448,7 @@ mod tests {
             )]
             .into(),
             refusal_score: None,
+            safety_verdict: None,
             n_tokens: 4,
             finish: earguard_model::generate::FinishReason::Stop,
             seconds: 0.5,

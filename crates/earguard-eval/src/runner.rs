@@ -31,7 +31,7 @@ use earguard_data::{Label, Mode, PromptItem, PromptSet};
 use earguard_model::generate::{generate_from, FinishReason, GenerateRequest, SamplingParams};
 use earguard_model::score::{refusal_scores, refusal_start_tokens};
 use earguard_model::{prefill, AudioCache, ContentSpecials, Logits, Model};
-use earguard_steer::defense::Defense;
+use earguard_steer::defense::{Defense, GuidedInput, ScoredVerdict, Verdict as SafeVerdict};
 use earguard_steer::inputs::{InputStyle, DEFAULT_INSTRUCTION};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -211,9 +211,29 @@ pub struct ResultRow {
     pub degenerate: Option<Degenerate>,
     pub verdicts: BTreeMap<String, Verdict>,
     pub refusal_score: Option<f32>,
+    /// SafeCoDe's verdict on the request (rows of other defenses have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety_verdict: Option<SafetyVerdict>,
     pub n_tokens: usize,
     pub finish: FinishReason,
     pub seconds: f64,
+}
+
+/// A decoding defense's verdict on the whole request (SafeCoDe), as recorded in a result row.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SafetyVerdict {
+    pub unsafe_request: bool,
+    /// `logit(unsafe) − logit(safe)` of the verdict question.
+    pub score: f32,
+}
+
+impl From<ScoredVerdict> for SafetyVerdict {
+    fn from(v: ScoredVerdict) -> Self {
+        Self {
+            unsafe_request: v.verdict == SafeVerdict::Unsafe,
+            score: v.score,
+        }
+    }
 }
 
 impl ResultRow {
@@ -668,13 +688,18 @@ fn generate_rows(
     for batch in todo.chunks(opts.batch_size) {
         let t0 = Instant::now();
         let mut prompts = Vec::with_capacity(batch.len());
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut templated = Vec::with_capacity(batch.len());
         for (it, _) in batch {
-            let messages = defense.rewrite(style.messages(&it.item, None)?);
+            let request = style.messages(&it.item, None)?;
+            let messages = defense.rewrite(request.clone());
             prompts.push(
                 model
                     .encode_prompt(&messages, style.specials, audio)
                     .map_err(|e| EvalError::Invalid(format!("prompt {}: {e}", it.item.id)))?,
             );
+            requests.push(request);
+            templated.push(messages);
         }
         let plan = match &fixed_plan {
             Some(plan) => plan.clone(),
@@ -685,16 +710,51 @@ fn generate_rows(
             .map(|(it, s)| row_seed(config.seed, &it.item.id, *s))
             .collect();
         // One prefill: its logits give the refusal scores and the first sampled token.
-        let (out, cache) = prefill(
-            &model.decoder,
-            &prompts,
-            request.pad_token,
-            &plan,
-            Logits::Last,
-        )?;
-        let logits = out
-            .logits
-            .ok_or_else(|| EvalError::Invalid("the prefill returned no logits".into()))?;
+        let (logits, gens, safety) = match defense.safecode() {
+            None => {
+                let (out, cache) = prefill(
+                    &model.decoder,
+                    &prompts,
+                    request.pad_token,
+                    &plan,
+                    Logits::Last,
+                )?;
+                let logits = out
+                    .logits
+                    .ok_or_else(|| EvalError::Invalid("the prefill returned no logits".into()))?;
+                let gens = generate_from(
+                    &model.decoder,
+                    logits.clone(),
+                    cache,
+                    &request,
+                    &plan,
+                    Some(&seeds),
+                    |_, _| {},
+                )?;
+                (logits, gens, vec![None; batch.len()])
+            }
+            Some(sc) => {
+                let inputs: Vec<GuidedInput<'_>> = (0..batch.len())
+                    .map(|i| GuidedInput {
+                        request: &requests[i],
+                        messages: &templated[i],
+                        prompt: &prompts[i],
+                        seed: seeds[i],
+                    })
+                    .collect();
+                let out = sc.generate(
+                    model,
+                    &inputs,
+                    style.specials,
+                    &plan,
+                    &request,
+                    audio,
+                    |_, _| {},
+                )?;
+                let safety = out.verdicts.into_iter().map(Some).collect();
+                (out.logits, out.generations, safety)
+            }
+        };
         let scores: Vec<Option<f32>> = match refusal.is_empty() {
             true => vec![None; prompts.len()],
             false => refusal_scores(&logits, &refusal)?
@@ -702,15 +762,6 @@ fn generate_rows(
                 .map(Some)
                 .collect(),
         };
-        let gens = generate_from(
-            &model.decoder,
-            logits,
-            cache,
-            &request,
-            &plan,
-            Some(&seeds),
-            |_, _| {},
-        )?;
         let seconds = t0.elapsed().as_secs_f64() / batch.len() as f64;
         let texts = gens
             .iter()
@@ -733,12 +784,13 @@ fn generate_rows(
             }
         }
         let mut lines = String::new();
-        for (((((it, sample), text), g), v), &score) in batch
+        for ((((((it, sample), text), g), v), &score), safety) in batch
             .iter()
             .zip(texts)
             .zip(&gens)
             .zip(verdicts)
             .zip(&scores)
+            .zip(safety)
         {
             let row = ResultRow {
                 id: it.item.id.clone(),
@@ -756,6 +808,7 @@ fn generate_rows(
                 response: text,
                 verdicts: v,
                 refusal_score: score,
+                safety_verdict: safety.map(SafetyVerdict::from),
                 n_tokens: g.tokens.len(),
                 finish: g.finish,
                 seconds,
@@ -848,6 +901,7 @@ mod tests {
                 })
                 .into(),
             refusal_score: None,
+            safety_verdict: None,
             n_tokens: 1,
             finish: FinishReason::Stop,
             seconds: 0.1,
@@ -1028,6 +1082,7 @@ mod tests {
             degenerate: None,
             verdicts: BTreeMap::new(),
             refusal_score: Some(1.5),
+            safety_verdict: None,
             n_tokens: 3,
             finish: FinishReason::Stop,
             seconds: 0.1,

@@ -29,6 +29,18 @@ struct Key {
     sha256: [u8; 32],
     model: String,
     n_mels: usize,
+    /// The cache's waveform noise, as (SNR bits, seed).
+    noise: Option<(u32, u64)>,
+}
+
+/// Seeded Gaussian noise added to every clip's waveform at a signal-to-noise ratio before the
+/// log-mel (SafeCoDe's corrupted audio). Each clip's stream is drawn from `seed` and the clip's
+/// bytes, so two clips never share a noise pattern and a clip's noise does not depend on the
+/// order it is met in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WaveformNoise {
+    pub snr_db: f32,
+    pub seed: u64,
 }
 
 #[derive(Default)]
@@ -46,6 +58,7 @@ pub struct AudioCache {
     entries: Mutex<Entries>,
     budget: usize,
     encoded: AtomicUsize,
+    noise: Option<WaveformNoise>,
 }
 
 impl Default for AudioCache {
@@ -66,7 +79,22 @@ impl AudioCache {
             entries: Mutex::new(Entries::default()),
             budget: bytes,
             encoded: AtomicUsize::new(0),
+            noise: None,
         }
+    }
+
+    /// A cache (default budget) whose clips are encoded with `noise` on their waveform.
+    pub fn with_waveform_noise(noise: WaveformNoise) -> Result<Self> {
+        if !noise.snr_db.is_finite() {
+            return Err(ModelError::Invalid(format!(
+                "the noise SNR must be a finite number of dB, got {}",
+                noise.snr_db
+            )));
+        }
+        Ok(Self {
+            noise: Some(noise),
+            ..Self::new()
+        })
     }
 
     /// How many clips this cache has run through an audio tower (its misses).
@@ -86,7 +114,7 @@ impl AudioCache {
         device: &Device,
         clip: &AudioRef,
     ) -> Result<Tensor> {
-        let key = key(model, tower, clip)?;
+        let key = self.key(model, tower, clip)?;
         {
             let mut e = self.lock();
             e.clock += 1;
@@ -96,7 +124,7 @@ impl AudioCache {
                 return Ok(rows.clone());
             }
         }
-        let (features, valid) = featurise(tower, device, clip)?;
+        let (features, valid) = featurise(tower, device, clip, self.noise, &key.sha256)?;
         let rows = tower.encode(&features, valid)?;
         self.encoded.fetch_add(1, Ordering::Relaxed);
         let size = rows.elem_count() * rows.dtype().size_in_bytes();
@@ -126,7 +154,7 @@ impl AudioCache {
         tower: &AudioTower,
         clip: &AudioRef,
     ) -> Result<usize> {
-        let key = key(model, tower, clip)?;
+        let key = self.key(model, tower, clip)?;
         if let Some(&n) = self.lock().n_tokens.get(&key) {
             return Ok(n);
         }
@@ -137,20 +165,36 @@ impl AudioCache {
     }
 }
 
-/// Log-mel features `[n_mels, 3000]` of a clip and its count of valid frames.
-fn featurise(tower: &AudioTower, device: &Device, clip: &AudioRef) -> Result<(Tensor, usize)> {
-    let audio = earguard_audio::load_audio(&clip.path, &Default::default())?;
+/// Log-mel features `[n_mels, 3000]` of a clip (noised first when the cache says so) and its
+/// count of valid frames.
+fn featurise(
+    tower: &AudioTower,
+    device: &Device,
+    clip: &AudioRef,
+    noise: Option<WaveformNoise>,
+    sha256: &[u8; 32],
+) -> Result<(Tensor, usize)> {
+    let mut audio = earguard_audio::load_audio(&clip.path, &Default::default())?;
+    if let Some(n) = noise {
+        let mut clip_seed = [0u8; 8];
+        clip_seed.copy_from_slice(&sha256[..8]);
+        let seed = n.seed ^ u64::from_le_bytes(clip_seed);
+        audio.samples = earguard_audio::add_noise_snr(&audio.samples, n.snr_db, seed);
+    }
     let features = earguard_audio::MelExtractor::new(tower.n_mels())?.extract(&audio)?;
     let tensor = Tensor::from_vec(features.data, (features.n_mels, features.n_frames), device)?;
     Ok((tensor, features.valid_frames))
 }
 
-fn key(model: &str, tower: &AudioTower, clip: &AudioRef) -> Result<Key> {
-    Ok(Key {
-        sha256: file_sha256(clip)?,
-        model: model.to_owned(),
-        n_mels: tower.n_mels(),
-    })
+impl AudioCache {
+    fn key(&self, model: &str, tower: &AudioTower, clip: &AudioRef) -> Result<Key> {
+        Ok(Key {
+            sha256: file_sha256(clip)?,
+            model: model.to_owned(),
+            n_mels: tower.n_mels(),
+            noise: self.noise.map(|n| (n.snr_db.to_bits(), n.seed)),
+        })
+    }
 }
 
 /// sha256 of a clip's bytes. Anything but a regular file (missing, a pipe, a device) is left to

@@ -228,6 +228,23 @@ impl KvCache {
     pub fn pad(&self) -> &[usize] {
         &self.pad
     }
+
+    /// Keep the first `n` rows of the batch and drop the rest (a contrast batch's companion
+    /// rows once they are no longer needed).
+    pub fn keep_rows(&mut self, n: usize) -> Result<()> {
+        if n == 0 || n > self.batch() {
+            return Err(ModelError::Invalid(format!(
+                "cannot keep {n} rows of a cache of {}",
+                self.batch()
+            )));
+        }
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.narrow(0, 0, n)?;
+            *v = v.narrow(0, 0, n)?;
+        }
+        self.pad.truncate(n);
+        Ok(())
+    }
 }
 
 /// Which logits a forward call returns.

@@ -131,16 +131,93 @@ pub fn generate_batch(
 pub fn generate_from(
     decoder: &Decoder,
     logits: Tensor,
+    cache: KvCache,
+    request: &GenerateRequest<'_>,
+    plan: &InterventionPlan,
+    row_seeds: Option<&[u64]>,
+    on_token: impl FnMut(usize, u32),
+) -> Result<Vec<Generation>> {
+    decode(
+        decoder, logits, cache, request, plan, row_seeds, None, on_token,
+    )
+}
+
+/// Control of the first answer tokens by contrast with a companion input: the same prompts
+/// with a corrupted input (same ids), decoded in lockstep as rows `b..2b` of the same batch
+/// (SafeCoDe).
+pub trait Guide {
+    /// Whether `row` is guided at `step` (its token comes from [`choose`](Self::choose)).
+    /// Once no unfinished row is guided, the companion rows are dropped from the cache.
+    fn guided(&self, row: usize, step: usize) -> bool;
+
+    /// The token of `row` at a guided `step`, from its real and companion logits (f32) and
+    /// the answer so far.
+    fn choose(
+        &mut self,
+        row: usize,
+        step: usize,
+        real: &[f32],
+        companion: &[f32],
+        answer: &[u32],
+    ) -> Result<u32>;
+
+    /// A cap on `row`'s answer length set by the guide, if any (below `max_tokens`).
+    fn max_tokens(&self, _row: usize) -> Option<usize> {
+        None
+    }
+}
+
+/// [`generate_from`] with a [`Guide`]: `logits` `[2b, vocab]` and `cache` come from one
+/// [`prefill`] of the b real prompts followed by their b companions, with
+/// `plan.tiled(2)`; `plan` is the b-row plan. While any unfinished row is guided every step
+/// runs 2b rows; after that the companion rows leave the cache and steps run b rows, as plain
+/// decoding does.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_guided(
+    decoder: &Decoder,
+    logits: Tensor,
+    cache: KvCache,
+    request: &GenerateRequest<'_>,
+    plan: &InterventionPlan,
+    row_seeds: Option<&[u64]>,
+    guide: &mut dyn Guide,
+    on_token: impl FnMut(usize, u32),
+) -> Result<Vec<Generation>> {
+    let rows = logits.dim(0)?;
+    if rows % 2 != 0 || cache.batch() != rows {
+        return Err(ModelError::Invalid(format!(
+            "a guided batch holds each prompt and its companion ({rows} logit rows, a cache of \
+             {})",
+            cache.batch()
+        )));
+    }
+    decode(
+        decoder,
+        logits,
+        cache,
+        request,
+        plan,
+        row_seeds,
+        Some(guide),
+        on_token,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode(
+    decoder: &Decoder,
+    logits: Tensor,
     mut cache: KvCache,
     request: &GenerateRequest<'_>,
     plan: &InterventionPlan,
     row_seeds: Option<&[u64]>,
+    mut guide: Option<&mut dyn Guide>,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Generation>> {
     request.sampling.validate()?;
     let context = decoder.config().context_length;
-    let b = logits.dim(0)?;
-    let _span = tracing::info_span!("decode", rows = b).entered();
+    let b = logits.dim(0)? / if guide.is_some() { 2 } else { 1 };
+    let _span = tracing::info_span!("decode", rows = b, guided = guide.is_some()).entered();
     if row_seeds.is_some_and(|s| s.len() != b) {
         return Err(ModelError::Invalid(format!(
             "{} row seeds for a batch of {b}",
@@ -153,6 +230,15 @@ pub fn generate_from(
             request.sampling.processor(seed)
         })
         .collect();
+    let cap: Vec<usize> = (0..b)
+        .map(|row| {
+            guide
+                .as_ref()
+                .and_then(|g| g.max_tokens(row))
+                .map_or(request.max_tokens, |c| c.min(request.max_tokens))
+        })
+        .collect();
+    let tiled = guide.as_ref().map(|_| plan.tiled(2));
 
     let mut out: Vec<Generation> = (0..b)
         .map(|_| Generation {
@@ -174,13 +260,23 @@ pub fn generate_from(
                 next.push(request.pad_token);
                 continue;
             }
-            let token = samplers[row].sample(&step_logits.get(row)?)?;
+            let token = match guide.as_deref_mut() {
+                Some(g) if g.guided(row, step) => {
+                    let real: Vec<f32> = step_logits.get(row)?.to_vec1()?;
+                    let companion: Vec<f32> = step_logits.get(b + row)?.to_vec1()?;
+                    g.choose(row, step, &real, &companion, &out[row].tokens)?
+                }
+                _ => samplers[row].sample(&step_logits.get(row)?)?,
+            };
             if request.stop_tokens.contains(&token) {
                 done[row] = true;
                 out[row].finish = FinishReason::Stop;
             } else {
                 out[row].tokens.push(token);
                 on_token(row, token);
+                if out[row].tokens.len() >= cap[row] {
+                    done[row] = true;
+                }
             }
             next.push(token);
         }
@@ -195,9 +291,26 @@ pub fn generate_from(
             }
             break;
         }
-        let next = Tensor::from_vec(next, (b, 1), decoder.device())?;
+        // The companion rows are dropped as soon as no unfinished row needs them.
+        if let Some(g) = guide.as_deref() {
+            if !(0..b).any(|row| !done[row] && g.guided(row, step + 1)) {
+                cache.keep_rows(b)?;
+                guide = None;
+            }
+        }
+        let (ids, step_plan) = match guide {
+            Some(_) => {
+                let mut both = next.clone();
+                both.extend_from_slice(&next);
+                (
+                    Tensor::from_vec(both, (2 * b, 1), decoder.device())?,
+                    tiled.as_ref().unwrap_or(plan),
+                )
+            }
+            None => (Tensor::from_vec(next, (b, 1), decoder.device())?, plan),
+        };
         logits = decoder
-            .forward(&next, &mut cache, plan, Logits::Last)?
+            .forward(&ids, &mut cache, step_plan, Logits::Last)?
             .logits;
     }
     Ok(out)

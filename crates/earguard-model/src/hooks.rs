@@ -334,6 +334,18 @@ impl InterventionPlan {
         self
     }
 
+    /// This plan for a batch made of `times` copies of the batch it was built for, one after
+    /// another (per-row scales repeated; row-independent edits unchanged).
+    pub fn tiled(&self, times: usize) -> Self {
+        let mut out = self.clone();
+        for e in &mut out.edits {
+            if let Some(rows) = &mut e.row_scale {
+                *rows = rows.repeat(times);
+            }
+        }
+        out
+    }
+
     /// Check every edit against the model's shape before any forward work is done.
     pub fn validate(&self, n_layers: usize, hidden: usize, batch: usize) -> Result<()> {
         let check_point = |p: &HookPoint| match p.layer() {

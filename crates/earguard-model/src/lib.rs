@@ -32,7 +32,7 @@ pub mod tokenizer;
 pub mod weights;
 pub mod whisper;
 
-pub use audio::AudioCache;
+pub use audio::{AudioCache, WaveformNoise};
 pub use chat::{ChatMessage, ContentSpecials};
 pub use config::{Architecture, DecoderConfig};
 pub use content::{AudioRef, Content, Part};
@@ -44,4 +44,4 @@ pub use hooks::{
 pub use loader::{load, load_on};
 pub use lora::{Lora, Proj};
 pub use model::{Model, ModelInfo};
-pub use prompt::{prefill, AudioRows, Prompt};
+pub use prompt::{prefill, AudioRows, EmbeddingNoise, Prompt};

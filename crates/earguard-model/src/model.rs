@@ -149,7 +149,32 @@ impl Model {
                 token_id: tower.audio_token_id,
                 clips: encoded,
             }),
+            noise: None,
         })
+    }
+
+    /// For a text conversation, one flag per token of its [`encode_prompt`](Self::encode_prompt)
+    /// ids (literal content): whether the token carries text of a user message (not the
+    /// template, not a system or assistant message). What a corruption of the request alone
+    /// (SafeCoDe's text-mode contrast) perturbs.
+    pub fn user_content_mask(&self, messages: &[ChatMessage]) -> Result<Vec<bool>> {
+        if !clips(messages).is_empty() {
+            return Err(ModelError::Invalid(
+                "a user-content mask is for text prompts; audio prompts are corrupted on the \
+                 waveform"
+                    .into(),
+            ));
+        }
+        let mut user: Vec<String> = Vec::new();
+        for m in messages.iter().filter(|m| m.role == "user") {
+            let mut content = m.content.clone();
+            user.extend(content.texts_mut().into_iter().map(|t| t.clone()));
+        }
+        let spans = self.render_spans(messages)?;
+        let (_, mask) = self
+            .tokenizer
+            .encode_spans_marked(&spans, true, |t| user.iter().any(|u| u == t))?;
+        Ok(mask)
     }
 
     /// The token ids [`encode_prompt`](Self::encode_prompt) would give, checked the same way

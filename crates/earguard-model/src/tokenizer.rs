@@ -352,24 +352,54 @@ impl Tokenizer {
     /// [`encode`](Self::encode) on the whole text: the text between two markup special tokens
     /// is tokenized as one piece either way, and post-processing (BOS) runs once on the whole.
     pub fn encode_spans(&self, spans: &[Span], add_special_tokens: bool) -> Result<Vec<u32>> {
+        Ok(self
+            .encode_spans_marked(spans, add_special_tokens, |_| false)?
+            .0)
+    }
+
+    /// [`encode_spans`](Self::encode_spans), and for every token whether it carries text of a
+    /// [`Span::Content`] for which `marked(text)` holds (e.g. the user's messages, not the
+    /// system's). A token that straddles marked content and other text (a merge across the
+    /// boundary) counts as marked; tokens the post-processor adds (BOS) do not.
+    pub fn encode_spans_marked(
+        &self,
+        spans: &[Span],
+        add_special_tokens: bool,
+        marked: impl Fn(&str) -> bool,
+    ) -> Result<(Vec<u32>, Vec<bool>)> {
         let err = |e: tokenizers::Error| ModelError::Tokenizer(format!("cannot encode text: {e}"));
         let mut pieces = Vec::new();
+        let mut marks: Vec<bool> = Vec::new();
         let mut text = String::new();
-        let flush = |text: &mut String, pieces: &mut Vec<tokenizers::Encoding>| -> Result<()> {
+        // Byte ranges of `text` that came from content spans.
+        let mut content: Vec<std::ops::Range<usize>> = Vec::new();
+        let flush = |text: &mut String,
+                     content: &mut Vec<std::ops::Range<usize>>,
+                     pieces: &mut Vec<tokenizers::Encoding>,
+                     marks: &mut Vec<bool>|
+         -> Result<()> {
             if !text.is_empty() {
-                pieces.push(
-                    self.literal()
-                        .encode_fast(text.as_str(), false)
-                        .map_err(err)?,
+                // `encode` (not `encode_fast`) for the byte offsets; the ids are the same.
+                let enc = self.literal().encode(text.as_str(), false).map_err(err)?;
+                marks.extend(
+                    enc.get_offsets()
+                        .iter()
+                        .map(|&(a, b)| content.iter().any(|r| a < r.end && r.start < b)),
                 );
+                pieces.push(enc);
                 text.clear();
+                content.clear();
             }
             Ok(())
         };
         for span in spans {
             let markup = match span {
                 Span::Content(t) => {
+                    let start = text.len();
                     text.push_str(t);
+                    if marked(t) {
+                        content.push(start..text.len());
+                    }
                     continue;
                 }
                 Span::Markup(t) => t,
@@ -388,20 +418,41 @@ impl Tokenizer {
                         .is_some_and(|a| a.special)
                 });
                 if special {
-                    flush(&mut text, &mut pieces)?;
-                    pieces.push(self.inner.encode_fast(piece, false).map_err(err)?);
+                    flush(&mut text, &mut content, &mut pieces, &mut marks)?;
+                    let enc = self.inner.encode_fast(piece, false).map_err(err)?;
+                    marks.extend(std::iter::repeat_n(false, enc.len()));
+                    pieces.push(enc);
                 } else {
                     text.push_str(piece);
                 }
             }
         }
-        flush(&mut text, &mut pieces)?;
+        flush(&mut text, &mut content, &mut pieces, &mut marks)?;
         let merged = tokenizers::Encoding::merge(pieces, false);
+        let body = merged.get_ids().to_vec();
         let enc = self
             .inner
             .post_process(merged, None, add_special_tokens)
             .map_err(err)?;
-        Ok(self.fix_bos(enc.get_ids().to_vec(), add_special_tokens))
+        let processed = enc.get_ids();
+        // The post-processor only adds tokens around the sequence: find where it sits.
+        let at = (0..=processed.len().saturating_sub(body.len()))
+            .find(|&k| processed[k..].starts_with(&body))
+            .ok_or_else(|| {
+                ModelError::Tokenizer("the post-processor rewrote the prompt's tokens".into())
+            })?;
+        let mut mask = vec![false; at];
+        mask.extend(marks);
+        mask.resize(processed.len(), false);
+        let ids = self.fix_bos(processed.to_vec(), add_special_tokens);
+        match ids.len() as isize - mask.len() as isize {
+            1 => mask.insert(0, false),
+            -1 => {
+                mask.remove(0);
+            }
+            _ => {}
+        }
+        Ok((ids, mask))
     }
 
     fn encode_with(

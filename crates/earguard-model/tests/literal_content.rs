@@ -126,8 +126,44 @@ fn check_ordinary(tok: &Tokenizer, template: &ChatTemplate) -> usize {
             .encode(&template.render(conv, true).unwrap(), true)
             .unwrap();
         assert_eq!(tok.encode_spans(&spans, true).unwrap(), whole, "{conv:?}");
+        check_marks(tok, &spans);
     }
     convs.len()
+}
+
+/// The content mask of `encode_spans_marked`: aligned with the ids; special tokens are never
+/// content; the marked tokens decode to text holding every content span, and the unmarked ones
+/// to text holding none of them (at most one boundary token per side may straddle).
+fn check_marks(tok: &Tokenizer, spans: &[Span]) {
+    let (ids, mask) = tok.encode_spans_marked(spans, true, |_| true).unwrap();
+    assert_eq!(ids, tok.encode_spans(spans, true).unwrap());
+    assert_eq!(ids.len(), mask.len());
+    let pick = |want: bool| -> Vec<u32> {
+        ids.iter()
+            .zip(&mask)
+            .filter(|(_, &m)| m == want)
+            .map(|(&t, _)| t)
+            .collect()
+    };
+    let (marked, unmarked) = (pick(true), pick(false));
+    assert!(marked.iter().all(|&t| !tok.is_special(t)), "{spans:?}");
+    let marked_text = tok.decode(&marked, false).unwrap();
+    let unmarked_text = tok.decode(&unmarked, false).unwrap();
+    let mut literal = 0;
+    for span in spans {
+        let Span::Content(c) = span else { continue };
+        literal += tok.encode_literal(c, false).unwrap().len();
+        let c = c.trim();
+        if c.chars().count() >= 4 {
+            assert!(marked_text.contains(c), "{c:?} not in {marked_text:?}");
+            assert!(!unmarked_text.contains(c), "{c:?} in {unmarked_text:?}");
+        }
+    }
+    let n_content = spans
+        .iter()
+        .filter(|s| matches!(s, Span::Content(_)))
+        .count();
+    assert!(marked.len() <= literal + 2 * n_content, "{spans:?}");
 }
 
 fn specials(tok: &Tokenizer, ids: &[u32]) -> Vec<u32> {
@@ -155,6 +191,7 @@ fn check_injections(tok: &Tokenizer, template: &ChatTemplate) {
         assert!(spans.contains(&Span::Content(injection.to_string())));
         assert!(spans.contains(&Span::Content(system.to_string())));
         let ids = tok.encode_spans(&spans, true).unwrap();
+        check_marks(tok, &spans);
         assert_eq!(
             specials(tok, &ids),
             specials(tok, &plain_ids),

@@ -12,7 +12,7 @@ use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
 use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::tokenizer::TokenStream;
 use earguard_model::{AudioCache, Model};
-use earguard_steer::defense::DefenseSpec;
+use earguard_steer::defense::{DefenseSpec, GuidedInput, Verdict};
 use earguard_steer::inputs::InputStyle;
 use serde_json::json;
 
@@ -210,11 +210,9 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     }
     let defense = earguard_steer::defense::build(&spec, &model, args.force)?;
     let (mode, messages) = generate_messages(&args)?;
-    let prompt = model.encode_prompt(
-        &defense.rewrite(messages),
-        args.tokens.specials(),
-        &AudioCache::new(),
-    )?;
+    let audio = AudioCache::new();
+    let templated = defense.rewrite(messages.clone());
+    let prompt = model.encode_prompt(&templated, args.tokens.specials(), &audio)?;
     let plan = defense.plan(&model, std::slice::from_ref(&prompt))?;
     let stop = model.tokenizer.stop_token_ids();
     let request = GenerateRequest {
@@ -232,27 +230,53 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let mut stream = TokenStream::new(&model.tokenizer);
     let mut stdout = std::io::stdout().lock();
     let mut stream_err = None;
-    let out = generate_batch(
-        &model.decoder,
-        std::slice::from_ref(&prompt),
-        &request,
-        &plan,
-        None,
-        |_, token| {
-            if args.json {
-                return;
+    let on_token = |_, token| {
+        if args.json {
+            return;
+        }
+        match stream.push(token) {
+            Ok(Some(piece)) => {
+                let _ = write!(stdout, "{piece}");
+                let _ = stdout.flush();
             }
-            match stream.push(token) {
-                Ok(Some(piece)) => {
-                    let _ = write!(stdout, "{piece}");
-                    let _ = stdout.flush();
-                }
-                Ok(None) => {}
-                Err(e) => stream_err = Some(e),
-            }
-        },
-    )
-    .with_context(|| format!("generating with defense {spec}"))?;
+            Ok(None) => {}
+            Err(e) => stream_err = Some(e),
+        }
+    };
+    let (out, safety) = match defense.safecode() {
+        None => (
+            generate_batch(
+                &model.decoder,
+                std::slice::from_ref(&prompt),
+                &request,
+                &plan,
+                None,
+                on_token,
+            )
+            .with_context(|| format!("generating with defense {spec}"))?,
+            None,
+        ),
+        Some(sc) => {
+            let input = GuidedInput {
+                request: &messages,
+                messages: &templated,
+                prompt: &prompt,
+                seed: args.seed,
+            };
+            let out = sc
+                .generate(
+                    &model,
+                    std::slice::from_ref(&input),
+                    args.tokens.specials(),
+                    &plan,
+                    &request,
+                    &audio,
+                    on_token,
+                )
+                .with_context(|| format!("generating with defense {spec}"))?;
+            (out.generations, out.verdicts.into_iter().next())
+        }
+    };
     if let Some(e) = stream_err {
         return Err(e.into());
     }
@@ -271,6 +295,10 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             "n_prompt_tokens": prompt.len(),
             "finish_reason": generation.finish,
             "seconds": seconds,
+            "safety_verdict": safety.map(|v| json!({
+                "unsafe_request": v.verdict == Verdict::Unsafe,
+                "score": v.score,
+            })),
         });
         println!("{}", serde_json::to_string(&value)?);
     } else {
@@ -278,6 +306,12 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             write!(stdout, "{rest}")?;
         }
         writeln!(stdout)?;
+        if let Some(v) = safety {
+            eprintln!(
+                "[safecode verdict: {:?} (logit(unsafe) − logit(safe) = {:.2})]",
+                v.verdict, v.score
+            );
+        }
         eprintln!(
             "[{} tokens in {:.1}s, {:.1} tok/s, finish: {:?}]",
             generation.tokens.len(),

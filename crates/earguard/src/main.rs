@@ -124,9 +124,16 @@ once, and an unknown option is an error.
                             ablate must come before the steering parts of a spec
   cast=DIR[:alpha=A,threshold=T]
                             conditional steering (earguard fit cast); T a cosine in [-1, 1]
+  safecode[:...]            SafeCoDe contrastive decoding against a noised copy of the input,
+                            steered by a local safe/unsafe verdict; options (defaults):
+                            variant=paper | reference, alpha=0.3, steps=5, top_k=20, boost=1,
+                            suppress=1, sigma=0.1 (text: noise on the user's embeddings, times
+                            their RMS) or snr=10 (audio: waveform noise, dB), seed=0,
+                            judge=self | MODEL, threshold=0 (on logit(unsafe) − logit(safe)),
+                            sampling=greedy | reference
 Strengths (alpha, beta, coeff) are finite with magnitude at most 1e3.
 Examples: none | prompt:variant=adashield | sarsteer=vec/sar:alpha=0.2,layers=10-20
-          ablate=vec/rd:layer=14+sarsteer=vec/sar:alpha=0.1";
+          ablate=vec/rd:layer=14+sarsteer=vec/sar:alpha=0.1 | safecode:variant=reference";
 
 #[derive(Subcommand)]
 enum Command {

@@ -902,3 +902,91 @@ fn verbose_runs_time_their_stages() {
     );
     assert!(!stderr(args(None)).contains("time.busy"));
 }
+
+/// SafeCoDe's wiring on the tiny checkpoints (random weights, so no claim about safety here):
+/// `generate` records the verdict in every mode; with a threshold that makes every request
+/// "unsafe", `variant=reference` forces the answer to start with a refusal phrase; `eval`
+/// records each row's verdict; bad options are refused.
+#[test]
+fn safecode_runs_in_every_mode_and_records_its_verdict() {
+    let text_model = tiny_text_model();
+    let audio_model = tiny_audio_model();
+    let generate = |model: &str, defense: &str, extra: &[&str]| -> serde_json::Value {
+        let mut cmd = bin();
+        cmd.args(["generate", "--json", "--max-tokens", "6", "--model", model])
+            .args(["--defense", defense])
+            .args(extra);
+        serde_json::from_str(ok(&mut cmd).trim()).unwrap()
+    };
+    let speech = speech();
+    let speech = speech.to_str().unwrap();
+    for (model, extra) in [
+        (&text_model, vec!["--prompt", "How do I bake bread?"]),
+        (
+            &audio_model,
+            vec!["--mode", "audio-only", "--audio", speech],
+        ),
+        (
+            &audio_model,
+            vec![
+                "--mode",
+                "audio-text",
+                "--audio",
+                speech,
+                "--prompt",
+                "Answer it.",
+            ],
+        ),
+    ] {
+        let v = generate(model, "safecode", &extra);
+        assert!(v["safety_verdict"]["score"].is_f64(), "{v}");
+        // Every request judged unsafe: the reference variant forces a refusal phrase's tokens.
+        let v = generate(model, "safecode:variant=reference,threshold=-1000", &extra);
+        assert_eq!(v["safety_verdict"]["unsafe_request"], true, "{v}");
+        let text = v["text"].as_str().unwrap();
+        assert!(
+            [
+                "I",
+                "As",
+                "Sorry",
+                "Hello",
+                "It",
+                "cannot",
+                "apologize",
+                "inappropriate"
+            ]
+            .iter()
+            .any(|p| text.trim_start().starts_with(p)),
+            "{text:?}"
+        );
+        // Every request judged safe: it runs, and says so.
+        let v = generate(model, "safecode:threshold=1000,sigma=0.5", &extra);
+        assert_eq!(v["safety_verdict"]["unsafe_request"], false, "{v}");
+    }
+    for bad in [
+        "safecode:variant=nope",
+        "safecode:snr=10,sigma=0.1",
+        "safecode:steps=0",
+        "safecode:alpha=-1",
+        "safecode:colour=red",
+    ] {
+        let err = fails(
+            bin()
+                .args(["generate", "--model", &text_model, "-p", "hi"])
+                .args(["--defense", bad]),
+        );
+        assert!(err.contains("safecode"), "{bad}: {err}");
+    }
+
+    let dir = scratch("safecode-eval");
+    let data = dir.join("set.jsonl");
+    unpaired_set(&data, 4, None);
+    let out = dir.join("run");
+    ok(tiny_eval(&data, &out).args(["--defense", "safecode:threshold=-1000"]));
+    let rows = jsonl(&out.join("results.jsonl"));
+    assert_eq!(rows.len(), 4);
+    for r in &rows {
+        assert_eq!(r["safety_verdict"]["unsafe_request"], true, "{r}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

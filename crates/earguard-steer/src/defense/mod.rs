@@ -14,6 +14,7 @@
 //! | `actadd` | refusal-direction dir | `layer=L`, `coeff=1.0` |
 //! | `ablate` | refusal-direction dir | `layer=L`, `strength=1` (fraction of r̂ removed, in [0, 1]) |
 //! | `cast` | cast dir (`earguard fit cast`) | `alpha=…`, `threshold=…` |
+//! | `safecode` | – | `variant=paper\|reference`, `alpha=0.3`, `steps=5`, `top_k=20`, `boost=1`, `suppress=1`, `sigma=0.1` (text) or `snr=10` (audio, dB), `seed=0`, `judge=self\|MODEL`, `threshold=0`, `sampling=greedy\|reference` |
 //!
 //! An option is given at most once. Lists inside a value are separated by `|`
 //! (`layers=3|5|7`, `layers=0-3|10-12`, `beta=1|0.5|1`), since `,` separates options. `layers`
@@ -44,6 +45,7 @@ mod ablate;
 mod actadd;
 mod cast;
 mod prompt;
+pub mod safecode;
 mod sarsteer;
 
 use std::fmt;
@@ -60,6 +62,7 @@ pub use ablate::Ablate;
 pub use actadd::ActAdd;
 pub use cast::Cast;
 pub use prompt::{SafetyPrompt, PROMPT_VARIANTS};
+pub use safecode::{GuidedBatch, GuidedInput, SafeCode, ScoredVerdict, Variant, Verdict};
 pub use sarsteer::{SarSteer, DEFAULT_ALPHA as SARSTEER_DEFAULT_ALPHA};
 
 pub trait Defense: Send + Sync {
@@ -80,6 +83,12 @@ pub trait Defense: Send + Sync {
     /// defense that says no has its plan built once per run, from an empty batch, and reused.
     fn per_batch(&self) -> bool {
         true
+    }
+
+    /// The decoding-time part of this defense, if it has one (SafeCoDe): generation then runs
+    /// through [`SafeCode::generate`] instead of plain sampling.
+    fn safecode(&self) -> Option<&SafeCode> {
+        None
     }
 }
 
@@ -119,6 +128,10 @@ impl Defense for Stack {
     fn per_batch(&self) -> bool {
         self.0.iter().any(|d| d.per_batch())
     }
+
+    fn safecode(&self) -> Option<&SafeCode> {
+        self.0.iter().find_map(|d| d.safecode())
+    }
 }
 
 /// The defenses a spec can name.
@@ -131,10 +144,11 @@ pub enum DefenseKind {
     Actadd,
     Ablate,
     Cast,
+    Safecode,
 }
 
 impl DefenseKind {
-    pub const ALL: [DefenseKind; 7] = [
+    pub const ALL: [DefenseKind; 8] = [
         DefenseKind::None,
         DefenseKind::Prompt,
         DefenseKind::Sarsteer,
@@ -142,6 +156,7 @@ impl DefenseKind {
         DefenseKind::Actadd,
         DefenseKind::Ablate,
         DefenseKind::Cast,
+        DefenseKind::Safecode,
     ];
 
     /// The name a spec uses.
@@ -154,6 +169,7 @@ impl DefenseKind {
             DefenseKind::Actadd => "actadd",
             DefenseKind::Ablate => "ablate",
             DefenseKind::Cast => "cast",
+            DefenseKind::Safecode => "safecode",
         }
     }
 
@@ -168,6 +184,20 @@ impl DefenseKind {
             DefenseKind::Actadd => &["layer", "coeff"],
             DefenseKind::Ablate => &["layer", "strength"],
             DefenseKind::Cast => &["alpha", "threshold"],
+            DefenseKind::Safecode => &[
+                "variant",
+                "alpha",
+                "steps",
+                "top_k",
+                "boost",
+                "suppress",
+                "sigma",
+                "snr",
+                "seed",
+                "judge",
+                "threshold",
+                "sampling",
+            ],
         }
     }
 
@@ -479,6 +509,7 @@ pub fn build(spec: &DefenseSpec, model: &Model, force: bool) -> Result<Box<dyn D
             DefenseKind::Actadd => Box::new(ActAdd::from_part(part, model, force)?),
             DefenseKind::Ablate => Box::new(Ablate::from_part(part, model, force)?),
             DefenseKind::Cast => Box::new(Cast::from_part(part, model, force)?),
+            DefenseKind::Safecode => Box::new(SafeCode::from_part(part)?),
         };
         built.push(d);
     }
