@@ -906,15 +906,31 @@ fn verbose_runs_time_their_stages() {
 /// SafeCoDe's wiring on the tiny checkpoints (random weights, so no claim about safety here):
 /// `generate` records the verdict in every mode; with a threshold that makes every request
 /// "unsafe", `variant=reference` forces the answer to start with a refusal phrase; `eval`
-/// records each row's verdict; bad options are refused.
+/// records each row's verdict; bad options are refused. The tiny text model's context (256) is
+/// too short for even the zero-shot verdict question, so its verdicts come from the tiny audio
+/// model's language model (`judge=MODEL`); the audio model judges itself, audio in context.
 #[test]
 fn safecode_runs_in_every_mode_and_records_its_verdict() {
     let text_model = tiny_text_model();
     let audio_model = tiny_audio_model();
-    let generate = |model: &str, defense: &str, extra: &[&str]| -> serde_json::Value {
+    let spec = |model: &str, options: &str| -> String {
+        let mut opts: Vec<String> = options
+            .split(',')
+            .filter(|o| !o.is_empty())
+            .map(String::from)
+            .collect();
+        if model == text_model {
+            opts.push(format!("judge={audio_model}"));
+        }
+        match opts.is_empty() {
+            true => "safecode".to_string(),
+            false => format!("safecode:{}", opts.join(",")),
+        }
+    };
+    let generate = |model: &str, options: &str, extra: &[&str]| -> serde_json::Value {
         let mut cmd = bin();
         cmd.args(["generate", "--json", "--max-tokens", "6", "--model", model])
-            .args(["--defense", defense])
+            .args(["--defense", &spec(model, options)])
             .args(extra);
         serde_json::from_str(ok(&mut cmd).trim()).unwrap()
     };
@@ -938,10 +954,10 @@ fn safecode_runs_in_every_mode_and_records_its_verdict() {
             ],
         ),
     ] {
-        let v = generate(model, "safecode", &extra);
+        let v = generate(model, "", &extra);
         assert!(v["safety_verdict"]["score"].is_f64(), "{v}");
         // Every request judged unsafe: the reference variant forces a refusal phrase's tokens.
-        let v = generate(model, "safecode:variant=reference,threshold=-1000", &extra);
+        let v = generate(model, "variant=reference,threshold=-1000", &extra);
         assert_eq!(v["safety_verdict"]["unsafe_request"], true, "{v}");
         let text = v["text"].as_str().unwrap();
         assert!(
@@ -960,9 +976,16 @@ fn safecode_runs_in_every_mode_and_records_its_verdict() {
             "{text:?}"
         );
         // Every request judged safe: it runs, and says so.
-        let v = generate(model, "safecode:threshold=1000,sigma=0.5", &extra);
+        let v = generate(model, "threshold=1000,sigma=0.5", &extra);
         assert_eq!(v["safety_verdict"]["unsafe_request"], false, "{v}");
     }
+    // Without a verdict model that can read the question, a clear error.
+    let err = fails(
+        bin()
+            .args(["generate", "--model", &text_model, "-p", "hi"])
+            .args(["--defense", "safecode"]),
+    );
+    assert!(err.contains("context"), "{err}");
     for bad in [
         "safecode:variant=nope",
         "safecode:snr=10,sigma=0.1",
@@ -982,7 +1005,7 @@ fn safecode_runs_in_every_mode_and_records_its_verdict() {
     let data = dir.join("set.jsonl");
     unpaired_set(&data, 4, None);
     let out = dir.join("run");
-    ok(tiny_eval(&data, &out).args(["--defense", "safecode:threshold=-1000"]));
+    ok(tiny_eval(&data, &out).args(["--defense", &spec(&text_model, "threshold=-1000")]));
     let rows = jsonl(&out.join("results.jsonl"));
     assert_eq!(rows.len(), 4);
     for r in &rows {
