@@ -32,6 +32,7 @@ use std::collections::BTreeSet;
 
 use candle_core::Tensor;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
+use earguard_data::REFUSAL_SUBSTRINGS;
 use earguard_model::chat::ChatMessage;
 use earguard_model::content::{Content, Part};
 use earguard_model::generate::{generate_guided, GenerateRequest, Generation, Guide};
@@ -65,22 +66,6 @@ pub const DEFAULT_BOOST: f32 = 1.0;
 pub const DEFAULT_SUPPRESS: f32 = 1.0;
 /// The reference caps an answer it forced to start as a refusal at 30 new tokens (Qwen).
 pub const REFERENCE_UNSAFE_CAP: usize = 30;
-
-/// SPEC §2's refusal substrings.
-const SPEC_PHRASES: &[&str] = &[
-    "I'm sorry",
-    "I am sorry",
-    "I apologize",
-    "As an AI",
-    "As a language model",
-    "As an assistant",
-    "I cannot",
-    "I can't",
-    "I am unable to",
-    "I'm unable to",
-    "I am not able to",
-    "I'm not able to",
-];
 
 /// The released code's `REFUSAL_PREFIXES`, less its `</s>` entries (see the module doc).
 const REFERENCE_PHRASES: &[&str] = &[
@@ -127,7 +112,7 @@ const QUOTES: &[&str] = &["\"", "'", "“", "”", "‘", "’", "`", "´"];
 /// The refusal phrases in a fixed order, without repeats.
 pub fn refusal_phrases() -> Vec<&'static str> {
     let mut out: Vec<&str> = Vec::new();
-    for p in SPEC_PHRASES.iter().chain(REFERENCE_PHRASES) {
+    for p in REFUSAL_SUBSTRINGS.iter().chain(REFERENCE_PHRASES) {
         if !out.contains(p) {
             out.push(p);
         }
@@ -859,7 +844,7 @@ mod tests {
         let set: BTreeSet<&str> = phrases.iter().copied().collect();
         assert_eq!(set.len(), phrases.len());
         assert!(phrases.iter().all(|p| !p.contains('<')));
-        for p in SPEC_PHRASES {
+        for p in REFUSAL_SUBSTRINGS {
             assert!(phrases.contains(p), "{p}");
         }
         assert!(phrases.contains(&"Sorry") && phrases.contains(&"inappropriate"));
