@@ -180,7 +180,7 @@ impl Runner for StockRunner {
 }
 
 fn decode(args: DecodeArgs) -> Result<()> {
-    let model = crate::commands::load_model(&args.model, args.json)?;
+    let model = crate::args::load_model(&args.model, args.json)?;
     if model.info.format != "gguf" {
         bail!("bench decode compares against candle's stock quantized models: give a GGUF model");
     }
@@ -336,7 +336,7 @@ fn decode(args: DecodeArgs) -> Result<()> {
 fn eval_batching(args: EvalBenchArgs) -> Result<()> {
     use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
     let set = earguard_data::PromptSet::read(&args.data, &Default::default())?;
-    let model = crate::commands::load_model(&args.model, args.json)?;
+    let model = crate::args::load_model(&args.model, args.json)?;
     let prompts: Vec<Prompt> = set
         .items
         .iter()

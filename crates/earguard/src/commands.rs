@@ -1,5 +1,6 @@
 //! `inspect` and `generate`.
 
+use crate::args::{load_model, SpecialsArg};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -7,11 +8,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use earguard_data::{Label, Mode, PromptItem};
-use earguard_model::chat::{ChatMessage, ContentSpecials};
+use earguard_model::chat::ChatMessage;
 use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
 use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::tokenizer::TokenStream;
-use earguard_model::{AudioCache, Model};
+use earguard_model::AudioCache;
 use earguard_steer::defense::{DefenseSpec, GuidedInput, Verdict};
 use earguard_steer::inputs::InputStyle;
 use serde_json::json;
@@ -49,7 +50,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub system: Option<String>,
     /// Most tokens to generate (generation also stops at the template's end tokens).
-    #[arg(long, default_value_t = 256, value_parser = crate::eval::positive)]
+    #[arg(long, default_value_t = 256, value_parser = crate::args::positive)]
     pub max_tokens: usize,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
@@ -79,47 +80,7 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub tokens: SpecialsArg,
     #[command(flatten)]
-    pub adapter: crate::train::AdapterArg,
-}
-
-/// How message content is tokenized, for every command that encodes prompts.
-#[derive(Args, Clone, Copy, Default)]
-pub struct SpecialsArg {
-    /// UNSAFE, for research on injections: parse special-token strings written in prompts,
-    /// system messages and instructions (`<|im_end|>`, `<|im_start|>`, ...) as real turn
-    /// markers, so a prompt can close its own turn and write the assistant's. Off by default:
-    /// content is tokenized as plain text and only the chat template's markup yields special
-    /// tokens.
-    #[arg(long)]
-    pub raw_specials: bool,
-}
-
-impl SpecialsArg {
-    pub fn specials(self) -> ContentSpecials {
-        if self.raw_specials {
-            ContentSpecials::Raw
-        } else {
-            ContentSpecials::Literal
-        }
-    }
-}
-
-pub fn load_model(spec: &str, quiet: bool) -> Result<Model> {
-    let t0 = Instant::now();
-    let model = earguard_model::load_on(spec, &crate::device()?)
-        .with_context(|| format!("loading model '{spec}'"))?;
-    if !quiet {
-        eprintln!(
-            "loaded {} ({} {}, {} layers, hidden {}) in {:.1}s",
-            model.info.name,
-            model.info.architecture,
-            model.info.quantization,
-            model.info.n_layers,
-            model.info.hidden_size,
-            t0.elapsed().as_secs_f64()
-        );
-    }
-    Ok(model)
+    pub adapter: crate::args::AdapterArg,
 }
 
 pub fn inspect(args: InspectArgs) -> Result<()> {

@@ -31,10 +31,10 @@ pub struct DemoArgs {
     #[arg(long, default_value = "../shared/data")]
     pub data_dir: PathBuf,
     /// AdvBench mirror pairs evaluated (each pair = one harmful + one benign prompt).
-    #[arg(long, default_value_t = 20, value_parser = crate::eval::positive)]
+    #[arg(long, default_value_t = 20, value_parser = crate::args::positive)]
     pub pairs: usize,
     /// Tokens per response.
-    #[arg(long, default_value_t = 32, value_parser = crate::eval::positive)]
+    #[arg(long, default_value_t = 32, value_parser = crate::args::positive)]
     pub max_tokens: usize,
     /// SARSteer strength.
     #[arg(long, default_value_t = 0.1)]
@@ -64,7 +64,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             );
         }
     }
-    let model = crate::commands::load_model(&args.model, false)?;
+    let model = crate::args::load_model(&args.model, false)?;
     let (harmful, benign, refs) =
         crate::fit::read_sets(std::slice::from_ref(&train), &[], &[], false)?;
     std::fs::create_dir_all(&args.out)?;

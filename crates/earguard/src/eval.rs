@@ -1,5 +1,6 @@
 //! `earguard eval`, `earguard merge`, `earguard sweep`.
 
+use crate::args::positive;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -17,7 +18,7 @@ use earguard_model::Model;
 use earguard_steer::defense::{self, DefenseKind, DefensePart, DefenseSpec};
 use earguard_steer::inputs::DEFAULT_INSTRUCTION;
 
-use crate::commands::SpecialsArg;
+use crate::args::SpecialsArg;
 
 /// What every evaluation takes, shared by eval, sweep and demo.
 #[derive(Args, Clone)]
@@ -77,7 +78,7 @@ pub struct EvalSettings {
     #[command(flatten)]
     pub tokens: SpecialsArg,
     #[command(flatten)]
-    pub adapter: crate::train::AdapterArg,
+    pub adapter: crate::args::AdapterArg,
 }
 
 #[derive(Args)]
@@ -138,15 +139,6 @@ pub struct SweepArgs {
     /// Sweep directory: one run per point plus sweep.json / sweep.md / tradeoff plot.
     #[arg(long, short)]
     pub out: PathBuf,
-}
-
-/// A count that must be at least 1 (`--max-tokens`, `--samples`, `--batch-size`).
-pub fn positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 pub struct Prepared {
@@ -329,7 +321,7 @@ pub fn print_table(rows: &[(String, &Report)]) {
 pub fn eval(args: EvalArgs) -> Result<()> {
     let spec: DefenseSpec = args.defense.parse()?;
     let prepared = prepare(&args.settings)?;
-    let mut model = crate::commands::load_model(&args.settings.model, false)?;
+    let mut model = crate::args::load_model(&args.settings.model, false)?;
     args.settings.adapter.apply(&mut model)?;
     let report = evaluate(
         &model,
@@ -520,7 +512,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
     };
     let base_spec = DefenseSpec::of(under.clone());
     let prepared = prepare(&args.settings)?;
-    let mut model = crate::commands::load_model(&args.settings.model, false)?;
+    let mut model = crate::args::load_model(&args.settings.model, false)?;
     args.settings.adapter.apply(&mut model)?;
     std::fs::create_dir_all(&args.out)?;
     let base_dir = args.out.join("baseline");

@@ -12,7 +12,7 @@ use earguard_steer::artifact::{DatasetRef, SteeringVector};
 use earguard_steer::inputs::{InputStyle, DEFAULT_INSTRUCTION, DEFAULT_REFUSAL_SUFFIX};
 use earguard_steer::pipeline::{FitSetup, LayerSelection};
 
-use crate::commands::SpecialsArg;
+use crate::args::SpecialsArg;
 
 #[derive(Subcommand)]
 pub enum FitCommand {
@@ -245,7 +245,7 @@ pub fn run(cmd: FitCommand) -> Result<()> {
             benign.len()
         );
     }
-    let model = crate::commands::load_model(&common.model, false)?;
+    let model = crate::args::load_model(&common.model, false)?;
     let setup = setup(&model, common, refs);
     eprintln!(
         "fitting {kind} on {} harmful + {} benign prompts ({} mode)",
@@ -325,7 +325,7 @@ pub fn import(args: ImportArgs) -> Result<()> {
     let model = args
         .model
         .as_deref()
-        .map(|m| crate::commands::load_model(m, false))
+        .map(|m| crate::args::load_model(m, false))
         .transpose()?;
     let vector = earguard_steer::llamacpp::import_control_vector(
         &args.input,

@@ -1,5 +1,6 @@
 //! `earguard`: load real LALM/LLM checkpoints, steer and evaluate their refusals.
 
+mod args;
 mod audio;
 mod bench;
 mod bench_audio;

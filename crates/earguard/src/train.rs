@@ -8,42 +8,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use earguard_data::{PromptSet, ReadOptions};
 use earguard_model::loader::DEFAULT_MODEL;
-use earguard_model::{Model, Proj};
+use earguard_model::Proj;
 use earguard_train::fs::write_json_atomic;
 use earguard_train::optim::{AdamWParams, Decay, Schedule};
 use earguard_train::rrs::{build_rrs, build_shallow_mirror, mirror_pairs, FeatureSelect};
 use earguard_train::{train, Adapter, LoraConfig, Objective, RunOptions, TrainConfig};
 use serde_json::json;
-
-/// `--adapter DIR`: a PEFT LoRA adapter applied to the model before anything else (defenses
-/// stack on top of it).
-#[derive(Args, Clone, Default)]
-pub struct AdapterArg {
-    /// A LoRA adapter directory in PEFT's format (adapter_config.json +
-    /// adapter_model.safetensors), e.g. from `earguard train`. Applied under any defense.
-    #[arg(long)]
-    pub adapter: Option<PathBuf>,
-}
-
-impl AdapterArg {
-    /// Put the adapter on `model` (if one was given); its name then says so in reports.
-    pub fn apply(&self, model: &mut Model) -> Result<()> {
-        let Some(dir) = &self.adapter else {
-            return Ok(());
-        };
-        let cfg = earguard_train::apply_adapter(&mut model.decoder, dir)
-            .with_context(|| format!("loading the adapter in {}", dir.display()))?;
-        tracing::info!(
-            "applied LoRA adapter {} (r {}, alpha {}, {} modules)",
-            dir.display(),
-            cfg.rank,
-            cfg.alpha,
-            cfg.targets.len()
-        );
-        model.info.name = format!("{}+lora:{}", model.info.name, dir.display());
-        Ok(())
-    }
-}
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Method {
@@ -81,12 +51,12 @@ pub struct TrainArgs {
     /// stopped for any reason resumes from its last checkpoint when started again.
     #[arg(long, short)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 10, value_parser = crate::eval::positive)]
+    #[arg(long, default_value_t = 10, value_parser = crate::args::positive)]
     pub epochs: usize,
     #[arg(long, default_value_t = 5e-5)]
     pub lr: f64,
     /// Samples per optimizer step (gradients accumulated one sample at a time).
-    #[arg(long, default_value_t = 16, value_parser = crate::eval::positive)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::positive)]
     pub batch_size: usize,
     /// Linear warm-up over this many steps.
     #[arg(long, default_value_t = 0)]
@@ -94,7 +64,7 @@ pub struct TrainArgs {
     /// After warm-up: constant, or linear to zero.
     #[arg(long, value_enum, default_value = "constant")]
     pub decay: DecayArg,
-    #[arg(long, default_value_t = 16, value_parser = crate::eval::positive)]
+    #[arg(long, default_value_t = 16, value_parser = crate::args::positive)]
     pub rank: usize,
     #[arg(long, default_value_t = 4.0)]
     pub alpha: f64,
@@ -115,7 +85,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Write a checkpoint every N optimizer steps.
-    #[arg(long, default_value_t = 10, value_parser = crate::eval::positive)]
+    #[arg(long, default_value_t = 10, value_parser = crate::args::positive)]
     pub checkpoint_every: usize,
     /// Stop after N optimizer steps in all (checkpointed; run again without it to go on).
     #[arg(long)]
@@ -216,7 +186,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         pairs.truncate(n);
     }
 
-    let mut model = crate::commands::load_model(&args.model, false)?;
+    let mut model = crate::args::load_model(&args.model, false)?;
     let params: usize = (0..model.decoder.config().n_layers)
         .flat_map(|l| Proj::ALL.map(|p| (l, p)))
         .filter_map(|(l, p)| model.decoder.linear(l, p))
