@@ -5,33 +5,11 @@
 //! arithmetic, different rounding order), against HF 1e-4 as in hf_parity.rs.
 
 mod common;
-use common::max_diff;
-
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use common::{fixture, load_decoder as load, max_diff};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use earguard_model::weights::{safetensor_files, SafeTensorWeights, WeightStore};
 use earguard_model::{Decoder, DecoderConfig, InterventionPlan, Logits, Lora, Ops, Proj};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf")
-        .join(name)
-}
-
-fn load(name: &str) -> (Decoder, HashMap<String, Tensor>) {
-    let dir = fixture(name);
-    let cfg_path = dir.join("config.json");
-    let cfg = DecoderConfig::from_hf_json(&std::fs::read_to_string(&cfg_path).unwrap(), &cfg_path)
-        .unwrap();
-    let store =
-        WeightStore::SafeTensors(SafeTensorWeights::open(safetensor_files(&dir).unwrap()).unwrap());
-    let dec = Decoder::load(cfg, &store, "").unwrap();
-    let expected =
-        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
-    (dec, expected)
-}
 
 fn logits(dec: &Decoder, ids: &Tensor, pad: Vec<usize>) -> Tensor {
     let mut cache = dec.new_cache(pad);

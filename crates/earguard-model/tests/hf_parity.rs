@@ -4,10 +4,9 @@
 //! tests/fixtures/hf/README.md). Tolerance: 1e-4 absolute, f32.
 
 mod common;
-use common::max_diff;
+use common::{fixture, load_decoder as load, max_diff};
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use earguard_model::weights::{safetensor_files, SafeTensorWeights, WeightStore};
@@ -16,25 +15,6 @@ use earguard_model::{
 };
 
 const TOL: f32 = 1e-4;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hf")
-        .join(name)
-}
-
-fn load(name: &str) -> (Decoder, HashMap<String, Tensor>) {
-    let dir = fixture(name);
-    let cfg_path = dir.join("config.json");
-    let cfg = DecoderConfig::from_hf_json(&std::fs::read_to_string(&cfg_path).unwrap(), &cfg_path)
-        .unwrap();
-    let store =
-        WeightStore::SafeTensors(SafeTensorWeights::open(safetensor_files(&dir).unwrap()).unwrap());
-    let dec = Decoder::load(cfg, &store, "").unwrap();
-    let expected =
-        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
-    (dec, expected)
-}
 
 fn all_positions_plan(n_layers: usize) -> InterventionPlan {
     let mut plan = InterventionPlan::new().capture(HookPoint::FinalNorm, Positions::All);

@@ -2,8 +2,11 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
+use earguard_model::weights::{safetensor_files, SafeTensorWeights, WeightStore};
+use earguard_model::{Decoder, DecoderConfig};
 
 /// Largest absolute element-wise difference, in f32, of two same-shaped tensors.
 pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -27,4 +30,26 @@ pub fn expected_ids(exp: &HashMap<String, Tensor>) -> Vec<u32> {
         .unwrap()
         .to_vec1()
         .unwrap()
+}
+
+/// A tiny HF fixture's directory (tests/fixtures/hf/NAME).
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hf")
+        .join(name)
+}
+
+/// A tiny HF fixture's decoder (loaded directly from its safetensors) and its
+/// expected.safetensors (HF's outputs).
+pub fn load_decoder(name: &str) -> (Decoder, HashMap<String, Tensor>) {
+    let dir = fixture(name);
+    let cfg_path = dir.join("config.json");
+    let cfg = DecoderConfig::from_hf_json(&std::fs::read_to_string(&cfg_path).unwrap(), &cfg_path)
+        .unwrap();
+    let store =
+        WeightStore::SafeTensors(SafeTensorWeights::open(safetensor_files(&dir).unwrap()).unwrap());
+    let dec = Decoder::load(cfg, &store, "").unwrap();
+    let expected =
+        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    (dec, expected)
 }

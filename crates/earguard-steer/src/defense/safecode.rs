@@ -290,6 +290,8 @@ pub struct SafeCode {
     judge: VerdictModel,
     /// Audio-mode corruption: clips encoded with waveform noise (once per run).
     noised_audio: AudioCache,
+    /// The answering model's refusal tokens, tokenized at the first batch.
+    refusal: std::sync::OnceLock<RefusalTokens>,
 }
 
 /// The verdict on one request and its score (`logit(unsafe) − logit(safe)`).
@@ -355,6 +357,7 @@ impl SafeCode {
             sampled,
             judge,
             noised_audio: AudioCache::with_waveform_noise(WaveformNoise { snr_db, seed })?,
+            refusal: std::sync::OnceLock::new(),
         })
     }
 
@@ -502,10 +505,16 @@ impl SafeCode {
         let logits = out
             .logits
             .ok_or_else(|| SteerError::Invalid("the prefill returned no logits".into()))?;
-        let refusal = RefusalTokens::new(|p| model.tokenizer.encode(p, false))?;
+        let refusal = match self.refusal.get() {
+            Some(r) => r,
+            None => {
+                let r = RefusalTokens::new(|p| model.tokenizer.encode(p, false))?;
+                self.refusal.get_or_init(|| r)
+            }
+        };
         let mut guide = SafeCodeGuide {
             sc: self,
-            refusal: &refusal,
+            refusal,
             tokenizer: &model.tokenizer,
             rows: verdicts
                 .iter()
