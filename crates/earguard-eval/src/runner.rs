@@ -679,11 +679,8 @@ fn generate_rows(
         pad_token: model.tokenizer.pad_id(),
     };
     request.sampling.validate()?;
-    // A plan that does not depend on the batch is built once for the run.
-    let fixed_plan = match defense.per_batch() {
-        false => Some(defense.plan(model, &[])?),
-        true => None,
-    };
+    // Plans do not depend on the batch: built once for the run.
+    let plan = defense.plan()?;
     let bar = progress(opts.progress, items.len() * config.samples, done.len());
     for batch in todo.chunks(opts.batch_size) {
         let t0 = Instant::now();
@@ -701,10 +698,6 @@ fn generate_rows(
             requests.push(request);
             templated.push(messages);
         }
-        let plan = match &fixed_plan {
-            Some(plan) => plan.clone(),
-            None => defense.plan(model, &prompts)?,
-        };
         let seeds: Vec<u64> = batch
             .iter()
             .map(|(it, s)| row_seed(config.seed, &it.item.id, *s))

@@ -199,6 +199,8 @@ pub struct KvCache {
     len: usize,
     prompt_end: usize,
     pad: Vec<usize>,
+    /// Each row's gate decision, once the prompt's pass has reached the plan's gate.
+    gate: Option<Vec<bool>>,
 }
 
 impl KvCache {
@@ -209,6 +211,7 @@ impl KvCache {
             len: 0,
             prompt_end: 0,
             pad,
+            gate: None,
         }
     }
 
@@ -229,6 +232,12 @@ impl KvCache {
         &self.pad
     }
 
+    /// Which rows the plan's gate switched on (None before the gate was reached, or without
+    /// one): e.g. which prompts met CAST's condition.
+    pub fn gate(&self) -> Option<&[bool]> {
+        self.gate.as_deref()
+    }
+
     /// Keep the first `n` rows of the batch and drop the rest (a contrast batch's companion
     /// rows once they are no longer needed).
     pub fn keep_rows(&mut self, n: usize) -> Result<()> {
@@ -243,6 +252,9 @@ impl KvCache {
             *v = v.narrow(0, 0, n)?;
         }
         self.pad.truncate(n);
+        if let Some(g) = &mut self.gate {
+            g.truncate(n);
+        }
         Ok(())
     }
 }
@@ -489,7 +501,7 @@ impl Decoder {
         }
         let hooked = !plan.is_empty();
         if hooked {
-            plan.validate(self.cfg.n_layers, d, b)?;
+            plan.validate(self.cfg.n_layers, d)?;
         }
         let prompt_end = if start == 0 { q } else { cache.prompt_end };
         let layout = StepLayout {
@@ -502,10 +514,11 @@ impl Decoder {
         let (cos, sin) = self.rope.tables(&layout)?;
         let mask = attention_mask(&layout, &self.device)?;
         let mut captured = Vec::new();
+        let mut gate = cache.gate.take();
         // Hooks run only when the plan has something to do: an empty plan costs one branch.
         let mut hook = |point: HookPoint, t: Tensor| -> Result<Tensor> {
             if hooked {
-                run_hooks(plan, point, &layout, t, &mut captured)
+                run_hooks(plan, point, &layout, t, &mut gate, &mut captured)
             } else {
                 Ok(t)
             }
@@ -565,6 +578,7 @@ impl Decoder {
                 Some(logits)
             }
         };
+        cache.gate = gate;
         Ok(ForwardOutput {
             logits,
             captures: Captures { items: captured },

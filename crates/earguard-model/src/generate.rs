@@ -103,8 +103,8 @@ pub struct GenerateRequest<'a> {
 }
 
 /// Generate for every prompt in one left-padded batch. `on_token(row, token)` sees each new
-/// (non-stop) token as it is produced, for streaming. Row `i` of the plan's per-row scales
-/// applies to `prompts[i]`. Row `i` samples with seed `row_seeds[i]`, or `seed + i` when
+/// (non-stop) token as it is produced, for streaming. A gate in the plan decides for each row
+/// from its own prompt (see [`crate::hooks::Gate`]). Row `i` samples with seed `row_seeds[i]`, or `seed + i` when
 /// `row_seeds` is None.
 pub fn generate_batch(
     decoder: &Decoder,
@@ -168,8 +168,8 @@ pub trait Guide {
 }
 
 /// [`generate_from`] with a [`Guide`]: `logits` `[2b, vocab]` and `cache` come from one
-/// [`prefill`] of the b real prompts followed by their b companions, with
-/// `plan.tiled(2)`; `plan` is the b-row plan. While any unfinished row is guided every step
+/// [`prefill`] of the b real prompts followed by their b companions, with `plan` (plans do not
+/// depend on the batch). While any unfinished row is guided every step
 /// runs 2b rows; after that the companion rows leave the cache and steps run b rows, as plain
 /// decoding does.
 #[allow(clippy::too_many_arguments)]
@@ -238,7 +238,6 @@ fn decode(
                 .map_or(request.max_tokens, |c| c.min(request.max_tokens))
         })
         .collect();
-    let tiled = guide.as_ref().map(|_| plan.tiled(2));
 
     let mut out: Vec<Generation> = (0..b)
         .map(|_| Generation {
@@ -298,19 +297,16 @@ fn decode(
                 guide = None;
             }
         }
-        let (ids, step_plan) = match guide {
+        let ids = match guide {
             Some(_) => {
                 let mut both = next.clone();
                 both.extend_from_slice(&next);
-                (
-                    Tensor::from_vec(both, (2 * b, 1), decoder.device())?,
-                    tiled.as_ref().unwrap_or(plan),
-                )
+                Tensor::from_vec(both, (2 * b, 1), decoder.device())?
             }
-            None => (Tensor::from_vec(next, (b, 1), decoder.device())?, plan),
+            None => Tensor::from_vec(next, (b, 1), decoder.device())?,
         };
         logits = decoder
-            .forward(&ids, &mut cache, step_plan, Logits::Last)?
+            .forward(&ids, &mut cache, plan, Logits::Last)?
             .logits;
     }
     Ok(out)

@@ -2,8 +2,10 @@
 //!
 //! Hooks are data, not callbacks: a forward call takes an [`InterventionPlan`] listing edits
 //! (add a vector, project out a direction) and captures, each at a [`HookPoint`] and for a
-//! [`Positions`] selector, optionally scaled per batch row. An empty plan is checked once per
-//! forward call and costs nothing else.
+//! [`Positions`] selector. An edit may be *gated*: applied only to the rows a [`Gate`] switched
+//! on, a decision the forward pass itself takes from the prompt (CAST's condition), so a plan
+//! never depends on the batch and a conditional defense needs no probing pass. An empty plan is
+//! checked once per forward call and costs nothing else.
 //!
 //! ```
 //! use earguard_model::hooks::{HookKind, HookPoint, InterventionPlan, Positions};
@@ -234,9 +236,28 @@ pub struct Intervention {
     pub point: HookPoint,
     pub positions: Positions,
     pub edit: Edit,
-    /// Per batch row coefficient `c` (None: 1 for every row). Zero switches a row off, which is
-    /// how conditional defenses steer some sequences of a batch and not others.
-    pub row_scale: Option<Vec<f32>>,
+    /// Apply only to the rows the plan's [`Gate`] switched on (and, at the prompt's forward
+    /// call, only at points the forward reaches after the gate has decided).
+    pub gated: bool,
+}
+
+/// A per-row switch the forward pass decides for itself: on the first forward call of a
+/// sequence (the prompt, on an empty cache), when the forward reaches `point`, a row is
+/// switched on when the cosine similarity between its last prompt position's hidden state (as
+/// it arrives at `point`, before that point's edits) and `unit` exceeds `threshold`. The
+/// decision is kept in the [`KvCache`](crate::KvCache) for the rest of the sequence and drives
+/// every gated edit.
+///
+/// This is CAST's rule as its reference implementation runs it (IBM activation-steering,
+/// `LeashLayer`, "last" comparison mode): the condition is read once, on the prompt, inside
+/// the same pass; behaviour edits at points the prompt's pass reaches before the condition
+/// layer steer only the generated tokens.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub point: HookPoint,
+    /// Unit direction (normalised by [`InterventionPlan::gate`]).
+    pub unit: Tensor,
+    pub threshold: f32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +270,7 @@ pub struct Capture {
 pub struct InterventionPlan {
     edits: Vec<Intervention>,
     captures: Vec<Capture>,
+    gates: Vec<Gate>,
 }
 
 impl InterventionPlan {
@@ -257,7 +279,7 @@ impl InterventionPlan {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.edits.is_empty() && self.captures.is_empty()
+        self.edits.is_empty() && self.captures.is_empty() && self.gates.is_empty()
     }
 
     pub fn edits(&self) -> &[Intervention] {
@@ -266,6 +288,28 @@ impl InterventionPlan {
 
     pub fn captures(&self) -> &[Capture] {
         &self.captures
+    }
+
+    /// The gate gated edits follow, if the plan has one.
+    pub fn gate_of(&self) -> Option<&Gate> {
+        self.gates.first()
+    }
+
+    /// Set the plan's gate (`direction` is normalised here; `threshold` is a cosine, in
+    /// [-1, 1]). A plan holds one gate: [`Self::validate`] refuses a second.
+    pub fn gate(mut self, point: HookPoint, direction: &Tensor, threshold: f32) -> Result<Self> {
+        if !(-1.0..=1.0).contains(&threshold) {
+            return Err(ModelError::Invalid(format!(
+                "gate threshold {threshold} at {point} is not a cosine in [-1, 1]"
+            )));
+        }
+        let unit = unit(direction, point)?;
+        self.gates.push(Gate {
+            point,
+            unit,
+            threshold,
+        });
+        Ok(self)
     }
 
     pub fn push(&mut self, edit: Intervention) {
@@ -277,7 +321,7 @@ impl InterventionPlan {
             point,
             positions,
             edit: Edit::Add(vector),
-            row_scale: None,
+            gated: false,
         });
         self
     }
@@ -306,18 +350,12 @@ impl InterventionPlan {
                 "projection strength {strength} at {point} is outside [0, 1]"
             )));
         }
-        let norm = direction.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
-        if !norm.is_finite() || norm == 0.0 {
-            return Err(ModelError::Invalid(format!(
-                "cannot project out a direction of norm {norm} at {point}"
-            )));
-        }
-        let unit = (direction / f64::from(norm))?;
+        let unit = unit(direction, point)?;
         self.edits.push(Intervention {
             point,
             positions,
             edit: Edit::ProjectOut { unit, strength },
-            row_scale: None,
+            gated: false,
         });
         Ok(self)
     }
@@ -327,27 +365,16 @@ impl InterventionPlan {
         self
     }
 
-    /// Append every edit and capture of `other`.
+    /// Append every edit, capture and gate of `other`.
     pub fn extend(mut self, other: InterventionPlan) -> Self {
         self.edits.extend(other.edits);
         self.captures.extend(other.captures);
+        self.gates.extend(other.gates);
         self
     }
 
-    /// This plan for a batch made of `times` copies of the batch it was built for, one after
-    /// another (per-row scales repeated; row-independent edits unchanged).
-    pub fn tiled(&self, times: usize) -> Self {
-        let mut out = self.clone();
-        for e in &mut out.edits {
-            if let Some(rows) = &mut e.row_scale {
-                *rows = rows.repeat(times);
-            }
-        }
-        out
-    }
-
     /// Check every edit against the model's shape before any forward work is done.
-    pub fn validate(&self, n_layers: usize, hidden: usize, batch: usize) -> Result<()> {
+    pub fn validate(&self, n_layers: usize, hidden: usize) -> Result<()> {
         let check_point = |p: &HookPoint| match p.layer() {
             Some(l) if l >= n_layers => Err(ModelError::Shape(format!(
                 "hook point {p} is past the model's last layer {}",
@@ -367,21 +394,50 @@ impl InterventionPlan {
                     v.dims()
                 )));
             }
-            if let Some(rows) = &e.row_scale {
-                if rows.len() != batch {
-                    return Err(ModelError::Shape(format!(
-                        "edit at {} has {} row scales for a batch of {batch}",
-                        e.point,
-                        rows.len()
-                    )));
-                }
+            if e.gated && self.gates.is_empty() {
+                return Err(ModelError::Invalid(format!(
+                    "edit at {} is gated but the plan has no gate",
+                    e.point
+                )));
             }
         }
         for c in &self.captures {
             check_point(&c.point)?;
         }
+        if self.gates.len() > 1 {
+            return Err(ModelError::Invalid(format!(
+                "a plan holds one gate, this one has {} (stack at most one conditional defense)",
+                self.gates.len()
+            )));
+        }
+        for g in &self.gates {
+            check_point(&g.point)?;
+            if g.unit.dims() != [hidden] {
+                return Err(ModelError::Shape(format!(
+                    "gate at {} has shape {:?}, the model's hidden size is {hidden}",
+                    g.point,
+                    g.unit.dims()
+                )));
+            }
+        }
         Ok(())
     }
+}
+
+/// `direction / |direction|`, refusing a zero or non-finite norm.
+fn unit(direction: &Tensor, point: HookPoint) -> Result<Tensor> {
+    let norm = direction
+        .to_dtype(DType::F32)?
+        .sqr()?
+        .sum_all()?
+        .sqrt()?
+        .to_scalar::<f32>()?;
+    if !norm.is_finite() || norm == 0.0 {
+        return Err(ModelError::Invalid(format!(
+            "cannot use a direction of norm {norm} at {point}"
+        )));
+    }
+    Ok((direction / f64::from(norm))?)
 }
 
 /// Where one forward call sits in its sequences: what position selectors need to know.
@@ -399,20 +455,19 @@ pub(crate) struct StepLayout {
 }
 
 impl StepLayout {
-    /// 0/1 weights `[batch, seq, 1]` for a selector, times the per-row scale; None when the
-    /// selector touches nothing in this call.
+    /// 0/1 weights `[batch, seq, 1]` for a selector, over the rows switched on (all when
+    /// `rows` is None); None when the selector touches nothing in this call.
     pub fn weights(
         &self,
         positions: Positions,
-        row_scale: Option<&[f32]>,
+        rows: Option<&[bool]>,
         device: &Device,
     ) -> Result<Option<Tensor>> {
         let (b, q) = (self.batch, self.seq);
         let mut w = vec![0f32; b * q];
         let mut any = false;
         for row in 0..b {
-            let scale = row_scale.map_or(1.0, |r| r[row]);
-            if scale == 0.0 {
+            if rows.is_some_and(|r| !r[row]) {
                 continue;
             }
             for i in 0..q {
@@ -428,7 +483,7 @@ impl StepLayout {
                     }
                 };
                 if on {
-                    w[row * q + i] = scale;
+                    w[row * q + i] = 1.0;
                     any = true;
                 }
             }
@@ -440,18 +495,33 @@ impl StepLayout {
     }
 }
 
-/// Apply every edit of `plan` at `point` to `x` (`[batch, seq, hidden]`), then record captures.
+/// Decide the gate at `point` if the plan's gate sits there and the sequence has not decided
+/// it yet (the prompt's forward call), apply every edit of `plan` at `point` to `x`
+/// (`[batch, seq, hidden]`), then record captures. `gate` is the sequence's decision, one flag
+/// per row, kept by the cache between calls.
 pub(crate) fn run_hooks(
     plan: &InterventionPlan,
     point: HookPoint,
     layout: &StepLayout,
     x: Tensor,
+    gate: &mut Option<Vec<bool>>,
     captured: &mut Vec<(HookPoint, Tensor)>,
 ) -> Result<Tensor> {
     let _span = tracing::trace_span!("hooks", %point).entered();
+    if let Some(g) = plan.gates.iter().find(|g| g.point == point) {
+        if gate.is_none() && layout.start == 0 {
+            *gate = Some(decide(g, &x)?);
+        }
+    }
     let mut x = x;
     for e in plan.edits.iter().filter(|e| e.point == point) {
-        let Some(w) = layout.weights(e.positions, e.row_scale.as_deref(), x.device())? else {
+        let rows = match (e.gated, gate.as_deref()) {
+            (false, _) => None,
+            (true, Some(rows)) => Some(rows),
+            // Not decided yet: the prompt's pass has not reached the gate.
+            (true, None) => continue,
+        };
+        let Some(w) = layout.weights(e.positions, rows, x.device())? else {
             continue;
         };
         x = match &e.edit {
@@ -480,6 +550,18 @@ pub(crate) fn run_hooks(
         }
     }
     Ok(x)
+}
+
+/// Which rows switch the gate on: cosine(x at the last position, unit) > threshold.
+fn decide(gate: &Gate, x: &Tensor) -> Result<Vec<bool>> {
+    let q = x.dim(1)?;
+    let h = x.narrow(1, q - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?;
+    let u = gate.unit.to_device(h.device())?.to_dtype(DType::F32)?;
+    let dot = h.matmul(&u.unsqueeze(1)?)?.squeeze(1)?;
+    let norm = h.sqr()?.sum(1)?.sqrt()?;
+    let cos = (dot / norm)?.to_vec1::<f32>()?;
+    tracing::debug!(point = %gate.point, ?cos, threshold = gate.threshold, "gate");
+    Ok(cos.into_iter().map(|c| c > gate.threshold).collect())
 }
 
 /// The captured slice: `[batch, hidden]` for `Last`, `[batch, n, hidden]` otherwise (padding
@@ -599,16 +681,15 @@ mod tests {
             prompt_end: 4,
             pad: vec![0, 2],
         };
-        let scaled = decode.weights(Positions::GeneratedOnly, Some(&[0.0, 2.0]), &Device::Cpu);
+        let some = decode.weights(Positions::GeneratedOnly, Some(&[false, true]), &Device::Cpu);
         assert_eq!(
-            scaled
-                .unwrap()
+            some.unwrap()
                 .unwrap()
                 .flatten_all()
                 .unwrap()
                 .to_vec1::<f32>()
                 .unwrap(),
-            [0., 2.]
+            [0., 1.]
         );
     }
 
@@ -627,11 +708,86 @@ mod tests {
             .project_out(HookKind::ResidPost.at(0), Positions::All, &dir)
             .unwrap();
         let mut cap = vec![];
-        let y = run_hooks(&plan, HookKind::ResidPost.at(0), &layout, x, &mut cap).unwrap();
+        let y = run_hooks(
+            &plan,
+            HookKind::ResidPost.at(0),
+            &layout,
+            x,
+            &mut None,
+            &mut cap,
+        )
+        .unwrap();
         assert_eq!(
             y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             [3.0, 0.0]
         );
+    }
+
+    /// The gate decides per row at the prompt's call, from the hidden state as it arrives;
+    /// gated edits follow it then and in later calls; an edit the prompt's pass reaches before
+    /// the gate waits for the next call.
+    #[test]
+    fn a_gate_switches_rows_inside_the_pass() {
+        let dev = Device::Cpu;
+        let (before, at) = (HookKind::ResidPre.at(0), HookKind::ResidPost.at(0));
+        let one = Tensor::new(&[0f32, 1.0], &dev).unwrap();
+        let gated = |point| Intervention {
+            point,
+            positions: Positions::Last,
+            edit: Edit::Add(Tensor::new(&[10f32, 0.0], &dev).unwrap()),
+            gated: true,
+        };
+        let mut plan = InterventionPlan::new()
+            .gate(at, &(&one * 3.0).unwrap(), 0.5)
+            .unwrap();
+        plan.push(gated(at));
+        plan.push(gated(before));
+        plan.validate(1, 2).unwrap();
+        let prompt = StepLayout {
+            batch: 2,
+            seq: 2,
+            start: 0,
+            prompt_end: 2,
+            pad: vec![0, 0],
+        };
+        // Row 0's last position points along the gate (cos 1), row 1's away from it (cos 0).
+        let x = Tensor::new(&[[[1f32, 1.0], [0.0, 2.0]], [[1.0, 1.0], [2.0, 0.0]]], &dev).unwrap();
+        let (mut gate, mut cap) = (None, vec![]);
+        let y = run_hooks(&plan, before, &prompt, x.clone(), &mut gate, &mut cap).unwrap();
+        assert_eq!(gate, None);
+        assert_eq!(y.to_vec3::<f32>().unwrap(), x.to_vec3::<f32>().unwrap());
+        let y = run_hooks(&plan, at, &prompt, x, &mut gate, &mut cap).unwrap();
+        assert_eq!(gate, Some(vec![true, false]));
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [1., 1., 10., 2., 1., 1., 2., 0.]
+        );
+        // A later call keeps the decision (the gate is not re-read) and both edits follow it.
+        let step = StepLayout {
+            start: 2,
+            seq: 1,
+            ..prompt
+        };
+        let x = Tensor::new(&[[[0f32, 0.0]], [[0.0, 5.0]]], &dev).unwrap();
+        let y = run_hooks(&plan, before, &step, x, &mut gate, &mut cap).unwrap();
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [10., 0., 0., 5.]
+        );
+        // Gated edits need a gate; a plan holds one.
+        let mut lone = InterventionPlan::new();
+        lone.push(gated(at));
+        assert!(lone
+            .validate(1, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("no gate"));
+        let two = plan.clone().extend(plan);
+        assert!(two
+            .validate(1, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("one gate"));
     }
 
     #[test]
@@ -640,13 +796,13 @@ mod tests {
         let plan =
             InterventionPlan::new().add(HookKind::ResidPost.at(1), Positions::Last, v.clone());
         assert!(plan
-            .validate(2, 4, 1)
+            .validate(2, 4)
             .unwrap_err()
             .to_string()
             .contains("hidden size is 4"));
         let plan = InterventionPlan::new().add(HookKind::ResidPost.at(5), Positions::Last, v);
         assert!(plan
-            .validate(2, 3, 1)
+            .validate(2, 3)
             .unwrap_err()
             .to_string()
             .contains("past the model's last"));

@@ -187,7 +187,7 @@ fn guided(
 ) -> Vec<Generation> {
     let plan = InterventionPlan::new();
     let both: Vec<Prompt> = real.iter().chain(companion).cloned().collect();
-    let (out, cache) = prefill(&model.decoder, &both, 0, &plan.tiled(2), Logits::Last).unwrap();
+    let (out, cache) = prefill(&model.decoder, &both, 0, &plan, Logits::Last).unwrap();
     generate_guided(
         &model.decoder,
         out.logits.unwrap(),

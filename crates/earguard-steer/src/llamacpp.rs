@@ -465,6 +465,7 @@ fn write_output(out: &Path, bytes: &[u8]) -> Result<()> {
 ///   `earguard.meta` or model hint would be read as different text;
 /// - GGUF version 1 is accepted (llama.cpp refuses it), and a big-endian file is reported as
 ///   an unknown version.
+///
 /// The writer has none of these concerns, so export uses candle's `gguf_file::write`; our
 /// reader and candle's writer check each other in the tests below and in
 /// tests/artifact_llamacpp.rs (llama.cpp's own Python writer made the golden fixture).

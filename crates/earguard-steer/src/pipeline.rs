@@ -179,8 +179,8 @@ impl FitSetup<'_> {
         );
         let mut table = Vec::new();
         for l in 0..last {
-            // The attack's plan does not depend on the batch: built once per layer.
-            let plan = Ablate::new(self.model, &directions.get(l)?, 1.0)?.plan(self.model, &[])?;
+            // The attack's plan, one per layer.
+            let plan = Ablate::new(self.model, &directions.get(l)?, 1.0)?.plan()?;
             let score = mean(&refusal_scores(&self.logits(&harm, &plan)?, &refusal)?);
             let kl = mean_kl(&base_logits, &self.logits(&safe, &plan)?)?;
             table.push(json!({"layer": l, "harmful_refusal_score": score, "harmless_kl": kl}));

@@ -76,7 +76,7 @@ fn encode(model: &Model, defense: &dyn Defense, items: &[PromptItem]) -> Vec<Pro
 fn mean_score(model: &Model, spec: &str, items: &[PromptItem]) -> f32 {
     let defense = build(&spec.parse::<DefenseSpec>().unwrap(), model, false).unwrap();
     let prompts = encode(model, defense.as_ref(), items);
-    let plan = defense.plan(model, &prompts).unwrap();
+    let plan = defense.plan().unwrap();
     let logits = forward_batch(model, &prompts, &plan, Logits::Last)
         .unwrap()
         .logits
@@ -216,7 +216,7 @@ fn ablation_removes_writes_not_the_defense() {
         (out.logits.unwrap(), out.captures.get(last).unwrap().clone())
     };
     let ablate = Ablate::new(&model, &r, 1.0).unwrap();
-    let attack = ablate.plan(&model, &prompts).unwrap();
+    let attack = ablate.plan().unwrap();
 
     // 1. Bare model: equal to stream ablation (r̂ projected out at resid_pre, resid_mid and
     // resid_post of every block). Compared on the dequantized weights: the quantized path
@@ -288,7 +288,7 @@ fn ablation_removes_writes_not_the_defense() {
 
     // 3. Strength 0 is a no-op; strength is part of the spec.
     let zero = Ablate::new(&model, &r, 0.0).unwrap();
-    let (zero_logits, _) = run(&zero.plan(&model, &prompts).unwrap());
+    let (zero_logits, _) = run(&zero.plan().unwrap());
     assert!(max_abs_diff(&zero_logits, &base_logits) < 1e-4);
 
     // 4. Positive control: ActAdd of the refusal direction under the attack restores refusal.

@@ -235,8 +235,8 @@ fn decode(args: DecodeArgs) -> Result<()> {
     for spec in &args.defenses {
         let parsed: earguard_steer::defense::DefenseSpec = spec.parse()?;
         let defense = earguard_steer::defense::build(&parsed, &model, false)?;
-        // The plan of a one-prompt batch (CAST decides here, from its probe pass).
-        let plan = defense.plan(&model, &[Prompt::text(prompt.clone())])?;
+        // CAST's condition is a gate inside the timed forward passes, not a separate probe.
+        let plan = defense.plan()?;
         runners.push((
             spec.clone(),
             Box::new(Ours {

@@ -174,7 +174,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let audio = AudioCache::new();
     let templated = defense.rewrite(messages.clone());
     let prompt = model.encode_prompt(&templated, args.tokens.specials(), &audio)?;
-    let plan = defense.plan(&model, std::slice::from_ref(&prompt))?;
+    let plan = defense.plan()?;
     let stop = model.tokenizer.stop_token_ids();
     let request = GenerateRequest {
         max_tokens: args.max_tokens,

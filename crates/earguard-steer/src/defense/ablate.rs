@@ -12,7 +12,7 @@
 //! setting the seed papers study (speech input lowers refusal, it does not erase it).
 
 use candle_core::Tensor;
-use earguard_model::{HookKind, InterventionPlan, Model, Positions, Prompt};
+use earguard_model::{HookKind, InterventionPlan, Model, Positions};
 
 use super::{selected_layer, Defense, DefensePart};
 use crate::artifact::SteeringVector;
@@ -61,11 +61,7 @@ impl Defense for Ablate {
         self.describe.clone()
     }
 
-    fn per_batch(&self) -> bool {
-        false
-    }
-
-    fn plan(&self, _model: &Model, _batch: &[Prompt]) -> Result<InterventionPlan> {
+    fn plan(&self) -> Result<InterventionPlan> {
         Ok(self.plan.clone())
     }
 }

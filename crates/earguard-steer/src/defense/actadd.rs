@@ -2,7 +2,7 @@
 //! with c = +1 it induces refusal.
 
 use candle_core::Tensor;
-use earguard_model::{HookKind, InterventionPlan, Model, Positions, Prompt};
+use earguard_model::{HookKind, InterventionPlan, Model, Positions};
 
 use super::{selected_layer, Defense, DefensePart};
 use crate::artifact::SteeringVector;
@@ -37,11 +37,7 @@ impl Defense for ActAdd {
         self.describe.clone()
     }
 
-    fn per_batch(&self) -> bool {
-        false
-    }
-
-    fn plan(&self, _model: &Model, _batch: &[Prompt]) -> Result<InterventionPlan> {
+    fn plan(&self) -> Result<InterventionPlan> {
         Ok(InterventionPlan::new().add(
             HookKind::ResidPre.at(self.layer),
             Positions::All,

@@ -1,6 +1,10 @@
 //! CAST, conditional activation steering (Lee et al. 2024): a condition direction decides, per
 //! sequence, from the prompt's last-position activation at one layer, whether the behaviour
-//! vector is applied. Sequences of one batch are steered or not independently (row scales).
+//! vector is applied. The condition is a [`Gate`](earguard_model::hooks::Gate): the prompt's
+//! own forward pass decides it when it reaches the condition layer, as in the reference
+//! implementation, so generation prefills once; sequences of one batch are steered or not
+//! independently. Behaviour additions below the condition layer therefore steer the generated
+//! tokens but not the prompt's last position (the decision does not exist yet there).
 //!
 //! The artifact (`earguard fit cast`) holds the behaviour vectors as directions, the condition
 //! direction as its `condition.{layer}` tensor and, in `meta.extra`, `threshold` (cosine
@@ -9,7 +13,7 @@
 //! fix (re-fit: the fit reuses its cached activations).
 
 use candle_core::Tensor;
-use earguard_model::{HookPoint, Intervention, InterventionPlan, Model, Positions, Prompt};
+use earguard_model::{HookPoint, Intervention, InterventionPlan, Model, Positions};
 
 use super::{Defense, DefensePart};
 use crate::artifact::SteeringVector;
@@ -79,30 +83,10 @@ impl Cast {
         Ok(Self {
             describe: part.to_string(),
             condition_hook: vector.meta.hook_point(condition.layer),
-            condition: super::sarsteer::unit(
-                &condition.direction.to_device(model.decoder.device())?,
-            )?,
+            condition: condition.direction.to_device(model.decoder.device())?,
             threshold,
             additions,
         })
-    }
-
-    /// Which prompts of the batch meet the condition (cosine similarity above the threshold).
-    pub fn condition_met(&self, model: &Model, batch: &[Prompt]) -> Result<Vec<bool>> {
-        let probe = InterventionPlan::new().capture(self.condition_hook, Positions::Last);
-        let acts =
-            crate::capture::forward_batch(model, batch, &probe, earguard_model::Logits::None)?;
-        let h = acts
-            .captures
-            .get(self.condition_hook)
-            .ok_or_else(|| SteerError::Invalid("probe captured nothing".into()))?;
-        let norms = h.sqr()?.sum_keepdim(1)?.sqrt()?;
-        let cos = h
-            .matmul(&self.condition.unsqueeze(1)?)?
-            .div(&norms)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        Ok(cos.into_iter().map(|c| c > self.threshold).collect())
     }
 }
 
@@ -111,22 +95,17 @@ impl Defense for Cast {
         self.describe.clone()
     }
 
-    fn plan(&self, model: &Model, batch: &[Prompt]) -> Result<InterventionPlan> {
-        let rows: Vec<f32> = self
-            .condition_met(model, batch)?
-            .into_iter()
-            .map(|m| if m { 1.0 } else { 0.0 })
-            .collect();
-        let mut plan = InterventionPlan::new();
-        if rows.iter().all(|&r| r == 0.0) {
-            return Ok(plan);
-        }
+    /// The condition is a gate the forward pass decides on the prompt; the behaviour
+    /// additions are gated by it.
+    fn plan(&self) -> Result<InterventionPlan> {
+        let mut plan =
+            InterventionPlan::new().gate(self.condition_hook, &self.condition, self.threshold)?;
         for (hook, v) in &self.additions {
             plan.push(Intervention {
                 point: *hook,
                 positions: Positions::Last,
                 edit: earguard_model::Edit::Add(v.clone()),
-                row_scale: Some(rows.clone()),
+                gated: true,
             });
         }
         Ok(plan)

@@ -54,7 +54,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use earguard_model::chat::ChatMessage;
-use earguard_model::{InterventionPlan, Model, Prompt};
+use earguard_model::{InterventionPlan, Model};
 
 use crate::error::{Result, SteerError};
 
@@ -74,15 +74,11 @@ pub trait Defense: Send + Sync {
         messages
     }
 
-    /// The plan applied to every forward call of a batch of tokenised prompts.
-    fn plan(&self, _model: &Model, _batch: &[Prompt]) -> Result<InterventionPlan> {
+    /// The plan applied to every forward call. It does not depend on the batch (a condition on
+    /// the prompt, as CAST's, is a [`earguard_model::hooks::Gate`] the forward pass decides
+    /// itself), so a run builds it once.
+    fn plan(&self) -> Result<InterventionPlan> {
         Ok(InterventionPlan::new())
-    }
-
-    /// Does the plan depend on the batch (a probe of the prompts, as CAST's condition)? A
-    /// defense that says no has its plan built once per run, from an empty batch, and reused.
-    fn per_batch(&self) -> bool {
-        true
     }
 
     /// The decoding-time part of this defense, if it has one (SafeCoDe): generation then runs
@@ -117,16 +113,12 @@ impl Defense for Stack {
         self.0.iter().fold(messages, |m, d| d.rewrite(m))
     }
 
-    fn plan(&self, model: &Model, batch: &[Prompt]) -> Result<InterventionPlan> {
+    fn plan(&self) -> Result<InterventionPlan> {
         let mut plan = InterventionPlan::new();
         for d in &self.0 {
-            plan = plan.extend(d.plan(model, batch)?);
+            plan = plan.extend(d.plan()?);
         }
         Ok(plan)
-    }
-
-    fn per_batch(&self) -> bool {
-        self.0.iter().any(|d| d.per_batch())
     }
 
     fn safecode(&self) -> Option<&SafeCode> {
@@ -569,6 +561,30 @@ pub fn parse_layers(s: &str, n_layers: usize) -> Result<Vec<usize>> {
     Ok(out)
 }
 
+/// The layer a refusal-direction artifact recommends (`extra.selected_layer`), or `fallback`.
+pub(crate) fn selected_layer(
+    vector: &crate::artifact::SteeringVector,
+    part: &DefensePart,
+) -> Result<usize> {
+    if let Some(l) = part.option_usize("layer")? {
+        return Ok(l);
+    }
+    if let Some(l) = vector
+        .meta
+        .extra
+        .get("selected_layer")
+        .and_then(|v| v.as_u64())
+    {
+        return Ok(l as usize);
+    }
+    // No selection recorded: the middle layer, where refusal directions are usually strongest.
+    let layers: Vec<usize> = vector.directions.keys().copied().collect();
+    layers
+        .get(layers.len() / 2)
+        .copied()
+        .ok_or_else(|| SteerError::Artifact("the vector has no directions".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,28 +717,4 @@ mod tests {
             .to_string();
         assert!(e.contains("layers=3|5|7"), "{e}");
     }
-}
-
-/// The layer a refusal-direction artifact recommends (`extra.selected_layer`), or `fallback`.
-pub(crate) fn selected_layer(
-    vector: &crate::artifact::SteeringVector,
-    part: &DefensePart,
-) -> Result<usize> {
-    if let Some(l) = part.option_usize("layer")? {
-        return Ok(l);
-    }
-    if let Some(l) = vector
-        .meta
-        .extra
-        .get("selected_layer")
-        .and_then(|v| v.as_u64())
-    {
-        return Ok(l as usize);
-    }
-    // No selection recorded: the middle layer, where refusal directions are usually strongest.
-    let layers: Vec<usize> = vector.directions.keys().copied().collect();
-    layers
-        .get(layers.len() / 2)
-        .copied()
-        .ok_or_else(|| SteerError::Artifact("the vector has no directions".into()))
 }

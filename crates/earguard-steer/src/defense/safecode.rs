@@ -499,7 +499,7 @@ impl SafeCode {
             &model.decoder,
             &prompts,
             request.pad_token,
-            &plan.tiled(2),
+            plan,
             Logits::Last,
         )?;
         let logits = out
@@ -549,10 +549,6 @@ impl SafeCode {
 impl Defense for SafeCode {
     fn describe(&self) -> String {
         self.describe.clone()
-    }
-
-    fn per_batch(&self) -> bool {
-        false
     }
 
     fn safecode(&self) -> Option<&SafeCode> {

@@ -4,7 +4,7 @@
 //! inputs (the "LLM steering" baseline).
 
 use candle_core::Tensor;
-use earguard_model::{HookKind, HookPoint, InterventionPlan, Model, Positions, Prompt};
+use earguard_model::{HookKind, HookPoint, InterventionPlan, Model, Positions};
 
 use super::{parse_layers, Defense, DefensePart};
 use crate::artifact::SteeringVector;
@@ -99,11 +99,7 @@ impl Defense for SarSteer {
         self.describe.clone()
     }
 
-    fn per_batch(&self) -> bool {
-        false
-    }
-
-    fn plan(&self, _model: &Model, _batch: &[Prompt]) -> Result<InterventionPlan> {
+    fn plan(&self) -> Result<InterventionPlan> {
         let mut plan = InterventionPlan::new();
         for (hook, v) in &self.additions {
             plan = plan.add(*hook, self.positions, v.clone());
