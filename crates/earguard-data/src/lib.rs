@@ -9,7 +9,7 @@
 //! A pipe or device (`/dev/urandom`) is refused before anything is read.
 //!
 //! As the bottom crate it also holds the helpers every other crate shares, once each:
-//! [`atomic`] (whole-file writes), [`hex`] and [`progress`].
+//! [`atomic`] (whole-file writes), [`hex`], [`progress`] and [`wer`] (word error rate).
 //!
 //! ```
 //! use earguard_data::{PromptSet, Label, ReadOptions};
@@ -21,6 +21,7 @@
 
 pub mod atomic;
 pub mod progress;
+pub mod wer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -26,6 +26,7 @@ pub mod model;
 pub mod prompt;
 pub mod qwen2_audio;
 pub mod score;
+pub mod speech;
 #[cfg(feature = "stock-whisper")]
 pub mod stock_whisper;
 pub mod tokenizer;

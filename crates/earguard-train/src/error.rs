@@ -7,6 +7,8 @@ pub enum TrainError {
     #[error(transparent)]
     Data(#[from] earguard_data::DataError),
     #[error(transparent)]
+    Audio(#[from] earguard_audio::AudioError),
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },

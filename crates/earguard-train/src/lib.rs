@@ -4,13 +4,18 @@
 //! size in memory) and only low-rank adapters ([`adapter::Adapter`]) are trained, with candle's
 //! autograd through the decoder's differentiable forward mode. Adapters are read and written in
 //! PEFT's format, so they move between earguard and Python.
+//!
+//! It also trains the speech head of a speech-language model built from parts ([`speech`]:
+//! Whisper frames → CTC over the LLM's vocabulary, with [`ctc`]'s loss).
 
 pub mod adapter;
+pub mod ctc;
 pub mod error;
 pub mod fs;
 pub mod objective;
 pub mod optim;
 pub mod rrs;
+pub mod speech;
 pub mod trainer;
 
 pub use adapter::{apply_adapter, Adapter, LoraConfig};

@@ -9,6 +9,7 @@ mod convert;
 mod demo;
 mod eval;
 mod fit;
+mod speech;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -170,6 +171,10 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Fine-tune LoRA adapters (RRS, SFT-shallow-mirror) into a PEFT adapter directory.
     Train(train::TrainArgs),
+    /// Build a speech head for a text LLM (Whisper frames → CTC over its vocabulary): render
+    /// and encode training speech, train the head, transcribe with it.
+    #[command(subcommand)]
+    Speech(speech::SpeechCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         /// The shell to complete for.
@@ -202,6 +207,7 @@ fn main() {
         Command::Convert(args) => convert::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Train(args) => train::run(args),
+        Command::Speech(cmd) => speech::run(cmd),
         Command::Completions { shell } => {
             completions(shell, &mut std::io::stdout());
             Ok(())

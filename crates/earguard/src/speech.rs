@@ -1,0 +1,284 @@
+//! `earguard speech`: build the speech head of a speech-language model from real parts
+//! (Whisper-base encoder → CTC over the LLM's vocabulary; LegoSLM, arXiv 2505.11352).
+//!
+//! `prepare` renders training texts with espeak-ng and stores the frozen encoder's frames;
+//! `train` fits the head on them with CTC; `transcribe` prints a head's greedy transcripts.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Args, Subcommand};
+use earguard_data::{PromptSet, ReadOptions};
+use earguard_model::loader::DEFAULT_MODEL;
+use earguard_model::speech::SpeechHead;
+use earguard_model::weights::{SafeTensorWeights, WeightStore};
+use earguard_model::whisper::{WhisperEncoder, WhisperEncoderConfig};
+use earguard_train::speech::{self as sp, HeadTrainConfig, PrepareOptions};
+
+const SHARED: &str = "../shared/data";
+
+#[derive(Subcommand)]
+pub enum SpeechCommand {
+    /// Render texts (espeak-ng; several voices, rates and seeded noise) and store the frozen
+    /// Whisper encoder's frames of each clip, its real length. Resumable: run it again to go on.
+    Prepare(PrepareArgs),
+    /// Train the CTC head on a prepared directory (token CTC + char CTC); resumable per epoch.
+    Train(HeadArgs),
+    /// Greedy transcripts of audio files by a trained head (token and char branches).
+    Transcribe(TranscribeArgs),
+}
+
+#[derive(Args)]
+pub struct PrepareArgs {
+    /// Output directory (plan.jsonl, shards/, encoder/).
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Training texts (JSONL prompt sets, split "train" only). Default: the speech corpus and
+    /// the train prompt sets in ../shared/data.
+    #[arg(long)]
+    pub data: Vec<PathBuf>,
+    /// Only the first N texts of each file.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// espeak-ng voices for training clips.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "en-us,en-gb,en-gb-x-rp,en-us+f3,en-gb-scotland+m3"
+    )]
+    pub voices: Vec<String>,
+    /// Voices used only for held-out texts (never in training).
+    #[arg(long, value_delimiter = ',', default_value = "en-029,en-us+f4")]
+    pub heldout_voices: Vec<String>,
+    /// Speaking rates (words per minute).
+    #[arg(long, value_delimiter = ',', default_value = "140,165,190")]
+    pub rates: Vec<u32>,
+    /// Renders per training text.
+    #[arg(long, default_value_t = 1, value_parser = crate::args::positive)]
+    pub renders: usize,
+    /// Fraction of clips with white noise.
+    #[arg(long, default_value_t = 0.3)]
+    pub noise: f64,
+    /// SNR range of that noise, dB (LOW:HIGH).
+    #[arg(long, default_value = "10:30")]
+    pub snr: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Whisper model directory (CTranslate2 model.bin or HF safetensors).
+    #[arg(long, default_value = "models/whisper-base")]
+    pub whisper: PathBuf,
+    /// The LLM whose tokens the head will emit (its tokenizer is used).
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// espeak-ng render cache.
+    #[arg(long, default_value = "out/tts-cache")]
+    pub tts_dir: PathBuf,
+    /// Clips per shard (the unit of resume).
+    #[arg(long, default_value_t = 256, value_parser = crate::args::positive)]
+    pub shard_size: usize,
+}
+
+#[derive(Args)]
+pub struct HeadArgs {
+    /// A directory made by `speech prepare`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory: head.json, head.safetensors, train.jsonl, checkpoint.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// The LLM the data was tokenized for (for held-out transcripts).
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    #[arg(long, default_value_t = HeadTrainConfig::default().epochs, value_parser = crate::args::positive)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = HeadTrainConfig::default().batch_size, value_parser = crate::args::positive)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = HeadTrainConfig::default().lr)]
+    pub lr: f64,
+    #[arg(long, default_value_t = HeadTrainConfig::default().d_model, value_parser = crate::args::positive)]
+    pub d_model: usize,
+    #[arg(long, default_value_t = HeadTrainConfig::default().layers)]
+    pub layers: usize,
+    #[arg(long, default_value_t = HeadTrainConfig::default().kernel)]
+    pub kernel: usize,
+    /// Weight of the char CTC loss.
+    #[arg(long, default_value_t = HeadTrainConfig::default().char_weight)]
+    pub char_weight: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Args)]
+pub struct TranscribeArgs {
+    /// A trained head directory.
+    #[arg(long)]
+    pub head: PathBuf,
+    #[arg(long, default_value = "models/whisper-base")]
+    pub whisper: PathBuf,
+    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Audio files.
+    #[arg(required = true)]
+    pub audio: Vec<PathBuf>,
+}
+
+/// A Whisper encoder from a CTranslate2 or HF directory (a CTranslate2 model is converted once
+/// into `cache`).
+fn load_encoder(dir: &Path, cache: &Path) -> Result<WhisperEncoder> {
+    let hf = if dir.join("model.safetensors").is_file() {
+        dir.to_path_buf()
+    } else if dir.join("model.bin").is_file() {
+        if !cache.join("model.safetensors").is_file() {
+            earguard_model::ct2::convert_ct2_whisper(dir, cache)
+                .with_context(|| format!("converting {}", dir.display()))?;
+        }
+        cache.to_path_buf()
+    } else {
+        bail!(
+            "{}: no model.safetensors or CTranslate2 model.bin (fetch one with \
+             `scripts/fetch-models.sh whisper-base`)",
+            dir.display()
+        );
+    };
+    let cfg_path = hf.join("config.json");
+    let cfg: WhisperEncoderConfig = serde_json::from_str(
+        &std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("reading {}", cfg_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", cfg_path.display()))?;
+    let store =
+        WeightStore::SafeTensors(SafeTensorWeights::open(vec![hf.join("model.safetensors")])?);
+    Ok(WhisperEncoder::load(cfg, &store, "model.encoder.")?)
+}
+
+fn parse_snr(s: &str) -> Result<(f32, f32)> {
+    let (a, b) = s
+        .split_once(':')
+        .with_context(|| format!("--snr {s}: expected LOW:HIGH in dB, e.g. 10:30"))?;
+    let (a, b): (f32, f32) = (a.trim().parse()?, b.trim().parse()?);
+    if !(a.is_finite() && b.is_finite() && a <= b) {
+        bail!("--snr {s}: LOW and HIGH must be finite with LOW <= HIGH");
+    }
+    Ok((a, b))
+}
+
+pub fn run(cmd: SpeechCommand) -> Result<()> {
+    match cmd {
+        SpeechCommand::Prepare(a) => prepare(a),
+        SpeechCommand::Train(a) => train(a),
+        SpeechCommand::Transcribe(a) => transcribe(a),
+    }
+}
+
+fn prepare(a: PrepareArgs) -> Result<()> {
+    let files = if a.data.is_empty() {
+        [
+            "speech_corpus",
+            "harmful_train",
+            "harmless_train",
+            "figstep_mirror_train",
+        ]
+        .iter()
+        .map(|n| Path::new(SHARED).join(format!("{n}.jsonl")))
+        .collect()
+    } else {
+        a.data.clone()
+    };
+    let mut texts = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for f in &files {
+        let set = PromptSet::read(f, &ReadOptions::default())?;
+        let n = a.limit.unwrap_or(usize::MAX);
+        for item in set.items.into_iter().take(n) {
+            if item.split.as_deref() != Some("train") {
+                bail!(
+                    "{}: item {} is in split {:?}; a speech head trains on split \"train\" only \
+                     (never on the sets it is evaluated on)",
+                    f.display(),
+                    item.id,
+                    item.split
+                );
+            }
+            // The same text in two files is one text (one split, one set of renders).
+            if seen.insert(item.text.clone()) {
+                texts.push((item.id, item.text));
+            }
+        }
+    }
+    let model = crate::args::load_model(&a.model, false)?;
+    let encoder = load_encoder(&a.whisper, &a.out.join("encoder"))?;
+    let opts = PrepareOptions {
+        out: a.out.clone(),
+        tts_dir: a.tts_dir,
+        texts,
+        voices: a.voices,
+        heldout_voices: a.heldout_voices,
+        rates: a.rates,
+        renders: a.renders,
+        noise_fraction: a.noise,
+        snr_db: parse_snr(&a.snr)?,
+        seed: a.seed,
+        shard_size: a.shard_size,
+        progress: true,
+    };
+    let t0 = Instant::now();
+    let clips = sp::prepare(&opts, &encoder, &model.tokenizer)?;
+    let count = |s: sp::Split| clips.iter().filter(|c| c.split == s).count();
+    eprintln!(
+        "{} clips ({} train, {} held-out, {} held-out voice) in {:.0} s → {}",
+        clips.len(),
+        count(sp::Split::Train),
+        count(sp::Split::Heldout),
+        count(sp::Split::HeldoutVoice),
+        t0.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn train(a: HeadArgs) -> Result<()> {
+    let cfg = HeadTrainConfig {
+        d_model: a.d_model,
+        kernel: a.kernel,
+        layers: a.layers,
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        weight_decay: HeadTrainConfig::default().weight_decay,
+        char_weight: a.char_weight,
+        seed: a.seed,
+    };
+    let model = crate::args::load_model(&a.model, false)?;
+    let t0 = Instant::now();
+    let data = sp::load_data(&a.data)?;
+    eprintln!(
+        "loaded {} clips in {:.1} s",
+        data.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let reports = sp::train_head(&data, &model.tokenizer, &cfg, &a.out, true)?;
+    if let Some(last) = reports.last() {
+        println!("{}", serde_json::to_string(last)?);
+    }
+    Ok(())
+}
+
+fn transcribe(a: TranscribeArgs) -> Result<()> {
+    let model = crate::args::load_model(&a.model, true)?;
+    let head = SpeechHead::load(&a.head, &Device::Cpu)?;
+    let encoder = load_encoder(&a.whisper, &a.head.join("encoder"))?;
+    for path in &a.audio {
+        let audio = earguard_audio::load_audio(path, &Default::default())?;
+        let features = sp::clip_features(&audio, encoder.config().num_mel_bins)?;
+        let frames = encoder.forward(&features, None)?.squeeze(0)?;
+        let out = sp::transcribe(&head, &model.tokenizer, &[&frames])?;
+        let (tokens, chars) = &out[0];
+        println!(
+            "{}",
+            serde_json::json!({"audio": path, "tokens": tokens, "chars": chars})
+        );
+    }
+    Ok(())
+}
