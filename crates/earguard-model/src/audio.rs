@@ -18,6 +18,44 @@ use sha2::{Digest, Sha256};
 use crate::content::AudioRef;
 use crate::error::{ModelError, Result};
 use crate::qwen2_audio::{n_audio_tokens, AudioTower};
+use crate::speech::SpeechTower;
+
+/// What turns a clip's log-mel into the rows that take the place of its placeholder tokens.
+// A model holds one front end, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum AudioFrontEnd {
+    /// Qwen2-Audio: Whisper-style encoder, pooling and projector; rows replace `<|AUDIO|>`.
+    Qwen2Audio(AudioTower),
+    /// A text LLM with a speech head (see [`crate::speech`]): pseudo-audio embeddings.
+    Speech(SpeechTower),
+}
+
+impl AudioFrontEnd {
+    pub fn n_mels(&self) -> usize {
+        match self {
+            AudioFrontEnd::Qwen2Audio(t) => t.n_mels(),
+            AudioFrontEnd::Speech(t) => t.n_mels(),
+        }
+    }
+
+    /// Rows `[n, hidden]` of one clip's padded log-mel `[n_mels, 3000]`.
+    pub fn encode(&self, features: &Tensor, valid_frames: usize) -> Result<Tensor> {
+        match self {
+            AudioFrontEnd::Qwen2Audio(t) => t.encode(features, valid_frames),
+            AudioFrontEnd::Speech(t) => t.encode(features, valid_frames),
+        }
+    }
+
+    /// How many rows a clip of `valid_frames` mel frames gives, when that is known without
+    /// encoding it (Qwen2-Audio: fixed by the length; a speech head: by what it hears).
+    fn rows_for(&self, valid_frames: usize) -> Option<usize> {
+        match self {
+            AudioFrontEnd::Qwen2Audio(_) => Some(n_audio_tokens(valid_frames)),
+            AudioFrontEnd::Speech(_) => None,
+        }
+    }
+}
 
 /// Default memory budget for cached audio rows: 1 GiB (a 30 s clip of a 7B Qwen2-Audio model
 /// is 750 × 4096 f32 rows, 12 MiB).
@@ -106,11 +144,11 @@ impl AudioCache {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The projected rows `[n_audio_tokens, hidden]` of `clip`, encoded by `tower` on first use.
+    /// The rows `[n, hidden]` of `clip`, encoded by `tower` on first use.
     pub(crate) fn rows(
         &self,
         model: &str,
-        tower: &AudioTower,
+        tower: &AudioFrontEnd,
         device: &Device,
         clip: &AudioRef,
     ) -> Result<Tensor> {
@@ -146,12 +184,13 @@ impl AudioCache {
         Ok(rows)
     }
 
-    /// The number of `<|AUDIO|>` tokens `clip` expands to, without running the tower (decoded
-    /// and featurised once; remembered).
+    /// The number of placeholder tokens `clip` expands to: without running the tower when the
+    /// length decides it (decoded once; remembered), else by encoding it (cached).
     pub(crate) fn n_tokens(
         &self,
         model: &str,
-        tower: &AudioTower,
+        tower: &AudioFrontEnd,
+        device: &Device,
         clip: &AudioRef,
     ) -> Result<usize> {
         let key = self.key(model, tower, clip)?;
@@ -159,7 +198,9 @@ impl AudioCache {
             return Ok(n);
         }
         let audio = earguard_audio::load_audio(&clip.path, &Default::default())?;
-        let n = n_audio_tokens(earguard_audio::mel::valid_frames(audio.samples.len()));
+        let Some(n) = tower.rows_for(earguard_audio::mel::valid_frames(audio.samples.len())) else {
+            return Ok(self.rows(model, tower, device, clip)?.dim(0)?);
+        };
         self.lock().n_tokens.insert(key, n);
         Ok(n)
     }
@@ -168,7 +209,7 @@ impl AudioCache {
 /// Log-mel features `[n_mels, 3000]` of a clip (noised first when the cache says so) and its
 /// count of valid frames.
 fn featurise(
-    tower: &AudioTower,
+    tower: &AudioFrontEnd,
     device: &Device,
     clip: &AudioRef,
     noise: Option<WaveformNoise>,
@@ -187,7 +228,7 @@ fn featurise(
 }
 
 impl AudioCache {
-    fn key(&self, model: &str, tower: &AudioTower, clip: &AudioRef) -> Result<Key> {
+    fn key(&self, model: &str, tower: &AudioFrontEnd, clip: &AudioRef) -> Result<Key> {
         Ok(Key {
             sha256: file_sha256(clip)?,
             model: model.to_owned(),

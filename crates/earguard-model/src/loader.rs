@@ -15,6 +15,7 @@ use candle_core::Device;
 use earguard_data::hex;
 use sha2::{Digest, Sha256};
 
+use crate::audio::AudioFrontEnd;
 use crate::chat::ChatTemplate;
 use crate::config::DecoderConfig;
 use crate::decoder::Decoder;
@@ -22,8 +23,13 @@ use crate::error::{ModelError, Result};
 use crate::hub;
 use crate::model::{Model, ModelInfo};
 use crate::qwen2_audio::{self, AudioTower, Qwen2AudioConfig};
+use crate::speech::{
+    SpeechHead, SpeechInfo, SpeechModelConfig, SpeechTower, HEAD_WEIGHTS, PLACEHOLDERS,
+    SPEECH_CONFIG,
+};
 use crate::tokenizer::Tokenizer;
 use crate::weights::{safetensor_files, GgufWeights, SafeTensorWeights, WeightStore};
+use crate::whisper::{WhisperEncoder, WhisperEncoderConfig};
 
 /// Models `scripts/fetch-models.sh` knows how to install.
 pub const KNOWN_MODELS: &[&str] = &[
@@ -127,6 +133,9 @@ pub fn load_on(spec: &str, device: &Device) -> Result<Model> {
         .or_else(|| model_name(&path).map(|n| canonical_name(&n).to_string()))
         .unwrap_or_else(|| spec.to_string());
     if path.is_dir() {
+        if path.join(SPEECH_CONFIG).is_file() {
+            return load_speech_dir(&path, name, device);
+        }
         if path.join("config.json").is_file() {
             return load_hf_dir(&path, name, device);
         }
@@ -259,8 +268,101 @@ fn load_hf_dir(dir: &Path, name: String, device: &Device) -> Result<Model> {
         tokenizer,
         chat_template,
         info,
-        audio,
+        audio: audio.map(AudioFrontEnd::Qwen2Audio),
     })
+}
+
+/// A speech model directory (`speech.json`, see [`crate::speech`]): the text LLM it names,
+/// loaded as usual, with a Whisper encoder and a trained head as its audio front end. Its
+/// identity covers all three parts.
+fn load_speech_dir(dir: &Path, name: String, device: &Device) -> Result<Model> {
+    let cfg = SpeechModelConfig::read(dir)?;
+    let llm_path = SpeechModelConfig::path(dir, &cfg.llm);
+    let llm_spec = if llm_path.exists() {
+        llm_path.to_string_lossy().into_owned()
+    } else {
+        cfg.llm.clone()
+    };
+    let mut model = load_on(&llm_spec, device)?;
+    if model.audio.is_some() {
+        return Err(ModelError::file(
+            dir.join(SPEECH_CONFIG),
+            format!(
+                "{} already has an audio front end; a speech model's llm is a text model",
+                cfg.llm
+            ),
+        ));
+    }
+    let whisper_dir = SpeechModelConfig::path(dir, &cfg.whisper);
+    let wcfg_path = whisper_dir.join("config.json");
+    let wtext = std::fs::read_to_string(&wcfg_path).map_err(|e| {
+        ModelError::file(
+            &wcfg_path,
+            format!("{e} (the encoder is an HF Whisper directory: earguard convert ct2-whisper makes one)"),
+        )
+    })?;
+    let wcfg: WhisperEncoderConfig =
+        serde_json::from_str(&wtext).map_err(|e| ModelError::file(&wcfg_path, e))?;
+    let wstore =
+        WeightStore::SafeTensors(SafeTensorWeights::open(safetensor_files(&whisper_dir)?)?)
+            .on(device);
+    let encoder = WhisperEncoder::load(wcfg, &wstore, "model.encoder.")?;
+    let head_dir = SpeechModelConfig::path(dir, &cfg.head);
+    let head = SpeechHead::load(&head_dir, device)?;
+    let head_bytes = std::fs::read(head_dir.join(HEAD_WEIGHTS))
+        .map_err(|e| ModelError::file(head_dir.join(HEAD_WEIGHTS), e))?;
+    let head_sha256 = hex(&Sha256::digest(&head_bytes));
+    let placeholder = PLACEHOLDERS
+        .iter()
+        .find_map(|p| {
+            let id = model.tokenizer.token_to_id(p)?;
+            let template_writes_it = model
+                .render_chat(&[crate::chat::ChatMessage::user("x")])
+                .is_ok_and(|r| r.contains(p));
+            (!template_writes_it).then(|| (id, p.to_string()))
+        })
+        .ok_or_else(|| {
+            ModelError::Invalid(format!(
+                "{}: the LLM's vocabulary has none of the placeholder tokens {}",
+                cfg.llm,
+                PLACEHOLDERS.join(" ")
+            ))
+        })?;
+    let info = SpeechInfo {
+        llm: model.info.name.clone(),
+        whisper: whisper_dir.clone(),
+        encoder_layers: encoder.config().encoder_layers,
+        head: head_dir.clone(),
+        head_sha256: head_sha256.clone(),
+        head_d_model: head.config().d_model,
+        head_layers: head.config().layers,
+        head_tokens: head.config().tokens.len(),
+        temperature: cfg.temperature,
+        placeholder: placeholder.1.clone(),
+    };
+    let tower = SpeechTower::new(
+        encoder,
+        head,
+        &model.decoder,
+        cfg.temperature,
+        placeholder,
+        info.clone(),
+    )?;
+    let mut hasher = Sha256::new();
+    for part in [
+        model.info.identity.as_bytes(),
+        wtext.as_bytes(),
+        head_sha256.as_bytes(),
+        &cfg.temperature.to_le_bytes(),
+    ] {
+        hasher.update(part);
+    }
+    model.info.identity = hex(&hasher.finalize());
+    model.info.name = name;
+    model.info.path = dir.to_path_buf();
+    model.info.speech = Some(info);
+    model.audio = Some(AudioFrontEnd::Speech(tower));
+    Ok(model)
 }
 
 /// The 8-byte length plus JSON header of a safetensors file.
@@ -319,5 +421,6 @@ fn model_info(
         chat_template,
         identity,
         audio_tower: None,
+        speech: None,
     }
 }

@@ -10,15 +10,16 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::audio::AudioCache;
+use crate::audio::{AudioCache, AudioFrontEnd};
 use crate::chat::{ChatMessage, ChatTemplate, ContentSpecials};
-use crate::content::{spans_text, AudioRef, Span};
+use crate::content::{spans_text, AudioRef, Content, Part, Span};
 use crate::decoder::Decoder;
 use crate::error::{ModelError, Result};
 use crate::prompt::{AudioRows, Prompt};
 use crate::qwen2_audio::{
-    expand_audio_ids, AudioTokenIds, AudioTower, AudioTowerInfo, AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN,
+    expand_audio_ids, AudioTokenIds, AudioTowerInfo, AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN,
 };
+use crate::speech::SpeechInfo;
 use crate::tokenizer::Tokenizer;
 
 /// What `earguard inspect` reports, and what artifacts record to tie themselves to a model.
@@ -45,6 +46,9 @@ pub struct ModelInfo {
     /// The audio encoder of an audio-language model (Qwen2-Audio); absent for text models.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audio_tower: Option<AudioTowerInfo>,
+    /// What a speech model (a text LLM with a speech head) is built from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speech: Option<SpeechInfo>,
 }
 
 pub struct Model {
@@ -52,9 +56,9 @@ pub struct Model {
     pub tokenizer: Tokenizer,
     pub chat_template: Option<ChatTemplate>,
     pub info: ModelInfo,
-    /// Audio tower + projector of an audio-language model (Qwen2-Audio); `decoder` is its
-    /// language model, usable on text alone.
-    pub audio: Option<AudioTower>,
+    /// The audio front end of an audio-language model (Qwen2-Audio's tower, or a speech head
+    /// on a text LLM); `decoder` is its language model, usable on text alone.
+    pub audio: Option<AudioFrontEnd>,
 }
 
 impl Model {
@@ -128,7 +132,7 @@ impl Model {
     ) -> Result<Prompt> {
         let clips = clips(messages);
         let tower = self.tower_for(&clips)?;
-        let ids = self.encode_spans(&self.render_spans(messages)?, specials)?;
+        let ids = self.encode_spans(&self.prompt_spans(messages, tower)?, specials)?;
         let Some(tower) = tower else {
             self.check_length(&ids)?;
             return Ok(Prompt::text(ids));
@@ -141,12 +145,13 @@ impl Model {
             .iter()
             .map(|t| t.dim(0))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let ids = expand_audio_ids(&ids, self.audio_token_ids(tower)?, &counts)?;
+        let tokens = self.audio_token_ids(tower)?;
+        let ids = expand_audio_ids(&ids, tokens, &counts)?;
         self.check_length(&ids)?;
         Ok(Prompt {
             ids,
             audio: Some(AudioRows {
-                token_id: tower.audio_token_id,
+                token_id: tokens.audio,
                 clips: encoded,
             }),
             noise: None,
@@ -188,13 +193,14 @@ impl Model {
     ) -> Result<Vec<u32>> {
         let clips = clips(messages);
         let tower = self.tower_for(&clips)?;
-        let ids = self.encode_spans(&self.render_spans(messages)?, specials)?;
+        let ids = self.encode_spans(&self.prompt_spans(messages, tower)?, specials)?;
         let ids = match tower {
             None => ids,
             Some(tower) => {
+                let device = self.decoder.device();
                 let counts = clips
                     .iter()
-                    .map(|c| audio.n_tokens(&self.info.identity, tower, c))
+                    .map(|c| audio.n_tokens(&self.info.identity, tower, device, c))
                     .collect::<Result<Vec<_>>>()?;
                 expand_audio_ids(&ids, self.audio_token_ids(tower)?, &counts)?
             }
@@ -205,29 +211,99 @@ impl Model {
 
     /// The audio tower that encodes `clips` (None when there are none); a text model refuses
     /// audio (before its template could stumble on audio parts).
-    fn tower_for(&self, clips: &[&AudioRef]) -> Result<Option<&AudioTower>> {
+    fn tower_for(&self, clips: &[&AudioRef]) -> Result<Option<&AudioFrontEnd>> {
         match (&self.audio, clips.is_empty()) {
             (_, true) => Ok(None),
             (Some(tower), false) => Ok(Some(tower)),
             (None, false) => Err(ModelError::Invalid(format!(
-                "{} is a text model: audio inputs need an audio-language model (Qwen2-Audio); \
-                 use text-only mode",
+                "{} is a text model: audio inputs need an audio-language model (Qwen2-Audio, \
+                 or a speech model such as speech-qwen2.5-coder-1.5b); use text-only mode",
                 self.info.name
             ))),
         }
     }
 
-    fn audio_token_ids(&self, tower: &AudioTower) -> Result<AudioTokenIds> {
+    fn audio_token_ids(&self, tower: &AudioFrontEnd) -> Result<AudioTokenIds> {
         let token = |text: &str| {
             self.tokenizer
                 .token_to_id(text)
                 .ok_or_else(|| ModelError::Invalid(format!("the vocabulary has no {text} token")))
         };
-        Ok(AudioTokenIds {
-            audio: tower.audio_token_id,
-            bos: token(AUDIO_BOS_TOKEN)?,
-            eos: token(AUDIO_EOS_TOKEN)?,
+        Ok(match tower {
+            AudioFrontEnd::Qwen2Audio(t) => AudioTokenIds {
+                audio: t.audio_token_id,
+                wrap: Some((token(AUDIO_BOS_TOKEN)?, token(AUDIO_EOS_TOKEN)?)),
+            },
+            AudioFrontEnd::Speech(t) => AudioTokenIds {
+                audio: t.placeholder.0,
+                wrap: None,
+            },
         })
+    }
+
+    /// The rendered prompt's spans. A Qwen2-Audio template renders audio parts itself; for a
+    /// speech model (a text LLM's template, which knows no audio parts) each message's parts
+    /// are joined into one text, one line each, with every clip at its place as the
+    /// placeholder token (markup, so it is the special token and no content can forge it).
+    fn prompt_spans(
+        &self,
+        messages: &[ChatMessage],
+        tower: Option<&AudioFrontEnd>,
+    ) -> Result<Vec<Span>> {
+        let Some(AudioFrontEnd::Speech(speech)) = tower else {
+            return self.render_spans(messages);
+        };
+        // A private-use character no message contains marks where each clip goes.
+        let texts: Vec<&str> = messages
+            .iter()
+            .flat_map(|m| match &m.content {
+                Content::Text(t) => vec![t.as_str()],
+                Content::Parts(parts) => parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        Part::Text(t) => Some(t.as_str()),
+                        Part::Audio(_) => None,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mark = ('\u{E000}'..='\u{F8FF}')
+            .find(|c| texts.iter().all(|t| !t.contains(*c)))
+            .ok_or_else(|| {
+                ModelError::Invalid("the messages use every private-use character".into())
+            })?;
+        let flat: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| match &m.content {
+                Content::Text(_) => m.clone(),
+                Content::Parts(parts) => {
+                    let lines: Vec<String> = parts
+                        .iter()
+                        .map(|p| match p {
+                            Part::Text(t) => t.clone(),
+                            Part::Audio(_) => format!("{mark}{mark}"),
+                        })
+                        .collect();
+                    ChatMessage::new(&m.role, Content::Text(lines.join("\n")))
+                }
+            })
+            .collect();
+        let mut out = Vec::new();
+        for span in self.render_spans(&flat)? {
+            let Span::Content(text) = span else {
+                out.push(span);
+                continue;
+            };
+            for (i, piece) in text.split(&format!("{mark}{mark}")).enumerate() {
+                if i > 0 {
+                    out.push(Span::Markup(speech.placeholder.1.clone()));
+                }
+                if !piece.is_empty() {
+                    out.push(Span::Content(piece.to_owned()));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -389,12 +389,12 @@ pub fn merge_audio(
     Ok(table.index_select(&index, 0)?.reshape((b, s, hidden))?)
 }
 
-/// Token ids of the three audio special tokens.
+/// Token ids of the audio placeholder and, for Qwen2-Audio, the markers around it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct AudioTokenIds {
     pub audio: u32,
-    pub bos: u32,
-    pub eos: u32,
+    /// `<|audio_bos|>`, `<|audio_eos|>` (None: a placeholder is expanded unwrapped).
+    pub wrap: Option<(u32, u32)>,
 }
 
 /// Expand each `<|AUDIO|>` id of a tokenized prompt to `counts[i]` copies, as
@@ -421,15 +421,17 @@ pub(crate) fn expand_audio_ids(
             continue;
         }
         let count = next.next().copied().unwrap_or(0);
-        let has_bos = i > 0 && ids[i - 1] == tokens.bos;
-        let has_eos = ids.get(i + 1) == Some(&tokens.eos);
-        let wrap = !has_bos && !has_eos;
-        if wrap {
-            out.push(tokens.bos);
+        let wrap = tokens.wrap.filter(|&(bos, eos)| {
+            let has_bos = i > 0 && ids[i - 1] == bos;
+            let has_eos = ids.get(i + 1) == Some(&eos);
+            !has_bos && !has_eos
+        });
+        if let Some((bos, _)) = wrap {
+            out.push(bos);
         }
         out.extend(std::iter::repeat_n(tokens.audio, count));
-        if wrap {
-            out.push(tokens.eos);
+        if let Some((_, eos)) = wrap {
+            out.push(eos);
         }
     }
     Ok(out)
@@ -588,8 +590,7 @@ mod tests {
     fn placeholders_expand_like_the_processor() {
         let ids = AudioTokenIds {
             audio: 9,
-            bos: 7,
-            eos: 8,
+            wrap: Some((7, 8)),
         };
         let e = expand_audio_ids(&[1, 7, 9, 8, 2, 9], ids, &[3, 1]).unwrap();
         assert_eq!(e, vec![1, 7, 9, 9, 9, 8, 2, 7, 9, 8]);

@@ -14,14 +14,27 @@
 //!
 //! On disk a head is a directory: `head.safetensors` (the weights) and `head.json`
 //! ([`SpeechHeadConfig`]).
+//!
+//! [`SpeechTower`] puts the parts together for a text LLM: log-mel → encoder → head → for
+//! each kept frame, the posterior-weighted sum of the LLM's own input embeddings of the head's
+//! tokens ("pseudo-audio embeddings", LegoSLM §2), which take the place of the clip's
+//! placeholder tokens in the prompt. Frames whose most likely class is blank are dropped
+//! (they carry no token: LegoSLM drops them too), and runs of frames with the same most
+//! likely token are merged into one row (their posteriors averaged): CTC spreads one token
+//! over several frames, and repeating its embedding would read to the LLM as a repeated word.
+//! Blank's mass is removed and the rest renormalised before the sum; `temperature` divides
+//! the logits first (below 1 sharper, towards the hard transcript's embeddings; above 1
+//! flatter).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Conv1d, Conv1dConfig, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::decoder::Decoder;
 use crate::error::{ModelError, Result};
+use crate::whisper::WhisperEncoder;
 
 pub const HEAD_CONFIG: &str = "head.json";
 pub const HEAD_WEIGHTS: &str = "head.safetensors";
@@ -215,6 +228,203 @@ impl SpeechHead {
         }
         let x = x.transpose(1, 2)?.contiguous()?;
         Ok((self.tokens.forward(&x)?, self.chars.forward(&x)?))
+    }
+}
+
+/// Whisper log-mel of a clip at its real length, `[1, n_mels, frames]` (frames even, at least
+/// 2): the valid columns of the standard padded 30 s window's features (`[n_mels, 3000]` or
+/// `[1, n_mels, 3000]`), so the normalisation is Whisper's. What the head is trained on and
+/// what it reads at inference.
+pub fn real_length(features: &Tensor, valid_frames: usize) -> Result<Tensor> {
+    let f = match features.rank() {
+        2 => features.unsqueeze(0)?,
+        _ => features.clone(),
+    };
+    let total = f.dim(2)?;
+    let n = (valid_frames + valid_frames % 2).clamp(2, total);
+    Ok(f.narrow(2, 0, n)?.contiguous()?)
+}
+
+/// `speech.json`, what a speech model directory is built from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpeechModelConfig {
+    /// The text LLM: a short name, or a path (relative paths from this directory).
+    pub llm: String,
+    /// The Whisper encoder, an HF directory (relative paths from this directory).
+    pub whisper: String,
+    /// The head directory (relative paths from this directory).
+    pub head: String,
+    /// Posterior temperature.
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+}
+
+fn default_temperature() -> f32 {
+    1.0
+}
+
+pub const SPEECH_CONFIG: &str = "speech.json";
+
+impl SpeechModelConfig {
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(SPEECH_CONFIG);
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::file(&path, e))?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|e| ModelError::file(&path, e))?;
+        if !(cfg.temperature.is_finite() && cfg.temperature > 0.0) {
+            return Err(ModelError::file(
+                &path,
+                format!("temperature {} must be a positive number", cfg.temperature),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// `p` relative to `dir` unless absolute.
+    pub fn path(dir: &Path, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        }
+    }
+}
+
+/// Placeholder tokens for audio rows, in order of preference: a special token of the LLM's
+/// vocabulary that its chat template does not write itself. Literal content never yields a
+/// special token, so a placeholder marks audio rows and nothing else.
+pub const PLACEHOLDERS: &[&str] = &[
+    "<|AUDIO|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|fim_pad|>",
+    "<file_sep>",
+    "<filename>",
+];
+
+/// What `inspect` says a speech model is built from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpeechInfo {
+    pub llm: String,
+    pub whisper: PathBuf,
+    pub encoder_layers: usize,
+    pub head: PathBuf,
+    pub head_sha256: String,
+    pub head_d_model: usize,
+    pub head_layers: usize,
+    pub head_tokens: usize,
+    pub temperature: f32,
+    pub placeholder: String,
+}
+
+/// A text LLM's ears: frozen Whisper encoder + trained head → pseudo-audio embeddings.
+#[derive(Debug, Clone)]
+pub struct SpeechTower {
+    pub encoder: WhisperEncoder,
+    pub head: SpeechHead,
+    /// The LLM's input embeddings of the head's token classes, `[tokens, hidden]`.
+    embeddings: Tensor,
+    pub temperature: f32,
+    /// The placeholder token's id and text.
+    pub placeholder: (u32, String),
+    pub info: SpeechInfo,
+}
+
+impl SpeechTower {
+    pub fn new(
+        encoder: WhisperEncoder,
+        head: SpeechHead,
+        decoder: &Decoder,
+        temperature: f32,
+        placeholder: (u32, String),
+        info: SpeechInfo,
+    ) -> Result<Self> {
+        let cfg = head.config();
+        if cfg.d_in != encoder.config().d_model {
+            return Err(ModelError::Invalid(format!(
+                "the speech head reads {}-wide frames but the encoder writes {}",
+                cfg.d_in,
+                encoder.config().d_model
+            )));
+        }
+        let vocab = decoder.config().vocab_size;
+        if let Some(t) = cfg.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::Invalid(format!(
+                "the speech head emits token {t}, outside the LLM's vocabulary of {vocab}: it                  was trained for another LLM"
+            )));
+        }
+        let ids = Tensor::new(cfg.tokens.as_slice(), decoder.device())?.unsqueeze(0)?;
+        let embeddings = decoder.embed(&ids)?.squeeze(0)?.to_dtype(DType::F32)?;
+        Ok(Self {
+            encoder,
+            head,
+            embeddings,
+            temperature,
+            placeholder,
+            info,
+        })
+    }
+
+    pub fn n_mels(&self) -> usize {
+        self.encoder.config().num_mel_bins
+    }
+
+    /// Token-class logits `[out_frames, classes]` of one clip's padded log-mel.
+    pub fn logits(&self, features: &Tensor, valid_frames: usize) -> Result<Tensor> {
+        let _span = tracing::info_span!("encode_speech", valid_frames).entered();
+        let x = real_length(features, valid_frames)?;
+        let frames = self.encoder.forward(&x, None)?;
+        let (tokens, _) = self.head.forward(&frames)?;
+        Ok(tokens.squeeze(0)?)
+    }
+
+    /// Pseudo-audio embeddings `[n, hidden]` of one clip's padded log-mel (see the module
+    /// docs; n is 0 for a clip where every frame is blank).
+    pub fn encode(&self, features: &Tensor, valid_frames: usize) -> Result<Tensor> {
+        let logits = self.logits(features, valid_frames)?;
+        let probs = candle_nn::ops::softmax_last_dim(&(logits / f64::from(self.temperature))?)?;
+        let best: Vec<u32> = probs.argmax(D::Minus1)?.to_vec1()?;
+        // Runs of one non-blank best class: (start, len).
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (f, &k) in best.iter().enumerate() {
+            if k == 0 {
+                continue;
+            }
+            match runs.last_mut() {
+                Some((start, len)) if *start + *len == f && best[*start] == k => *len += 1,
+                _ => runs.push((f, 1)),
+            }
+        }
+        let hidden = self.embeddings.dim(1)?;
+        if runs.is_empty() {
+            return Ok(Tensor::zeros((0, hidden), DType::F32, probs.device())?);
+        }
+        let n_tok = self.embeddings.dim(0)?;
+        let rows = runs
+            .iter()
+            .map(|&(start, len)| probs.narrow(0, start, len)?.mean(0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let q = Tensor::stack(&rows, 0)?.narrow(1, 1, n_tok)?;
+        let q = q.broadcast_div(&q.sum_keepdim(1)?)?;
+        Ok(q.matmul(&self.embeddings)?)
+    }
+
+    /// The greedy CTC transcript of one clip, as LLM token ids.
+    pub fn transcript(&self, features: &Tensor, valid_frames: usize) -> Result<Vec<u32>> {
+        let best: Vec<u32> = self
+            .logits(features, valid_frames)?
+            .argmax(D::Minus1)?
+            .to_vec1()?;
+        let tokens = &self.head.config().tokens;
+        let mut out = Vec::new();
+        let mut prev = 0;
+        for k in best {
+            if k != 0 && k != prev {
+                out.push(tokens[k as usize - 1]);
+            }
+            prev = k;
+        }
+        Ok(out)
     }
 }
 

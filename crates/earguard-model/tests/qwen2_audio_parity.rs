@@ -34,10 +34,10 @@ fn load() -> Model {
 }
 
 fn tower(model: &Model) -> &AudioTower {
-    model
-        .audio
-        .as_ref()
-        .expect("the loader found no audio tower")
+    match model.audio.as_ref() {
+        Some(earguard_model::audio::AudioFrontEnd::Qwen2Audio(t)) => t,
+        _ => panic!("the loader found no Qwen2-Audio tower"),
+    }
 }
 
 fn expected() -> HashMap<String, Tensor> {

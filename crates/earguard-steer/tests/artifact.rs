@@ -55,6 +55,7 @@ fn info(name: &str, hidden: usize, layers: usize, identity: &str) -> ModelInfo {
         chat_template: false,
         identity: identity.into(),
         audio_tower: None,
+        speech: None,
     }
 }
 

@@ -72,6 +72,7 @@ fn info(hidden: usize, layers: usize, identity: &str) -> ModelInfo {
         chat_template: false,
         identity: identity.into(),
         audio_tower: None,
+        speech: None,
     }
 }
 

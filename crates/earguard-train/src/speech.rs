@@ -165,13 +165,12 @@ fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
         .collect()
 }
 
-/// Whisper log-mel of a clip at its real length (`[1, n_mels, frames]`, frames even), from the
-/// standard 30 s window's features (so the normalisation is Whisper's).
+/// Whisper log-mel of a clip at its real length, `[1, n_mels, frames]`: exactly what a speech
+/// model's front end reads ([`earguard_model::speech::real_length`]).
 pub fn clip_features(audio: &earguard_audio::Audio, n_mels: usize) -> Result<Tensor> {
     let mel = earguard_audio::MelExtractor::new(n_mels)?.extract(audio)?;
-    let n = (mel.valid_frames + mel.valid_frames % 2).clamp(2, mel.n_frames);
     let t = Tensor::from_vec(mel.data, (mel.n_mels, mel.n_frames), &Device::Cpu)?;
-    Ok(t.narrow(1, 0, n)?.unsqueeze(0)?.contiguous()?)
+    Ok(earguard_model::speech::real_length(&t, mel.valid_frames)?)
 }
 
 /// Render, encode and store every clip of the plan (resuming finished shards). Returns the

@@ -28,6 +28,28 @@ pub enum SpeechCommand {
     Train(HeadArgs),
     /// Greedy transcripts of audio files by a trained head (token and char branches).
     Transcribe(TranscribeArgs),
+    /// Make a speech model directory from a trained head, the Whisper encoder and the LLM it
+    /// was trained for: usable as `--model DIR` everywhere (generate --audio, eval's audio
+    /// modes, fit, sweep).
+    Build(BuildArgs),
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// A trained head directory (head.json + head.safetensors).
+    #[arg(long)]
+    pub head: PathBuf,
+    /// The LLM the head emits tokens of (a short name or a path; recorded as given).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub llm: String,
+    #[arg(long, default_value = "models/whisper-base")]
+    pub whisper: PathBuf,
+    /// Posterior temperature of the pseudo-audio embeddings.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// The model directory to write (speech.json, encoder/, head/).
+    #[arg(long, short)]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]
@@ -169,7 +191,47 @@ pub fn run(cmd: SpeechCommand) -> Result<()> {
         SpeechCommand::Prepare(a) => prepare(a),
         SpeechCommand::Train(a) => train(a),
         SpeechCommand::Transcribe(a) => transcribe(a),
+        SpeechCommand::Build(a) => build(a),
     }
+}
+
+fn build(a: BuildArgs) -> Result<()> {
+    if !(a.temperature.is_finite() && a.temperature > 0.0) {
+        bail!("--temperature {} must be a positive number", a.temperature);
+    }
+    // Check the parts before writing anything.
+    SpeechHead::load(&a.head, &Device::Cpu)
+        .with_context(|| format!("reading the head {}", a.head.display()))?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let encoder = a.out.join("encoder");
+    load_encoder(&a.whisper, &encoder)?;
+    if a.whisper.join("model.safetensors").is_file() {
+        std::fs::create_dir_all(&encoder)?;
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(a.whisper.join(f), encoder.join(f))?;
+        }
+    }
+    let head = a.out.join("head");
+    std::fs::create_dir_all(&head)?;
+    for f in [
+        earguard_model::speech::HEAD_CONFIG,
+        earguard_model::speech::HEAD_WEIGHTS,
+    ] {
+        std::fs::copy(a.head.join(f), head.join(f))
+            .with_context(|| format!("copying {}", a.head.join(f).display()))?;
+    }
+    let cfg = earguard_model::speech::SpeechModelConfig {
+        llm: a.llm,
+        whisper: "encoder".into(),
+        head: "head".into(),
+        temperature: a.temperature,
+    };
+    let path = a.out.join(earguard_model::speech::SPEECH_CONFIG);
+    earguard_data::atomic::write(&path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    let model = crate::args::load_model(&a.out.to_string_lossy(), false)
+        .context("loading the model just built")?;
+    println!("{}", serde_json::to_string(&model.info)?);
+    Ok(())
 }
 
 fn prepare(a: PrepareArgs) -> Result<()> {

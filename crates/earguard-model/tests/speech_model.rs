@@ -1,0 +1,228 @@
+//! A speech model put together from real parts: the Whisper-base encoder, SmolLM2-135M as the
+//! LLM, and a speech head (seeded random weights here: this tests the composition, not what a
+//! trained head hears). Skipped with a note when the models are absent, unless
+//! `EARGUARD_REQUIRE_MODELS=1` / `EARGUARD_REQUIRE_WHISPER=1`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use earguard_model::audio::{AudioCache, AudioFrontEnd};
+use earguard_model::chat::ChatMessage;
+use earguard_model::content::{AudioRef, Content, Part};
+use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
+use earguard_model::speech::{SpeechHead, SpeechHeadConfig, SpeechModelConfig, HEAD_CONFIG};
+use earguard_model::ContentSpecials;
+
+fn models_dir() -> PathBuf {
+    match std::env::var_os("EARGUARD_MODELS") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"),
+    }
+}
+
+fn require(path: &Path, var: &str) -> bool {
+    if path.exists() {
+        return true;
+    }
+    let note = format!("{} is absent: run scripts/fetch-models.sh", path.display());
+    if std::env::var(var).as_deref() == Ok("1") {
+        panic!("{var}=1 but {note}");
+    }
+    eprintln!("SKIPPED: {note}");
+    false
+}
+
+const CLIP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/speech-16k.wav");
+
+/// A speech model directory over SmolLM2 with a random head emitting `words`' tokens.
+fn build(dir: &Path, temperature: f32) -> Option<earguard_model::Model> {
+    let whisper = models_dir().join("whisper-base");
+    let llm = models_dir().join("smollm2-135m-instruct");
+    if !require(&whisper.join("model.bin"), "EARGUARD_REQUIRE_WHISPER")
+        || !require(&llm, "EARGUARD_REQUIRE_MODELS")
+    {
+        return None;
+    }
+    let text = earguard_model::load(llm.to_str().unwrap()).unwrap();
+    let tokens = text
+        .tokenizer
+        .encode(" hello world how are you today", false)
+        .unwrap();
+    let cfg = SpeechHeadConfig {
+        d_in: 512,
+        d_model: 32,
+        kernel: 3,
+        layers: 1,
+        tokens,
+        alphabet: "abc ".into(),
+    };
+    let head_dir = dir.join("head");
+    std::fs::create_dir_all(&head_dir).unwrap();
+    let map = VarMap::new();
+    SpeechHead::new(
+        cfg.clone(),
+        VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    map.save(head_dir.join("head.safetensors")).unwrap();
+    std::fs::write(
+        head_dir.join(HEAD_CONFIG),
+        serde_json::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
+    let encoder = dir.join("encoder");
+    if !encoder.join("model.safetensors").exists() {
+        earguard_model::ct2::convert_ct2_whisper(&whisper, &encoder).unwrap();
+    }
+    let spec = SpeechModelConfig {
+        llm: llm.to_string_lossy().into_owned(),
+        whisper: "encoder".into(),
+        head: "head".into(),
+        temperature,
+    };
+    std::fs::write(
+        dir.join("speech.json"),
+        serde_json::to_string(&spec).unwrap(),
+    )
+    .unwrap();
+    Some(earguard_model::load(dir.to_str().unwrap()).unwrap())
+}
+
+fn audio_only() -> Vec<ChatMessage> {
+    vec![ChatMessage::new(
+        "user",
+        Content::Parts(vec![Part::Audio(AudioRef::new(CLIP))]),
+    )]
+}
+
+#[test]
+fn a_speech_model_composes_its_parts() {
+    let dir = std::env::temp_dir().join(format!("earguard-speech-model-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let Some(model) = build(&dir, 1e-3) else {
+        return;
+    };
+    let info = model
+        .info
+        .speech
+        .clone()
+        .expect("inspect says what it is built from");
+    assert_eq!(info.llm, "smollm2-135m-instruct");
+    assert_eq!(info.encoder_layers, 6);
+    let Some(AudioFrontEnd::Speech(tower)) = &model.audio else {
+        panic!("no speech front end")
+    };
+    let placeholder = tower.placeholder.0;
+
+    // One row per token of the greedy transcript; at a low temperature each row is that
+    // token's own input embedding.
+    let cache = AudioCache::new();
+    let prompt = model
+        .encode_prompt(&audio_only(), ContentSpecials::Literal, &cache)
+        .unwrap();
+    let rows = &prompt.audio.as_ref().unwrap().clips[0];
+    let audio = earguard_audio::load_audio(Path::new(CLIP), &Default::default()).unwrap();
+    let mel = earguard_audio::MelExtractor::new(80)
+        .unwrap()
+        .extract(&audio)
+        .unwrap();
+    let features = Tensor::from_vec(mel.data, (80, 3000), &Device::Cpu).unwrap();
+    let transcript = tower.transcript(&features, mel.valid_frames).unwrap();
+    assert!(!transcript.is_empty());
+    assert_eq!(rows.dim(0).unwrap(), transcript.len());
+    let ids = Tensor::new(transcript.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let embedded = model.decoder.embed(&ids).unwrap().squeeze(0).unwrap();
+    let diff = (rows - embedded.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        diff < 1e-3,
+        "rows differ from the transcript's embeddings by {diff}"
+    );
+    // The prompt holds exactly that many placeholders, and prompt_ids agrees without
+    // encoding again.
+    let n = prompt.ids.iter().filter(|&&t| t == placeholder).count();
+    assert_eq!(n, transcript.len());
+    assert_eq!(
+        model
+            .prompt_ids(&audio_only(), ContentSpecials::Literal, &cache)
+            .unwrap(),
+        prompt.ids
+    );
+    assert_eq!(cache.encoded(), 1);
+
+    // Audio-text: the instruction follows the clip; a typed placeholder stays text.
+    let typed = format!("What is said? {}", tower.placeholder.1);
+    let msgs = vec![ChatMessage::new(
+        "user",
+        Content::Parts(vec![
+            Part::Audio(AudioRef::new(CLIP)),
+            Part::Text(typed.clone()),
+        ]),
+    )];
+    let both = model
+        .encode_prompt(&msgs, ContentSpecials::Literal, &cache)
+        .unwrap();
+    assert_eq!(
+        both.ids.iter().filter(|&&t| t == placeholder).count(),
+        transcript.len()
+    );
+    let text = model.tokenizer.decode(&both.ids, false).unwrap();
+    assert!(text.contains(&typed), "{text}");
+    assert_eq!(cache.encoded(), 1, "the clip is encoded once per run");
+
+    // And the LLM runs on it.
+    let request = GenerateRequest {
+        max_tokens: 3,
+        sampling: SamplingParams::greedy(),
+        stop_tokens: &[],
+        pad_token: 0,
+    };
+    let out = generate_batch(
+        &model.decoder,
+        &[prompt, both],
+        &request,
+        &Default::default(),
+        None,
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|g| g.tokens.len() == 3));
+
+    // Its identity is not the LLM's (vectors fitted on one are checked against the other).
+    let llm =
+        earguard_model::load(models_dir().join("smollm2-135m-instruct").to_str().unwrap()).unwrap();
+    assert_ne!(llm.info.identity, model.info.identity);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A head trained for another LLM (tokens outside its vocabulary) is refused with the reason.
+#[test]
+fn a_head_for_another_vocabulary_is_refused() {
+    let dir = std::env::temp_dir().join(format!("earguard-speech-vocab-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    if build(&dir, 1.0).is_none() {
+        return;
+    }
+    let path = dir.join("head").join(HEAD_CONFIG);
+    let mut cfg: SpeechHeadConfig =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg.tokens[0] = 150_000;
+    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    let e = earguard_model::load(dir.to_str().unwrap())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("outside the LLM's vocabulary"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
