@@ -134,15 +134,14 @@ pub struct HeadArgs {
 
 #[derive(Args)]
 pub struct TranscribeArgs {
-    /// A trained head directory.
-    #[arg(long)]
-    pub head: PathBuf,
-    #[arg(long, default_value = "models/whisper-base")]
-    pub whisper: PathBuf,
-    #[arg(long, short, default_value = DEFAULT_MODEL)]
+    /// A speech model (a directory made by `speech build`).
+    #[arg(long, short)]
     pub model: String,
-    /// Audio files.
-    #[arg(required = true)]
+    /// An audio manifest (JSONL with text and audio, as `earguard tts` writes): transcribe
+    /// every item and print the greedy WER per voice, then overall, as JSON lines.
+    #[arg(long, conflicts_with = "audio")]
+    pub data: Option<PathBuf>,
+    /// Audio files to transcribe (one JSON line each).
     pub audio: Vec<PathBuf>,
 }
 
@@ -329,18 +328,52 @@ fn train(a: HeadArgs) -> Result<()> {
 
 fn transcribe(a: TranscribeArgs) -> Result<()> {
     let model = crate::args::load_model(&a.model, true)?;
-    let head = SpeechHead::load(&a.head, &Device::Cpu)?;
-    let encoder = load_encoder(&a.whisper, &a.head.join("encoder"))?;
-    for path in &a.audio {
+    let Some(earguard_model::audio::AudioFrontEnd::Speech(tower)) = &model.audio else {
+        bail!("{} is not a speech model (make one with `earguard speech build`)", a.model);
+    };
+    let text_of = |path: &Path| -> Result<String> {
         let audio = earguard_audio::load_audio(path, &Default::default())?;
-        let features = sp::clip_features(&audio, encoder.config().num_mel_bins)?;
-        let frames = encoder.forward(&features, None)?.squeeze(0)?;
-        let out = sp::transcribe(&head, &model.tokenizer, &[&frames])?;
-        let (tokens, chars) = &out[0];
+        let mel = earguard_audio::MelExtractor::new(tower.n_mels())?.extract(&audio)?;
+        let features = candle_core::Tensor::from_vec(mel.data, (mel.n_mels, mel.n_frames), &Device::Cpu)?;
+        let ids = tower.transcript(&features, mel.valid_frames)?;
+        Ok(model.tokenizer.decode(&ids, true)?)
+    };
+    let Some(data) = &a.data else {
+        if a.audio.is_empty() {
+            bail!("give audio files, or --data MANIFEST");
+        }
+        for path in &a.audio {
+            println!("{}", serde_json::json!({"audio": path, "transcript": text_of(path)?}));
+        }
+        return Ok(());
+    };
+    let set = PromptSet::read(data, &ReadOptions::default())?;
+    let mut by_voice: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
+    let bar = earguard_data::progress::bar(Some("transcribe"), "clips", set.items.len() as u64);
+    for item in &set.items {
+        let audio = item
+            .audio
+            .as_ref()
+            .with_context(|| format!("{}: item {} has no audio", data.display(), item.id))?;
+        let voice = item.voice.clone().unwrap_or_else(|| "default".into());
+        by_voice
+            .entry(voice)
+            .or_default()
+            .push((item.text.clone(), text_of(audio)?));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let wer = |pairs: &[(String, String)]| {
+        earguard_data::wer::wer(pairs.iter().map(|(r, h)| (r.as_str(), h.as_str())))
+    };
+    for (voice, pairs) in &by_voice {
         println!(
             "{}",
-            serde_json::json!({"audio": path, "tokens": tokens, "chars": chars})
+            serde_json::json!({"voice": voice, "clips": pairs.len(), "wer": wer(pairs),
+                "examples": pairs.iter().take(3).collect::<Vec<_>>()})
         );
     }
+    let all: Vec<(String, String)> = by_voice.into_values().flatten().collect();
+    println!("{}", serde_json::json!({"voice": "all", "clips": all.len(), "wer": wer(&all)}));
     Ok(())
 }
