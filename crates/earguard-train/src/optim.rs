@@ -68,9 +68,11 @@ impl AdamW {
         let bc2 = 1.0 - p.beta2.powi(self.t as i32);
         for (i, var) in vars.iter().enumerate() {
             let theta = var.as_tensor();
+            // Detached: candle's gradients keep the backward graph (of this step, reaching the
+            // variables), and the moments would chain every step's graph into the next.
             let g = match &grads[i] {
-                Some(g) => g.clone(),
-                None => theta.zeros_like()?,
+                Some(g) => g.detach(),
+                None => theta.zeros_like()?.detach(),
             };
             let m = ((&self.m[i] * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
             let v = ((&self.v[i] * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
@@ -79,8 +81,8 @@ impl AdamW {
             let v_hat = (&v / bc2)?;
             let update = (m_hat / (v_hat.sqrt()? + p.eps)?)?;
             var.set(&(decayed - (update * lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            self.m[i] = m.detach();
+            self.v[i] = v.detach();
         }
         Ok(())
     }
