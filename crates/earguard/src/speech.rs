@@ -329,12 +329,16 @@ fn train(a: HeadArgs) -> Result<()> {
 fn transcribe(a: TranscribeArgs) -> Result<()> {
     let model = crate::args::load_model(&a.model, true)?;
     let Some(earguard_model::audio::AudioFrontEnd::Speech(tower)) = &model.audio else {
-        bail!("{} is not a speech model (make one with `earguard speech build`)", a.model);
+        bail!(
+            "{} is not a speech model (make one with `earguard speech build`)",
+            a.model
+        );
     };
     let text_of = |path: &Path| -> Result<String> {
         let audio = earguard_audio::load_audio(path, &Default::default())?;
         let mel = earguard_audio::MelExtractor::new(tower.n_mels())?.extract(&audio)?;
-        let features = candle_core::Tensor::from_vec(mel.data, (mel.n_mels, mel.n_frames), &Device::Cpu)?;
+        let features =
+            candle_core::Tensor::from_vec(mel.data, (mel.n_mels, mel.n_frames), &Device::Cpu)?;
         let ids = tower.transcript(&features, mel.valid_frames)?;
         Ok(model.tokenizer.decode(&ids, true)?)
     };
@@ -343,12 +347,16 @@ fn transcribe(a: TranscribeArgs) -> Result<()> {
             bail!("give audio files, or --data MANIFEST");
         }
         for path in &a.audio {
-            println!("{}", serde_json::json!({"audio": path, "transcript": text_of(path)?}));
+            println!(
+                "{}",
+                serde_json::json!({"audio": path, "transcript": text_of(path)?})
+            );
         }
         return Ok(());
     };
     let set = PromptSet::read(data, &ReadOptions::default())?;
-    let mut by_voice: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
+    let mut by_voice: std::collections::BTreeMap<String, Vec<(String, String)>> =
+        Default::default();
     let bar = earguard_data::progress::bar(Some("transcribe"), "clips", set.items.len() as u64);
     for item in &set.items {
         let audio = item
@@ -374,6 +382,9 @@ fn transcribe(a: TranscribeArgs) -> Result<()> {
         );
     }
     let all: Vec<(String, String)> = by_voice.into_values().flatten().collect();
-    println!("{}", serde_json::json!({"voice": "all", "clips": all.len(), "wer": wer(&all)}));
+    println!(
+        "{}",
+        serde_json::json!({"voice": "all", "clips": all.len(), "wer": wer(&all)})
+    );
     Ok(())
 }

@@ -1,0 +1,183 @@
+//! `earguard speech` end to end on real parts: espeak-ng renders of corpus texts, the real
+//! Whisper-base encoder, SmolLM2's tokenizer. A short training run lowers its loss; `prepare`
+//! killed with SIGKILL mid-run resumes to the same clips; `build` makes a model that
+//! `transcribe` and `generate --audio` run. Skipped with a note when the models are absent,
+//! unless EARGUARD_REQUIRE_MODELS=1 / EARGUARD_REQUIRE_WHISPER=1.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{root, run, scratch};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_earguard"))
+}
+
+fn models() -> PathBuf {
+    std::env::var_os("EARGUARD_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models"))
+}
+
+fn present(path: &Path, var: &str) -> bool {
+    if path.exists() {
+        return true;
+    }
+    assert!(
+        std::env::var(var).as_deref() != Ok("1"),
+        "{} is missing and {var}=1",
+        path.display()
+    );
+    eprintln!(
+        "skipped: {} is missing (scripts/fetch-models.sh)",
+        path.display()
+    );
+    false
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "earguard failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn speech_head_prepare_resume_train_build() {
+    let whisper = models().join("whisper-base");
+    let llm = models().join("smollm2-135m-instruct");
+    if !present(&whisper.join("model.bin"), "EARGUARD_REQUIRE_WHISPER")
+        || !present(&llm, "EARGUARD_REQUIRE_MODELS")
+    {
+        return;
+    }
+    let dir = scratch("speech-cli");
+    // 40 texts of the speech corpus (training text, never an evaluation set).
+    let corpus = root().join("../shared/data/speech_corpus.jsonl");
+    let texts: String = std::fs::read_to_string(&corpus)
+        .unwrap()
+        .lines()
+        .take(40)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let data = dir.join("texts.jsonl");
+    std::fs::write(&data, texts).unwrap();
+    let out = dir.join("data");
+    let prepare = || {
+        let mut c = bin();
+        c.args(["-q", "speech", "prepare", "--data"])
+            .arg(&data)
+            .arg("-o")
+            .arg(&out)
+            .arg("--model")
+            .arg(&llm)
+            .arg("--whisper")
+            .arg(&whisper)
+            .arg("--tts-dir")
+            .arg(dir.join("tts"))
+            .args(["--voices", "en-us,en-gb", "--heldout-voices", "en-029"])
+            .args(["--rates", "150,180", "--renders", "2", "--shard-size", "8"]);
+        c
+    };
+
+    // Killed once the first shard is written, then resumed: the same plan, every clip once.
+    let mut child = prepare().spawn().unwrap();
+    let t0 = Instant::now();
+    while !out.join("shards/00000.jsonl").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "no shard after 300 s"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "prepare ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    ok(&mut prepare());
+    let plan = std::fs::read_to_string(out.join("plan.jsonl")).unwrap();
+    let mut clips = 0;
+    for f in std::fs::read_dir(out.join("shards")).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|e| e == "jsonl") {
+            clips += std::fs::read_to_string(&p).unwrap().lines().count();
+        }
+    }
+    assert_eq!(clips, plan.lines().count());
+    // Another plan in the same directory is refused.
+    let e = run(prepare().args(["--seed", "9"]));
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("another plan"));
+
+    // A short run learns: the loss falls.
+    let head = dir.join("head");
+    let train = |epochs: &str| {
+        let mut c = bin();
+        c.args(["-q", "speech", "train", "--data"])
+            .arg(&out)
+            .arg("-o")
+            .arg(&head)
+            .arg("--model")
+            .arg(&llm)
+            .args(["--epochs", epochs, "--d-model", "64", "--layers", "1"])
+            .args(["--batch-size", "8", "--lr", "3e-3"]);
+        c
+    };
+    ok(&mut train("8"));
+    let losses: Vec<f64> = std::fs::read_to_string(head.join("train.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["token_loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(losses.len(), 8);
+    assert!(
+        losses[7] < 0.7 * losses[0],
+        "the token loss did not fall: {losses:?}"
+    );
+    // Continued for one more epoch, from the checkpoint.
+    ok(&mut train("9"));
+    assert_eq!(
+        std::fs::read_to_string(head.join("train.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        9
+    );
+
+    // A model from the parts runs everywhere a model does.
+    let model = dir.join("model");
+    let info = ok(bin()
+        .args(["-q", "speech", "build", "--head"])
+        .arg(&head)
+        .arg("--llm")
+        .arg(&llm)
+        .arg("--whisper")
+        .arg(&whisper)
+        .arg("-o")
+        .arg(&model));
+    let info: serde_json::Value = serde_json::from_str(info.trim()).unwrap();
+    assert_eq!(info["speech"]["head_d_model"], 64);
+    let wav = common::model_fixtures().join("speech-16k.wav");
+    let t = ok(bin()
+        .args(["-q", "speech", "transcribe", "-m"])
+        .arg(&model)
+        .arg(&wav));
+    assert!(t.contains("transcript"), "{t}");
+    let g = ok(bin()
+        .args(["-q", "generate", "--model"])
+        .arg(&model)
+        .arg("--audio")
+        .arg(&wav)
+        .args(["--max-tokens", "2", "--json"]));
+    let g: serde_json::Value = serde_json::from_str(g.trim()).unwrap();
+    assert_eq!(g["mode"], "audio-only");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
