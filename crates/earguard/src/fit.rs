@@ -22,6 +22,18 @@ pub enum FitCommand {
     RefusalDirection(RefusalArgs),
     /// Conditional activation steering: behaviour vectors plus a harmfulness condition.
     Cast(CastArgs),
+    /// SafeCoDe's verdict threshold: score every training prompt's verdict and keep the
+    /// threshold with the best balanced accuracy (`-o DIR`, then `safecode:calibration=DIR`).
+    Safecode(SafecodeFitArgs),
+}
+
+#[derive(Args)]
+pub struct SafecodeFitArgs {
+    #[command(flatten)]
+    pub common: FitCommon,
+    /// The SafeCoDe spec whose verdicts are scored (its judge= decides who gives them).
+    #[arg(long, default_value = "safecode")]
+    pub spec: String,
 }
 
 #[derive(Args, Clone)]
@@ -226,6 +238,7 @@ pub fn run(cmd: FitCommand) -> Result<()> {
         FitCommand::Sarsteer(a) => (&a.common, "sarsteer"),
         FitCommand::RefusalDirection(a) => (&a.common, "refusal-direction"),
         FitCommand::Cast(a) => (&a.common, "cast"),
+        FitCommand::Safecode(a) => (&a.common, "safecode"),
     };
     check_destination(&common.out, common.overwrite)?;
     let (harmful, benign, refs) = read_sets(
@@ -268,9 +281,83 @@ pub fn run(cmd: FitCommand) -> Result<()> {
             setup.refusal_direction(&harmful, &benign, selection.as_ref())?
         }
         FitCommand::Cast(a) => setup.cast(&harmful, &benign, a.alpha)?,
+        FitCommand::Safecode(a) => {
+            return fit_safecode(&setup, &a.spec, &harmful, &benign, common, t0);
+        }
     };
     vector.save(&common.out)?;
     print_summary(&vector, &common.out, t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Score every prompt's SafeCoDe verdict and write the calibrated threshold.
+fn fit_safecode(
+    setup: &FitSetup<'_>,
+    spec: &str,
+    harmful: &[PromptItem],
+    benign: &[PromptItem],
+    common: &FitCommon,
+    t0: Instant,
+) -> Result<()> {
+    use earguard_steer::defense::calibration::{fit_threshold, separation, Calibration};
+    use earguard_steer::defense::{DefenseKind, DefenseSpec, SafeCode};
+    let parsed: DefenseSpec = spec.parse()?;
+    let [part] = parsed.parts.as_slice() else {
+        bail!("--spec {spec}: give one safecode part");
+    };
+    if part.kind != DefenseKind::Safecode || part.option("calibration").is_some() {
+        bail!("--spec {spec}: give a safecode spec without calibration=");
+    }
+    let sc = SafeCode::from_part(part, setup.model, false)?;
+    let items: Vec<&PromptItem> = harmful.iter().chain(benign).collect();
+    let bar = earguard_data::progress::bar(
+        crate::progress_bars().then_some("verdicts"),
+        "prompts",
+        items.len() as u64,
+    );
+    let mut scores = Vec::with_capacity(items.len());
+    for chunk in items.chunks(common.batch_size.max(1)) {
+        let requests = chunk
+            .iter()
+            .map(|it| setup.style.messages(it, None))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let refs: Vec<&[earguard_model::ChatMessage]> =
+            requests.iter().map(Vec::as_slice).collect();
+        let v = sc.verdicts(
+            setup.model,
+            &refs,
+            &earguard_model::InterventionPlan::new(),
+            &setup.audio,
+        )?;
+        scores.extend(v.into_iter().map(|v| v.score));
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let (h, b) = scores.split_at(harmful.len());
+    let fitted = fit_threshold(h, b)?;
+    let cal = Calibration {
+        model: setup.model.info.name.clone(),
+        model_identity: setup.model.info.identity.clone(),
+        spec: spec.to_string(),
+        mode: common.mode.to_string(),
+        training_sets: setup.training_sets.clone(),
+        at_zero: separation(h, b, 0.0),
+        fitted,
+        scores: items
+            .iter()
+            .zip(&scores)
+            .map(|(it, &s)| (it.id.clone(), it.label.to_string(), s))
+            .collect(),
+    };
+    cal.save(&common.out)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "out": common.out, "threshold": cal.fitted.threshold,
+            "fitted": cal.fitted, "at_zero": cal.at_zero,
+            "seconds": t0.elapsed().as_secs_f64(),
+        })
+    );
     Ok(())
 }
 

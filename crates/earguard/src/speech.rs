@@ -28,10 +28,22 @@ pub enum SpeechCommand {
     Train(HeadArgs),
     /// Greedy transcripts of audio files by a trained head (token and char branches).
     Transcribe(TranscribeArgs),
+    /// Write a trained head with its weights in f16 (half the size; what is committed).
+    ExportHead(ExportArgs),
     /// Make a speech model directory from a trained head, the Whisper encoder and the LLM it
     /// was trained for: usable as `--model DIR` everywhere (generate --audio, eval's audio
     /// modes, fit, sweep).
     Build(BuildArgs),
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// A trained head directory.
+    #[arg(long)]
+    pub head: PathBuf,
+    /// Where to write head.json and head.safetensors (f16).
+    #[arg(long, short)]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]
@@ -191,7 +203,35 @@ pub fn run(cmd: SpeechCommand) -> Result<()> {
         SpeechCommand::Train(a) => train(a),
         SpeechCommand::Transcribe(a) => transcribe(a),
         SpeechCommand::Build(a) => build(a),
+        SpeechCommand::ExportHead(a) => export_head(a),
     }
+}
+
+fn export_head(a: ExportArgs) -> Result<()> {
+    use earguard_model::speech::{HEAD_CONFIG, HEAD_WEIGHTS};
+    SpeechHead::load(&a.head, &Device::Cpu)
+        .with_context(|| format!("reading the head {}", a.head.display()))?;
+    let src = a.head.join(HEAD_WEIGHTS);
+    let tensors = candle_core::safetensors::load(&src, &Device::Cpu)?;
+    let half = tensors
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(candle_core::DType::F16)?)))
+        .collect::<Result<std::collections::HashMap<_, _>>>()?;
+    std::fs::create_dir_all(&a.out)?;
+    let dst = a.out.join(HEAD_WEIGHTS);
+    earguard_data::atomic::write_with(&dst, |tmp| {
+        candle_core::safetensors::save(&half, tmp).map_err(std::io::Error::other)
+    })?;
+    std::fs::copy(a.head.join(HEAD_CONFIG), a.out.join(HEAD_CONFIG))?;
+    // The exported head must load and agree with the original within f16 rounding.
+    SpeechHead::load(&a.out, &Device::Cpu)?;
+    eprintln!(
+        "{} → {} ({} bytes)",
+        src.display(),
+        dst.display(),
+        std::fs::metadata(&dst)?.len()
+    );
+    Ok(())
 }
 
 fn build(a: BuildArgs) -> Result<()> {

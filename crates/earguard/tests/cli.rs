@@ -1013,3 +1013,58 @@ fn safecode_runs_in_every_mode_and_records_its_verdict() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `fit safecode` scores each labelled prompt's verdict and keeps the threshold with the best
+/// balanced accuracy (never worse than the default 0 on the same prompts); `calibration=DIR`
+/// uses it, and refuses a calibration made for another model. Tiny audio model, judging
+/// itself (random weights: the wiring, not the figures).
+#[test]
+fn safecode_thresholds_are_calibrated_on_labelled_prompts() {
+    let audio_model = tiny_audio_model();
+    let dir = scratch("safecode-fit");
+    let data = dir.join("set.jsonl");
+    unpaired_set(&data, 6, None);
+    let cal = dir.join("cal");
+    let out = ok(bin()
+        .args(["fit", "safecode", "--model", &audio_model, "--data"])
+        .arg(&data)
+        .arg("-o")
+        .arg(&cal));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cal.join("calibration.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["scores"].as_array().unwrap().len(), 6);
+    let t = |x: &serde_json::Value| x.as_f64().unwrap() as f32;
+    assert_eq!(t(&saved["fitted"]["threshold"]), t(&v["threshold"]));
+    assert!(
+        saved["fitted"]["balanced_accuracy"].as_f64().unwrap()
+            >= saved["at_zero"]["balanced_accuracy"].as_f64().unwrap()
+    );
+    let spec = format!("safecode:calibration={}", cal.display());
+    let g = ok(bin()
+        .args([
+            "generate",
+            "--json",
+            "--max-tokens",
+            "2",
+            "--model",
+            &audio_model,
+        ])
+        .args(["-p", "hi", "--defense", &spec]));
+    let g: serde_json::Value = serde_json::from_str(g.trim()).unwrap();
+    assert!(g["safety_verdict"]["score"].is_f64(), "{g}");
+    let err = fails(
+        bin()
+            .args(["generate", "--model", &tiny_text_model(), "-p", "hi"])
+            .args(["--defense", &format!("{spec},judge={audio_model}")]),
+    );
+    assert!(err.contains("calibrated on"), "{err}");
+    let err = fails(
+        bin()
+            .args(["generate", "--model", &audio_model, "-p", "hi"])
+            .args(["--defense", &format!("{spec},threshold=1")]),
+    );
+    assert!(err.contains("not both"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

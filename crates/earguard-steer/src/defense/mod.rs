@@ -43,6 +43,7 @@
 
 mod ablate;
 mod actadd;
+pub mod calibration;
 mod cast;
 mod prompt;
 pub mod safecode;
@@ -188,6 +189,7 @@ impl DefenseKind {
                 "seed",
                 "judge",
                 "threshold",
+                "calibration",
                 "sampling",
             ],
         }
@@ -501,7 +503,7 @@ pub fn build(spec: &DefenseSpec, model: &Model, force: bool) -> Result<Box<dyn D
             DefenseKind::Actadd => Box::new(ActAdd::from_part(part, model, force)?),
             DefenseKind::Ablate => Box::new(Ablate::from_part(part, model, force)?),
             DefenseKind::Cast => Box::new(Cast::from_part(part, model, force)?),
-            DefenseKind::Safecode => Box::new(SafeCode::from_part(part)?),
+            DefenseKind::Safecode => Box::new(SafeCode::from_part(part, model, force)?),
         };
         built.push(d);
     }

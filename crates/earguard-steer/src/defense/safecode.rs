@@ -302,7 +302,9 @@ pub struct ScoredVerdict {
 }
 
 impl SafeCode {
-    pub fn from_part(part: &DefensePart) -> Result<Self> {
+    /// The defense a spec part names; `calibration=DIR` takes the threshold fitted for
+    /// `model` (another model's is refused unless `force`).
+    pub fn from_part(part: &DefensePart, model: &Model, force: bool) -> Result<Self> {
         let f32_in = |key: &str, range: std::ops::RangeInclusive<f64>, default: f32| {
             part.option_f64_in(key, range)
                 .map(|v| v.map_or(default, |x| x as f32))
@@ -323,6 +325,26 @@ impl SafeCode {
                 return Err(SteerError::Invalid(format!(
                     "safecode: sampling={other} is not greedy or reference"
                 )))
+            }
+        };
+        if part.option("threshold").is_some() && part.option("calibration").is_some() {
+            return Err(SteerError::Invalid(
+                "safecode: give threshold or calibration, not both".into(),
+            ));
+        }
+        let calibrated = match part.option("calibration") {
+            None => None,
+            Some(dir) => {
+                let c = super::calibration::Calibration::load(std::path::Path::new(dir))?;
+                if c.model_identity != model.info.identity && !force {
+                    return Err(SteerError::Incompatible(format!(
+                        "safecode: {dir} was calibrated on {} (identity {}), not {}; re-run                          earguard fit safecode, or --force",
+                        c.model,
+                        &c.model_identity[..12.min(c.model_identity.len())],
+                        model.info.name
+                    )));
+                }
+                Some(c.fitted.threshold)
             }
         };
         if part.option("snr").is_some() && part.option("sigma").is_some() {
@@ -353,7 +375,10 @@ impl SafeCode {
             suppress: f32_in("suppress", 0.0..=2.0, DEFAULT_SUPPRESS)?,
             sigma: f32_in("sigma", 0.0..=100.0, DEFAULT_SIGMA)?,
             seed,
-            threshold: f32_in("threshold", -1e3..=1e3, 0.0)?,
+            threshold: match calibrated {
+                Some(t) => t,
+                None => f32_in("threshold", -1e3..=1e3, 0.0)?,
+            },
             sampled,
             judge,
             noised_audio: AudioCache::with_waveform_noise(WaveformNoise { snr_db, seed })?,
