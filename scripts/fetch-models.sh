@@ -126,18 +126,7 @@ fetch_model() {
       mv "$wdata/config.json" "$wdata/tokenizer.json" "$wdir/"
       mv "$wtmp/model.bin" "$wdir/model.bin"
       log "whisper-base: ok ($wdir)" ;;
-    speech-qwen2.5-coder-1.5b)
-      # A speech model from parts: whisper-base's encoder + the speech head committed in
-      # assets/speech/ (trained by `earguard speech train`; see README) + the default LLM.
-      # Assembled by `earguard speech build` (built here if needed).
-      fetch_model qwen2.5-coder-1.5b-instruct
-      fetch_model whisper-base
-      local root; root="$(cd "$(dirname "$0")/.." && pwd)"
-      (cd "$root" && cargo run --release --quiet --bin earguard -- speech build \
-        --head assets/speech/qwen2.5-coder-1.5b --llm qwen2.5-coder-1.5b-instruct \
-        --whisper "$MODELS_DIR/whisper-base" -o "$MODELS_DIR/speech-qwen2.5-coder-1.5b" >/dev/null)
-      log "speech-qwen2.5-coder-1.5b: ok ($MODELS_DIR/speech-qwen2.5-coder-1.5b)" ;;
-    *) log "unknown model '$1' (known: qwen2.5-coder-1.5b-instruct (alias qwen2.5-1.5b-instruct) smollm2-135m-instruct qwen2.5-0.5b-instruct whisper-base speech-qwen2.5-coder-1.5b)"; return 2 ;;
+    *) log "unknown model '$1' (known: qwen2.5-coder-1.5b-instruct (alias qwen2.5-1.5b-instruct) smollm2-135m-instruct qwen2.5-0.5b-instruct whisper-base)"; return 2 ;;
   esac
 }
 

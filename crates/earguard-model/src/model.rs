@@ -217,7 +217,7 @@ impl Model {
             (Some(tower), false) => Ok(Some(tower)),
             (None, false) => Err(ModelError::Invalid(format!(
                 "{} is a text model: audio inputs need an audio-language model (Qwen2-Audio, \
-                 or a speech model such as speech-qwen2.5-coder-1.5b); use text-only mode",
+                 or a speech model made by `earguard speech build`); use text-only mode",
                 self.info.name
             ))),
         }
