@@ -14,6 +14,8 @@ use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
 use earguard_model::speech::{SpeechHead, SpeechHeadConfig, SpeechModelConfig, HEAD_CONFIG};
 use earguard_model::ContentSpecials;
 
+mod common;
+
 fn models_dir() -> PathBuf {
     match std::env::var_os("EARGUARD_MODELS") {
         Some(d) => PathBuf::from(d),
@@ -136,14 +138,7 @@ fn a_speech_model_composes_its_parts() {
         .unsqueeze(0)
         .unwrap();
     let embedded = model.decoder.embed(&ids).unwrap().squeeze(0).unwrap();
-    let diff = (rows - embedded.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = common::max_diff(rows, &embedded);
     assert!(
         diff < 1e-3,
         "rows differ from the transcript's embeddings by {diff}"

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{fails, model_fixtures, root, run, scratch, tiny_audio_model, tiny_text_model};
+use common::{fails, model_fixtures, ok, root, run, scratch, tiny_audio_model, tiny_text_model};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_earguard"))
@@ -16,16 +16,6 @@ fn bin() -> Command {
 
 fn speech() -> PathBuf {
     model_fixtures().join("speech-16k.wav")
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "earguard failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]

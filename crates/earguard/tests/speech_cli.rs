@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{root, run, scratch};
+use common::{ok, root, run, scratch};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_earguard"))
@@ -35,16 +35,6 @@ fn present(path: &Path, var: &str) -> bool {
         path.display()
     );
     false
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "earguard failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]

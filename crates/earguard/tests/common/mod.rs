@@ -47,6 +47,17 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Succeeds (else the test fails with its stderr); returns stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "earguard failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Fails with exit status 1 and an error message (never a panic); returns stderr.
 pub fn fails(cmd: &mut Command) -> String {
     let out = run(cmd);
