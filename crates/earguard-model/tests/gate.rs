@@ -68,22 +68,31 @@ fn run(
     (all, cache)
 }
 
-/// The gate's cosine for each prompt alone, probed at `point` without edits.
-fn cosines(dec: &earguard_model::Decoder, point: HookPoint, unit: &Tensor) -> Vec<f32> {
+/// The gate's cosine with `direction` for each prompt alone, probed at `point` without edits.
+fn cosines(dec: &earguard_model::Decoder, point: HookPoint, direction: &Tensor) -> Vec<f32> {
+    let norm = |t: &Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
     prompts()
         .iter()
         .map(|p| {
             let probe = InterventionPlan::new().capture(point, Positions::Last);
             let (out, _) = prefill(dec, std::slice::from_ref(p), 0, &probe, Logits::None).unwrap();
             let h = out.captures.get(point).unwrap().flatten_all().unwrap();
-            let dot = (&h * unit)
+            let dot = (&h * direction)
                 .unwrap()
                 .sum_all()
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            let n = h.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
-            dot / n.to_scalar::<f32>().unwrap()
+            dot / (norm(&h) * norm(direction))
         })
         .collect()
 }
@@ -101,18 +110,7 @@ fn one_prefill_steers_the_rows_that_meet_the_condition() {
     let probe = InterventionPlan::new().capture(gate_at, Positions::Last);
     let (out, _) = prefill(&dec, &prompts()[..1], 0, &probe, Logits::None).unwrap();
     let direction = out.captures.get(gate_at).unwrap().flatten_all().unwrap();
-    let unit = (&direction
-        / direction
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .sqrt()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64)
-        .unwrap();
-    let cos = cosines(&dec, gate_at, &unit);
+    let cos = cosines(&dec, gate_at, &direction);
     assert!((cos[0] - 1.0).abs() < 1e-4 && cos[1] < 0.99, "{cos:?}");
     let threshold = (cos[0] + cos[1]) / 2.0;
 
