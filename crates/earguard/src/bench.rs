@@ -180,6 +180,21 @@ impl Runner for StockRunner {
 }
 
 fn decode(args: DecodeArgs) -> Result<()> {
+    // The runners time plans on plain decoding; SafeCoDe decodes differently (guided steps
+    // beside a corrupted companion), and timing its empty plan would report plain decoding.
+    for spec in &args.defenses {
+        let parsed: earguard_steer::defense::DefenseSpec = spec.parse()?;
+        if parsed
+            .parts
+            .iter()
+            .any(|p| p.kind == earguard_steer::defense::DefenseKind::Safecode)
+        {
+            bail!(
+                "bench decode does not time SafeCoDe's guided decoding yet ({spec}); time it \
+                 with `eval --defense safecode` and compare the runs' seconds"
+            );
+        }
+    }
     let model = crate::args::load_model(&args.model, args.json)?;
     if model.info.format != "gguf" {
         bail!("bench decode compares against candle's stock quantized models: give a GGUF model");
