@@ -50,6 +50,10 @@ pub struct SpeechHeadConfig {
     pub kernel: usize,
     /// Residual convolutions after the strided one.
     pub layers: usize,
+    /// Layer-normalise the encoder frames first (learned scale and shift). Whisper's outputs
+    /// have a few dimensions far larger than the rest.
+    #[serde(default)]
+    pub input_norm: bool,
     /// LLM token id of token class i + 1 (class 0 is blank).
     pub tokens: Vec<u32>,
     /// Character of char class i + 1 (class 0 is blank).
@@ -141,6 +145,8 @@ impl SpeechHeadConfig {
 #[derive(Debug, Clone)]
 pub struct SpeechHead {
     cfg: SpeechHeadConfig,
+    /// Scale and shift of the input layer norm, when the config asks for one.
+    norm: Option<(Tensor, Tensor)>,
     stem: Conv1d,
     blocks: Vec<Conv1d>,
     tokens: Linear,
@@ -151,6 +157,15 @@ impl SpeechHead {
     /// Build from `vb` (a `VarMap` for training, a safetensors file for inference).
     pub fn new(cfg: SpeechHeadConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
+        let norm = if cfg.input_norm {
+            let n = vb.pp("norm");
+            Some((
+                n.get_with_hints(cfg.d_in, "weight", candle_nn::Init::Const(1.0))?,
+                n.get_with_hints(cfg.d_in, "bias", candle_nn::Init::Const(0.0))?,
+            ))
+        } else {
+            None
+        };
         let pad = cfg.kernel / 2;
         let stem = candle_nn::conv1d(
             cfg.d_in,
@@ -181,6 +196,7 @@ impl SpeechHead {
         let chars = candle_nn::linear(cfg.d_model, cfg.n_char_classes(), vb.pp("chars"))?;
         Ok(Self {
             cfg,
+            norm,
             stem,
             blocks,
             tokens,
@@ -221,6 +237,18 @@ impl SpeechHead {
                 self.cfg.d_in
             )));
         }
+        // Composed from differentiable ops (candle's fused layer norm has no backward).
+        let frames = match &self.norm {
+            None => frames.clone(),
+            Some((w, b)) => {
+                let centred = frames.broadcast_sub(&frames.mean_keepdim(D::Minus1)?)?;
+                let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+                centred
+                    .broadcast_div(&(var + 1e-5)?.sqrt()?)?
+                    .broadcast_mul(w)?
+                    .broadcast_add(b)?
+            }
+        };
         let x = frames.transpose(1, 2)?.contiguous()?;
         let mut x = self.stem.forward(&x)?.gelu_erf()?;
         for b in &self.blocks {
@@ -439,6 +467,7 @@ mod tests {
             d_model: 6,
             kernel: 3,
             layers: 2,
+            input_norm: true,
             tokens: vec![101, 7, 55],
             alphabet: "abc ".into(),
         }

@@ -271,11 +271,14 @@ pub fn load_data(dir: &Path) -> Result<Vec<(Clip, Tensor)>> {
     Ok(out)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadTrainConfig {
     pub d_model: usize,
     pub kernel: usize,
     pub layers: usize,
+    /// Layer-normalise the encoder frames first.
+    #[serde(default)]
+    pub input_norm: bool,
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
@@ -291,6 +294,7 @@ impl Default for HeadTrainConfig {
             d_model: 384,
             kernel: 5,
             layers: 3,
+            input_norm: false,
             epochs: 12,
             batch_size: 16,
             lr: 1e-3,
@@ -382,11 +386,16 @@ const CHECKPOINT: &str = "checkpoint.safetensors";
 
 /// Re-draw every parameter from `seed` (candle's initialisers use an unseeded generator): the
 /// uniform ±1/√fan_in of PyTorch's defaults for convolutions and linears, weights and biases
-/// alike (a bias takes its weight's fan-in).
+/// alike (a bias takes its weight's fan-in); a layer norm starts as the identity.
 fn seeded_init(names: &[String], vars: &[Var], seed: u64) -> Result<()> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for (name, var) in names.iter().zip(vars) {
+        if name.starts_with("norm.") {
+            let value: f32 = if name.ends_with("weight") { 1.0 } else { 0.0 };
+            var.set(&Tensor::full(value, var.dims(), var.device())?)?;
+            continue;
+        }
         let weight = name.replace(".bias", ".weight");
         let w = names
             .iter()
@@ -435,6 +444,7 @@ pub fn train_head(
         d_model: cfg.d_model,
         kernel: cfg.kernel,
         layers: cfg.layers,
+        input_norm: cfg.input_norm,
         tokens: tokens.into_iter().collect(),
         alphabet: ALPHABET.into(),
     };
@@ -449,14 +459,17 @@ pub fn train_head(
     let train_cfg_path = out.join("train-config.json");
     // What a resumed run must share with the checkpoint's run: everything but the epoch count
     // (a finished run can be continued for more epochs).
-    let train_cfg_text = serde_json::to_string_pretty(&HeadTrainConfig {
+    let resumable = HeadTrainConfig {
         epochs: 0,
         ..cfg.clone()
-    })
-    .expect("config serialises");
+    };
+    let train_cfg_text = serde_json::to_string_pretty(&resumable).expect("config serialises");
     let ckpt = out.join(CHECKPOINT);
     if ckpt.exists() {
-        let same = std::fs::read_to_string(&train_cfg_path).ok() == Some(train_cfg_text.clone())
+        let same = std::fs::read_to_string(&train_cfg_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<HeadTrainConfig>(&t).ok())
+            == Some(resumable)
             && std::fs::read_to_string(&cfg_path)
                 .ok()
                 .and_then(|t| serde_json::from_str::<SpeechHeadConfig>(&t).ok())
@@ -759,6 +772,7 @@ mod tests {
             d_model: 24,
             kernel: 3,
             layers: 1,
+            input_norm: true,
             epochs: 2,
             batch_size: 4,
             lr: 1e-2,

@@ -137,6 +137,9 @@ pub struct HeadArgs {
     pub layers: usize,
     #[arg(long, default_value_t = HeadTrainConfig::default().kernel)]
     pub kernel: usize,
+    /// Layer-normalise the encoder frames before the head's convolutions.
+    #[arg(long)]
+    pub input_norm: bool,
     /// Weight of the char CTC loss.
     #[arg(long, default_value_t = HeadTrainConfig::default().char_weight)]
     pub char_weight: f64,
@@ -344,6 +347,7 @@ fn train(a: HeadArgs) -> Result<()> {
         d_model: a.d_model,
         kernel: a.kernel,
         layers: a.layers,
+        input_norm: a.input_norm,
         epochs: a.epochs,
         batch_size: a.batch_size,
         lr: a.lr,
