@@ -50,6 +50,9 @@ pub struct SpeechHeadConfig {
     pub kernel: usize,
     /// Residual convolutions after the strided one.
     pub layers: usize,
+    /// Stride of the first convolution: 2 reads Whisper's 50 frames per second as 25.
+    #[serde(default = "default_stride")]
+    pub stride: usize,
     /// Layer-normalise the encoder frames first (learned scale and shift). Whisper's outputs
     /// have a few dimensions far larger than the rest.
     #[serde(default)]
@@ -58,6 +61,10 @@ pub struct SpeechHeadConfig {
     pub tokens: Vec<u32>,
     /// Character of char class i + 1 (class 0 is blank).
     pub alphabet: String,
+}
+
+fn default_stride() -> usize {
+    2
 }
 
 impl SpeechHeadConfig {
@@ -77,6 +84,9 @@ impl SpeechHeadConfig {
         if self.kernel == 0 || self.kernel.is_multiple_of(2) || self.kernel > 31 {
             return bad(format!("kernel {} must be odd, 1 to 31", self.kernel));
         }
+        if !(1..=4).contains(&self.stride) {
+            return bad(format!("stride {} must be 1 to 4", self.stride));
+        }
         if self.layers > 16 {
             return bad(format!("{} layers is more than 16", self.layers));
         }
@@ -94,12 +104,13 @@ impl SpeechHeadConfig {
         Ok(())
     }
 
-    /// Head frames for `t` encoder frames (the strided convolution's output length).
+    /// Head frames for `t` encoder frames (the strided convolution's output length, with
+    /// padding `kernel / 2`).
     pub fn out_frames(&self, t: usize) -> usize {
         if t == 0 {
             0
         } else {
-            (t - 1) / 2 + 1
+            (t - 1) / self.stride + 1
         }
     }
 
@@ -173,7 +184,7 @@ impl SpeechHead {
             cfg.kernel,
             Conv1dConfig {
                 padding: pad,
-                stride: 2,
+                stride: cfg.stride,
                 ..Default::default()
             },
             vb.pp("stem"),
@@ -467,6 +478,7 @@ mod tests {
             d_model: 6,
             kernel: 3,
             layers: 2,
+            stride: 2,
             input_norm: true,
             tokens: vec![101, 7, 55],
             alphabet: "abc ".into(),

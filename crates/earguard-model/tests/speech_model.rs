@@ -56,6 +56,7 @@ fn build(dir: &Path, temperature: f32) -> Option<earguard_model::Model> {
         d_model: 32,
         kernel: 3,
         layers: 1,
+        stride: 2,
         input_norm: false,
         tokens,
         alphabet: "abc ".into(),

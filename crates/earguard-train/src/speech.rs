@@ -271,6 +271,10 @@ pub fn load_data(dir: &Path) -> Result<Vec<(Clip, Tensor)>> {
     Ok(out)
 }
 
+fn two() -> usize {
+    2
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadTrainConfig {
     pub d_model: usize,
@@ -279,6 +283,9 @@ pub struct HeadTrainConfig {
     /// Layer-normalise the encoder frames first.
     #[serde(default)]
     pub input_norm: bool,
+    /// Stride of the head's first convolution (2: 25 frames per second).
+    #[serde(default = "two")]
+    pub stride: usize,
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
@@ -295,6 +302,7 @@ impl Default for HeadTrainConfig {
             kernel: 5,
             layers: 3,
             input_norm: false,
+            stride: 2,
             epochs: 12,
             batch_size: 16,
             lr: 1e-3,
@@ -445,6 +453,7 @@ pub fn train_head(
         kernel: cfg.kernel,
         layers: cfg.layers,
         input_norm: cfg.input_norm,
+        stride: cfg.stride,
         tokens: tokens.into_iter().collect(),
         alphabet: ALPHABET.into(),
     };
@@ -773,6 +782,7 @@ mod tests {
             kernel: 3,
             layers: 1,
             input_norm: true,
+            stride: 2,
             epochs: 2,
             batch_size: 4,
             lr: 1e-2,

@@ -140,6 +140,9 @@ pub struct HeadArgs {
     /// Layer-normalise the encoder frames before the head's convolutions.
     #[arg(long)]
     pub input_norm: bool,
+    /// Stride of the head's first convolution over Whisper's 50 frames per second (1 to 4).
+    #[arg(long, default_value_t = 2)]
+    pub stride: usize,
     /// Weight of the char CTC loss.
     #[arg(long, default_value_t = HeadTrainConfig::default().char_weight)]
     pub char_weight: f64,
@@ -348,6 +351,7 @@ fn train(a: HeadArgs) -> Result<()> {
         kernel: a.kernel,
         layers: a.layers,
         input_norm: a.input_norm,
+        stride: a.stride,
         epochs: a.epochs,
         batch_size: a.batch_size,
         lr: a.lr,
