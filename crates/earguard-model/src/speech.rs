@@ -516,4 +516,43 @@ mod tests {
         c.tokens = vec![1, 1];
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
     }
+
+    /// Every parameter of the head receives a gradient (candle's conv1d backward included).
+    #[test]
+    fn every_parameter_gets_a_gradient() {
+        let map = VarMap::new();
+        let cfg = SpeechHeadConfig {
+            d_in: 8,
+            d_model: 6,
+            kernel: 3,
+            layers: 2,
+            stride: 2,
+            input_norm: true,
+            tokens: vec![1, 2, 3],
+            alphabet: "ab".into(),
+        };
+        let head =
+            SpeechHead::new(cfg, VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu)).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 9, 8), &Device::Cpu).unwrap();
+        let (t, c) = head.forward(&x).unwrap();
+        let loss =
+            (t.sqr().unwrap().sum_all().unwrap() + c.sqr().unwrap().sum_all().unwrap()).unwrap();
+        let grads = loss.backward().unwrap();
+        let data = map.data().lock().unwrap();
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        for name in names {
+            let g = grads
+                .get(data[name].as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            let n = g
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(n > 0.0, "zero gradient for {name}");
+        }
+    }
 }
