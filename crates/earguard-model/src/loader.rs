@@ -29,7 +29,7 @@ use crate::speech::{
 };
 use crate::tokenizer::Tokenizer;
 use crate::weights::{safetensor_files, GgufWeights, SafeTensorWeights, WeightStore};
-use crate::whisper::{WhisperEncoder, WhisperEncoderConfig};
+use crate::whisper::WhisperEncoder;
 
 /// Models `scripts/fetch-models.sh` knows how to install.
 pub const KNOWN_MODELS: &[&str] = &[
@@ -294,19 +294,8 @@ fn load_speech_dir(dir: &Path, name: String, device: &Device) -> Result<Model> {
         ));
     }
     let whisper_dir = SpeechModelConfig::path(dir, &cfg.whisper);
-    let wcfg_path = whisper_dir.join("config.json");
-    let wtext = std::fs::read_to_string(&wcfg_path).map_err(|e| {
-        ModelError::file(
-            &wcfg_path,
-            format!("{e} (the encoder is an HF Whisper directory: earguard convert ct2-whisper makes one)"),
-        )
-    })?;
-    let wcfg: WhisperEncoderConfig =
-        serde_json::from_str(&wtext).map_err(|e| ModelError::file(&wcfg_path, e))?;
-    let wstore =
-        WeightStore::SafeTensors(SafeTensorWeights::open(safetensor_files(&whisper_dir)?)?)
-            .on(device);
-    let encoder = WhisperEncoder::load(wcfg, &wstore, "model.encoder.")?;
+    let encoder = WhisperEncoder::load_hf_dir(&whisper_dir, device)?;
+    let wtext = serde_json::to_string(encoder.config()).expect("config serialises");
     let head_dir = SpeechModelConfig::path(dir, &cfg.head);
     let head = SpeechHead::load(&head_dir, device)?;
     let head_bytes = std::fs::read(head_dir.join(HEAD_WEIGHTS))

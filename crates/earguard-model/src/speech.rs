@@ -455,16 +455,25 @@ impl SpeechTower {
             .argmax(D::Minus1)?
             .to_vec1()?;
         let tokens = &self.head.config().tokens;
-        let mut out = Vec::new();
-        let mut prev = 0;
-        for k in best {
-            if k != 0 && k != prev {
-                out.push(tokens[k as usize - 1]);
-            }
-            prev = k;
-        }
-        Ok(out)
+        Ok(ctc_collapse(&best)
+            .into_iter()
+            .map(|k| tokens[k as usize - 1])
+            .collect())
     }
+}
+
+/// CTC's greedy collapse of each frame's best class (0 is blank): repeats merged, blanks
+/// dropped, so `1 1 0 1 2 2 0` gives `1 1 2`.
+pub fn ctc_collapse(best: &[u32]) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for &k in best {
+        if k != 0 && k != prev {
+            out.push(k);
+        }
+        prev = k;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -521,18 +530,11 @@ mod tests {
     #[test]
     fn every_parameter_gets_a_gradient() {
         let map = VarMap::new();
-        let cfg = SpeechHeadConfig {
-            d_in: 8,
-            d_model: 6,
-            kernel: 3,
-            layers: 2,
-            stride: 2,
-            input_norm: true,
-            tokens: vec![1, 2, 3],
-            alphabet: "ab".into(),
-        };
-        let head =
-            SpeechHead::new(cfg, VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu)).unwrap();
+        let head = SpeechHead::new(
+            cfg(),
+            VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
         let x = Tensor::randn(0f32, 1.0, (2, 9, 8), &Device::Cpu).unwrap();
         let (t, c) = head.forward(&x).unwrap();
         let loss =

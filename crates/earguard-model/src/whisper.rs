@@ -241,6 +241,25 @@ pub struct WhisperEncoder {
 }
 
 impl WhisperEncoder {
+    /// Load the encoder of an HF Whisper directory (`config.json` + safetensors, tensors
+    /// under `model.encoder.`) onto `device`. `earguard convert ct2-whisper` makes one from a
+    /// CTranslate2 model.
+    pub fn load_hf_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ModelError::file(
+                &path,
+                format!("{e} (an HF Whisper directory is needed: earguard convert ct2-whisper makes one)"),
+            )
+        })?;
+        let cfg: WhisperEncoderConfig =
+            serde_json::from_str(&text).map_err(|e| ModelError::file(&path, e))?;
+        let files = crate::weights::safetensor_files(dir)?;
+        let store =
+            WeightStore::SafeTensors(crate::weights::SafeTensorWeights::open(files)?).on(device);
+        Self::load(cfg, &store, "model.encoder.")
+    }
+
     /// Load the encoder whose tensors are named `{prefix}conv1.weight`, … (`prefix` is
     /// `audio_tower.` for Qwen2-Audio, `model.encoder.` for HF Whisper).
     pub fn load(cfg: WhisperEncoderConfig, store: &WeightStore, prefix: &str) -> Result<Self> {

@@ -133,23 +133,19 @@ pub fn ctc_loss(logits: &[f32], t: usize, c: usize, target: &[u32]) -> Option<(f
     Some((-log_p, grad))
 }
 
-/// Greedy CTC decoding: the best class of each frame, repeats merged, blanks dropped.
+/// Greedy CTC decoding: the best class of each frame of `logits` (`[t, c]`), collapsed
+/// ([`earguard_model::speech::ctc_collapse`]).
 pub fn greedy_decode(logits: &[f32], t: usize, c: usize) -> Vec<u32> {
-    let mut out = Vec::new();
-    let mut prev = 0usize;
-    for f in 0..t {
-        let row = &logits[f * c..(f + 1) * c];
-        let best = row
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or(0, |(k, _)| k);
-        if best != 0 && best != prev {
-            out.push(best as u32);
-        }
-        prev = best;
-    }
-    out
+    let best: Vec<u32> = (0..t)
+        .map(|f| {
+            logits[f * c..(f + 1) * c]
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(k, _)| k as u32)
+        })
+        .collect();
+    earguard_model::speech::ctc_collapse(&best)
 }
 
 #[cfg(test)]

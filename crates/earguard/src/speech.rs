@@ -13,8 +13,7 @@ use clap::{Args, Subcommand};
 use earguard_data::{PromptSet, ReadOptions};
 use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::speech::SpeechHead;
-use earguard_model::weights::{SafeTensorWeights, WeightStore};
-use earguard_model::whisper::{WhisperEncoder, WhisperEncoderConfig};
+use earguard_model::whisper::WhisperEncoder;
 use earguard_train::speech::{self as sp, HeadTrainConfig, PrepareOptions};
 
 const SHARED: &str = "../shared/data";
@@ -181,15 +180,7 @@ fn load_encoder(dir: &Path, cache: &Path) -> Result<WhisperEncoder> {
             dir.display()
         );
     };
-    let cfg_path = hf.join("config.json");
-    let cfg: WhisperEncoderConfig = serde_json::from_str(
-        &std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("reading {}", cfg_path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", cfg_path.display()))?;
-    let store =
-        WeightStore::SafeTensors(SafeTensorWeights::open(vec![hf.join("model.safetensors")])?);
-    Ok(WhisperEncoder::load(cfg, &store, "model.encoder.")?)
+    Ok(WhisperEncoder::load_hf_dir(&hf, &Device::Cpu)?)
 }
 
 fn parse_snr(s: &str) -> Result<(f32, f32)> {
