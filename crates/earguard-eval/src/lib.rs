@@ -2,13 +2,15 @@
 //! benign ones refused (ORR flat) — following SPEC §5.
 //!
 //! [`runner`] generates responses in batches with resume and shards, [`judge`] decides which
-//! responses are refusals, [`degenerate`] sets apart responses that are neither, [`metrics`]
+//! responses are refusals, [`judging`] judges any file of responses (and scores judges against
+//! human labels), [`degenerate`] sets apart responses that are neither, [`metrics`]
 //! turns verdicts into rates with intervals, and [`report`] writes report.json / report.md with
 //! plots.
 
 pub mod degenerate;
 pub mod error;
 pub mod judge;
+pub mod judging;
 pub mod metrics;
 pub mod plots;
 

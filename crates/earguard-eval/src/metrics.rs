@@ -78,6 +78,142 @@ pub fn wilson(k: usize, n: usize) -> Option<(f64, f64)> {
     Some(((centre - half).max(0.0), (centre + half).min(1.0)))
 }
 
+/// Cohen's κ between two raters' binary labels with a 95 % interval: a percentile bootstrap
+/// over the rated items (2,000 resamples, seeded, so a summary reads the same every run).
+/// None when chance agreement is total (both raters constant and equal).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Kappa {
+    pub value: Option<f64>,
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+}
+
+/// κ of paired labels, or None when undefined.
+pub fn cohen_kappa(a: &[bool], b: &[bool]) -> Option<f64> {
+    let n = a.len().min(b.len());
+    if n == 0 {
+        return None;
+    }
+    let (mut agree, mut pa, mut pb) = (0usize, 0usize, 0usize);
+    for (&x, &y) in a.iter().zip(b) {
+        agree += usize::from(x == y);
+        pa += usize::from(x);
+        pb += usize::from(y);
+    }
+    let (n, agree, pa, pb) = (n as f64, agree as f64, pa as f64, pb as f64);
+    let (po, pa, pb) = (agree / n, pa / n, pb / n);
+    let chance = pa * pb + (1.0 - pa) * (1.0 - pb);
+    (chance < 1.0).then(|| (po - chance) / (1.0 - chance))
+}
+
+impl Kappa {
+    pub fn new(a: &[bool], b: &[bool]) -> Self {
+        use rand::{Rng, SeedableRng};
+        const RESAMPLES: usize = 2000;
+        let value = cohen_kappa(a, b);
+        let n = a.len().min(b.len());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x6b61_7070_61);
+        let mut draws: Vec<f64> = Vec::with_capacity(RESAMPLES);
+        let (mut ra, mut rb) = (vec![false; n], vec![false; n]);
+        if value.is_some() {
+            for _ in 0..RESAMPLES {
+                for i in 0..n {
+                    let j = rng.random_range(0..n);
+                    ra[i] = a[j];
+                    rb[i] = b[j];
+                }
+                // A resample with total chance agreement has no κ; it is left out.
+                draws.extend(cohen_kappa(&ra, &rb));
+            }
+        }
+        draws.sort_by(f64::total_cmp);
+        let pick = |q: f64| -> Option<f64> {
+            (!draws.is_empty()).then(|| draws[((q * (draws.len() - 1) as f64).round()) as usize])
+        };
+        Kappa {
+            value,
+            ci_low: pick(0.025),
+            ci_high: pick(0.975),
+        }
+    }
+
+    /// "0.66 [0.55, 0.76]", or "–" when undefined.
+    pub fn display(&self) -> String {
+        match (self.value, self.ci_low, self.ci_high) {
+            (Some(v), Some(lo), Some(hi)) => format!("{v:.2} [{lo:.2}, {hi:.2}]"),
+            (Some(v), _, _) => format!("{v:.2}"),
+            _ => "–".into(),
+        }
+    }
+}
+
+/// How two judges' verdicts on the same responses agree.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Agreement {
+    pub a: String,
+    pub b: String,
+    pub n: usize,
+    pub agreement: f64,
+    pub kappa: Kappa,
+}
+
+impl Agreement {
+    pub fn new(a: &str, b: &str, va: &[bool], vb: &[bool]) -> Self {
+        let n = va.len().min(vb.len());
+        let same = va.iter().zip(vb).filter(|(x, y)| x == y).count();
+        Agreement {
+            a: a.into(),
+            b: b.into(),
+            n,
+            agreement: if n == 0 { 0.0 } else { same as f64 / n as f64 },
+            kappa: Kappa::new(va, vb),
+        }
+    }
+}
+
+/// A judge scored against gold (human) labels, "refused" as the positive class.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GoldScore {
+    /// Refused by both.
+    pub tp: usize,
+    /// Refused by the judge only.
+    pub fp: usize,
+    /// Refused by the gold label only: refusals the judge missed.
+    #[serde(rename = "fn")]
+    pub fn_: usize,
+    pub tn: usize,
+    pub accuracy: Rate,
+    /// Of the judge's refusals, the fraction people call refusals.
+    pub precision: Rate,
+    /// Of people's refusals, the fraction the judge finds.
+    pub recall: Rate,
+    pub kappa: Kappa,
+}
+
+impl GoldScore {
+    pub fn new(judge: &[bool], gold: &[bool]) -> Self {
+        let (mut tp, mut fp, mut fn_, mut tn) = (0, 0, 0, 0);
+        for (&j, &g) in judge.iter().zip(gold) {
+            match (j, g) {
+                (true, true) => tp += 1,
+                (true, false) => fp += 1,
+                (false, true) => fn_ += 1,
+                (false, false) => tn += 1,
+            }
+        }
+        GoldScore {
+            tp,
+            fp,
+            fn_,
+            tn,
+            accuracy: Rate::new(tp + tn, tp + fp + fn_ + tn),
+            precision: Rate::new(tp, tp + fp),
+            recall: Rate::new(tp, tp + fn_),
+            kappa: Kappa::new(judge, gold),
+        }
+    }
+}
+
 /// Two-sided exact McNemar p-value from the discordant counts `b` (first run only) and `c`
 /// (second run only): a binomial test of min(b, c) under p = ½.
 pub fn mcnemar_exact(b: usize, c: usize) -> f64 {
@@ -173,6 +309,30 @@ mod tests {
         let v = nsi(Some(0.1), Some(0.2), Some(0.5), Some(0.1)).unwrap();
         assert!((v - 0.3).abs() < 1e-12);
         assert!(nsi(None, Some(0.1), Some(0.1), Some(0.1)).is_none());
+    }
+
+    #[test]
+    fn kappa_matches_a_reference_and_brackets_itself() {
+        // Cohen's formula by hand: observed agreement 0.8, chance 0.6·0.6 + 0.4·0.4 = 0.52,
+        // κ = (0.8 − 0.52) / 0.48 = 0.58333.
+        let a = [
+            true, true, true, false, false, false, true, false, true, true,
+        ];
+        let b = [
+            true, true, false, false, false, true, true, false, true, true,
+        ];
+        let k = Kappa::new(&a, &b);
+        assert!((k.value.unwrap() - 0.583_333_3).abs() < 1e-6, "{k:?}");
+        let (lo, hi) = (k.ci_low.unwrap(), k.ci_high.unwrap());
+        assert!(lo < 0.5833 && 0.5834 < hi && hi <= 1.0, "{k:?}");
+        assert_eq!(Kappa::new(&a, &b), k, "seeded");
+        // Perfect agreement with both classes present is 1; constant equal raters have none.
+        assert_eq!(cohen_kappa(&a, &a), Some(1.0));
+        assert_eq!(cohen_kappa(&[true; 4], &[true; 4]), None);
+        assert_eq!(Kappa::new(&[true; 4], &[true; 4]).display(), "–");
+        let g = GoldScore::new(&a, &b);
+        assert_eq!((g.tp, g.fp, g.fn_, g.tn), (5, 1, 1, 3));
+        assert_eq!((g.precision.k, g.precision.n), (5, 6));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use earguard_data::Label;
 use serde::Serialize;
 
 use crate::error::{EvalError, Result};
-use crate::metrics::{nsi, paired, PairedComparison, Rate};
+use crate::metrics::{nsi, paired, Agreement, PairedComparison, Rate};
 use crate::runner::{ResultRow, SkippedItem};
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,15 +41,6 @@ pub struct PairReport {
     pub n_pairs: usize,
     /// Harmful refused and benign answered.
     pub split_correctly: Rate,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct JudgeAgreement {
-    pub a: String,
-    pub b: String,
-    pub n: usize,
-    pub agreement: f64,
-    pub cohen_kappa: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,7 +74,7 @@ pub struct Report {
     pub skipped: Vec<SkippedItem>,
     pub groups: Vec<GroupReport>,
     pub pairs: Option<PairReport>,
-    pub judge_agreement: Vec<JudgeAgreement>,
+    pub judge_agreement: Vec<Agreement>,
     pub baseline: Option<BaselineComparison>,
     pub mean_tokens: f64,
     pub mean_seconds_per_response: f64,
@@ -205,32 +196,19 @@ pub fn build(
     })
 }
 
-fn agreements(rows: &[ResultRow]) -> Vec<JudgeAgreement> {
+fn agreements(rows: &[ResultRow]) -> Vec<Agreement> {
     let names: BTreeSet<&String> = rows.iter().flat_map(|r| r.verdicts.keys()).collect();
     let names: Vec<&String> = names.into_iter().collect();
     let mut out = Vec::new();
     for (i, a) in names.iter().enumerate() {
         for b in &names[i + 1..] {
-            let both: Vec<(bool, bool)> = rows
+            let (va, vb): (Vec<bool>, Vec<bool>) = rows
                 .iter()
                 .filter_map(|r| Some((r.refused(a)?, r.refused(b)?)))
-                .collect();
-            if both.is_empty() {
-                continue;
+                .unzip();
+            if !va.is_empty() {
+                out.push(Agreement::new(a, b, &va, &vb));
             }
-            let n = both.len() as f64;
-            let agree = both.iter().filter(|(x, y)| x == y).count() as f64 / n;
-            let pa = both.iter().filter(|(x, _)| *x).count() as f64 / n;
-            let pb = both.iter().filter(|(_, y)| *y).count() as f64 / n;
-            let chance = pa * pb + (1.0 - pa) * (1.0 - pb);
-            let kappa = (chance < 1.0).then(|| (agree - chance) / (1.0 - chance));
-            out.push(JudgeAgreement {
-                a: (*a).clone(),
-                b: (*b).clone(),
-                n: both.len(),
-                agreement: agree,
-                cohen_kappa: kappa,
-            });
         }
     }
     out
@@ -379,10 +357,11 @@ pub fn markdown(report: &Report, title: &str, plots: &[(String, String)]) -> Str
     if !report.judge_agreement.is_empty() {
         let _ = writeln!(
             md,
-            "\n## Judge agreement\n\n| judges | n | agreement | Cohen's κ |\n|---|---|---|---|"
+            "\n## Judge agreement\n\nAgreement between judges is not accuracy: see each judge's κ against human labels \
+             (`earguard judge --gold-field`).\n\n| judges | n | agreement | Cohen's κ [95 % bootstrap] |\n|---|---|---|---|"
         );
         for a in &report.judge_agreement {
-            let kappa = a.cohen_kappa.map_or("–".into(), |k| format!("{k:.2}"));
+            let kappa = a.kappa.display();
             let _ = writeln!(
                 md,
                 "| `{}` vs `{}` | {} | {:.1} % | {} |",

@@ -429,11 +429,12 @@ pub fn check_rows(
     Ok(())
 }
 
-/// Read results.jsonl, cutting off a half-written last line left by a kill. Each row's
-/// `degenerate` is set from its response (so rows written before it was recorded count right).
-pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
+/// The complete lines of an append-only JSONL file (empty when there is no file). A
+/// half-written last line left by a kill is cut off the file too, so the next append starts on
+/// a clean line.
+pub fn read_complete_lines(path: &Path) -> Result<String> {
     if !path.is_file() {
-        return Ok(vec![]);
+        return Ok(String::new());
     }
     let bytes = std::fs::read(path).map_err(|e| EvalError::io(path, e))?;
     let complete = match bytes.iter().rposition(|&b| b == b'\n') {
@@ -441,8 +442,6 @@ pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
         None => 0,
     };
     if complete < bytes.len() {
-        // The tail after the last newline was never finished: drop it from the file too, so the
-        // next append starts on a clean line.
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(path)
@@ -450,7 +449,15 @@ pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
         f.set_len(complete as u64)
             .map_err(|e| EvalError::io(path, e))?;
     }
-    let text = std::str::from_utf8(&bytes[..complete]).map_err(|e| EvalError::io(path, e))?;
+    let mut bytes = bytes;
+    bytes.truncate(complete);
+    String::from_utf8(bytes).map_err(|e| EvalError::io(path, e))
+}
+
+/// Read results.jsonl, cutting off a half-written last line left by a kill. Each row's
+/// `degenerate` is set from its response (so rows written before it was recorded count right).
+pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
+    let text = read_complete_lines(path)?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

@@ -9,6 +9,7 @@ mod convert;
 mod demo;
 mod eval;
 mod fit;
+mod judge;
 mod speech;
 mod train;
 
@@ -160,6 +161,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Merge shard runs (`eval --shard I/N`) into one run and report.
     Merge(eval::MergeArgs),
+    /// Judge a JSONL of prompts and responses (a run's results, another tool's output); with
+    /// human labels, each judge's accuracy and κ against people.
+    Judge(judge::JudgeArgs),
     /// Sweep SARSteer's strength, layer sets and k/λ refits; pick the strongest within an ORR budget.
     Sweep(eval::SweepArgs),
     /// The main job: fit SARSteer on the default model and compare defenses end to end.
@@ -202,6 +206,7 @@ fn main() {
         Command::Import(args) => fit::import(args),
         Command::Eval(args) => eval::eval(args),
         Command::Merge(args) => eval::merge(args),
+        Command::Judge(args) => judge::run(args),
         Command::Sweep(args) => eval::sweep(args),
         Command::Demo(args) => demo::run(args),
         Command::Convert(args) => convert::run(args),
