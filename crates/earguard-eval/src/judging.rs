@@ -238,13 +238,7 @@ pub fn judge_file(
                 refusal_score: r.refusal_score,
             })
             .collect();
-        let mut per_row: Vec<BTreeMap<String, Verdict>> = vec![BTreeMap::new(); chunk.len()];
-        for (judge, name) in judges.iter().zip(&names) {
-            let v = judge.judge_batch(&inputs)?;
-            for (m, v) in per_row.iter_mut().zip(v) {
-                m.insert(name.clone(), v);
-            }
-        }
+        let per_row = judge_all(judges, &inputs)?;
         let mut text = String::new();
         for (row, new) in chunk.iter().zip(&per_row) {
             text.push_str(&serde_json::to_string(&judged_row(row, new)).expect("row serialises"));
@@ -268,6 +262,60 @@ pub fn judge_file(
     )
     .map_err(|e| EvalError::io(&summary_path, e))?;
     Ok(summary)
+}
+
+/// Every judge's verdict on every input, per input by judge name.
+pub fn judge_all(
+    judges: &[Box<dyn Judge>],
+    inputs: &[JudgeInput<'_>],
+) -> Result<Vec<BTreeMap<String, Verdict>>> {
+    let mut per_row: Vec<BTreeMap<String, Verdict>> = vec![BTreeMap::new(); inputs.len()];
+    for judge in judges {
+        let name = judge.name();
+        let v = judge.judge_batch(inputs)?;
+        if v.len() != inputs.len() {
+            return Err(EvalError::Invalid(format!(
+                "{name} gave {} verdicts for {} responses",
+                v.len(),
+                inputs.len()
+            )));
+        }
+        for (m, v) in per_row.iter_mut().zip(v) {
+            m.insert(name.clone(), v);
+        }
+    }
+    Ok(per_row)
+}
+
+/// Judge a finished run's rows again with `judges` (their verdicts join the rows' own; a judge
+/// of the same name is replaced), `batch` rows at a time. Responses are not regenerated.
+pub fn rejudge(
+    rows: &mut [crate::runner::ResultRow],
+    judges: &[Box<dyn Judge>],
+    batch: usize,
+    progress: bool,
+) -> Result<()> {
+    let bar =
+        earguard_data::progress::bar(progress.then_some("rejudge"), "rows", rows.len() as u64);
+    for chunk in rows.chunks_mut(batch.max(1)) {
+        let verdicts = {
+            let inputs: Vec<JudgeInput<'_>> = chunk
+                .iter()
+                .map(|r| JudgeInput {
+                    prompt: &r.prompt,
+                    response: &r.response,
+                    refusal_score: r.refusal_score,
+                })
+                .collect();
+            judge_all(judges, &inputs)?
+        };
+        for (row, v) in chunk.iter_mut().zip(verdicts) {
+            row.verdicts.extend(v);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(())
 }
 
 /// The input row with `new` verdicts merged into its `verdicts` object (made if absent; a

@@ -124,7 +124,8 @@ impl RunConfig {
                 "is sample {} of a run of {}",
                 row.sample, self.samples
             ))
-        } else if judged != judges {
+        } else if !judged.is_superset(&judges) {
+            // More judges than the run's is a row re-judged since (`earguard judge --run`).
             Some(format!(
                 "was judged by {judged:?}, not by this run's judges {judges:?}"
             ))

@@ -1,12 +1,13 @@
 //! `earguard judge`: judge any JSONL of prompts and responses apart from generating them, and
 //! score the judges against human labels when the rows carry them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use earguard_eval::judge;
+use earguard_eval::judge::{self, Judge};
 use earguard_eval::judging::{self, Fields};
+use earguard_eval::runner::{self, RunConfig};
 
 #[derive(Args)]
 #[command(after_long_help = "\
@@ -16,20 +17,27 @@ accuracy, precision and recall of \"refused\" (95 % Wilson intervals) and Cohen'
 labels (95 % percentile bootstrap); and κ between every two judges. Agreement between judges
 is not accuracy: only --gold-field says whether a judge is right.
 A killed job resumes where it stopped when run again with the same arguments.
+--run DIR re-judges a finished `eval` run in place: the new verdicts join results.jsonl's rows,
+and the report (report.json, report.md, plots) is rewritten with the first --judge as the
+judge its rates count; responses are not regenerated.
 Examples:
   earguard judge --data runs/none/results.jsonl --judge substring --judge llm=qwen2.5-coder-1.5b-instruct -o judged/none
-  earguard judge --data human.jsonl --gold-field refused --judge substring -o judged/human")]
+  earguard judge --data human.jsonl --gold-field refused --judge substring -o judged/human
+  earguard judge --run out/runs/none --judge llm=qwen2.5-coder-1.5b-instruct")]
 pub struct JudgeArgs {
     /// A JSONL file of prompts and responses (a run's results.jsonl, or another tool's output).
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present = "run", conflicts_with = "run")]
+    pub data: Option<PathBuf>,
+    /// A finished `eval` run directory to re-judge in place (its report is rewritten).
+    #[arg(long, value_name = "DIR")]
+    pub run: Option<PathBuf>,
     /// A judge, repeatable: substring, substring:extended, refusal-score (needs the rows'
     /// `refusal_score`), llm=MODEL.
     #[arg(long = "judge", required = true)]
     pub judges: Vec<String>,
     /// Output directory: judged.jsonl, summary.json, summary.md, job.json.
-    #[arg(short, long)]
-    pub out: PathBuf,
+    #[arg(short, long, required_unless_present = "run", conflicts_with = "run")]
+    pub out: Option<PathBuf>,
     /// The field holding the request.
     #[arg(long, default_value = "prompt")]
     pub prompt_field: String,
@@ -38,7 +46,7 @@ pub struct JudgeArgs {
     pub response_field: String,
     /// A boolean field of human labels (true = the response is a refusal): score each judge
     /// against it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "run")]
     pub gold_field: Option<String>,
     /// Rows handed to a judge at a time (and written at a time).
     #[arg(long, default_value_t = 16)]
@@ -54,22 +62,64 @@ pub fn run(args: JudgeArgs) -> Result<()> {
         .iter()
         .map(|j| judge::build(j))
         .collect::<earguard_eval::Result<Vec<_>>>()?;
+    if let Some(run) = &args.run {
+        return rejudge(run, &judges, args.batch_size);
+    }
+    let (Some(data), Some(out)) = (&args.data, &args.out) else {
+        bail!("--data and --out are needed (or --run DIR)");
+    };
     let fields = Fields {
         prompt: args.prompt_field,
         response: args.response_field,
         gold: args.gold_field,
     };
     let summary = judging::judge_file(
-        &args.data,
+        data,
         &fields,
         &judges,
-        &args.out,
+        out,
         args.batch_size,
         crate::progress_bars(),
     )?;
     let md = judging::markdown(&summary);
-    crate::write_file(&args.out.join("summary.md"), md.as_bytes())?;
+    crate::write_file(&out.join("summary.md"), md.as_bytes())?;
     print!("{md}");
-    eprintln!("wrote {}", args.out.display());
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Re-judge a finished run in place and rewrite its report.
+fn rejudge(dir: &Path, judges: &[Box<dyn Judge>], batch: usize) -> Result<()> {
+    let config_path = dir.join(runner::CONFIG);
+    let config: RunConfig = serde_json::from_str(
+        &std::fs::read_to_string(&config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", config_path.display()))?;
+    let results = dir.join(runner::RESULTS);
+    let mut rows = runner::read_results(&results)?;
+    if rows.is_empty() {
+        bail!("{} holds no responses to judge", results.display());
+    }
+    runner::check_rows(&results, &rows, &config, None)?;
+    judging::rejudge(&mut rows, judges, batch, crate::progress_bars())?;
+    let mut text = String::new();
+    for r in &rows {
+        text.push_str(&serde_json::to_string(r)?);
+        text.push('\n');
+    }
+    crate::write_file(&results, text.as_bytes())?;
+    let skipped = runner::read_skipped(&dir.join(runner::SKIPPED))?;
+    let primary = judges[0].name();
+    let report = crate::eval::finish_report(
+        &rows,
+        &skipped,
+        dir,
+        None,
+        &primary,
+        &format!("{} (re-judged by {primary})", config.defense),
+    )?;
+    crate::eval::print_table(&[(config.defense.clone(), &report)]);
+    eprintln!("re-judged {} responses in {}", rows.len(), dir.display());
     Ok(())
 }

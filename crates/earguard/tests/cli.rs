@@ -1058,3 +1058,57 @@ fn safecode_thresholds_are_calibrated_on_labelled_prompts() {
     assert!(err.contains("not both"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `judge --run` re-judges a finished run in place: the new judge's verdicts join every row's,
+/// the responses and the old verdicts are unchanged, and the rewritten report counts the new
+/// judge. `judge --data` on the same rows with a gold field they lack names the line.
+#[test]
+fn judge_rejudges_a_finished_run_in_place() {
+    let dir = scratch("rejudge");
+    let data = dir.join("set.jsonl");
+    unpaired_set(&data, 6, None);
+    let run_dir = dir.join("run");
+    ok(&mut tiny_eval(&data, &run_dir));
+    let results = run_dir.join("results.jsonl");
+    let before = jsonl(&results);
+    assert_eq!(json(&run_dir.join("report.json"))["judge"], "substring");
+    ok(bin()
+        .args(["judge", "--judge", "substring:extended", "--run"])
+        .arg(&run_dir));
+    let after = jsonl(&results);
+    assert_eq!(before.len(), after.len());
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b["response"], a["response"]);
+        assert_eq!(b["verdicts"]["substring"], a["verdicts"]["substring"]);
+        assert!(
+            a["verdicts"]["substring:extended"]["refused"].is_boolean(),
+            "{a}"
+        );
+    }
+    let report = json(&run_dir.join("report.json"));
+    assert_eq!(report["judge"], "substring:extended");
+    assert_eq!(report["n_responses"], 6);
+
+    let err = fails(
+        bin()
+            .args([
+                "judge",
+                "--judge",
+                "substring",
+                "--gold-field",
+                "refused",
+                "--data",
+            ])
+            .arg(&results)
+            .arg("-o")
+            .arg(dir.join("judged")),
+    );
+    assert!(
+        err.contains("line 1") && err.contains("no gold field 'refused'"),
+        "{err}"
+    );
+    // The run is a finished run: eval resumes it as complete, the new verdicts kept.
+    ok(&mut tiny_eval(&data, &run_dir));
+    assert!(jsonl(&results)[0]["verdicts"]["substring:extended"].is_object());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
