@@ -112,7 +112,7 @@ impl Kappa {
         const RESAMPLES: usize = 2000;
         let value = cohen_kappa(a, b);
         let n = a.len().min(b.len());
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0x6b61_7070_61);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x006b_6170_7061);
         let mut draws: Vec<f64> = Vec::with_capacity(RESAMPLES);
         let (mut ra, mut rb) = (vec![false; n], vec![false; n]);
         if value.is_some() {

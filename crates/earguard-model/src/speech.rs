@@ -389,7 +389,7 @@ impl SpeechTower {
         let vocab = decoder.config().vocab_size;
         if let Some(t) = cfg.tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(ModelError::Invalid(format!(
-                "the speech head emits token {t}, outside the LLM's vocabulary of {vocab}: it                  was trained for another LLM"
+                "the speech head emits token {t}, outside the LLM's vocabulary of {vocab}: it was trained for another LLM"
             )));
         }
         let ids = Tensor::new(cfg.tokens.as_slice(), decoder.device())?.unsqueeze(0)?;

@@ -338,7 +338,7 @@ impl SafeCode {
                 let c = super::calibration::Calibration::load(std::path::Path::new(dir))?;
                 if c.model_identity != model.info.identity && !force {
                     return Err(SteerError::Incompatible(format!(
-                        "safecode: {dir} was calibrated on {} (identity {}), not {}; re-run                          earguard fit safecode, or --force",
+                        "safecode: {dir} was calibrated on {} (identity {}), not {}; re-run earguard fit safecode, or --force",
                         c.model,
                         &c.model_identity[..12.min(c.model_identity.len())],
                         model.info.name
