@@ -423,6 +423,7 @@ mod tests {
                 Verdict {
                     refused,
                     score: None,
+                    answer_mass: None,
                 },
             )]
             .into(),

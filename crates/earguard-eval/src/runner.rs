@@ -897,6 +897,7 @@ mod tests {
                         Verdict {
                             refused: false,
                             score: None,
+                            answer_mass: None,
                         },
                     )
                 })

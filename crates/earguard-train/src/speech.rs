@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ctc;
 use crate::error::{Result, TrainError};
-use crate::optim::{AdamW, AdamWParams};
+use crate::optim::{AdamW, AdamWParams, Decay, Schedule};
 use crate::trainer::mix;
 
 /// One text in this many is held out (by a hash of its id).
@@ -293,6 +293,13 @@ pub struct HeadTrainConfig {
     /// Weight of the char CTC loss beside the token CTC loss.
     pub char_weight: f64,
     pub seed: u64,
+    /// Linear warm-up of the learning rate over this many steps.
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// After warm-up: constant, or linear to zero at the last epoch's end. A constant rate
+    /// leaves the loss at its noise floor; decaying lets it settle.
+    #[serde(default)]
+    pub decay: Decay,
 }
 
 impl Default for HeadTrainConfig {
@@ -309,6 +316,8 @@ impl Default for HeadTrainConfig {
             weight_decay: 0.01,
             char_weight: 0.5,
             seed: 0,
+            warmup_steps: 0,
+            decay: Decay::Constant,
         }
     }
 }
@@ -467,9 +476,12 @@ pub fn train_head(
     let cfg_path = out.join(HEAD_CONFIG);
     let train_cfg_path = out.join("train-config.json");
     // What a resumed run must share with the checkpoint's run: everything but the epoch count
-    // (a finished run can be continued for more epochs).
+    // (a finished run can be continued for more epochs), unless the rate decays over them.
     let resumable = HeadTrainConfig {
-        epochs: 0,
+        epochs: match cfg.decay {
+            Decay::Constant => 0,
+            Decay::Linear => cfg.epochs,
+        },
         ..cfg.clone()
     };
     let train_cfg_text = serde_json::to_string_pretty(&resumable).expect("config serialises");
@@ -562,6 +574,12 @@ pub fn train_head(
         .collect();
 
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
+    let schedule = Schedule {
+        lr: cfg.lr,
+        warmup_steps: cfg.warmup_steps,
+        decay: cfg.decay,
+    };
+    let total_steps = steps_per_epoch * cfg.epochs;
     for epoch in reports.len()..cfg.epochs {
         let t0 = Instant::now();
         // This epoch's order: shuffled by the seed, then batched by length (less padding).
@@ -632,7 +650,8 @@ pub fn train_head(
                 .iter()
                 .map(|v| grads.get(v.as_tensor()).cloned())
                 .collect();
-            opt.step(&var_refs, &g, cfg.lr)?;
+            let lr = schedule.lr_at(opt.t, total_steps);
+            opt.step(&var_refs, &g, lr)?;
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -789,6 +808,8 @@ mod tests {
             weight_decay: 0.0,
             char_weight: 0.5,
             seed: 5,
+            warmup_steps: 0,
+            decay: Decay::Constant,
         };
         let dir =
             std::env::temp_dir().join(format!("earguard-speech-train-{}", std::process::id()));
@@ -820,6 +841,20 @@ mod tests {
             "{r2:?}"
         );
         assert!(r2.last().unwrap().wer["heldout"] < 0.2, "{:?}", r2.last());
+        // A decaying rate ties the run to its epoch count: continuing it for more epochs
+        // would change the rate of every step already taken, so it is another run.
+        let linear = HeadTrainConfig {
+            warmup_steps: 2,
+            decay: Decay::Linear,
+            ..cfg.clone()
+        };
+        let lin_dir = dir.join("linear");
+        train_head(&data, &tok, &linear, &lin_dir, false).unwrap();
+        let more = HeadTrainConfig {
+            epochs: 3,
+            ..linear.clone()
+        };
+        assert!(train_head(&data, &tok, &more, &lin_dir, false).is_err());
         // Another config is refused in the same directory.
         let other = HeadTrainConfig { lr: 0.5, ..cfg };
         assert!(train_head(&data, &tok, &other, &whole, false).is_err());

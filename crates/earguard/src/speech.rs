@@ -147,6 +147,13 @@ pub struct HeadArgs {
     pub char_weight: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Linear warm-up of the learning rate over this many steps.
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+    /// After warm-up: constant, or linear to zero at the end of --epochs (then a resumed run
+    /// must keep --epochs).
+    #[arg(long, value_enum, default_value = "constant")]
+    pub decay: crate::train::DecayArg,
 }
 
 #[derive(Args)]
@@ -349,6 +356,8 @@ fn train(a: HeadArgs) -> Result<()> {
         weight_decay: HeadTrainConfig::default().weight_decay,
         char_weight: a.char_weight,
         seed: a.seed,
+        warmup_steps: a.warmup_steps,
+        decay: a.decay.into(),
     };
     let model = crate::args::load_model(&a.model, false)?;
     let t0 = Instant::now();

@@ -98,6 +98,15 @@ pub enum DecayArg {
     Linear,
 }
 
+impl From<DecayArg> for Decay {
+    fn from(d: DecayArg) -> Self {
+        match d {
+            DecayArg::Constant => Decay::Constant,
+            DecayArg::Linear => Decay::Linear,
+        }
+    }
+}
+
 /// Parse "20-27", "0,5,9" or "0-3,8".
 fn parse_layers(s: &str) -> Result<Vec<usize>> {
     let mut out = Vec::new();
@@ -170,10 +179,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         schedule: Schedule {
             lr: args.lr,
             warmup_steps: args.warmup_steps,
-            decay: match args.decay {
-                DecayArg::Constant => Decay::Constant,
-                DecayArg::Linear => Decay::Linear,
-            },
+            decay: args.decay.into(),
         },
         adamw: AdamWParams::default(),
         penalty: args.penalty,

@@ -38,6 +38,11 @@ pub struct Verdict {
     /// The judge's underlying number, when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
+    /// An LLM judge's probability of answering with one of its answer tokens at all: low when
+    /// it would rather reply otherwise (e.g. refuse to read harmful text), and then its verdict
+    /// is close to a guess.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_mass: Option<f64>,
 }
 
 pub trait Judge: Send + Sync {

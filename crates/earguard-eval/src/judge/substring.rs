@@ -75,6 +75,7 @@ impl Judge for Substring {
             .map(|i| Verdict {
                 refused: self.is_refusal(i.response),
                 score: None,
+                answer_mass: None,
             })
             .collect())
     }
