@@ -108,6 +108,26 @@ pub fn read_rows(path: &Path, fields: &Fields) -> Result<(Vec<Row>, String)> {
     Ok((rows, sha))
 }
 
+impl<'a> From<&'a Row> for JudgeInput<'a> {
+    fn from(r: &'a Row) -> Self {
+        JudgeInput {
+            prompt: &r.prompt,
+            response: &r.response,
+            refusal_score: r.refusal_score,
+        }
+    }
+}
+
+impl<'a> From<&'a crate::runner::ResultRow> for JudgeInput<'a> {
+    fn from(r: &'a crate::runner::ResultRow) -> Self {
+        JudgeInput {
+            prompt: &r.prompt,
+            response: &r.response,
+            refusal_score: r.refusal_score,
+        }
+    }
+}
+
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -230,14 +250,7 @@ pub fn judge_file(
         .open(&judged_path)
         .map_err(|e| EvalError::io(&judged_path, e))?;
     for chunk in rows[verdicts.len()..].chunks(batch.max(1)) {
-        let inputs: Vec<JudgeInput<'_>> = chunk
-            .iter()
-            .map(|r| JudgeInput {
-                prompt: &r.prompt,
-                response: &r.response,
-                refusal_score: r.refusal_score,
-            })
-            .collect();
+        let inputs: Vec<JudgeInput<'_>> = chunk.iter().map(JudgeInput::from).collect();
         let per_row = judge_all(judges, &inputs)?;
         let mut text = String::new();
         for (row, new) in chunk.iter().zip(&per_row) {
@@ -299,14 +312,7 @@ pub fn rejudge(
         earguard_data::progress::bar(progress.then_some("rejudge"), "rows", rows.len() as u64);
     for chunk in rows.chunks_mut(batch.max(1)) {
         let verdicts = {
-            let inputs: Vec<JudgeInput<'_>> = chunk
-                .iter()
-                .map(|r| JudgeInput {
-                    prompt: &r.prompt,
-                    response: &r.response,
-                    refusal_score: r.refusal_score,
-                })
-                .collect();
+            let inputs: Vec<JudgeInput<'_>> = chunk.iter().map(|r| JudgeInput::from(&*r)).collect();
             judge_all(judges, &inputs)?
         };
         for (row, v) in chunk.iter_mut().zip(verdicts) {

@@ -57,6 +57,11 @@ pub struct SpeechHeadConfig {
     /// have a few dimensions far larger than the rest.
     #[serde(default)]
     pub input_norm: bool,
+    /// Pre-norm residual blocks: each block reads its input layer-normalised
+    /// (`x + gelu(conv(norm(x)))`), and training starts each block's convolution at zero, so a
+    /// deep head starts as the shallow one. Without it, blocks are `x + gelu(conv(x))`.
+    #[serde(default)]
+    pub block_norm: bool,
     /// LLM token id of token class i + 1 (class 0 is blank).
     pub tokens: Vec<u32>,
     /// Character of char class i + 1 (class 0 is blank).
@@ -159,7 +164,8 @@ pub struct SpeechHead {
     /// Scale and shift of the input layer norm, when the config asks for one.
     norm: Option<(Tensor, Tensor)>,
     stem: Conv1d,
-    blocks: Vec<Conv1d>,
+    /// Each residual block: its input norm (scale, shift) when `block_norm`, its convolution.
+    blocks: Vec<(Option<(Tensor, Tensor)>, Conv1d)>,
     tokens: Linear,
     chars: Linear,
 }
@@ -191,16 +197,29 @@ impl SpeechHead {
         )?;
         let blocks = (0..cfg.layers)
             .map(|i| {
-                candle_nn::conv1d(
-                    cfg.d_model,
-                    cfg.d_model,
-                    cfg.kernel,
-                    Conv1dConfig {
-                        padding: pad,
-                        ..Default::default()
-                    },
-                    vb.pp(format!("blocks.{i}")),
-                )
+                let conv = |vb: VarBuilder| {
+                    candle_nn::conv1d(
+                        cfg.d_model,
+                        cfg.d_model,
+                        cfg.kernel,
+                        Conv1dConfig {
+                            padding: pad,
+                            ..Default::default()
+                        },
+                        vb,
+                    )
+                };
+                let b = vb.pp(format!("blocks.{i}"));
+                if cfg.block_norm {
+                    let n = b.pp("norm");
+                    let norm = (
+                        n.get_with_hints(cfg.d_model, "weight", candle_nn::Init::Const(1.0))?,
+                        n.get_with_hints(cfg.d_model, "bias", candle_nn::Init::Const(0.0))?,
+                    );
+                    Ok((Some(norm), conv(b.pp("conv"))?))
+                } else {
+                    Ok((None, conv(b)?))
+                }
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         let tokens = candle_nn::linear(cfg.d_model, cfg.n_token_classes(), vb.pp("tokens"))?;
@@ -248,26 +267,38 @@ impl SpeechHead {
                 self.cfg.d_in
             )));
         }
-        // Composed from differentiable ops (candle's fused layer norm has no backward).
         let frames = match &self.norm {
             None => frames.clone(),
-            Some((w, b)) => {
-                let centred = frames.broadcast_sub(&frames.mean_keepdim(D::Minus1)?)?;
-                let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-                centred
-                    .broadcast_div(&(var + 1e-5)?.sqrt()?)?
-                    .broadcast_mul(w)?
-                    .broadcast_add(b)?
-            }
+            Some((w, b)) => layer_norm(frames, w, b)?,
         };
         let x = frames.transpose(1, 2)?.contiguous()?;
-        let mut x = self.stem.forward(&x)?.gelu_erf()?;
-        for b in &self.blocks {
-            x = (&x + b.forward(&x)?.gelu_erf()?)?;
+        let x = self.stem.forward(&x)?.gelu_erf()?;
+        // Residual blocks run frames-last ([batch, T, d]) between convolutions.
+        let mut x = x.transpose(1, 2)?.contiguous()?;
+        for (norm, conv) in &self.blocks {
+            let input = match norm {
+                None => x.clone(),
+                Some((w, b)) => layer_norm(&x, w, b)?,
+            };
+            let y = conv
+                .forward(&input.transpose(1, 2)?.contiguous()?)?
+                .gelu_erf()?
+                .transpose(1, 2)?;
+            x = (&x + y)?.contiguous()?;
         }
-        let x = x.transpose(1, 2)?.contiguous()?;
         Ok((self.tokens.forward(&x)?, self.chars.forward(&x)?))
     }
+}
+
+/// Layer norm over the last dimension with scale `w` and shift `b`, composed from
+/// differentiable ops (candle's fused layer norm has no backward).
+fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(centred
+        .broadcast_div(&(var + 1e-5)?.sqrt()?)?
+        .broadcast_mul(w)?
+        .broadcast_add(b)?)
 }
 
 /// Whisper log-mel of a clip at its real length, `[1, n_mels, frames]` (frames even, at least
@@ -489,6 +520,7 @@ mod tests {
             layers: 2,
             stride: 2,
             input_norm: true,
+            block_norm: false,
             tokens: vec![101, 7, 55],
             alphabet: "abc ".into(),
         }
@@ -526,15 +558,22 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
     }
 
-    /// Every parameter of the head receives a gradient (candle's conv1d backward included).
+    /// Every parameter of the head receives a gradient (candle's conv1d backward included),
+    /// with plain and with pre-norm residual blocks.
     #[test]
     fn every_parameter_gets_a_gradient() {
+        for block_norm in [false, true] {
+            every_parameter_gets_a_gradient_with(SpeechHeadConfig {
+                block_norm,
+                ..cfg()
+            });
+        }
+    }
+
+    fn every_parameter_gets_a_gradient_with(cfg: SpeechHeadConfig) {
         let map = VarMap::new();
-        let head = SpeechHead::new(
-            cfg(),
-            VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
-        )
-        .unwrap();
+        let head =
+            SpeechHead::new(cfg, VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu)).unwrap();
         let x = Tensor::randn(0f32, 1.0, (2, 9, 8), &Device::Cpu).unwrap();
         let (t, c) = head.forward(&x).unwrap();
         let loss =

@@ -58,6 +58,7 @@ fn build(dir: &Path, temperature: f32) -> Option<earguard_model::Model> {
         layers: 1,
         stride: 2,
         input_norm: false,
+        block_norm: false,
         tokens,
         alphabet: "abc ".into(),
     };

@@ -283,6 +283,9 @@ pub struct HeadTrainConfig {
     /// Layer-normalise the encoder frames first.
     #[serde(default)]
     pub input_norm: bool,
+    /// Pre-norm residual blocks whose convolutions start at zero (see `SpeechHeadConfig`).
+    #[serde(default)]
+    pub block_norm: bool,
     /// Stride of the head's first convolution (2: 25 frames per second).
     #[serde(default = "two")]
     pub stride: usize,
@@ -309,6 +312,7 @@ impl Default for HeadTrainConfig {
             kernel: 5,
             layers: 3,
             input_norm: false,
+            block_norm: false,
             stride: 2,
             epochs: 12,
             batch_size: 16,
@@ -403,12 +407,18 @@ const CHECKPOINT: &str = "checkpoint.safetensors";
 
 /// Re-draw every parameter from `seed` (candle's initialisers use an unseeded generator): the
 /// uniform ±1/√fan_in of PyTorch's defaults for convolutions and linears, weights and biases
-/// alike (a bias takes its weight's fan-in); a layer norm starts as the identity.
+/// alike (a bias takes its weight's fan-in); a layer norm starts as the identity, and so does a
+/// pre-norm residual block (its convolution at zero).
 fn seeded_init(names: &[String], vars: &[Var], seed: u64) -> Result<()> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for (name, var) in names.iter().zip(vars) {
-        if name.starts_with("norm.") {
+        // A pre-norm block's convolution starts at zero: the block starts as the identity.
+        if name.starts_with("blocks.") && name.contains(".conv.") {
+            var.set(&var.zeros_like()?)?;
+            continue;
+        }
+        if name.starts_with("norm.") || name.contains(".norm.") {
             let value: f32 = if name.ends_with("weight") { 1.0 } else { 0.0 };
             var.set(&Tensor::full(value, var.dims(), var.device())?)?;
             continue;
@@ -462,6 +472,7 @@ pub fn train_head(
         kernel: cfg.kernel,
         layers: cfg.layers,
         input_norm: cfg.input_norm,
+        block_norm: cfg.block_norm,
         stride: cfg.stride,
         tokens: tokens.into_iter().collect(),
         alphabet: ALPHABET.into(),
@@ -801,6 +812,7 @@ mod tests {
             kernel: 3,
             layers: 1,
             input_norm: true,
+            block_norm: true,
             stride: 2,
             epochs: 2,
             batch_size: 4,

@@ -139,6 +139,9 @@ pub struct HeadArgs {
     /// Layer-normalise the encoder frames before the head's convolutions.
     #[arg(long)]
     pub input_norm: bool,
+    /// Pre-norm residual blocks, each starting as the identity (convolution at zero).
+    #[arg(long)]
+    pub block_norm: bool,
     /// Stride of the head's first convolution over Whisper's 50 frames per second (1 to 4).
     #[arg(long, default_value_t = 2)]
     pub stride: usize,
@@ -349,6 +352,7 @@ fn train(a: HeadArgs) -> Result<()> {
         kernel: a.kernel,
         layers: a.layers,
         input_norm: a.input_norm,
+        block_norm: a.block_norm,
         stride: a.stride,
         epochs: a.epochs,
         batch_size: a.batch_size,
