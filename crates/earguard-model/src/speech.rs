@@ -39,6 +39,9 @@ use crate::whisper::WhisperEncoder;
 pub const HEAD_CONFIG: &str = "head.json";
 pub const HEAD_WEIGHTS: &str = "head.safetensors";
 
+/// Heads of the head's self-attention layers.
+pub const ATTENTION_HEADS: usize = 4;
+
 /// Everything that shapes a head, and what its classes mean.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpeechHeadConfig {
@@ -62,6 +65,11 @@ pub struct SpeechHeadConfig {
     /// deep head starts as the shallow one. Without it, blocks are `x + gelu(conv(x))`.
     #[serde(default)]
     pub block_norm: bool,
+    /// Self-attention layers after the convolutions (pre-norm, 4 heads, sinusoidal positions
+    /// added once before the first): context across the whole clip, where a convolution sees
+    /// `kernel` frames. Training starts each layer's output projection at zero.
+    #[serde(default)]
+    pub attention_layers: usize,
     /// LLM token id of token class i + 1 (class 0 is blank).
     pub tokens: Vec<u32>,
     /// Character of char class i + 1 (class 0 is blank).
@@ -92,8 +100,18 @@ impl SpeechHeadConfig {
         if !(1..=4).contains(&self.stride) {
             return bad(format!("stride {} must be 1 to 4", self.stride));
         }
-        if self.layers > 16 {
-            return bad(format!("{} layers is more than 16", self.layers));
+        if self.layers > 16 || self.attention_layers > 16 {
+            return bad(format!(
+                "{} convolution and {} attention layers: at most 16 each",
+                self.layers, self.attention_layers
+            ));
+        }
+        if self.attention_layers > 0 && !self.d_model.is_multiple_of(2 * ATTENTION_HEADS) {
+            return bad(format!(
+                "d_model {} must be a multiple of {} for {ATTENTION_HEADS}-head attention",
+                self.d_model,
+                2 * ATTENTION_HEADS
+            ));
         }
         if self.tokens.is_empty() {
             return bad("no token classes".into());
@@ -166,6 +184,7 @@ pub struct SpeechHead {
     stem: Conv1d,
     /// Each residual block: its input norm (scale, shift) when `block_norm`, its convolution.
     blocks: Vec<(Option<(Tensor, Tensor)>, Conv1d)>,
+    attention: Vec<Attention>,
     tokens: Linear,
     chars: Linear,
 }
@@ -222,6 +241,9 @@ impl SpeechHead {
                 }
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
+        let attention = (0..cfg.attention_layers)
+            .map(|i| Attention::new(cfg.d_model, vb.pp(format!("attn.{i}"))))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let tokens = candle_nn::linear(cfg.d_model, cfg.n_token_classes(), vb.pp("tokens"))?;
         let chars = candle_nn::linear(cfg.d_model, cfg.n_char_classes(), vb.pp("chars"))?;
         Ok(Self {
@@ -229,6 +251,7 @@ impl SpeechHead {
             norm,
             stem,
             blocks,
+            attention,
             tokens,
             chars,
         })
@@ -258,8 +281,18 @@ impl SpeechHead {
     }
 
     /// Token and char logits, `[batch, out_frames(T), classes]` each, for encoder frames
-    /// `[batch, T, d_in]`. Differentiable (for training) as it stands.
+    /// `[batch, T, d_in]` all of length T. Differentiable (for training) as it stands.
     pub fn forward(&self, frames: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.forward_padded(frames, None)
+    }
+
+    /// [`Self::forward`] for a batch padded to its longest clip: `lengths` (encoder frames of
+    /// each row) keep attention off the padding, so a clip's logits do not depend on its batch.
+    pub fn forward_padded(
+        &self,
+        frames: &Tensor,
+        lengths: Option<&[usize]>,
+    ) -> Result<(Tensor, Tensor)> {
         let (_, _, d) = frames.dims3()?;
         if d != self.cfg.d_in {
             return Err(ModelError::Shape(format!(
@@ -267,14 +300,42 @@ impl SpeechHead {
                 self.cfg.d_in
             )));
         }
+        let (b, t_in, _) = frames.dims3()?;
+        if let Some(lens) = lengths {
+            if lens.len() != b {
+                return Err(ModelError::Shape(format!(
+                    "{} lengths for a batch of {b} clips",
+                    lens.len()
+                )));
+            }
+        }
+        // 1 on a clip's own frames, 0 on its padding, `[batch, T, 1]`: padding is zeroed after
+        // every layer, as a lone clip's convolutions see zeros past its end.
+        let keep = |t: usize, len: &dyn Fn(usize) -> usize| -> Result<Option<Tensor>> {
+            let Some(lens) = lengths else { return Ok(None) };
+            let mut m = vec![0f32; b * t];
+            for (row, &l) in lens.iter().enumerate() {
+                m[row * t..row * t + len(l).min(t)].fill(1.0);
+            }
+            Ok(Some(Tensor::from_vec(m, (b, t, 1), frames.device())?))
+        };
+        let zero_padding = |x: Tensor, keep: &Option<Tensor>| -> Result<Tensor> {
+            Ok(match keep {
+                Some(k) => x.broadcast_mul(k)?,
+                None => x,
+            })
+        };
+        let keep_in = keep(t_in, &|l| l)?;
         let frames = match &self.norm {
             None => frames.clone(),
-            Some((w, b)) => layer_norm(frames, w, b)?,
+            Some((w, b)) => zero_padding(layer_norm(frames, w, b)?, &keep_in)?,
         };
         let x = frames.transpose(1, 2)?.contiguous()?;
         let x = self.stem.forward(&x)?.gelu_erf()?;
         // Residual blocks run frames-last ([batch, T, d]) between convolutions.
-        let mut x = x.transpose(1, 2)?.contiguous()?;
+        let x = x.transpose(1, 2)?.contiguous()?;
+        let keep_out = keep(x.dim(1)?, &|l| self.cfg.out_frames(l))?;
+        let mut x = zero_padding(x, &keep_out)?;
         for (norm, conv) in &self.blocks {
             let input = match norm {
                 None => x.clone(),
@@ -284,9 +345,76 @@ impl SpeechHead {
                 .forward(&input.transpose(1, 2)?.contiguous()?)?
                 .gelu_erf()?
                 .transpose(1, 2)?;
-            x = (&x + y)?.contiguous()?;
+            x = zero_padding((&x + y)?.contiguous()?, &keep_out)?;
+        }
+        if !self.attention.is_empty() {
+            let (_, t, d) = x.dims3()?;
+            x = x.broadcast_add(&crate::whisper::sinusoids(t, d)?.to_device(x.device())?)?;
+            // Padding keys get a large negative score (finite: no NaN in the backward pass).
+            let mask = match &keep_out {
+                None => None,
+                Some(k) => Some(((k.squeeze(2)? - 1.0)? * 1e9)?.reshape((b, 1, 1, t))?),
+            };
+            for a in &self.attention {
+                x = a.forward(&x, mask.as_ref())?;
+            }
         }
         Ok((self.tokens.forward(&x)?, self.chars.forward(&x)?))
+    }
+}
+
+/// A pre-norm self-attention layer with a residual: `x + out(attend(norm(x)))`, its softmax
+/// composed from differentiable ops (candle's fused softmax has no backward).
+#[derive(Debug, Clone)]
+struct Attention {
+    norm: (Tensor, Tensor),
+    qkv: Linear,
+    out: Linear,
+}
+
+impl Attention {
+    fn new(d: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        let n = vb.pp("norm");
+        Ok(Self {
+            norm: (
+                n.get_with_hints(d, "weight", candle_nn::Init::Const(1.0))?,
+                n.get_with_hints(d, "bias", candle_nn::Init::Const(0.0))?,
+            ),
+            qkv: candle_nn::linear(d, 3 * d, vb.pp("qkv"))?,
+            out: candle_nn::linear(d, d, vb.pp("out"))?,
+        })
+    }
+
+    /// `x` `[batch, T, d]`; `mask` `[batch, 1, 1, T]` added to the scores (padding keys).
+    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let (h, hd) = (ATTENTION_HEADS, d / ATTENTION_HEADS);
+        let qkv = self
+            .qkv
+            .forward(&layer_norm(x, &self.norm.0, &self.norm.1)?)?;
+        let part = |i: usize| -> Result<Tensor> {
+            Ok(qkv
+                .narrow(2, i * d, d)?
+                .reshape((b, t, h, hd))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let scores = (q.matmul(&k.transpose(2, 3)?.contiguous()?)? / (hd as f64).sqrt())?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let e = scores
+            .broadcast_sub(&scores.max_keepdim(D::Minus1)?)?
+            .exp()?;
+        let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+        let o = p
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, d))?;
+        Ok((x + self.out.forward(&o)?)?)
     }
 }
 
@@ -521,6 +649,7 @@ mod tests {
             stride: 2,
             input_norm: true,
             block_norm: false,
+            attention_layers: 0,
             tokens: vec![101, 7, 55],
             alphabet: "abc ".into(),
         }
@@ -558,13 +687,57 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
     }
 
+    /// A clip padded in a batch reads as it does alone: its padding is zeroed after the input
+    /// norm and every convolution (a lone clip's convolutions see zeros past its end) and
+    /// masked from attention. Without the lengths they differ (the control).
+    #[test]
+    fn a_padded_clip_reads_as_it_does_alone() {
+        let map = VarMap::new();
+        let cfg = SpeechHeadConfig {
+            attention_layers: 2,
+            d_model: 8,
+            ..cfg()
+        };
+        let head = SpeechHead::new(
+            cfg.clone(),
+            VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let long = Tensor::randn(0f32, 1.0, (1, 9, 8), &Device::Cpu).unwrap();
+        let short = Tensor::randn(0f32, 1.0, (1, 5, 8), &Device::Cpu).unwrap();
+        let padded = Tensor::cat(&[long, short.pad_with_zeros(1, 0, 4).unwrap()], 0).unwrap();
+        let n = cfg.out_frames(5);
+        let alone = head.forward(&short).unwrap().0.squeeze(0).unwrap();
+        let row = |lengths: Option<&[usize]>| {
+            let (t, _) = head.forward_padded(&padded, lengths).unwrap();
+            t.get(1).unwrap().narrow(0, 0, n).unwrap()
+        };
+        let diff = |a: &Tensor| {
+            (a - &alone)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!(diff(&row(Some(&[9, 5]))) < 1e-5);
+        assert!(
+            diff(&row(None)) > 1e-4,
+            "the control: padding leaks without lengths"
+        );
+    }
+
     /// Every parameter of the head receives a gradient (candle's conv1d backward included),
     /// with plain and with pre-norm residual blocks.
     #[test]
     fn every_parameter_gets_a_gradient() {
-        for block_norm in [false, true] {
+        for (block_norm, attention_layers) in [(false, 0), (true, 1)] {
             every_parameter_gets_a_gradient_with(SpeechHeadConfig {
                 block_norm,
+                attention_layers,
+                d_model: 8,
                 ..cfg()
             });
         }

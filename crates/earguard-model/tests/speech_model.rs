@@ -59,6 +59,7 @@ fn build(dir: &Path, temperature: f32) -> Option<earguard_model::Model> {
         stride: 2,
         input_norm: false,
         block_norm: false,
+        attention_layers: 0,
         tokens,
         alphabet: "abc ".into(),
     };

@@ -286,6 +286,9 @@ pub struct HeadTrainConfig {
     /// Pre-norm residual blocks whose convolutions start at zero (see `SpeechHeadConfig`).
     #[serde(default)]
     pub block_norm: bool,
+    /// Self-attention layers after the convolutions (see `SpeechHeadConfig`).
+    #[serde(default)]
+    pub attention_layers: usize,
     /// Stride of the head's first convolution (2: 25 frames per second).
     #[serde(default = "two")]
     pub stride: usize,
@@ -313,6 +316,7 @@ impl Default for HeadTrainConfig {
             layers: 3,
             input_norm: false,
             block_norm: false,
+            attention_layers: 0,
             stride: 2,
             epochs: 12,
             batch_size: 16,
@@ -369,7 +373,11 @@ pub fn transcribe(
     frames: &[&Tensor],
 ) -> Result<Vec<(String, String)>> {
     let cfg = head.config();
-    let (tok, ch) = head.forward(&batch_frames(frames)?)?;
+    let lengths = frames
+        .iter()
+        .map(|f| f.dim(0))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let (tok, ch) = head.forward_padded(&batch_frames(frames)?, Some(&lengths))?;
     let mut out = Vec::with_capacity(frames.len());
     for (i, f) in frames.iter().enumerate() {
         let t = cfg.out_frames(f.dim(0)?);
@@ -407,14 +415,18 @@ const CHECKPOINT: &str = "checkpoint.safetensors";
 
 /// Re-draw every parameter from `seed` (candle's initialisers use an unseeded generator): the
 /// uniform ±1/√fan_in of PyTorch's defaults for convolutions and linears, weights and biases
-/// alike (a bias takes its weight's fan-in); a layer norm starts as the identity, and so does a
-/// pre-norm residual block (its convolution at zero).
+/// alike (a bias takes its weight's fan-in); a layer norm starts as the identity, and so do a
+/// pre-norm residual block (its convolution at zero) and an attention layer (its output
+/// projection at zero).
 fn seeded_init(names: &[String], vars: &[Var], seed: u64) -> Result<()> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for (name, var) in names.iter().zip(vars) {
-        // A pre-norm block's convolution starts at zero: the block starts as the identity.
-        if name.starts_with("blocks.") && name.contains(".conv.") {
+        // A pre-norm block's convolution and an attention layer's output projection start at
+        // zero: each starts as the identity.
+        if (name.starts_with("blocks.") && name.contains(".conv."))
+            || (name.starts_with("attn.") && name.contains(".out."))
+        {
             var.set(&var.zeros_like()?)?;
             continue;
         }
@@ -473,6 +485,7 @@ pub fn train_head(
         layers: cfg.layers,
         input_norm: cfg.input_norm,
         block_norm: cfg.block_norm,
+        attention_layers: cfg.attention_layers,
         stride: cfg.stride,
         tokens: tokens.into_iter().collect(),
         alphabet: ALPHABET.into(),
@@ -617,7 +630,8 @@ pub fn train_head(
             let clips: Vec<&(Clip, Tensor)> = b.iter().map(|&i| train[i]).collect();
             let frames: Vec<&Tensor> = clips.iter().map(|(_, f)| f).collect();
             let x = batch_frames(&frames)?;
-            let (tok, ch) = head.forward(&x)?;
+            let lengths: Vec<usize> = clips.iter().map(|(c, _)| c.frames).collect();
+            let (tok, ch) = head.forward_padded(&x, Some(&lengths))?;
             let (bsz, t_out, v) = tok.dims3()?;
             let c_char = ch.dim(2)?;
             let tok_host: Vec<f32> = tok.flatten_all()?.to_vec1()?;
@@ -824,6 +838,7 @@ mod tests {
             layers: 0,
             input_norm: false,
             block_norm: false,
+            attention_layers: 0,
             stride: 2,
             epochs: 30,
             batch_size: 8,
@@ -894,6 +909,7 @@ mod tests {
             layers: 1,
             input_norm: true,
             block_norm: true,
+            attention_layers: 1,
             stride: 2,
             epochs: 2,
             batch_size: 4,

@@ -142,6 +142,9 @@ pub struct HeadArgs {
     /// Pre-norm residual blocks, each starting as the identity (convolution at zero).
     #[arg(long)]
     pub block_norm: bool,
+    /// Self-attention layers after the convolutions (4 heads; context across the whole clip).
+    #[arg(long, default_value_t = 0)]
+    pub attention_layers: usize,
     /// Stride of the head's first convolution over Whisper's 50 frames per second (1 to 4).
     #[arg(long, default_value_t = 2)]
     pub stride: usize,
@@ -353,6 +356,7 @@ fn train(a: HeadArgs) -> Result<()> {
         layers: a.layers,
         input_norm: a.input_norm,
         block_norm: a.block_norm,
+        attention_layers: a.attention_layers,
         stride: a.stride,
         epochs: a.epochs,
         batch_size: a.batch_size,
