@@ -312,7 +312,7 @@ pub fn rejudge(
         earguard_data::progress::bar(progress.then_some("rejudge"), "rows", rows.len() as u64);
     for chunk in rows.chunks_mut(batch.max(1)) {
         let verdicts = {
-            let inputs: Vec<JudgeInput<'_>> = chunk.iter().map(|r| JudgeInput::from(r)).collect();
+            let inputs: Vec<JudgeInput<'_>> = chunk.iter().map(JudgeInput::from).collect();
             judge_all(judges, &inputs)?
         };
         for (row, v) in chunk.iter_mut().zip(verdicts) {
