@@ -42,11 +42,10 @@ pub const HEAD_WEIGHTS: &str = "head.safetensors";
 /// Heads of the head's self-attention layers.
 pub const ATTENTION_HEADS: usize = 4;
 
-/// Everything that shapes a head, and what its classes mean.
+/// The layers of a head: what a training run chooses and a head directory records (flattened
+/// into both `head.json` and a training run's config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SpeechHeadConfig {
-    /// Width of the encoder frames it reads (512 for Whisper-base).
-    pub d_in: usize,
+pub struct HeadShape {
     /// Width of its hidden layers.
     pub d_model: usize,
     /// Kernel size of every convolution (odd).
@@ -70,6 +69,16 @@ pub struct SpeechHeadConfig {
     /// `kernel` frames. Training starts each layer's output projection at zero.
     #[serde(default)]
     pub attention_layers: usize,
+}
+
+/// Everything that shapes a head, and what its classes mean.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpeechHeadConfig {
+    /// Width of the encoder frames it reads (512 for Whisper-base).
+    pub d_in: usize,
+    /// Its layers (stored flat beside the other fields).
+    #[serde(flatten)]
+    pub shape: HeadShape,
     /// LLM token id of token class i + 1 (class 0 is blank).
     pub tokens: Vec<u32>,
     /// Character of char class i + 1 (class 0 is blank).
@@ -91,25 +100,27 @@ impl SpeechHeadConfig {
 
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Invalid(format!("speech head config: {m}")));
-        if self.d_in == 0 || self.d_model == 0 {
+        if self.d_in == 0 || self.shape.d_model == 0 {
             return bad("d_in and d_model must be positive".into());
         }
-        if self.kernel == 0 || self.kernel.is_multiple_of(2) || self.kernel > 31 {
-            return bad(format!("kernel {} must be odd, 1 to 31", self.kernel));
+        if self.shape.kernel == 0 || self.shape.kernel.is_multiple_of(2) || self.shape.kernel > 31 {
+            return bad(format!("kernel {} must be odd, 1 to 31", self.shape.kernel));
         }
-        if !(1..=4).contains(&self.stride) {
-            return bad(format!("stride {} must be 1 to 4", self.stride));
+        if !(1..=4).contains(&self.shape.stride) {
+            return bad(format!("stride {} must be 1 to 4", self.shape.stride));
         }
-        if self.layers > 16 || self.attention_layers > 16 {
+        if self.shape.layers > 16 || self.shape.attention_layers > 16 {
             return bad(format!(
                 "{} convolution and {} attention layers: at most 16 each",
-                self.layers, self.attention_layers
+                self.shape.layers, self.shape.attention_layers
             ));
         }
-        if self.attention_layers > 0 && !self.d_model.is_multiple_of(2 * ATTENTION_HEADS) {
+        if self.shape.attention_layers > 0
+            && !self.shape.d_model.is_multiple_of(2 * ATTENTION_HEADS)
+        {
             return bad(format!(
                 "d_model {} must be a multiple of {} for {ATTENTION_HEADS}-head attention",
-                self.d_model,
+                self.shape.d_model,
                 2 * ATTENTION_HEADS
             ));
         }
@@ -133,7 +144,7 @@ impl SpeechHeadConfig {
         if t == 0 {
             0
         } else {
-            (t - 1) / self.stride + 1
+            (t - 1) / self.shape.stride + 1
         }
     }
 
@@ -193,7 +204,7 @@ impl SpeechHead {
     /// Build from `vb` (a `VarMap` for training, a safetensors file for inference).
     pub fn new(cfg: SpeechHeadConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
-        let norm = if cfg.input_norm {
+        let norm = if cfg.shape.input_norm {
             let n = vb.pp("norm");
             Some((
                 n.get_with_hints(cfg.d_in, "weight", candle_nn::Init::Const(1.0))?,
@@ -202,25 +213,25 @@ impl SpeechHead {
         } else {
             None
         };
-        let pad = cfg.kernel / 2;
+        let pad = cfg.shape.kernel / 2;
         let stem = candle_nn::conv1d(
             cfg.d_in,
-            cfg.d_model,
-            cfg.kernel,
+            cfg.shape.d_model,
+            cfg.shape.kernel,
             Conv1dConfig {
                 padding: pad,
-                stride: cfg.stride,
+                stride: cfg.shape.stride,
                 ..Default::default()
             },
             vb.pp("stem"),
         )?;
-        let blocks = (0..cfg.layers)
+        let blocks = (0..cfg.shape.layers)
             .map(|i| {
                 let conv = |vb: VarBuilder| {
                     candle_nn::conv1d(
-                        cfg.d_model,
-                        cfg.d_model,
-                        cfg.kernel,
+                        cfg.shape.d_model,
+                        cfg.shape.d_model,
+                        cfg.shape.kernel,
                         Conv1dConfig {
                             padding: pad,
                             ..Default::default()
@@ -229,11 +240,11 @@ impl SpeechHead {
                     )
                 };
                 let b = vb.pp(format!("blocks.{i}"));
-                if cfg.block_norm {
+                if cfg.shape.block_norm {
                     let n = b.pp("norm");
                     let norm = (
-                        n.get_with_hints(cfg.d_model, "weight", candle_nn::Init::Const(1.0))?,
-                        n.get_with_hints(cfg.d_model, "bias", candle_nn::Init::Const(0.0))?,
+                        n.get_with_hints(cfg.shape.d_model, "weight", candle_nn::Init::Const(1.0))?,
+                        n.get_with_hints(cfg.shape.d_model, "bias", candle_nn::Init::Const(0.0))?,
                     );
                     Ok((Some(norm), conv(b.pp("conv"))?))
                 } else {
@@ -241,11 +252,11 @@ impl SpeechHead {
                 }
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let attention = (0..cfg.attention_layers)
-            .map(|i| Attention::new(cfg.d_model, vb.pp(format!("attn.{i}"))))
+        let attention = (0..cfg.shape.attention_layers)
+            .map(|i| Attention::new(cfg.shape.d_model, vb.pp(format!("attn.{i}"))))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let tokens = candle_nn::linear(cfg.d_model, cfg.n_token_classes(), vb.pp("tokens"))?;
-        let chars = candle_nn::linear(cfg.d_model, cfg.n_char_classes(), vb.pp("chars"))?;
+        let tokens = candle_nn::linear(cfg.shape.d_model, cfg.n_token_classes(), vb.pp("tokens"))?;
+        let chars = candle_nn::linear(cfg.shape.d_model, cfg.n_char_classes(), vb.pp("chars"))?;
         Ok(Self {
             cfg,
             norm,
@@ -642,14 +653,16 @@ mod tests {
 
     fn cfg() -> SpeechHeadConfig {
         SpeechHeadConfig {
+            shape: HeadShape {
+                d_model: 6,
+                kernel: 3,
+                layers: 2,
+                stride: 2,
+                input_norm: true,
+                block_norm: false,
+                attention_layers: 0,
+            },
             d_in: 8,
-            d_model: 6,
-            kernel: 3,
-            layers: 2,
-            stride: 2,
-            input_norm: true,
-            block_norm: false,
-            attention_layers: 0,
             tokens: vec![101, 7, 55],
             alphabet: "abc ".into(),
         }
@@ -680,7 +693,7 @@ mod tests {
     #[test]
     fn bad_configs_are_refused() {
         let mut c = cfg();
-        c.kernel = 4;
+        c.shape.kernel = 4;
         assert!(c.validate().is_err());
         let mut c = cfg();
         c.tokens = vec![1, 1];
@@ -694,8 +707,11 @@ mod tests {
     fn a_padded_clip_reads_as_it_does_alone() {
         let map = VarMap::new();
         let cfg = SpeechHeadConfig {
-            attention_layers: 2,
-            d_model: 8,
+            shape: HeadShape {
+                attention_layers: 2,
+                d_model: 8,
+                ..cfg().shape
+            },
             ..cfg()
         };
         let head = SpeechHead::new(
@@ -735,9 +751,12 @@ mod tests {
     fn every_parameter_gets_a_gradient() {
         for (block_norm, attention_layers) in [(false, 0), (true, 1)] {
             every_parameter_gets_a_gradient_with(SpeechHeadConfig {
-                block_norm,
-                attention_layers,
-                d_model: 8,
+                shape: HeadShape {
+                    d_model: 8,
+                    block_norm,
+                    attention_layers,
+                    ..cfg().shape
+                },
                 ..cfg()
             });
         }

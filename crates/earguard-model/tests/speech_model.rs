@@ -11,7 +11,9 @@ use earguard_model::audio::{AudioCache, AudioFrontEnd};
 use earguard_model::chat::ChatMessage;
 use earguard_model::content::{AudioRef, Content, Part};
 use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
-use earguard_model::speech::{SpeechHead, SpeechHeadConfig, SpeechModelConfig, HEAD_CONFIG};
+use earguard_model::speech::{
+    HeadShape, SpeechHead, SpeechHeadConfig, SpeechModelConfig, HEAD_CONFIG,
+};
 use earguard_model::ContentSpecials;
 
 mod common;
@@ -52,14 +54,16 @@ fn build(dir: &Path, temperature: f32) -> Option<earguard_model::Model> {
         .encode(" hello world how are you today", false)
         .unwrap();
     let cfg = SpeechHeadConfig {
+        shape: HeadShape {
+            d_model: 32,
+            kernel: 3,
+            layers: 1,
+            stride: 2,
+            input_norm: false,
+            block_norm: false,
+            attention_layers: 0,
+        },
         d_in: 512,
-        d_model: 32,
-        kernel: 3,
-        layers: 1,
-        stride: 2,
-        input_norm: false,
-        block_norm: false,
-        attention_layers: 0,
         tokens,
         alphabet: "abc ".into(),
     };

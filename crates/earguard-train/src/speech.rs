@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use earguard_model::speech::{SpeechHead, SpeechHeadConfig, HEAD_CONFIG, HEAD_WEIGHTS};
+use earguard_model::speech::{HeadShape, SpeechHead, SpeechHeadConfig, HEAD_CONFIG, HEAD_WEIGHTS};
 use earguard_model::tokenizer::Tokenizer;
 use earguard_model::whisper::WhisperEncoder;
 use serde::{Deserialize, Serialize};
@@ -271,27 +271,11 @@ pub fn load_data(dir: &Path) -> Result<Vec<(Clip, Tensor)>> {
     Ok(out)
 }
 
-fn two() -> usize {
-    2
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadTrainConfig {
-    pub d_model: usize,
-    pub kernel: usize,
-    pub layers: usize,
-    /// Layer-normalise the encoder frames first.
-    #[serde(default)]
-    pub input_norm: bool,
-    /// Pre-norm residual blocks whose convolutions start at zero (see `SpeechHeadConfig`).
-    #[serde(default)]
-    pub block_norm: bool,
-    /// Self-attention layers after the convolutions (see `SpeechHeadConfig`).
-    #[serde(default)]
-    pub attention_layers: usize,
-    /// Stride of the head's first convolution (2: 25 frames per second).
-    #[serde(default = "two")]
-    pub stride: usize,
+    /// The head's layers (flat in train-config.json, as in head.json).
+    #[serde(flatten)]
+    pub shape: HeadShape,
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
@@ -311,13 +295,15 @@ pub struct HeadTrainConfig {
 impl Default for HeadTrainConfig {
     fn default() -> Self {
         Self {
-            d_model: 384,
-            kernel: 5,
-            layers: 3,
-            input_norm: false,
-            block_norm: false,
-            attention_layers: 0,
-            stride: 2,
+            shape: HeadShape {
+                d_model: 384,
+                kernel: 5,
+                layers: 3,
+                input_norm: false,
+                block_norm: false,
+                attention_layers: 0,
+                stride: 2,
+            },
             epochs: 12,
             batch_size: 16,
             lr: 1e-3,
@@ -479,14 +465,16 @@ pub fn train_head(
         .collect();
     let d_in = train[0].1.dim(1)?;
     let head_cfg = SpeechHeadConfig {
+        shape: HeadShape {
+            d_model: cfg.shape.d_model,
+            kernel: cfg.shape.kernel,
+            layers: cfg.shape.layers,
+            input_norm: cfg.shape.input_norm,
+            block_norm: cfg.shape.block_norm,
+            attention_layers: cfg.shape.attention_layers,
+            stride: cfg.shape.stride,
+        },
         d_in,
-        d_model: cfg.d_model,
-        kernel: cfg.kernel,
-        layers: cfg.layers,
-        input_norm: cfg.input_norm,
-        block_norm: cfg.block_norm,
-        attention_layers: cfg.attention_layers,
-        stride: cfg.stride,
         tokens: tokens.into_iter().collect(),
         alphabet: ALPHABET.into(),
     };
@@ -833,13 +821,15 @@ mod tests {
             ));
         }
         let cfg = HeadTrainConfig {
-            d_model: 32,
-            kernel: 5,
-            layers: 0,
-            input_norm: false,
-            block_norm: false,
-            attention_layers: 0,
-            stride: 2,
+            shape: HeadShape {
+                d_model: 32,
+                kernel: 5,
+                layers: 0,
+                input_norm: false,
+                block_norm: false,
+                attention_layers: 0,
+                stride: 2,
+            },
             epochs: 30,
             batch_size: 8,
             lr: 1e-2,
@@ -904,13 +894,15 @@ mod tests {
             ));
         }
         let cfg = HeadTrainConfig {
-            d_model: 24,
-            kernel: 3,
-            layers: 1,
-            input_norm: true,
-            block_norm: true,
-            attention_layers: 1,
-            stride: 2,
+            shape: HeadShape {
+                d_model: 24,
+                kernel: 3,
+                layers: 1,
+                input_norm: true,
+                block_norm: true,
+                attention_layers: 1,
+                stride: 2,
+            },
             epochs: 2,
             batch_size: 4,
             lr: 1e-2,

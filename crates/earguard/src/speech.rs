@@ -12,7 +12,7 @@ use candle_core::Device;
 use clap::{Args, Subcommand};
 use earguard_data::{PromptSet, ReadOptions};
 use earguard_model::loader::DEFAULT_MODEL;
-use earguard_model::speech::SpeechHead;
+use earguard_model::speech::{HeadShape, SpeechHead};
 use earguard_model::whisper::WhisperEncoder;
 use earguard_train::speech::{self as sp, HeadTrainConfig, PrepareOptions};
 
@@ -130,11 +130,11 @@ pub struct HeadArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = HeadTrainConfig::default().lr)]
     pub lr: f64,
-    #[arg(long, default_value_t = HeadTrainConfig::default().d_model, value_parser = crate::args::positive)]
+    #[arg(long, default_value_t = HeadTrainConfig::default().shape.d_model, value_parser = crate::args::positive)]
     pub d_model: usize,
-    #[arg(long, default_value_t = HeadTrainConfig::default().layers)]
+    #[arg(long, default_value_t = HeadTrainConfig::default().shape.layers)]
     pub layers: usize,
-    #[arg(long, default_value_t = HeadTrainConfig::default().kernel)]
+    #[arg(long, default_value_t = HeadTrainConfig::default().shape.kernel)]
     pub kernel: usize,
     /// Layer-normalise the encoder frames before the head's convolutions.
     #[arg(long)]
@@ -351,13 +351,15 @@ fn prepare(a: PrepareArgs) -> Result<()> {
 
 fn train(a: HeadArgs) -> Result<()> {
     let cfg = HeadTrainConfig {
-        d_model: a.d_model,
-        kernel: a.kernel,
-        layers: a.layers,
-        input_norm: a.input_norm,
-        block_norm: a.block_norm,
-        attention_layers: a.attention_layers,
-        stride: a.stride,
+        shape: HeadShape {
+            d_model: a.d_model,
+            kernel: a.kernel,
+            layers: a.layers,
+            input_norm: a.input_norm,
+            block_norm: a.block_norm,
+            attention_layers: a.attention_layers,
+            stride: a.stride,
+        },
         epochs: a.epochs,
         batch_size: a.batch_size,
         lr: a.lr,
