@@ -15,6 +15,7 @@ pub mod fs;
 pub mod objective;
 pub mod optim;
 pub mod rrs;
+pub mod sft;
 pub mod speech;
 pub mod trainer;
 

@@ -1,8 +1,8 @@
 //! The two per-sample losses the methods share: move a representation to a frozen target
-//! (RRS) and predict one token (the shallow SFT baselines). Each sample carries its prompt in
+//! (RRS) and predict response tokens (the SFT baselines). Each sample carries its prompt in
 //! several variants (one per instruction of the pool); the sample's rng picks one per epoch.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, IndexOp, Tensor, D};
 use earguard_model::{Decoder, HookPoint, InterventionPlan, Logits, Positions};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -69,21 +69,80 @@ impl Objective for RepresentationTargets {
     }
 }
 
-/// Cross-entropy of the first response token after the prompt.
-#[derive(Debug, Clone)]
-pub struct FirstToken {
-    pub samples: Vec<Sample<u32>>,
+/// What a response-token sample learns: `response` after the prompt, read after the first k
+/// tokens of `prefill` (k drawn per epoch from `0..=min(max_prefill, prefill.len())`; the
+/// prefill is read, not learned: SFT-deep's harmful-answer prefix).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub prefill: Vec<u32>,
+    pub max_prefill: usize,
+    pub response: Vec<u32>,
 }
 
-impl Objective for FirstToken {
+impl Completion {
+    /// Just these response tokens after the prompt.
+    pub fn tokens(response: Vec<u32>) -> Self {
+        Self {
+            prefill: Vec::new(),
+            max_prefill: 0,
+            response,
+        }
+    }
+}
+
+/// Mean cross-entropy of the response tokens (teacher forcing): one forward pass over prompt,
+/// prefill and response, the LM head applied only where a response token is predicted.
+#[derive(Debug, Clone)]
+pub struct ResponseTokens {
+    pub samples: Vec<Sample<Completion>>,
+}
+
+impl Objective for ResponseTokens {
     fn len(&self) -> usize {
         self.samples.len()
     }
 
     fn loss(&self, dec: &Decoder, index: usize, rng: &mut StdRng) -> Result<Tensor> {
         let s = &self.samples[index];
-        let logits = last_logits(dec, pick(&s.variants, rng)?)?.to_dtype(DType::F32)?;
-        let logp = candle_nn::ops::log_softmax(&logits, 0)?;
-        Ok(logp.get(s.target as usize)?.neg()?)
+        let c = &s.target;
+        let prompt = pick(&s.variants, rng)?;
+        if prompt.is_empty() || c.response.is_empty() {
+            return Err(TrainError::Invalid(format!(
+                "sample {index} has an empty prompt or response"
+            )));
+        }
+        let reach = c.max_prefill.min(c.prefill.len());
+        // No draw when there is nothing to draw: a sample without prefill uses the rng as
+        // before (resumed runs stay identical).
+        let k = if reach == 0 {
+            0
+        } else {
+            rng.random_range(0..=reach)
+        };
+        let mut ids = prompt.to_vec();
+        ids.extend_from_slice(&c.prefill[..k]);
+        // The logits at position `first` predict response[0]; the last response token is a
+        // target only, never an input.
+        let first = ids.len() - 1;
+        ids.extend_from_slice(&c.response[..c.response.len() - 1]);
+        let n = c.response.len();
+        let logits = if n == 1 {
+            last_logits(dec, &ids)?.unsqueeze(0)?
+        } else {
+            let t = Tensor::new(ids.as_slice(), dec.device())?.unsqueeze(0)?;
+            let plan = InterventionPlan::new().capture(HookPoint::FinalNorm, Positions::All);
+            let mut cache = dec.new_cache(vec![0]);
+            let out = dec.forward(&t, &mut cache, &plan, Logits::None)?;
+            let h = out
+                .captures
+                .get(HookPoint::FinalNorm)
+                .ok_or_else(|| TrainError::Invalid("the final-norm capture is missing".into()))?
+                .i((0, first..first + n))?
+                .contiguous()?;
+            dec.lm_head().forward(&h)?
+        };
+        let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+        let targets = Tensor::new(c.response.as_slice(), logp.device())?.unsqueeze(1)?;
+        Ok(logp.gather(&targets, 1)?.mean_all()?.neg()?)
     }
 }

@@ -1,5 +1,5 @@
 //! RRS — Reshaping Representation Space (Yang et al.; SPEC §4, papers/rrs-paper.md §4), text
-//! mode, and its shallow-mirror SFT baseline.
+//! mode, and the prompt protocol its SFT baselines ([`crate::sft`]) share.
 //!
 //! From mirror pairs (a harmful question and its benign rewrite): ΔV = mean over pairs of
 //! f₀(harmful, t̃) − f₀(benign, t), with t̃ the refusal-inducing instruction; keep the features
@@ -16,7 +16,7 @@ use earguard_model::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-use crate::objective::{last_hidden, last_logits, FirstToken, RepresentationTargets, Sample};
+use crate::objective::{last_hidden, RepresentationTargets, Sample};
 
 /// The paper's prompt pool (App. A).
 pub const POOL: [&str; 10] = [
@@ -43,12 +43,12 @@ fn text_mode(instruction: &str) -> String {
 }
 
 /// Token ids of the chat prompt for `question` with `instruction` (text mode).
-fn encode(model: &Model, question: &str, instruction: &str) -> Result<Vec<u32>> {
+pub(crate) fn encode(model: &Model, question: &str, instruction: &str) -> Result<Vec<u32>> {
     let user = format!("{question}\n\n{}", text_mode(instruction));
     Ok(model.encode_chat(None, &user)?)
 }
 
-fn pool_variants(model: &Model, question: &str) -> Result<Vec<Vec<u32>>> {
+pub(crate) fn pool_variants(model: &Model, question: &str) -> Result<Vec<Vec<u32>>> {
     POOL.iter().map(|p| encode(model, question, p)).collect()
 }
 
@@ -206,27 +206,6 @@ pub fn build_rrs(
         });
     }
     Ok((RepresentationTargets { samples }, summary))
-}
-
-/// SFT-shallow-mirror: the first response token is "I" for harmful questions and the frozen
-/// model's own first (greedy) token under t for benign ones.
-pub fn build_shallow_mirror(model: &Model, pairs: &[(String, String)]) -> Result<FirstToken> {
-    let token = refusal_token(model)?;
-    let mut samples = Vec::with_capacity(2 * pairs.len());
-    for (h, b) in pairs {
-        samples.push(Sample {
-            variants: pool_variants(model, h)?,
-            target: token,
-        });
-        let own = last_logits(&model.decoder, &encode(model, b, INSTRUCTION)?)?
-            .argmax(0)?
-            .to_scalar::<u32>()?;
-        samples.push(Sample {
-            variants: pool_variants(model, b)?,
-            target: own,
-        });
-    }
-    Ok(FirstToken { samples })
 }
 
 #[cfg(test)]

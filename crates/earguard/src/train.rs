@@ -1,17 +1,20 @@
-//! `earguard train`: LoRA fine-tuning (RRS, SFT-shallow-mirror) into a PEFT adapter directory,
-//! and `--adapter DIR` for the commands that run a model.
+//! `earguard train`: LoRA fine-tuning (RRS and the four SFT baselines) into a PEFT adapter
+//! directory.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use earguard_data::Label;
 use earguard_data::{PromptSet, ReadOptions};
+use earguard_eval::judge::Substring;
 use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::Proj;
 use earguard_train::fs::write_json_atomic;
 use earguard_train::optim::{AdamWParams, Decay, Schedule};
-use earguard_train::rrs::{build_rrs, build_shallow_mirror, mirror_pairs, FeatureSelect};
+use earguard_train::rrs::{build_rrs, mirror_pairs, FeatureSelect};
+use earguard_train::sft::{build_sft, draw, SftInputs, SftMethod};
 use earguard_train::{train, Adapter, LoraConfig, Objective, RunOptions, TrainConfig};
 use serde_json::json;
 
@@ -20,15 +23,33 @@ pub enum Method {
     /// Reshaping Representation Space (SPEC §4): move last-position representations to
     /// frozen targets ± the masked refusal direction.
     Rrs,
+    /// SFT on whole responses: the model's own refusal (under the refusal-inducing
+    /// instruction) for harmful, its own answer for benign (mirror pairs).
+    Sft,
     /// SFT on the first response token: "I" for harmful, the model's own for benign (mirror pairs).
     ShallowMirror,
+    /// shallow-mirror with unpaired benign questions (--benign FILE) instead of the rewrites.
+    ShallowParallel,
+    /// Qi et al.: the refusal after 0–10 tokens of a harmful answer (made under --attack);
+    /// benign as sft.
+    Deep,
 }
 
 impl Method {
     fn name(self) -> &'static str {
+        match self.sft() {
+            None => "rrs",
+            Some(m) => m.name(),
+        }
+    }
+
+    fn sft(self) -> Option<SftMethod> {
         match self {
-            Method::Rrs => "rrs",
-            Method::ShallowMirror => "shallow-mirror",
+            Method::Rrs => None,
+            Method::Sft => Some(SftMethod::Full),
+            Method::ShallowMirror => Some(SftMethod::ShallowMirror),
+            Method::ShallowParallel => Some(SftMethod::ShallowParallel),
+            Method::Deep => Some(SftMethod::Deep),
         }
     }
 }
@@ -47,6 +68,20 @@ pub struct TrainArgs {
     /// Only the first N pairs.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// shallow-parallel: unpaired benign questions (e.g. harmless_train.jsonl); as many as
+    /// there are harmful pairs are drawn (seeded), leaving out any text of --data.
+    #[arg(long)]
+    pub benign: Option<PathBuf>,
+    /// deep: a defense spec under which the model answers harmful questions, to make the
+    /// harmful-answer prefixes (e.g. ablate=vec/rd, a refusal direction from `fit`).
+    #[arg(long)]
+    pub attack: Option<String>,
+    /// sft / deep: the longest self-generated response, in tokens.
+    #[arg(long, default_value_t = 48, value_parser = crate::args::positive)]
+    pub response_tokens: usize,
+    /// deep: the most harmful-answer tokens read before the refusal (drawn 0..=N per epoch).
+    #[arg(long, default_value_t = 10)]
+    pub max_prefill: usize,
     /// Output directory: adapter (PEFT format), config.json, train.json, checkpoint. A run
     /// stopped for any reason resumes from its last checkpoint when started again.
     #[arg(long, short)]
@@ -191,6 +226,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(n) = args.limit {
         pairs.truncate(n);
     }
+    let parallel = match (args.method, &args.benign) {
+        (Method::ShallowParallel, Some(path)) => {
+            Some(parallel_benign(path, &set, pairs.len(), args.seed)?)
+        }
+        (Method::ShallowParallel, None) => {
+            bail!("shallow-parallel needs --benign FILE (unpaired benign questions)")
+        }
+        (_, Some(_)) => bail!("--benign is for shallow-parallel only"),
+        _ => None,
+    };
+    if args.attack.is_some() != matches!(args.method, Method::Deep) {
+        bail!("--attack is for deep, and deep needs it (e.g. --attack ablate=vec/rd)");
+    }
 
     let mut model = crate::args::load_model(&args.model, false)?;
     let params: usize = (0..model.decoder.config().n_layers)
@@ -208,8 +256,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
     } else {
         tracing::info!("training on dense f32 base weights ({gib:.2} GiB of block linears)");
     }
-    model.decoder = model.decoder.dequantized()?;
-
     let select = match args.top_percent {
         Some(m) => FeatureSelect::TopPercent(m),
         None => FeatureSelect::Positive,
@@ -224,6 +270,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "lora": &lora,
         "train": cfg,
         "feature_select": matches!(args.method, Method::Rrs).then_some(select),
+        "benign": args.benign,
+        "attack": args.attack,
+        "response_tokens": args.method.sft().filter(|m| !matches!(m, SftMethod::ShallowMirror | SftMethod::ShallowParallel)).map(|_| args.response_tokens),
+        "max_prefill": matches!(args.method, Method::Deep).then_some(args.max_prefill),
         "mode": "text-only",
     });
     // Checked before the directory is claimed: a bad layer list leaves nothing behind.
@@ -231,8 +281,47 @@ pub fn run(args: TrainArgs) -> Result<()> {
     claim_dir(&args.out, &config)?;
 
     let t0 = Instant::now();
-    let (objective, summary): (Box<dyn Objective>, serde_json::Value) = match args.method {
-        Method::Rrs => {
+    // SFT targets are the model's own replies, generated on the model as loaded (fast when
+    // quantized); RRS's targets come from the same dense forward the training runs.
+    let sft = match args.method.sft() {
+        None => None,
+        Some(method) => {
+            let (harmful, mirror): (Vec<String>, Vec<String>) = pairs.iter().cloned().unzip();
+            let attack = match &args.attack {
+                Some(spec) => {
+                    let spec: earguard_steer::defense::DefenseSpec = spec.parse()?;
+                    Some(earguard_steer::defense::build(&spec, &model, false)?.plan()?)
+                }
+                None => None,
+            };
+            let judge = Substring::standard();
+            let inputs = SftInputs {
+                harmful: &harmful,
+                benign: parallel.as_deref().unwrap_or(&mirror),
+                attack: attack.as_ref(),
+                response_tokens: args.response_tokens,
+                max_prefill: args.max_prefill,
+                batch_size: 8,
+                progress: crate::progress_bars(),
+            };
+            let (obj, s) = build_sft(&model, method, &inputs, &|r| judge.is_refusal(r))?;
+            eprintln!(
+                "{}: {} harmful + {} benign samples ({} harmful dropped: reply not a refusal; {} \
+                 dropped: refused under the attack), mean response {:.1} tokens",
+                method.name(),
+                s.harmful_samples,
+                s.benign_samples,
+                s.harmful_without_refusal,
+                s.attack_refused,
+                s.mean_response_tokens
+            );
+            Some((obj, s))
+        }
+    };
+    model.decoder = model.decoder.dequantized()?;
+    let (objective, summary): (Box<dyn Objective>, serde_json::Value) = match sft {
+        Some((obj, s)) => (Box::new(obj), serde_json::to_value(s)?),
+        None => {
             let (obj, s) = build_rrs(&model, &pairs, select)?;
             eprintln!(
                 "RRS: ΔV from {} pairs, {} of {} features kept (w_I·ΔVˢ = {:.3}), |ΔV| {:.3}, |ΔVˢ| {:.3}",
@@ -240,10 +329,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
             );
             (Box::new(obj), serde_json::to_value(s)?)
         }
-        Method::ShallowMirror => (
-            Box::new(build_shallow_mirror(&model, &pairs)?),
-            serde_json::Value::Null,
-        ),
     };
     let prepare_s = t0.elapsed().as_secs_f64();
     let run = RunOptions {
@@ -278,7 +363,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "peak_rss_mib": peak,
             "samples": objective.len(),
             "losses": report.losses,
-            "rrs": summary,
+            "targets": summary,
         }),
     )?;
     let first = report.losses.first().copied().unwrap_or(f32::NAN);
@@ -297,6 +382,28 @@ pub fn run(args: TrainArgs) -> Result<()> {
         println!("{}", args.out.display());
     }
     Ok(())
+}
+
+/// shallow-parallel's benign side: `n` benign questions of `path` drawn with `seed`, none of
+/// them a text of the mirror set.
+fn parallel_benign(path: &Path, mirror: &PromptSet, n: usize, seed: u64) -> Result<Vec<String>> {
+    let set = PromptSet::read(path, &ReadOptions::default())?;
+    let taken: std::collections::HashSet<&str> =
+        mirror.items.iter().map(|i| i.text.as_str()).collect();
+    let pool: Vec<String> = set
+        .items
+        .iter()
+        .filter(|i| i.label == Label::Benign && !taken.contains(i.text.as_str()))
+        .map(|i| i.text.clone())
+        .collect();
+    if pool.len() < n {
+        bail!(
+            "{} has {} benign questions not in the mirror set; shallow-parallel needs {n}",
+            path.display(),
+            pool.len()
+        );
+    }
+    Ok(draw(pool, n, seed))
 }
 
 #[cfg(test)]

@@ -105,7 +105,7 @@ fn rrs_and_shallow_mirror_write_adapters_generate_applies() {
             "{method}: the loss should fall: {losses:?}"
         );
         if method == "rrs" {
-            let rrs = &report["rrs"];
+            let rrs = &report["targets"];
             assert_eq!(rrs["pairs"], 4);
             let kept = rrs["features_kept"].as_u64().unwrap();
             assert!(kept > 0 && kept < 64, "kept {kept} of 64 features");
@@ -179,5 +179,43 @@ fn bad_training_arguments_fail_cleanly() {
             .args(["--adapter", "/nonexistent"]),
     );
     assert!(err.contains("adapter"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn shallow_parallel_draws_unpaired_benign_and_self_generated_baselines_fail_cleanly() {
+    let out = scratch("train-parallel");
+    // shallow-parallel needs its unpaired benign questions, and they must not be the rewrites.
+    let e = fails(&mut train_cmd("shallow-parallel", &out, 2));
+    assert!(e.contains("--benign"), "{e}");
+    let e = fails(
+        train_cmd("shallow-parallel", &out, 2)
+            .arg("--benign")
+            .arg(mirror_set()),
+    );
+    assert!(e.contains("benign questions not in the mirror set"), "{e}");
+    let harmless = root().join("../shared/data/harmless_train.jsonl");
+    let o = run(train_cmd("shallow-parallel", &out, 2)
+        .arg("--benign")
+        .arg(&harmless));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["method"], "shallow-parallel");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train.json")).unwrap()).unwrap();
+    assert_eq!(report["targets"]["benign_samples"], 4);
+    assert!(out.join("adapter_model.safetensors").is_file());
+    let _ = std::fs::remove_dir_all(&out);
+
+    // The random model never refuses, so full SFT has no refusal to learn from: it says so
+    // instead of training on non-refusals; deep says it needs an attack.
+    let out = scratch("train-sft");
+    let e = fails(&mut train_cmd("sft", &out, 1));
+    assert!(e.contains("no harmful sample"), "{e}");
+    let e = fails(&mut train_cmd("deep", &out, 1));
+    assert!(e.contains("--attack"), "{e}");
+    let e = fails(train_cmd("rrs", &out, 1).args(["--attack", "none"]));
+    assert!(e.contains("--attack"), "{e}");
     let _ = std::fs::remove_dir_all(&out);
 }
