@@ -402,11 +402,112 @@ impl Adapter {
     }
 }
 
+/// What identifies an adapter's content: the sha256 (hex) of its config and weights files,
+/// each prefixed by its length. A run records it, so an adapter changed in place is not taken
+/// for the one a run started with.
+pub fn adapter_sha256(dir: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for name in [CONFIG_FILE, WEIGHTS_FILE] {
+        let path = dir.join(name);
+        let bytes = std::fs::read(&path).map_err(|e| TrainError::file(&path, e))?;
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Load the PEFT adapter in `dir` onto `dec` (inference: no dropout).
 pub fn apply_adapter(dec: &mut Decoder, dir: &Path) -> Result<LoraConfig> {
     let adapter = Adapter::load_peft(dir, dec.device())?;
     adapter.attach(dec, None)?;
     Ok(adapter.config)
+}
+
+/// What [`merge`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct MergeSummary {
+    /// Linear weights with the adapter folded in.
+    pub merged: usize,
+    /// Tensors written in all.
+    pub tensors: usize,
+    /// Other files copied (config, tokenizer, …).
+    pub copied: Vec<String>,
+}
+
+/// Fold the PEFT adapter in `adapter_dir` into the HF safetensors checkpoint in `base_dir` and
+/// write a checkpoint of the same layout to `out_dir`: each adapted `…layers.{i}.{module}.weight`
+/// becomes `W + scale·B·A` (computed in f32, stored in W's dtype), every other tensor and every
+/// other file of the directory (config, tokenizer, index) is copied unchanged. Every adapter
+/// item must find its weight exactly once.
+pub fn merge(base_dir: &Path, adapter_dir: &Path, out_dir: &Path) -> Result<MergeSummary> {
+    let adapter = Adapter::load_peft(adapter_dir, &Device::Cpu)?;
+    let scale = adapter.config.scale();
+    let mut wanted: HashMap<String, &AdapterItem> = adapter
+        .items
+        .iter()
+        .map(|i| (format!("layers.{}.{}.weight", i.layer, i.proj.module()), i))
+        .collect();
+    let files = earguard_model::weights::safetensor_files(base_dir)
+        .map_err(|e| TrainError::file(base_dir, e.to_string()))?;
+    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::file(out_dir, e))?;
+    let mut summary = MergeSummary {
+        merged: 0,
+        tensors: 0,
+        copied: Vec::new(),
+    };
+    for file in &files {
+        let mut tensors = candle_core::safetensors::load(file, &Device::Cpu)
+            .map_err(|e| TrainError::file(file, format!("cannot read: {e}")))?;
+        for (name, t) in tensors.iter_mut() {
+            let Some(suffix) = name
+                .find("layers.")
+                .map(|i| &name[i..])
+                .filter(|s| wanted.contains_key(*s))
+            else {
+                continue;
+            };
+            let item = wanted.remove(suffix).expect("checked above");
+            let update = (item.b.as_tensor().matmul(item.a.as_tensor())? * scale)?;
+            if update.dims() != t.dims() {
+                return Err(TrainError::file(
+                    file,
+                    format!(
+                        "{name} is {:?} but the adapter's update is {:?}",
+                        t.dims(),
+                        update.dims()
+                    ),
+                ));
+            }
+            *t = (t.to_dtype(DType::F32)? + update)?.to_dtype(t.dtype())?;
+            summary.merged += 1;
+        }
+        summary.tensors += tensors.len();
+        let name = file.file_name().expect("a safetensors file has a name");
+        save_tensors_atomic(&out_dir.join(name), &tensors)?;
+    }
+    if let Some(missing) = wanted.keys().next() {
+        return Err(TrainError::file(
+            base_dir,
+            format!(
+                "no weight {missing} for the adapter ({} of its modules unmatched): is this the \
+                 adapter's base model?",
+                wanted.len()
+            ),
+        ));
+    }
+    let entries = std::fs::read_dir(base_dir).map_err(|e| TrainError::file(base_dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| TrainError::file(base_dir, e))?.path();
+        let is_weights = path.extension().is_some_and(|e| e == "safetensors");
+        if path.is_file() && !is_weights {
+            let name = path.file_name().expect("a file has a name");
+            std::fs::copy(&path, out_dir.join(name)).map_err(|e| TrainError::file(&path, e))?;
+            summary.copied.push(name.to_string_lossy().into_owned());
+        }
+    }
+    summary.copied.sort();
+    Ok(summary)
 }
 
 #[cfg(test)]

@@ -19,6 +19,6 @@ pub mod sft;
 pub mod speech;
 pub mod trainer;
 
-pub use adapter::{apply_adapter, Adapter, LoraConfig};
+pub use adapter::{adapter_sha256, apply_adapter, merge, Adapter, LoraConfig, MergeSummary};
 pub use error::{Result, TrainError};
 pub use trainer::{train, Objective, RunOptions, TrainConfig, TrainReport};

@@ -163,3 +163,60 @@ fn unsupported_or_broken_adapters_are_refused() {
         .to_string();
     assert!(err.contains("adapter_config.json"), "{err}");
 }
+
+#[test]
+fn a_merged_checkpoint_gives_the_adapted_logits() {
+    let base = here("../earguard-model/tests/fixtures/hf/tiny-qwen2");
+    let adapter = here("tests/fixtures/peft-tiny-qwen2");
+    let out = std::env::temp_dir().join(format!("earguard-merge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let s = earguard_train::merge(&base, &adapter, &out).unwrap();
+    assert_eq!(s.merged, 14, "every adapted linear of the fixture");
+    assert!(s.copied.iter().any(|f| f == "config.json"));
+    assert!(s.copied.iter().any(|f| f == "tokenizer.json"));
+
+    let exp =
+        candle_core::safetensors::load(adapter.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let ids = exp["input_ids"].to_dtype(DType::U32).unwrap();
+    let mut adapted = tiny();
+    apply_adapter(&mut adapted, &adapter).unwrap();
+    let p = out.join("config.json");
+    let cfg = DecoderConfig::from_hf_json(&std::fs::read_to_string(&p).unwrap(), &p).unwrap();
+    let store =
+        WeightStore::SafeTensors(SafeTensorWeights::open(safetensor_files(&out).unwrap()).unwrap());
+    let merged = Decoder::load(cfg, &store, "").unwrap();
+    let (a, m, plain) = (
+        logits(&adapted, &ids),
+        logits(&merged, &ids),
+        logits(&tiny(), &ids),
+    );
+    // f32 throughout: W + s·BA folded once vs W x + s·B(A x) per call.
+    let d = max_diff(&a, &m);
+    assert!(d < 1e-5, "merged vs adapter on the fly: {d}");
+    assert!(max_diff(&plain, &m) > 1e-3, "the merge changed nothing");
+
+    // An adapter for other layers than the base has is refused, and nothing half-written is
+    // taken for a model: the error names the unmatched weight.
+    let wrong = std::env::temp_dir().join(format!("earguard-merge-wrong-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&wrong);
+    std::fs::create_dir_all(&wrong).unwrap();
+    std::fs::copy(
+        adapter.join("adapter_config.json"),
+        wrong.join("adapter_config.json"),
+    )
+    .unwrap();
+    let mut t =
+        candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let renamed: std::collections::HashMap<String, Tensor> = t
+        .drain()
+        .map(|(k, v)| (k.replace("layers.1.", "layers.9."), v))
+        .collect();
+    candle_core::safetensors::save(&renamed, wrong.join("adapter_model.safetensors")).unwrap();
+    let dest = std::env::temp_dir().join(format!("earguard-merge-bad-{}", std::process::id()));
+    let err = earguard_train::merge(&base, &wrong, &dest).unwrap_err();
+    assert!(err.to_string().contains("layers.9."), "{err}");
+    for d in [out, wrong, dest] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

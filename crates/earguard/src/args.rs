@@ -68,7 +68,8 @@ pub struct AdapterArg {
 }
 
 impl AdapterArg {
-    /// Put the adapter on `model` (if one was given); its name then says so in reports.
+    /// Put the adapter on `model` (if one was given); its name then says so in reports, and its
+    /// identity covers the adapter's files.
     pub fn apply(&self, model: &mut Model) -> Result<()> {
         let Some(dir) = &self.adapter else {
             return Ok(());
@@ -82,6 +83,9 @@ impl AdapterArg {
             cfg.alpha,
             cfg.targets.len()
         );
+        // The identity runs record (and resume by) covers the adapter's content.
+        let sha = earguard_train::adapter_sha256(dir)?;
+        model.info.identity = format!("{}+lora:{sha}", model.info.identity);
         model.info.name = format!("{}+lora:{}", model.info.name, dir.display());
         Ok(())
     }

@@ -38,6 +38,8 @@ pub struct EvalBenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub adapter: crate::args::AdapterArg,
 }
 
 #[derive(Args)]
@@ -60,6 +62,9 @@ pub struct DecodeArgs {
     /// Also time these defenses (specs as in `eval --defense`, e.g. sarsteer=DIR, cast=DIR).
     #[arg(long = "defense")]
     pub defenses: Vec<String>,
+    /// Also time the model with this LoRA adapter (PEFT directory) attached: row "adapter".
+    #[arg(long)]
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -227,6 +232,17 @@ fn decode(args: DecodeArgs) -> Result<()> {
         device: model.decoder.device().clone(),
     };
     let stock_model = stock.load().context("loading candle's stock model")?;
+    let adapted = match &args.adapter {
+        Some(dir) => {
+            let mut m = crate::args::load_model(&args.model, true)?;
+            crate::args::AdapterArg {
+                adapter: Some(dir.clone()),
+            }
+            .apply(&mut m)?;
+            Some(m)
+        }
+        None => None,
+    };
     let mut runners: Vec<(String, Box<dyn Runner + '_>)> = vec![
         (
             "ours".into(),
@@ -247,6 +263,24 @@ fn decode(args: DecodeArgs) -> Result<()> {
             Box::new(StockRunner(stock_model, model.decoder.device().clone())),
         ),
     ];
+    if let Some(m) = &adapted {
+        runners.push((
+            "adapter".into(),
+            Box::new(Ours {
+                model: m,
+                plan: InterventionPlan::new(),
+            }),
+        ));
+    }
+    if let Some(m) = &adapted {
+        runners.push((
+            "adapter".into(),
+            Box::new(Ours {
+                model: m,
+                plan: InterventionPlan::new(),
+            }),
+        ));
+    }
     for spec in &args.defenses {
         let parsed: earguard_steer::defense::DefenseSpec = spec.parse()?;
         let defense = earguard_steer::defense::build(&parsed, &model, false)?;
@@ -351,7 +385,8 @@ fn decode(args: DecodeArgs) -> Result<()> {
 fn eval_batching(args: EvalBenchArgs) -> Result<()> {
     use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
     let set = earguard_data::PromptSet::read(&args.data, &Default::default())?;
-    let model = crate::args::load_model(&args.model, args.json)?;
+    let mut model = crate::args::load_model(&args.model, args.json)?;
+    args.adapter.apply(&mut model)?;
     let prompts: Vec<Prompt> = set
         .items
         .iter()

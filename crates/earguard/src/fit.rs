@@ -80,6 +80,8 @@ pub struct FitCommon {
     pub captures: Option<PathBuf>,
     #[command(flatten)]
     pub tokens: SpecialsArg,
+    #[command(flatten)]
+    pub adapter: crate::args::AdapterArg,
 }
 
 impl FitCommon {
@@ -258,7 +260,8 @@ pub fn run(cmd: FitCommand) -> Result<()> {
             benign.len()
         );
     }
-    let model = crate::args::load_model(&common.model, false)?;
+    let mut model = crate::args::load_model(&common.model, false)?;
+    common.adapter.apply(&mut model)?;
     let setup = setup(&model, common, refs);
     eprintln!(
         "fitting {kind} on {} harmful + {} benign prompts ({} mode)",

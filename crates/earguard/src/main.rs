@@ -173,8 +173,10 @@ enum Command {
     /// Benchmarks that print ratios against a baseline measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Fine-tune LoRA adapters (RRS, SFT-shallow-mirror) into a PEFT adapter directory.
+    /// Fine-tune LoRA adapters (RRS and the SFT baselines) into a PEFT adapter directory.
     Train(train::TrainArgs),
+    /// Fold a LoRA adapter into its HF safetensors base model and write the merged checkpoint.
+    MergeAdapter(train::MergeArgs),
     /// Build a speech head for a text LLM (Whisper frames → CTC over its vocabulary): render
     /// and encode training speech, train the head, transcribe with it.
     #[command(subcommand)]
@@ -212,6 +214,7 @@ fn main() {
         Command::Convert(args) => convert::run(args),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Train(args) => train::run(args),
+        Command::MergeAdapter(args) => train::merge(args),
         Command::Speech(cmd) => speech::run(cmd),
         Command::Completions { shell } => {
             completions(shell, &mut std::io::stdout());

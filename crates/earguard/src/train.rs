@@ -384,6 +384,48 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Args)]
+pub struct MergeArgs {
+    /// The adapter's base model: an HF safetensors directory (GGUF bases cannot be merged
+    /// into; use --adapter at run time).
+    #[arg(long, short)]
+    pub model: String,
+    /// The PEFT adapter directory.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// Output directory for the merged checkpoint (must not exist yet).
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+/// `earguard merge`: W + scale·B·A into a copy of the base checkpoint.
+pub fn merge(args: MergeArgs) -> Result<()> {
+    let base = earguard_model::loader::resolve(&args.model)?;
+    if !base.is_dir() || earguard_model::weights::safetensor_files(&base).is_err() {
+        bail!(
+            "{} is not an HF safetensors model directory: merge writes HF safetensors and reads \
+             its base the same way (for a GGUF model, pass --adapter where the model is used)",
+            base.display()
+        );
+    }
+    if args.out.exists() {
+        bail!(
+            "{} exists; merge writes a new directory",
+            args.out.display()
+        );
+    }
+    let s = earguard_train::merge(&base, &args.adapter, &args.out)
+        .with_context(|| format!("merging {} into {}", args.adapter.display(), base.display()))?;
+    eprintln!(
+        "merged the adapter into {} of {} tensors; copied {}",
+        s.merged,
+        s.tensors,
+        s.copied.join(", ")
+    );
+    println!("{}", args.out.display());
+    Ok(())
+}
+
 /// shallow-parallel's benign side: `n` benign questions of `path` drawn with `seed`, none of
 /// them a text of the mirror set.
 fn parallel_benign(path: &Path, mirror: &PromptSet, n: usize, seed: u64) -> Result<Vec<String>> {

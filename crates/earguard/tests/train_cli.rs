@@ -219,3 +219,93 @@ fn shallow_parallel_draws_unpaired_benign_and_self_generated_baselines_fail_clea
     assert!(e.contains("--attack"), "{e}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn merge_adapter_writes_a_model_and_runs_record_the_adapter() {
+    let adapter = root().join("crates/earguard-train/tests/fixtures/peft-tiny-qwen2");
+    let dir = scratch("merge-adapter");
+    let merged = dir.join("merged");
+    let o = run(bin()
+        .args([
+            "-q",
+            "merge-adapter",
+            "--model",
+            &tiny_text_model(),
+            "--adapter",
+        ])
+        .arg(&adapter)
+        .arg("-o")
+        .arg(&merged));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The merged checkpoint is a model: it generates what the base + adapter generates.
+    let gen = |model: &str, adapter: Option<&Path>| {
+        let mut c = bin();
+        c.args([
+            "-q",
+            "generate",
+            "--json",
+            "--max-tokens",
+            "6",
+            "--model",
+            model,
+        ])
+        .args(["--prompt", "How do I bake bread?"]);
+        if let Some(a) = adapter {
+            c.arg("--adapter").arg(a);
+        }
+        let o = run(&mut c);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["text"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        gen(merged.to_str().unwrap(), None),
+        gen(&tiny_text_model(), Some(&adapter))
+    );
+    // Not over an existing directory.
+    let e = fails(
+        bin()
+            .args(["merge-adapter", "--model", &tiny_text_model(), "--adapter"])
+            .arg(&adapter)
+            .arg("-o")
+            .arg(&merged),
+    );
+    assert!(e.contains("exists"), "{e}");
+
+    // An eval run's identity covers the adapter, so a run directory is not resumed with
+    // another adapter (or none).
+    let set = dir.join("set.jsonl");
+    std::fs::write(
+        &set,
+        "{\"id\": \"a\", \"label\": \"benign\", \"text\": \"Name a river.\"}\n",
+    )
+    .unwrap();
+    let eval = |out: &Path, adapter: Option<&Path>| {
+        let mut c = bin();
+        c.args([
+            "-q",
+            "eval",
+            "--model",
+            &tiny_text_model(),
+            "--max-tokens",
+            "2",
+            "--data",
+        ])
+        .arg(&set)
+        .arg("-o")
+        .arg(out);
+        if let Some(a) = adapter {
+            c.arg("--adapter").arg(a);
+        }
+        c
+    };
+    let with = dir.join("with");
+    let o = run(&mut eval(&with, Some(&adapter)));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(with.join("config.json")).unwrap()).unwrap();
+    let identity = config["model_identity"].as_str().unwrap();
+    assert!(identity.contains("+lora:"), "{identity}");
+    fails(&mut eval(&with, None));
+    let _ = std::fs::remove_dir_all(&dir);
+}
