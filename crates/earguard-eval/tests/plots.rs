@@ -475,3 +475,31 @@ fn rate_curve_renders_and_checks_rates() {
         assert!(matches!(e, EvalError::Invalid(_)), "{e}");
     }
 }
+
+#[test]
+fn loss_curve_draws_steps_and_epoch_means() {
+    let (_t, dir) = out_dir("loss");
+    let losses: Vec<f32> = (0..30)
+        .map(|i| 5.0 * (-0.1 * i as f32).exp() + 0.2)
+        .collect();
+    let files = plots::loss_curve(&dir, "loss", &losses, 10, "RRS training loss").unwrap();
+    let svg = std::fs::read_to_string(&files.svg).unwrap();
+    assert!(
+        svg.matches("<polyline").count() >= 2,
+        "steps and epoch means"
+    );
+    check_files(
+        &files,
+        &dir,
+        "loss",
+        (1000, 620),
+        &[
+            "RRS training loss",
+            "per step",
+            "epoch mean",
+            "optimizer step",
+        ],
+    );
+    assert!(plots::loss_curve(&dir, "bad", &[1.0, f32::NAN], 1, "x").is_err());
+    assert!(plots::loss_curve(&dir, "empty", &[], 1, "x").is_err());
+}

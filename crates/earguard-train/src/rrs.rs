@@ -12,7 +12,7 @@
 
 use candle_core::{DType, IndexOp, Tensor};
 use earguard_data::{Label, PromptItem};
-use earguard_model::Model;
+use earguard_model::{Decoder, Model};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -50,6 +50,20 @@ pub(crate) fn encode(model: &Model, question: &str, instruction: &str) -> Result
 
 pub(crate) fn pool_variants(model: &Model, question: &str) -> Result<Vec<Vec<u32>>> {
     POOL.iter().map(|p| encode(model, question, p)).collect()
+}
+
+/// The representations RRS reshapes, `[n, hidden]`: each question's final-layer hidden state
+/// at its last prompt position under t, on `dec` (e.g. an adapted copy of `model`'s decoder),
+/// detached from any graph.
+pub fn representations(model: &Model, dec: &Decoder, questions: &[String]) -> Result<Tensor> {
+    let rows = questions
+        .iter()
+        .map(|q| Ok(last_hidden(dec, &encode(model, q, INSTRUCTION)?)?.detach()))
+        .collect::<Result<Vec<_>>>()?;
+    if rows.is_empty() {
+        return Err(TrainError::Invalid("no questions to represent".into()));
+    }
+    Ok(Tensor::stack(&rows, 0)?)
 }
 
 /// Which features of ΔV make up ΔVˢ.
@@ -121,6 +135,10 @@ pub struct RrsSummary {
     pub delta_s_norm: f32,
     /// `w_I · ΔVˢ`: how much the "I" logit rises along ΔVˢ.
     pub refusal_logit_gain: f32,
+    /// ‖mean harmful − mean benign‖ of the frozen representations under t, and of the
+    /// targets (training should move the first toward the second).
+    pub base_gap: f32,
+    pub target_gap: f32,
 }
 
 /// The mask of kept features for `score` (`w_I ⊙ ΔV`).
@@ -185,6 +203,21 @@ pub fn build_rrs(
     let kept = mask.iter().filter(|&&m| m > 0.0).count();
     let mask = Tensor::from_vec(mask, score.len(), delta.device())?;
     let delta_s = (&delta * mask)?;
+    let gap = |h: &[Tensor], b: &[Tensor], shift: Option<&Tensor>| -> Result<f32> {
+        let mh = Tensor::stack(h, 0)?.mean(0)?;
+        let mb = Tensor::stack(b, 0)?.mean(0)?;
+        let mut d = (mh - mb)?;
+        if let Some(s) = shift {
+            d = (d + (s * 2.0)?)?;
+        }
+        Ok(d.sqr()?
+            .sum_all()?
+            .sqrt()?
+            .to_dtype(DType::F32)?
+            .to_scalar()?)
+    };
+    let base_gap = gap(&harmful_t, &benign_t, None)?;
+    let target_gap = gap(&harmful_t, &benign_t, Some(&delta_s))?;
     let summary = RrsSummary {
         pairs: pairs.len(),
         refusal_token: token,
@@ -193,6 +226,8 @@ pub fn build_rrs(
         delta_norm: delta.sqr()?.sum_all()?.sqrt()?.to_scalar()?,
         delta_s_norm: delta_s.sqr()?.sum_all()?.sqrt()?.to_scalar()?,
         refusal_logit_gain: (&w_i * &delta_s)?.sum_all()?.to_scalar()?,
+        base_gap,
+        target_gap,
     };
     let mut samples = Vec::with_capacity(2 * pairs.len());
     for ((h, b), (vh, vb)) in pairs.iter().zip(harmful_t.into_iter().zip(benign_t)) {

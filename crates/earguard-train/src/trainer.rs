@@ -77,14 +77,21 @@ impl TrainConfig {
     }
 }
 
+/// Called with the epoch number `e` and the adapted decoder (no dropout) once `e` epochs are
+/// done: at the start (e = 0, the base model) and after every epoch. A run resumed exactly at
+/// an epoch's end calls it again for that epoch (with the same weights).
+pub type EpochProbe<'a> = &'a dyn Fn(usize, &Decoder) -> Result<()>;
+
 /// How one call runs (not part of what is trained).
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
+#[derive(Clone, Default)]
+pub struct RunOptions<'a> {
     /// Show a progress bar with the loss and seconds per step.
     pub progress: bool,
     /// Stop after this many steps in all (a checkpoint is written there): for tests and for
     /// short measured runs.
     pub stop_after: Option<usize>,
+    /// Look at the model between epochs (e.g. the RRS report's per-epoch PCA).
+    pub epoch_probe: Option<EpochProbe<'a>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -239,6 +246,18 @@ pub fn train(
     let dropout = DropoutRng::new(cfg.seed);
     adapter.attach(&mut dec, Some(&dropout))?;
 
+    // The probe sees the adapters' current values without dropout.
+    let probe = |epoch: usize| -> Result<()> {
+        let Some(f) = run.epoch_probe else {
+            return Ok(());
+        };
+        let mut plain = base.clone();
+        adapter.attach(&mut plain, None)?;
+        f(epoch, &plain)
+    };
+    if start % per_epoch == 0 && start < end {
+        probe(start / per_epoch)?;
+    }
     let bar = progress_bar(run.progress, total);
     bar.set_position(start as u64);
     let began = Instant::now();
@@ -284,6 +303,9 @@ pub fn train(
         let done = step + 1;
         if done % cfg.checkpoint_every == 0 || done == end {
             save_checkpoint(&ckpt_path, adapter, &opt, done, &losses)?;
+        }
+        if done % per_epoch == 0 {
+            bar.suspend(|| probe(done / per_epoch))?;
         }
         let secs = began.elapsed().as_secs_f64() / (done - start) as f64;
         bar.set_message(format!("loss {step_loss:.4}, {secs:.2} s/step"));

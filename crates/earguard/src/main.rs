@@ -12,6 +12,7 @@ mod fit;
 mod judge;
 mod speech;
 mod train;
+mod train_report;
 
 use clap::{Parser, Subcommand};
 

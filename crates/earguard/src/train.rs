@@ -125,6 +125,10 @@ pub struct TrainArgs {
     /// Stop after N optimizer steps in all (checkpointed; run again without it to go on).
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// Pairs whose representations the report draws after every epoch (PCA, separation);
+    /// 0 for none. Costs one forward pass per question per epoch.
+    #[arg(long, default_value_t = 50)]
+    pub probe_pairs: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -331,9 +335,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     };
     let prepare_s = t0.elapsed().as_secs_f64();
+    // The report's per-epoch picture: the first --probe-pairs pairs (the paper's Fig. 2).
+    let probe_pairs = &pairs[..args.probe_pairs.min(pairs.len())];
+    let (probe_h, probe_b): (Vec<String>, Vec<String>) = probe_pairs.iter().cloned().unzip();
+    let probe = crate::train_report::probe(&args.out, &model, &probe_h, &probe_b);
     let run = RunOptions {
         progress: crate::progress_bars(),
         stop_after: args.max_steps,
+        epoch_probe: (args.probe_pairs > 0).then_some(&probe as _),
     };
     let t1 = Instant::now();
     let report = train(
@@ -365,6 +374,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "losses": report.losses,
             "targets": summary,
         }),
+    )?;
+    crate::train_report::write(
+        &args.out,
+        args.method.name(),
+        &args.model,
+        &report.losses,
+        objective.len().div_ceil(cfg.batch_size),
     )?;
     let first = report.losses.first().copied().unwrap_or(f32::NAN);
     let last = report.losses.last().copied().unwrap_or(f32::NAN);

@@ -104,8 +104,32 @@ fn rrs_and_shallow_mirror_write_adapters_generate_applies() {
             losses[12..].iter().sum::<f64>() < losses[..4].iter().sum::<f64>(),
             "{method}: the loss should fall: {losses:?}"
         );
+        // The report: loss curve, a PCA per epoch (0 = the base model) and the separation
+        // table (RRS's effect on it: the test below).
+        for f in [
+            "report.md",
+            "loss.png",
+            "pca_epoch_0.png",
+            "pca_epoch_4.png",
+        ] {
+            assert!(out.join(f).is_file(), "{method}: missing {f}");
+        }
+        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+        let gaps: Vec<f64> = md
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| epoch"))
+            .map(|l| l.split('|').nth(3).unwrap().trim().parse().unwrap())
+            .collect();
+        assert_eq!(gaps.len(), 5, "{md}");
         if method == "rrs" {
             let rrs = &report["targets"];
+            let base = rrs["base_gap"].as_f64().unwrap();
+            let target = rrs["target_gap"].as_f64().unwrap();
+            assert!(
+                (gaps[0] - base).abs() < 1e-2,
+                "epoch 0 is the base: {gaps:?} vs {base}"
+            );
+            assert!(target > base, "targets lie 2ΔVˢ apart: {target} vs {base}");
             assert_eq!(rrs["pairs"], 4);
             let kept = rrs["features_kept"].as_u64().unwrap();
             assert!(kept > 0 && kept < 64, "kept {kept} of 64 features");
@@ -308,4 +332,75 @@ fn merge_adapter_writes_a_model_and_runs_record_the_adapter() {
     assert!(identity.contains("+lora:"), "{identity}");
     fails(&mut eval(&with, None));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The report's table as (separation, gap) per epoch.
+fn separation_table(out: &Path) -> Vec<(f64, f64)> {
+    std::fs::read_to_string(out.join("report.md"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| epoch"))
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').map(str::trim).collect();
+            (f[2].parse().unwrap(), f[3].parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn rrs_draws_harmful_and_benign_apart_to_its_targets() {
+    // Long enough on the tiny model (no penalty, no dropout) for the representations to reach
+    // their targets: the gap between the groups' means goes from the frozen model's to the
+    // targets' (2ΔVˢ further apart), and the groups separate.
+    let out = scratch("train-rrs-apart");
+    let o = run(bin()
+        .args([
+            "-q",
+            "train",
+            "rrs",
+            "--model",
+            &tiny_text_model(),
+            "--data",
+        ])
+        .arg(mirror_set())
+        .arg("-o")
+        .arg(&out)
+        .args([
+            "--epochs",
+            "40",
+            "--batch-size",
+            "2",
+            "--lr",
+            "1e-2",
+            "--rank",
+            "8",
+        ])
+        .args([
+            "--penalty",
+            "0",
+            "--dropout",
+            "0",
+            "--checkpoint-every",
+            "100",
+        ]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train.json")).unwrap()).unwrap();
+    let target = report["targets"]["target_gap"].as_f64().unwrap();
+    let table = separation_table(&out);
+    assert_eq!(table.len(), 41);
+    let (first, last) = (table[0], table[40]);
+    assert!(
+        (last.1 - target).abs() < 0.1 * target,
+        "gap {} → {} (targets {target})",
+        first.1,
+        last.1
+    );
+    assert!(
+        last.0 > 3.0 * first.0,
+        "separation {} → {}",
+        first.0,
+        last.0
+    );
+    let _ = std::fs::remove_dir_all(&out);
 }

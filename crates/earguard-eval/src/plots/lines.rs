@@ -1,4 +1,4 @@
-//! Line charts: per-layer direction norms and rates against a numeric setting.
+//! Line charts: per-layer direction norms, rates against a numeric setting, training losses.
 
 use std::path::Path;
 
@@ -209,5 +209,85 @@ impl Figure for RateCurve<'_> {
             draw_line(&mut chart, pts, i, 6, &s.label)?;
         }
         draw_legend(&mut chart, SeriesLabelPosition::UpperLeft, 34)
+    }
+}
+
+/// A training loss against the optimizer step: the per-step loss as a thin line and its mean
+/// over each epoch (`steps_per_epoch` steps) as markers at the epoch's last step.
+pub fn loss_curve(
+    dir: &Path,
+    stem: &str,
+    losses: &[f32],
+    steps_per_epoch: usize,
+    title: &str,
+) -> Result<PlotFiles> {
+    if losses.is_empty() || steps_per_epoch == 0 {
+        return Err(invalid("loss curve: no steps to draw"));
+    }
+    if let Some((i, v)) = losses.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(invalid(format!("loss curve: step {} has loss {v}", i + 1)));
+    }
+    render(
+        dir,
+        stem,
+        &LossCurve {
+            losses,
+            steps_per_epoch,
+            title,
+        },
+    )
+}
+
+struct LossCurve<'a> {
+    losses: &'a [f32],
+    steps_per_epoch: usize,
+    title: &'a str,
+}
+
+impl Figure for LossCurve<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1000, 620)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult<DB> {
+        let n = self.losses.len() as f64;
+        let (lo, hi) = self
+            .losses
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        let (lo, hi) = (f64::from(lo), f64::from(hi));
+        let span = if hi > lo { hi - lo } else { hi.abs().max(1.0) };
+        let y = (lo - 0.05 * span)..(hi + 0.12 * span);
+        let mut chart = chart_2d(root, self.title, (60, 80), 0.5..n + 0.5, y.clone())?;
+        let y_dec = tick_decimals(y.start, y.end, 8);
+        mesh(&mut chart, "optimizer step", "loss")
+            .x_labels(10)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_labels(8)
+            .y_label_formatter(&|v| format_tick(*v, y_dec))
+            .draw()?;
+        let steps: Vec<(f64, f64)> = self
+            .losses
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| ((i + 1) as f64, f64::from(v)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(steps, colour(0).mix(0.45).stroke_width(1)))?
+            .label("per step")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], colour(0).mix(0.45)));
+        let epochs: Vec<(f64, f64)> = self
+            .losses
+            .chunks(self.steps_per_epoch)
+            .enumerate()
+            .map(|(e, c)| {
+                let mean = c.iter().map(|&v| f64::from(v)).sum::<f64>() / c.len() as f64;
+                ((e * self.steps_per_epoch + c.len()) as f64, mean)
+            })
+            .collect();
+        draw_line(&mut chart, epochs, 1, 5, "epoch mean")?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight, 34)
     }
 }

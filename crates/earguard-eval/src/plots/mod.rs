@@ -36,7 +36,7 @@ mod style;
 mod text;
 mod tradeoff;
 
-pub use lines::{layer_norms, rate_curve, CurvePoint, CurveSeries};
+pub use lines::{layer_norms, loss_curve, rate_curve, CurvePoint, CurveSeries};
 pub use scatter::{pca_scatter, ScatterPoint};
 pub use tradeoff::{tradeoff, TradeoffPoint};
 
