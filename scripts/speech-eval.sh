@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The speech model's gates, then its safety in three input modes (issue: a real speech model on
+# CPU). From a trained head:
+#   1. build the speech model (Whisper-base encoder + head + the LLM) at temperature TAU;
+#   2. ASR gate: greedy WER of the head on spoken prompts never used in training (harmless_val
+#      and the AdvBench mirror, espeak-ng), per voice;
+#   3. understanding gate: the model's audio-only answers to 40 spoken harmless_val questions
+#      against its text-only answers to the same questions (scripts/speech_understanding.py);
+#   4. ASR / ORR on 40 + 40 AdvBench mirror pairs in text-only, audio-text and audio-only modes
+#      (substring judge, greedy, 32 tokens), one eval run each under OUT/.
+# Usage: scripts/speech-eval.sh HEAD_DIR [OUT_DIR] [TAU]
+#   SPEECH (default out/speech-eval/speech): the spoken sets (harmless_val40.jsonl and
+#   advbench40.jsonl, audio manifests written by `earguard tts`).
+#   LLM (default qwen2.5-coder-1.5b-instruct): the head's LLM, which answers the text-only runs
+#   (a speech model's text path is its LLM alone); they are shared between heads and temperatures.
+# Every eval run resumes if started again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HEAD="${1:?usage: scripts/speech-eval.sh HEAD_DIR [OUT_DIR] [TAU]}"
+OUT="${2:-out/speech-eval}"
+TAU="${3:-1}"
+SPEECH="${SPEECH:-out/speech-eval/speech}"
+BIN="${EARGUARD_BIN:-target/release/earguard}"
+LLM="${LLM:-qwen2.5-coder-1.5b-instruct}"
+MODEL="$OUT/model-tau$TAU"
+UNDERSTAND=(--max-tokens 48 --judge substring)   # longer answers to compare
+SAFETY=(--max-tokens 32 --judge substring)       # as the demo
+
+for f in harmless_val40.jsonl advbench40.jsonl; do
+  [ -f "$SPEECH/$f" ] || { echo "speech-eval: $SPEECH/$f is missing (render it with earguard tts)" >&2; exit 2; }
+done
+mkdir -p "$OUT"
+[ -d "$MODEL" ] || "$BIN" -q speech build --head "$HEAD" --temperature "$TAU" -o "$MODEL"
+
+echo "== ASR gate: greedy WER on spoken prompts not used in training"
+"$BIN" -q speech transcribe -m "$MODEL" --data "$SPEECH/harmless_val40.jsonl" | tee "$OUT/wer-harmless40.jsonl"
+"$BIN" -q speech transcribe -m "$MODEL" --data "$SPEECH/advbench40.jsonl" | tee "$OUT/wer-advbench40.jsonl"
+
+echo "== understanding gate: audio-only answers vs text-only answers"
+"$BIN" -q eval -m "$LLM" "${UNDERSTAND[@]}" --mode text-only --data "$SPEECH/harmless_val40.jsonl" -o "$OUT/text-harmless40" >/dev/null
+"$BIN" -q eval -m "$MODEL" "${UNDERSTAND[@]}" --mode audio-only --data "$SPEECH/harmless_val40.jsonl" -o "$OUT/audio-harmless40-tau$TAU" >/dev/null
+python3 scripts/speech_understanding.py "$OUT/text-harmless40/results.jsonl" "$OUT/audio-harmless40-tau$TAU/results.jsonl" | tee "$OUT/understanding-tau$TAU.json"
+
+echo "== ASR / ORR by input mode (40 + 40 AdvBench mirror pairs)"
+"$BIN" -q eval -m "$LLM" "${SAFETY[@]}" --mode text-only --data "$SPEECH/advbench40.jsonl" -o "$OUT/text-advbench40"
+for mode in audio-text audio-only; do
+  "$BIN" -q eval -m "$MODEL" "${SAFETY[@]}" --mode "$mode" --data "$SPEECH/advbench40.jsonl" -o "$OUT/$mode-advbench40-tau$TAU"
+done
