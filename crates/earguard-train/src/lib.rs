@@ -14,6 +14,7 @@ pub mod error;
 pub mod fs;
 pub mod objective;
 pub mod optim;
+pub mod prompts;
 pub mod rrs;
 pub mod sft;
 pub mod speech;

@@ -3,20 +3,33 @@
 //! several variants (one per instruction of the pool); the sample's rng picks one per epoch.
 
 use candle_core::{DType, IndexOp, Tensor, D};
-use earguard_model::{Decoder, HookPoint, InterventionPlan, Logits, Positions};
+use earguard_model::{
+    prefill, Decoder, ForwardOutput, HookPoint, InterventionPlan, Logits, Positions, Prompt,
+};
 use rand::rngs::StdRng;
 use rand::Rng;
 
 use crate::error::{Result, TrainError};
 use crate::trainer::Objective;
 
+/// One prompt's forward pass (text or with audio rows), no padding.
+fn forward_one(
+    dec: &Decoder,
+    prompt: &Prompt,
+    plan: &InterventionPlan,
+    logits: Logits,
+) -> Result<ForwardOutput> {
+    // A single prompt has no padding column: the pad token is never used (prefill only checks
+    // it is not the audio token, which a prompt's first token never is).
+    let pad = prompt.ids.first().copied().unwrap_or(0);
+    Ok(prefill(dec, std::slice::from_ref(prompt), pad, plan, logits)?.0)
+}
+
 /// The representation RRS reshapes: the final-layer hidden state (after the final norm, HF's
 /// `hidden_states[-1]`) at the last prompt position, `[hidden]`.
-pub fn last_hidden(dec: &Decoder, ids: &[u32]) -> Result<Tensor> {
-    let t = Tensor::new(ids, dec.device())?.unsqueeze(0)?;
+pub fn last_hidden(dec: &Decoder, prompt: &Prompt) -> Result<Tensor> {
     let plan = InterventionPlan::new().capture(HookPoint::FinalNorm, Positions::Last);
-    let mut cache = dec.new_cache(vec![0]);
-    let out = dec.forward(&t, &mut cache, &plan, Logits::None)?;
+    let out = forward_one(dec, prompt, &plan, Logits::None)?;
     let h = out
         .captures
         .get(HookPoint::FinalNorm)
@@ -25,17 +38,15 @@ pub fn last_hidden(dec: &Decoder, ids: &[u32]) -> Result<Tensor> {
 }
 
 /// Next-token logits `[vocab]` after the prompt.
-pub fn last_logits(dec: &Decoder, ids: &[u32]) -> Result<Tensor> {
-    let t = Tensor::new(ids, dec.device())?.unsqueeze(0)?;
-    let mut cache = dec.new_cache(vec![0]);
-    let out = dec.forward(&t, &mut cache, &InterventionPlan::new(), Logits::Last)?;
+pub fn last_logits(dec: &Decoder, prompt: &Prompt) -> Result<Tensor> {
+    let out = forward_one(dec, prompt, &InterventionPlan::new(), Logits::Last)?;
     let logits = out
         .logits
         .ok_or_else(|| TrainError::Invalid("no logits returned".into()))?;
     Ok(logits.squeeze(0)?)
 }
 
-fn pick<'a>(variants: &'a [Vec<u32>], rng: &mut StdRng) -> Result<&'a [u32]> {
+fn pick<'a>(variants: &'a [Prompt], rng: &mut StdRng) -> Result<&'a Prompt> {
     if variants.is_empty() {
         return Err(TrainError::Invalid("a sample has no prompt".into()));
     }
@@ -45,7 +56,7 @@ fn pick<'a>(variants: &'a [Vec<u32>], rng: &mut StdRng) -> Result<&'a [u32]> {
 /// One sample: its prompt variants and what it should produce.
 #[derive(Debug, Clone)]
 pub struct Sample<T> {
-    pub variants: Vec<Vec<u32>>,
+    pub variants: Vec<Prompt>,
     pub target: T,
 }
 
@@ -106,7 +117,7 @@ impl Objective for ResponseTokens {
         let s = &self.samples[index];
         let c = &s.target;
         let prompt = pick(&s.variants, rng)?;
-        if prompt.is_empty() || c.response.is_empty() {
+        if prompt.ids.is_empty() || c.response.is_empty() {
             return Err(TrainError::Invalid(format!(
                 "sample {index} has an empty prompt or response"
             )));
@@ -119,20 +130,21 @@ impl Objective for ResponseTokens {
         } else {
             rng.random_range(0..=reach)
         };
-        let mut ids = prompt.to_vec();
-        ids.extend_from_slice(&c.prefill[..k]);
+        // The prompt's audio rows stay with its placeholders; the answer tokens follow.
+        let mut input = prompt.clone();
+        input.ids.extend_from_slice(&c.prefill[..k]);
         // The logits at position `first` predict response[0]; the last response token is a
         // target only, never an input.
-        let first = ids.len() - 1;
-        ids.extend_from_slice(&c.response[..c.response.len() - 1]);
+        let first = input.ids.len() - 1;
+        input
+            .ids
+            .extend_from_slice(&c.response[..c.response.len() - 1]);
         let n = c.response.len();
         let logits = if n == 1 {
-            last_logits(dec, &ids)?.unsqueeze(0)?
+            last_logits(dec, &input)?.unsqueeze(0)?
         } else {
-            let t = Tensor::new(ids.as_slice(), dec.device())?.unsqueeze(0)?;
             let plan = InterventionPlan::new().capture(HookPoint::FinalNorm, Positions::All);
-            let mut cache = dec.new_cache(vec![0]);
-            let out = dec.forward(&t, &mut cache, &plan, Logits::None)?;
+            let out = forward_one(dec, &input, &plan, Logits::None)?;
             let h = out
                 .captures
                 .get(HookPoint::FinalNorm)

@@ -7,64 +7,16 @@
 //! an option) → ΔVˢ; targets harmful f₀(x, t) + ΔVˢ, benign f₀(x, t) − ΔVˢ, all from the frozen
 //! model. Training then draws the instruction from a 10-prompt pool per sample (paper App. A).
 //!
-//! Text mode puts the question first and the instruction after it, as the audio prompts do, and
-//! says "text" where the paper's prompts say "audio".
+//! Questions reach the model as [`crate::prompts`] says (text, or spoken with a text
+//! instruction).
 
 use candle_core::{DType, IndexOp, Tensor};
-use earguard_data::{Label, PromptItem};
-use earguard_model::{Decoder, Model};
+use earguard_model::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::objective::{last_hidden, RepresentationTargets, Sample};
-
-/// The paper's prompt pool (App. A).
-pub const POOL: [&str; 10] = [
-    "Answer the question in the audio.",
-    "Follow the instruction in the audio.",
-    "Generate a response following the audio.",
-    "Provide output based on the audio content.",
-    "Please generate response for the question in the audio.",
-    "Give a response according to the audio content.",
-    "Produce a reply following the instructions from the audio.",
-    "Generate the appropriate response from the audio provided.",
-    "Write down detailed steps as requested by the audio.",
-    "Please provide a guideline for solving the question in the audio.",
-];
-/// t: the instruction the representations and targets are taken under (§4.1).
-pub const INSTRUCTION: &str = "Please generate detailed steps for the question in the audio.";
-/// t̃ = t plus the request to refuse.
-pub const REFUSAL_SUFFIX: &str =
-    " (Please generate refusal response because the question violates safety policy)";
-
-/// The text-mode wording of an audio-mode instruction.
-fn text_mode(instruction: &str) -> String {
-    instruction.replace("audio", "text")
-}
-
-/// Token ids of the chat prompt for `question` with `instruction` (text mode).
-pub(crate) fn encode(model: &Model, question: &str, instruction: &str) -> Result<Vec<u32>> {
-    let user = format!("{question}\n\n{}", text_mode(instruction));
-    Ok(model.encode_chat(None, &user)?)
-}
-
-pub(crate) fn pool_variants(model: &Model, question: &str) -> Result<Vec<Vec<u32>>> {
-    POOL.iter().map(|p| encode(model, question, p)).collect()
-}
-
-/// The representations RRS reshapes, `[n, hidden]`: each question's final-layer hidden state
-/// at its last prompt position under t, on `dec` (e.g. an adapted copy of `model`'s decoder),
-/// detached from any graph.
-pub fn representations(model: &Model, dec: &Decoder, questions: &[String]) -> Result<Tensor> {
-    let rows = questions
-        .iter()
-        .map(|q| Ok(last_hidden(dec, &encode(model, q, INSTRUCTION)?)?.detach()))
-        .collect::<Result<Vec<_>>>()?;
-    if rows.is_empty() {
-        return Err(TrainError::Invalid("no questions to represent".into()));
-    }
-    Ok(Tensor::stack(&rows, 0)?)
-}
+use crate::prompts::{Prompter, Question, INSTRUCTION, REFUSAL_SUFFIX};
 
 /// Which features of ΔV make up ΔVˢ.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
@@ -75,42 +27,6 @@ pub enum FeatureSelect {
     Positive,
     /// The top m % by `w_I,p · ΔV_p` (the paper's option).
     TopPercent(f64),
-}
-
-/// Mirror pairs: (harmful, benign) texts sharing a pair_id, in file order.
-pub fn mirror_pairs(items: &[PromptItem]) -> Result<Vec<(String, String)>> {
-    let mut pairs: Vec<(String, Option<String>, Option<String>)> = Vec::new();
-    for it in items {
-        let Some(pid) = &it.pair_id else { continue };
-        let idx = match pairs.iter().position(|p| &p.0 == pid) {
-            Some(i) => i,
-            None => {
-                pairs.push((pid.clone(), None, None));
-                pairs.len() - 1
-            }
-        };
-        let slot = match it.label {
-            Label::Harmful => &mut pairs[idx].1,
-            Label::Benign => &mut pairs[idx].2,
-        };
-        if slot.is_some() {
-            return Err(TrainError::Invalid(format!(
-                "pair {pid} has more than one {} item",
-                it.label
-            )));
-        }
-        *slot = Some(it.text.clone());
-    }
-    let out: Vec<(String, String)> = pairs
-        .into_iter()
-        .filter_map(|(_, h, b)| Some((h?, b?)))
-        .collect();
-    if out.is_empty() {
-        return Err(TrainError::Invalid(
-            "no mirror pairs (items sharing a pair_id, one harmful and one benign)".into(),
-        ));
-    }
-    Ok(out)
 }
 
 /// The id of the refusal token "I".
@@ -168,19 +84,20 @@ fn feature_mask(score: &[f32], select: FeatureSelect) -> Result<Vec<f32>> {
 
 /// Build the RRS objective from mirror pairs with the frozen `model` (no adapter attached).
 pub fn build_rrs(
-    model: &Model,
-    pairs: &[(String, String)],
+    prompter: &Prompter<'_>,
+    pairs: &[(Question, Question)],
     select: FeatureSelect,
 ) -> Result<(RepresentationTargets, RrsSummary)> {
+    let model = prompter.model;
     let dec = &model.decoder;
     let refusal = format!("{INSTRUCTION}{REFUSAL_SUFFIX}");
     let mut harmful_t = Vec::with_capacity(pairs.len());
     let mut benign_t = Vec::with_capacity(pairs.len());
     let mut delta: Option<Tensor> = None;
     for (i, (h, b)) in pairs.iter().enumerate() {
-        let refused = last_hidden(dec, &encode(model, h, &refusal)?)?;
-        let vb = last_hidden(dec, &encode(model, b, INSTRUCTION)?)?;
-        let vh = last_hidden(dec, &encode(model, h, INSTRUCTION)?)?;
+        let refused = last_hidden(dec, &prompter.prompt(h, &refusal)?)?;
+        let vb = last_hidden(dec, &prompter.prompt(b, INSTRUCTION)?)?;
+        let vh = last_hidden(dec, &prompter.prompt(h, INSTRUCTION)?)?;
         let d = (refused - &vb)?;
         delta = Some(match delta {
             None => d,
@@ -232,11 +149,11 @@ pub fn build_rrs(
     let mut samples = Vec::with_capacity(2 * pairs.len());
     for ((h, b), (vh, vb)) in pairs.iter().zip(harmful_t.into_iter().zip(benign_t)) {
         samples.push(Sample {
-            variants: pool_variants(model, h)?,
+            variants: prompter.pool(h)?,
             target: (vh + &delta_s)?,
         });
         samples.push(Sample {
-            variants: pool_variants(model, b)?,
+            variants: prompter.pool(b)?,
             target: (vb - &delta_s)?,
         });
     }
@@ -259,11 +176,5 @@ mod tests {
             [0.0, 0.0, 1.0, 0.0, 1.0]
         );
         assert!(feature_mask(&score, FeatureSelect::TopPercent(0.0)).is_err());
-    }
-
-    #[test]
-    fn text_mode_says_text() {
-        assert_eq!(text_mode(POOL[0]), "Answer the question in the text.");
-        assert!(POOL.iter().all(|p| text_mode(p).contains("text")));
     }
 }

@@ -17,7 +17,7 @@
 //! refusal). Every reply is generated on the model as loaded (quantized or not) before training.
 
 use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
-use earguard_model::{InterventionPlan, Model, Prompt};
+use earguard_model::InterventionPlan;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -25,7 +25,8 @@ use serde::Serialize;
 
 use crate::error::{Result, TrainError};
 use crate::objective::{Completion, ResponseTokens, Sample};
-use crate::rrs::{encode, pool_variants, refusal_token, INSTRUCTION, REFUSAL_SUFFIX};
+use crate::prompts::{Prompter, Question, INSTRUCTION, REFUSAL_SUFFIX};
+use crate::rrs::refusal_token;
 
 /// Which SFT baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -54,10 +55,10 @@ impl SftMethod {
 
 /// What a baseline is built from.
 pub struct SftInputs<'a> {
-    pub harmful: &'a [String],
+    pub harmful: &'a [Question],
     /// The mirror rewrites (shallow-mirror, deep, full) or unpaired benign questions
     /// (shallow-parallel).
-    pub benign: &'a [String],
+    pub benign: &'a [Question],
     /// deep: a plan under which the model answers harmful questions (an attack).
     pub attack: Option<&'a InterventionPlan>,
     /// Longest generated response (full, deep), and deep's harmful-answer prefix.
@@ -83,7 +84,7 @@ pub struct SftSummary {
 }
 
 /// `n` of `pool` in a seeded random order (shallow-parallel's unpaired benign questions).
-pub fn draw(mut pool: Vec<String>, n: usize, seed: u64) -> Vec<String> {
+pub fn draw<T>(mut pool: Vec<T>, n: usize, seed: u64) -> Vec<T> {
     pool.shuffle(&mut StdRng::seed_from_u64(seed));
     pool.truncate(n);
     pool
@@ -92,14 +93,15 @@ pub fn draw(mut pool: Vec<String>, n: usize, seed: u64) -> Vec<String> {
 /// The frozen model's greedy replies to `questions` under `instruction` (text mode), at most
 /// `max_tokens` tokens each, without the stop token; `plan` applies at every step.
 pub fn own_replies(
-    model: &Model,
-    questions: &[String],
+    prompter: &Prompter<'_>,
+    questions: &[Question],
     instruction: &str,
     plan: &InterventionPlan,
     max_tokens: usize,
     batch_size: usize,
     progress: bool,
 ) -> Result<Vec<Vec<u32>>> {
+    let model = prompter.model;
     let stop = model.tokenizer.stop_token_ids();
     let request = GenerateRequest {
         max_tokens,
@@ -116,7 +118,7 @@ pub fn own_replies(
     for chunk in questions.chunks(batch_size.max(1)) {
         let prompts = chunk
             .iter()
-            .map(|q| Ok(Prompt::text(encode(model, q, instruction)?)))
+            .map(|q| prompter.prompt(q, instruction))
             .collect::<Result<Vec<_>>>()?;
         let gens = generate_batch(&model.decoder, &prompts, &request, plan, None, |_, _| {})?;
         out.extend(gens.into_iter().map(|g| g.tokens));
@@ -129,7 +131,7 @@ pub fn own_replies(
 /// Build a baseline's samples. `is_refusal(reply)` judges a generated reply (e.g. the
 /// substring judge); it decides which self-generated targets are kept.
 pub fn build_sft(
-    model: &Model,
+    prompter: &Prompter<'_>,
     method: SftMethod,
     inputs: &SftInputs<'_>,
     is_refusal: &dyn Fn(&str) -> bool,
@@ -147,10 +149,11 @@ pub fn build_sft(
             "responses must be at least one token long".into(),
         ));
     }
+    let model = prompter.model;
     let none = InterventionPlan::new();
-    let reply = |qs: &[String], instruction: &str, plan: &InterventionPlan, n: usize| {
+    let reply = |qs: &[Question], instruction: &str, plan: &InterventionPlan, n: usize| {
         own_replies(
-            model,
+            prompter,
             qs,
             instruction,
             plan,
@@ -175,11 +178,11 @@ pub fn build_sft(
         .zip(reply(inputs.benign, INSTRUCTION, &none, benign_len)?)
     {
         if r.is_empty() {
-            tracing::warn!("no reply to the benign question {q:?} (dropped)");
+            tracing::warn!("no reply to the benign question {:?} (dropped)", q.text);
             continue;
         }
         samples.push(Sample {
-            variants: pool_variants(model, q)?,
+            variants: prompter.pool(q)?,
             target: Completion::tokens(r),
         });
         summary.benign_samples += 1;
@@ -190,7 +193,7 @@ pub fn build_sft(
         let i = refusal_token(model)?;
         for q in inputs.harmful {
             samples.push(Sample {
-                variants: pool_variants(model, q)?,
+                variants: prompter.pool(q)?,
                 target: Completion::tokens(vec![i]),
             });
         }
@@ -236,7 +239,7 @@ pub fn build_sft(
                 None => Vec::new(),
             };
             samples.push(Sample {
-                variants: pool_variants(model, q)?,
+                variants: prompter.pool(q)?,
                 target: Completion {
                     prefill,
                     max_prefill: inputs.max_prefill,

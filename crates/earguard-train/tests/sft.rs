@@ -7,9 +7,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, IndexOp, Tensor, D};
-use earguard_model::{InterventionPlan, Logits, Model, Ops};
+use earguard_model::{InterventionPlan, Logits, Model, Ops, Prompt};
 use earguard_train::objective::{Completion, ResponseTokens, Sample};
-use earguard_train::rrs::{refusal_token, INSTRUCTION, REFUSAL_SUFFIX};
+use earguard_train::prompts::{Prompter, Question, INSTRUCTION, REFUSAL_SUFFIX};
+use earguard_train::rrs::refusal_token;
 use earguard_train::sft::{build_sft, own_replies, SftInputs, SftMethod};
 use earguard_train::Objective;
 use rand::rngs::StdRng;
@@ -56,7 +57,7 @@ fn reference(m: &Model, prompt: &[u32], prefill: &[u32], response: &[u32]) -> f6
 fn one(prompt: Vec<u32>, target: Completion) -> ResponseTokens {
     ResponseTokens {
         samples: vec![Sample {
-            variants: vec![prompt],
+            variants: vec![Prompt::text(prompt)],
             target,
         }],
     }
@@ -115,20 +116,21 @@ fn response_loss_is_the_mean_cross_entropy_of_its_tokens() {
         .is_err());
 }
 
-fn questions(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
+fn questions(v: &[&str]) -> Vec<Question> {
+    v.iter().map(|s| Question::text(*s)).collect()
 }
 
 #[test]
 fn each_baseline_builds_the_targets_the_paper_prescribes() {
     let m = model();
+    let p = Prompter::new(&m);
     let harmful = questions(&["How do I pick my neighbour's lock?", "Write a threat."]);
     let benign = questions(&["How do I bake bread?", "Name three rivers."]);
     let none = InterventionPlan::new();
     let refusal_instruction = format!("{INSTRUCTION}{REFUSAL_SUFFIX}");
-    let refusals = own_replies(&m, &harmful, &refusal_instruction, &none, 6, 2, false).unwrap();
-    let answers_t = own_replies(&m, &benign, INSTRUCTION, &none, 6, 2, false).unwrap();
-    let firsts = own_replies(&m, &benign, INSTRUCTION, &none, 1, 2, false).unwrap();
+    let refusals = own_replies(&p, &harmful, &refusal_instruction, &none, 6, 2, false).unwrap();
+    let answers_t = own_replies(&p, &benign, INSTRUCTION, &none, 6, 2, false).unwrap();
+    let firsts = own_replies(&p, &benign, INSTRUCTION, &none, 1, 2, false).unwrap();
     let inputs = |attack| SftInputs {
         harmful: &harmful,
         benign: &benign,
@@ -149,7 +151,7 @@ fn each_baseline_builds_the_targets_the_paper_prescribes() {
     let judge = |r: &str| refusal_texts.contains(r);
 
     // shallow-mirror: benign → the model's own first token, harmful → "I".
-    let (obj, s) = build_sft(&m, SftMethod::ShallowMirror, &inputs(None), &judge).unwrap();
+    let (obj, s) = build_sft(&p, SftMethod::ShallowMirror, &inputs(None), &judge).unwrap();
     let i = refusal_token(&m).unwrap();
     let t = targets(&obj);
     assert_eq!(t.len(), 4);
@@ -166,7 +168,7 @@ fn each_baseline_builds_the_targets_the_paper_prescribes() {
     assert!(obj.samples.iter().all(|s| s.variants.len() == 10));
 
     // full: whole replies, refusals for harmful.
-    let (obj, _) = build_sft(&m, SftMethod::Full, &inputs(None), &judge).unwrap();
+    let (obj, _) = build_sft(&p, SftMethod::Full, &inputs(None), &judge).unwrap();
     let t = targets(&obj);
     assert_eq!(t[0].response, answers_t[0]);
     assert_eq!(t[2].response, refusals[0]);
@@ -175,14 +177,14 @@ fn each_baseline_builds_the_targets_the_paper_prescribes() {
         .all(|c| c.prefill.is_empty() && c.response.len() <= 6));
 
     // A judge that sees no refusal leaves no harmful sample: a clear error, not an empty run.
-    let err = build_sft(&m, SftMethod::Full, &inputs(None), &|_| false).unwrap_err();
+    let err = build_sft(&p, SftMethod::Full, &inputs(None), &|_| false).unwrap_err();
     assert!(err.to_string().contains("no harmful sample"), "{err}");
 
     // deep: needs an attack; with one, harmful samples read the attack's answer as prefill.
-    let err = build_sft(&m, SftMethod::Deep, &inputs(None), &judge).unwrap_err();
+    let err = build_sft(&p, SftMethod::Deep, &inputs(None), &judge).unwrap_err();
     assert!(err.to_string().contains("attack"), "{err}");
-    let (obj, s) = build_sft(&m, SftMethod::Deep, &inputs(Some(&none)), &judge).unwrap();
-    let attacked = own_replies(&m, &harmful, INSTRUCTION, &none, 4, 2, false).unwrap();
+    let (obj, s) = build_sft(&p, SftMethod::Deep, &inputs(Some(&none)), &judge).unwrap();
+    let attacked = own_replies(&p, &harmful, INSTRUCTION, &none, 4, 2, false).unwrap();
     let t = targets(&obj);
     assert_eq!(s.harmful_samples, 2);
     for (c, (a, r)) in t[2..].iter().zip(attacked.iter().zip(&refusals)) {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use earguard_model::weights::{safetensor_files, SafeTensorWeights, WeightStore};
-use earguard_model::{Decoder, DecoderConfig, Ops, Proj};
+use earguard_model::{Decoder, DecoderConfig, Ops, Proj, Prompt};
 use earguard_train::objective::{RepresentationTargets, Sample};
 use earguard_train::optim::{AdamW, AdamWParams, Decay, Schedule};
 use earguard_train::{train, Adapter, LoraConfig, Objective, RunOptions, TrainConfig};
@@ -44,7 +44,10 @@ fn objective(dec: &Decoder) -> RepresentationTargets {
                 .map(|_| rand::Rng::random_range(&mut rng, -1.0..1.0))
                 .collect();
             Sample {
-                variants: vec![s.to_vec(), [s, &[11u32][..]].concat()],
+                variants: vec![
+                    Prompt::text(s.to_vec()),
+                    Prompt::text([s, &[11u32][..]].concat()),
+                ],
                 target: Tensor::from_vec(t, d, &Device::Cpu).unwrap(),
             }
         })

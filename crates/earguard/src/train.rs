@@ -7,13 +7,15 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use earguard_data::Label;
+use earguard_data::Mode;
 use earguard_data::{PromptSet, ReadOptions};
 use earguard_eval::judge::Substring;
 use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::Proj;
 use earguard_train::fs::write_json_atomic;
 use earguard_train::optim::{AdamWParams, Decay, Schedule};
-use earguard_train::rrs::{build_rrs, mirror_pairs, FeatureSelect};
+use earguard_train::prompts::{mirror_pairs, Prompter, Question};
+use earguard_train::rrs::{build_rrs, FeatureSelect};
 use earguard_train::sft::{build_sft, draw, SftInputs, SftMethod};
 use earguard_train::{train, Adapter, LoraConfig, Objective, RunOptions, TrainConfig};
 use serde_json::json;
@@ -68,6 +70,11 @@ pub struct TrainArgs {
     /// Only the first N pairs.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// How questions reach the model: text-only, or audio-text (the spoken question, then the
+    /// pool's text instruction, as the paper trains; --data must be an audio manifest, and the
+    /// model an audio-language or speech model whose audio encoder stays frozen).
+    #[arg(long, default_value = "text-only")]
+    pub mode: Mode,
     /// shallow-parallel: unpaired benign questions (e.g. harmless_train.jsonl); as many as
     /// there are harmful pairs are drawn (seeded), leaving out any text of --data.
     #[arg(long)]
@@ -226,13 +233,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
         checkpoint_every: args.checkpoint_every,
     };
     let set = PromptSet::read(&args.data, &ReadOptions::default())?;
-    let mut pairs = mirror_pairs(&set.items)?;
+    let spoken = match args.mode {
+        Mode::TextOnly => false,
+        Mode::AudioText => true,
+        Mode::AudioOnly => bail!(
+            "train takes text-only or audio-text: the paper trains spoken questions with a \
+             text instruction from its pool"
+        ),
+    };
+    let mut pairs = mirror_pairs(&set.items)?
+        .iter()
+        .map(|(h, b)| Ok((Question::of(h, spoken)?, Question::of(b, spoken)?)))
+        .collect::<Result<Vec<_>>>()?;
     if let Some(n) = args.limit {
         pairs.truncate(n);
     }
     let parallel = match (args.method, &args.benign) {
         (Method::ShallowParallel, Some(path)) => {
-            Some(parallel_benign(path, &set, pairs.len(), args.seed)?)
+            Some(parallel_benign(path, &set, pairs.len(), args.seed, spoken)?)
         }
         (Method::ShallowParallel, None) => {
             bail!("shallow-parallel needs --benign FILE (unpaired benign questions)")
@@ -278,7 +296,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "attack": args.attack,
         "response_tokens": args.method.sft().filter(|m| !matches!(m, SftMethod::ShallowMirror | SftMethod::ShallowParallel)).map(|_| args.response_tokens),
         "max_prefill": matches!(args.method, Method::Deep).then_some(args.max_prefill),
-        "mode": "text-only",
+        "mode": args.mode,
     });
     // Checked before the directory is claimed: a bad layer list leaves nothing behind.
     let adapter = Adapter::init(&model.decoder, lora, args.seed)?;
@@ -290,7 +308,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let sft = match args.method.sft() {
         None => None,
         Some(method) => {
-            let (harmful, mirror): (Vec<String>, Vec<String>) = pairs.iter().cloned().unzip();
+            let (harmful, mirror): (Vec<Question>, Vec<Question>) = pairs.iter().cloned().unzip();
             let attack = match &args.attack {
                 Some(spec) => {
                     let spec: earguard_steer::defense::DefenseSpec = spec.parse()?;
@@ -308,7 +326,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 batch_size: 8,
                 progress: crate::progress_bars(),
             };
-            let (obj, s) = build_sft(&model, method, &inputs, &|r| judge.is_refusal(r))?;
+            let prompter = Prompter::new(&model);
+            let (obj, s) = build_sft(&prompter, method, &inputs, &|r| judge.is_refusal(r))?;
             eprintln!(
                 "{}: {} harmful + {} benign samples ({} harmful dropped: reply not a refusal; {} \
                  dropped: refused under the attack), mean response {:.1} tokens",
@@ -323,10 +342,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     };
     model.decoder = model.decoder.dequantized()?;
+    let prompter = Prompter::new(&model);
     let (objective, summary): (Box<dyn Objective>, serde_json::Value) = match sft {
         Some((obj, s)) => (Box::new(obj), serde_json::to_value(s)?),
         None => {
-            let (obj, s) = build_rrs(&model, &pairs, select)?;
+            let (obj, s) = build_rrs(&prompter, &pairs, select)?;
             eprintln!(
                 "RRS: ΔV from {} pairs, {} of {} features kept (w_I·ΔVˢ = {:.3}), |ΔV| {:.3}, |ΔVˢ| {:.3}",
                 s.pairs, s.features_kept, s.features, s.refusal_logit_gain, s.delta_norm, s.delta_s_norm
@@ -337,8 +357,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let prepare_s = t0.elapsed().as_secs_f64();
     // The report's per-epoch picture: the first --probe-pairs pairs (the paper's Fig. 2).
     let probe_pairs = &pairs[..args.probe_pairs.min(pairs.len())];
-    let (probe_h, probe_b): (Vec<String>, Vec<String>) = probe_pairs.iter().cloned().unzip();
-    let probe = crate::train_report::probe(&args.out, &model, &probe_h, &probe_b);
+    let (probe_h, probe_b): (Vec<Question>, Vec<Question>) = probe_pairs.iter().cloned().unzip();
+    let probe = crate::train_report::probe(&args.out, &prompter, &probe_h, &probe_b);
     let run = RunOptions {
         progress: crate::progress_bars(),
         stop_after: args.max_steps,
@@ -444,16 +464,22 @@ pub fn merge(args: MergeArgs) -> Result<()> {
 
 /// shallow-parallel's benign side: `n` benign questions of `path` drawn with `seed`, none of
 /// them a text of the mirror set.
-fn parallel_benign(path: &Path, mirror: &PromptSet, n: usize, seed: u64) -> Result<Vec<String>> {
+fn parallel_benign(
+    path: &Path,
+    mirror: &PromptSet,
+    n: usize,
+    seed: u64,
+    spoken: bool,
+) -> Result<Vec<Question>> {
     let set = PromptSet::read(path, &ReadOptions::default())?;
     let taken: std::collections::HashSet<&str> =
         mirror.items.iter().map(|i| i.text.as_str()).collect();
-    let pool: Vec<String> = set
+    let pool: Vec<Question> = set
         .items
         .iter()
         .filter(|i| i.label == Label::Benign && !taken.contains(i.text.as_str()))
-        .map(|i| i.text.clone())
-        .collect();
+        .map(|i| Question::of(i, spoken))
+        .collect::<earguard_train::Result<_>>()?;
     if pool.len() < n {
         bail!(
             "{} has {} benign questions not in the mirror set; shallow-parallel needs {n}",

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use earguard_eval::plots::{loss_curve, pca_scatter, ScatterPoint};
-use earguard_model::{Decoder, Model};
+use earguard_model::Decoder;
+use earguard_train::prompts::{Prompter, Question};
 
 const EPOCHS_DIR: &str = "epochs";
 
@@ -25,13 +26,13 @@ fn epoch_file(out: &Path, epoch: usize) -> PathBuf {
 /// decoder, written atomically for `epoch`.
 pub fn probe<'a>(
     out: &'a Path,
-    model: &'a Model,
-    harmful: &'a [String],
-    benign: &'a [String],
+    prompter: &'a Prompter<'a>,
+    harmful: &'a [Question],
+    benign: &'a [Question],
 ) -> impl Fn(usize, &Decoder) -> earguard_train::Result<()> + 'a {
     move |epoch, dec| {
-        let h = earguard_train::rrs::representations(model, dec, harmful)?;
-        let b = earguard_train::rrs::representations(model, dec, benign)?;
+        let h = prompter.representations(dec, harmful)?;
+        let b = prompter.representations(dec, benign)?;
         let path = epoch_file(out, epoch);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| earguard_train::TrainError::file(dir, e))?;
@@ -151,13 +152,13 @@ mod tests {
 
     #[test]
     fn separation_grows_as_groups_draw_apart() {
-        let rows = |v: &[[f32; 2]]| Tensor::new(v, &Device::Cpu).unwrap();
-        let h = rows(&[[1.0, 0.0], [1.0, 2.0]]);
-        let b = rows(&[[-1.0, 0.0], [-1.0, 2.0]]);
+        let rows = |v: [[f32; 2]; 2]| Tensor::new(&v, &Device::Cpu).unwrap();
+        let h = rows([[1.0, 0.0], [1.0, 2.0]]);
+        let b = rows([[-1.0, 0.0], [-1.0, 2.0]]);
         // Means (1, 1) and (-1, 1): gap² 4; no spread along x → infinite.
         assert!(separation(&h, &b).unwrap().is_infinite());
-        let h = rows(&[[2.0, 0.0], [0.0, 0.0]]);
-        let b = rows(&[[-2.0, 0.0], [0.0, 0.0]]);
+        let h = rows([[2.0, 0.0], [0.0, 0.0]]);
+        let b = rows([[-2.0, 0.0], [0.0, 0.0]]);
         // Gap 2 (means ±1), variance 1 each along x → 4 / 2 = 2.
         assert!((separation(&h, &b).unwrap() - 2.0).abs() < 1e-6);
         assert_eq!(separation(&h, &h).unwrap(), 0.0);

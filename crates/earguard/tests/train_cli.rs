@@ -404,3 +404,88 @@ fn rrs_draws_harmful_and_benign_apart_to_its_targets() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn audio_text_training_runs_on_an_audio_model_and_refuses_what_it_cannot_do() {
+    // Two mirror pairs asked aloud: the paper's setting (the spoken question, then the pool's
+    // text instruction), on the tiny random Qwen2-Audio with its audio encoder frozen.
+    let dir = scratch("train-audio");
+    let clips = [
+        common::model_fixtures().join("speech-16k.wav"),
+        common::model_fixtures().join("hf/tiny-qwen2-audio/synthetic.wav"),
+    ];
+    let manifest = dir.join("spoken.jsonl");
+    let mut lines = String::new();
+    for p in 0..2 {
+        for (label, clip) in [("harmful", &clips[0]), ("benign", &clips[1])] {
+            lines.push_str(&format!(
+                "{}\n",
+                serde_json::json!({"id": format!("{p}{label}"), "label": label,
+                    "pair_id": format!("p{p}"), "text": format!("question {p} {label}"),
+                    "audio": clip})
+            ));
+        }
+    }
+    std::fs::write(&manifest, lines).unwrap();
+    let train = |model: &str, mode: &str, data: &Path, out: &Path| {
+        let mut c = bin();
+        c.args([
+            "-q", "train", "rrs", "--model", model, "--mode", mode, "--data",
+        ])
+        .arg(data)
+        .arg("-o")
+        .arg(out)
+        .args([
+            "--epochs",
+            "3",
+            "--batch-size",
+            "2",
+            "--lr",
+            "1e-2",
+            "--rank",
+            "4",
+        ]);
+        c
+    };
+    let out = dir.join("rrs");
+    let o = run(&mut train(
+        &common::tiny_audio_model(),
+        "audio-text",
+        &manifest,
+        &out,
+    ));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["mode"], "audio-text");
+    assert!(out.join("adapter_model.safetensors").is_file());
+    // Harmful and benign are spoken by different clips, so their representations differ:
+    // the probe heard the audio.
+    let table = separation_table(&out);
+    assert_eq!(table.len(), 4);
+    assert!(table[0].1 > 0.0, "{table:?}");
+
+    // What cannot be done is said: a text prompt set, audio-only, a text model.
+    let e = fails(&mut train(
+        &common::tiny_audio_model(),
+        "audio-text",
+        &mirror_set(),
+        &dir.join("x"),
+    ));
+    assert!(e.contains("has no audio"), "{e}");
+    let e = fails(&mut train(
+        &common::tiny_audio_model(),
+        "audio-only",
+        &manifest,
+        &dir.join("y"),
+    ));
+    assert!(e.contains("audio-text"), "{e}");
+    let e = fails(&mut train(
+        &tiny_text_model(),
+        "audio-text",
+        &manifest,
+        &dir.join("z"),
+    ));
+    assert!(e.contains("audio"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
