@@ -118,6 +118,65 @@ impl Runner for Ours<'_> {
     }
 }
 
+/// SafeCoDe's generation on the prompt's text sent as one user message (templated, so a few
+/// tokens longer than the others' raw prompt). "Prefill" is the time to its first answer token:
+/// the verdict, the prompt and its companion's prefill and the first guided step.
+struct Guided<'a> {
+    model: &'a Model,
+    defense: Box<dyn earguard_steer::defense::Defense>,
+    plan: InterventionPlan,
+}
+
+impl Runner for Guided<'_> {
+    fn run(&mut self, prompt: &[u32], n: usize) -> Result<Timing> {
+        use earguard_model::chat::{ChatMessage, ContentSpecials};
+        use earguard_model::generate::{GenerateRequest, SamplingParams};
+        let sc = self
+            .defense
+            .safecode()
+            .context("a guided runner needs SafeCoDe")?;
+        let text = self.model.tokenizer.decode(prompt, true)?;
+        let request = vec![ChatMessage::user(&text)];
+        let messages = self.defense.rewrite(request.clone());
+        let audio = earguard_model::AudioCache::new();
+        let encoded = self
+            .model
+            .encode_prompt(&messages, ContentSpecials::Literal, &audio)?;
+        let input = earguard_steer::defense::safecode::GuidedInput {
+            request: &request,
+            messages: &messages,
+            prompt: &encoded,
+            seed: 0,
+        };
+        // No stop token: exactly n tokens, as the other runners decode.
+        let generate = GenerateRequest {
+            max_tokens: n,
+            sampling: SamplingParams::greedy(),
+            stop_tokens: &[],
+            pad_token: self.model.tokenizer.pad_id(),
+        };
+        let t0 = Instant::now();
+        let mut first: Option<f64> = None;
+        sc.generate(
+            self.model,
+            std::slice::from_ref(&input),
+            ContentSpecials::Literal,
+            &self.plan,
+            &generate,
+            &audio,
+            |_, _| {
+                first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+            },
+        )?;
+        let total = t0.elapsed().as_secs_f64();
+        let prefill_s = first.unwrap_or(total);
+        Ok(Timing {
+            prefill_s,
+            decode_s: total - prefill_s,
+        })
+    }
+}
+
 enum StockModel {
     Qwen2(candle_transformers::models::quantized_qwen2::ModelWeights),
     Llama(candle_transformers::models::quantized_llama::ModelWeights),
@@ -185,21 +244,6 @@ impl Runner for StockRunner {
 }
 
 fn decode(args: DecodeArgs) -> Result<()> {
-    // The runners time plans on plain decoding; SafeCoDe decodes differently (guided steps
-    // beside a corrupted companion), and timing its empty plan would report plain decoding.
-    for spec in &args.defenses {
-        let parsed: earguard_steer::defense::DefenseSpec = spec.parse()?;
-        if parsed
-            .parts
-            .iter()
-            .any(|p| p.kind == earguard_steer::defense::DefenseKind::Safecode)
-        {
-            bail!(
-                "bench decode does not time SafeCoDe's guided decoding yet ({spec}); time it \
-                 with `eval --defense safecode` and compare the runs' seconds"
-            );
-        }
-    }
     let model = crate::args::load_model(&args.model, args.json)?;
     if model.info.format != "gguf" {
         bail!("bench decode compares against candle's stock quantized models: give a GGUF model");
@@ -272,20 +316,24 @@ fn decode(args: DecodeArgs) -> Result<()> {
             }),
         ));
     }
-    if let Some(m) = &adapted {
-        runners.push((
-            "adapter".into(),
-            Box::new(Ours {
-                model: m,
-                plan: InterventionPlan::new(),
-            }),
-        ));
-    }
     for spec in &args.defenses {
         let parsed: earguard_steer::defense::DefenseSpec = spec.parse()?;
         let defense = earguard_steer::defense::build(&parsed, &model, false)?;
         // CAST's condition is a gate inside the timed forward passes, not a separate probe.
         let plan = defense.plan()?;
+        if defense.safecode().is_some() {
+            // SafeCoDe decodes differently: its verdict, a corrupted companion prefilled beside
+            // the prompt, guided steps. Timed whole, on the prompt as a chat message.
+            runners.push((
+                spec.clone(),
+                Box::new(Guided {
+                    model: &model,
+                    defense,
+                    plan,
+                }),
+            ));
+            continue;
+        }
         runners.push((
             spec.clone(),
             Box::new(Ours {
@@ -327,7 +375,12 @@ fn decode(args: DecodeArgs) -> Result<()> {
     let defenses: Vec<serde_json::Value> = runners[3..]
         .iter()
         .zip(&best[3..])
-        .map(|((name, _), t)| json!({"defense": name, "decode_tok_s": tok_s(args.tokens, t.decode_s), "time_vs_no_defense": t.decode_s / ours.decode_s}))
+        .map(|((name, _), t)| {
+            json!({"defense": name, "decode_tok_s": tok_s(args.tokens, t.decode_s),
+                "time_vs_no_defense": t.decode_s / ours.decode_s,
+                "prefill_vs_no_defense": t.prefill_s / ours.prefill_s,
+                "total_vs_no_defense": (t.prefill_s + t.decode_s) / (ours.prefill_s + ours.decode_s)})
+        })
         .collect();
     let report = json!({
         "model": model.info.name,
@@ -367,9 +420,12 @@ fn decode(args: DecodeArgs) -> Result<()> {
     }
     for ((name, _), t) in runners[3..].iter().zip(&best[3..]) {
         println!(
-            "defense {name}: decode {:.2} tok/s, time vs no defense {:.3}",
+            "defense {name}: decode {:.2} tok/s; time vs no defense: decode {:.3}, prefill {:.3}, \
+             total {:.3}",
             tok_s(args.tokens, t.decode_s),
-            t.decode_s / ours.decode_s
+            t.decode_s / ours.decode_s,
+            t.prefill_s / ours.prefill_s,
+            (t.prefill_s + t.decode_s) / (ours.prefill_s + ours.decode_s)
         );
     }
     println!(

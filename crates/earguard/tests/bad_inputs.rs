@@ -428,18 +428,3 @@ fn tts_with_two_voices_feeds_eval() {
     assert_eq!(left, 0, "nothing rendered or left behind");
     std::fs::remove_dir_all(&dir).unwrap();
 }
-
-/// `bench decode` refuses SafeCoDe (it would time plain decoding under its name), before
-/// loading anything.
-#[test]
-fn bench_decode_refuses_safecode() {
-    let err = fails(bin().args([
-        "bench",
-        "decode",
-        "--model",
-        "no-such-model",
-        "--defense",
-        "safecode",
-    ]));
-    assert!(err.contains("SafeCoDe"), "{err}");
-}

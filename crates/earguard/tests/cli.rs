@@ -1112,3 +1112,39 @@ fn judge_rejudges_a_finished_run_in_place() {
     assert!(jsonl(&results)[0]["verdicts"]["substring:extended"].is_object());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bench_decode_times_safecode_guided_decoding() {
+    let Some(model) = real_model("smollm2-135m-instruct") else {
+        return;
+    };
+    let out = ok(bin().args([
+        "-q",
+        "bench",
+        "decode",
+        "--model",
+        &model,
+        "--tokens",
+        "3",
+        "--prompt-tokens",
+        "12",
+        "--repeats",
+        "1",
+        "--defense",
+        "safecode",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = &v["defenses"][0];
+    assert_eq!(row["defense"], "safecode");
+    // Ratios only (no timing assertions): each is a finite, positive number.
+    for k in [
+        "decode_tok_s",
+        "time_vs_no_defense",
+        "prefill_vs_no_defense",
+        "total_vs_no_defense",
+    ] {
+        let x = row[k].as_f64().unwrap_or(f64::NAN);
+        assert!(x.is_finite() && x > 0.0, "{k} = {x}: {out}");
+    }
+}
