@@ -173,6 +173,12 @@ pub struct TranscribeArgs {
     pub data: Option<PathBuf>,
     /// Audio files to transcribe (one JSON line each).
     pub audio: Vec<PathBuf>,
+    /// With --data: also write the manifest as a text prompt set whose items read their greedy
+    /// transcripts (`text`; the spoken text kept as `reference`): what the model would do
+    /// with the head's hard transcript as text (`eval --mode text-only --data FILE`), to tell
+    /// misrecognition from the modality itself.
+    #[arg(long, requires = "data")]
+    pub as_text: Option<PathBuf>,
 }
 
 /// A Whisper encoder from a CTranslate2 or HF directory (a CTranslate2 model is converted once
@@ -415,6 +421,7 @@ fn transcribe(a: TranscribeArgs) -> Result<()> {
     let set = PromptSet::read(data, &ReadOptions::default())?;
     let mut by_voice: std::collections::BTreeMap<String, Vec<(String, String)>> =
         Default::default();
+    let mut as_text = String::new();
     let bar = earguard_data::progress::bar(Some("transcribe"), "clips", set.items.len() as u64);
     for item in &set.items {
         let audio = item
@@ -422,13 +429,25 @@ fn transcribe(a: TranscribeArgs) -> Result<()> {
             .as_ref()
             .with_context(|| format!("{}: item {} has no audio", data.display(), item.id))?;
         let voice = item.voice.clone().unwrap_or_else(|| "default".into());
+        let heard = text_of(audio)?;
+        if a.as_text.is_some() {
+            let mut row = serde_json::to_value(item)?;
+            row["reference"] = row["text"].take();
+            row["text"] = heard.clone().into();
+            row["audio"] = serde_json::Value::Null;
+            as_text.push_str(&format!("{row}\n"));
+        }
         by_voice
             .entry(voice)
             .or_default()
-            .push((item.text.clone(), text_of(audio)?));
+            .push((item.text.clone(), heard));
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let Some(path) = &a.as_text {
+        earguard_data::atomic::write(path, as_text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let wer = |pairs: &[(String, String)]| {
         earguard_data::wer::wer(pairs.iter().map(|(r, h)| (r.as_str(), h.as_str())))
     };

@@ -210,11 +210,32 @@ fn the_committed_head_transcribes_held_out_speech() {
         .arg(&whisper)
         .arg("-o")
         .arg(&model));
+    let heard = dir.join("heard.jsonl");
     let out = ok(bin()
         .args(["-q", "speech", "transcribe", "-m"])
         .arg(&model)
         .arg("--data")
-        .arg(dir.join("spoken/val12.jsonl")));
+        .arg(dir.join("spoken/val12.jsonl"))
+        .arg("--as-text")
+        .arg(&heard));
+    // The transcripts as a text prompt set: each item reads what the head heard, with the
+    // spoken text kept as its reference.
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&heard)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 12);
+    let spoken = std::fs::read_to_string(&set).unwrap();
+    for r in &rows {
+        assert!(r["audio"].is_null(), "{r}");
+        let reference = r["reference"].as_str().unwrap();
+        assert!(
+            spoken.contains(&serde_json::to_string(reference).unwrap()),
+            "{r}"
+        );
+    }
+    assert!(rows.iter().filter(|r| r["text"] != r["reference"]).count() > 0);
     let all: serde_json::Value = out
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
