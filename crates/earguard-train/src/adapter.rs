@@ -450,19 +450,54 @@ pub fn merge(base_dir: &Path, adapter_dir: &Path, out_dir: &Path) -> Result<Merg
         .collect();
     let files = earguard_model::weights::safetensor_files(base_dir)
         .map_err(|e| TrainError::file(base_dir, e.to_string()))?;
+    // Written beside `out_dir` and renamed into place at the end: a failed merge leaves no
+    // directory that could be taken for a model (or block the next try).
+    let name = out_dir
+        .file_name()
+        .ok_or_else(|| TrainError::file(out_dir, "the output needs a directory name"))?;
+    let final_dir = out_dir;
+    let tmp = out_dir.with_file_name(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = merge_into(&files, base_dir, &tmp, &mut wanted, scale);
+    match result {
+        Ok(summary) => {
+            std::fs::rename(&tmp, final_dir).map_err(|e| TrainError::file(final_dir, e))?;
+            Ok(summary)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn merge_into(
+    files: &[std::path::PathBuf],
+    base_dir: &Path,
+    out_dir: &Path,
+    wanted: &mut HashMap<String, &AdapterItem>,
+    scale: f64,
+) -> Result<MergeSummary> {
     std::fs::create_dir_all(out_dir).map_err(|e| TrainError::file(out_dir, e))?;
     let mut summary = MergeSummary {
         merged: 0,
         tensors: 0,
         copied: Vec::new(),
     };
-    for file in &files {
+    for file in files {
         let mut tensors = candle_core::safetensors::load(file, &Device::Cpu)
             .map_err(|e| TrainError::file(file, format!("cannot read: {e}")))?;
         for (name, t) in tensors.iter_mut() {
+            // The decoder's weights only: `model.layers.…` (Qwen2) or
+            // `language_model.model.layers.…` (Qwen2-Audio), never the audio tower's layers.
             let Some(suffix) = name
-                .find("layers.")
-                .map(|i| &name[i..])
+                .strip_prefix("language_model.")
+                .unwrap_or(name)
+                .strip_prefix("model.")
                 .filter(|s| wanted.contains_key(*s))
             else {
                 continue;

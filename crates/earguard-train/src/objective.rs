@@ -108,6 +108,31 @@ pub struct ResponseTokens {
     pub samples: Vec<Sample<Completion>>,
 }
 
+impl ResponseTokens {
+    /// sha256 (hex) of every sample's prompt ids and target tokens, in order: the same for the
+    /// same training set, so a resumed run can check it trains on what it started on (the
+    /// targets are generated anew at each start).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut put = |ids: &[u32]| {
+            h.update((ids.len() as u64).to_le_bytes());
+            for id in ids {
+                h.update(id.to_le_bytes());
+            }
+        };
+        for s in &self.samples {
+            put(&[s.variants.len() as u32, s.target.max_prefill as u32]);
+            for v in &s.variants {
+                put(&v.ids);
+            }
+            put(&s.target.prefill);
+            put(&s.target.response);
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 impl Objective for ResponseTokens {
     fn len(&self) -> usize {
         self.samples.len()

@@ -216,7 +216,65 @@ fn a_merged_checkpoint_gives_the_adapted_logits() {
     let dest = std::env::temp_dir().join(format!("earguard-merge-bad-{}", std::process::id()));
     let err = earguard_train::merge(&base, &wrong, &dest).unwrap_err();
     assert!(err.to_string().contains("layers.9."), "{err}");
+    assert!(!dest.exists(), "a failed merge leaves no directory");
+    let parent = dest.parent().unwrap();
+    let stray = std::fs::read_dir(parent)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .contains("earguard-merge-bad")
+        });
+    assert!(!stray, "nor a partial one");
     for d in [out, wrong, dest] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+#[test]
+fn merging_into_qwen2_audio_changes_its_language_model_only() {
+    // Qwen2-Audio's audio tower has layers with q/k/v/o projections too (`audio_tower.layers.…`):
+    // an adapter of the decoder must land on `language_model.model.layers.…` alone.
+    let base = here("../earguard-model/tests/fixtures/hf/tiny-qwen2-audio");
+    let model = earguard_model::load(base.to_str().unwrap()).unwrap();
+    let cfg = earguard_train::LoraConfig {
+        rank: 2,
+        alpha: 2.0,
+        dropout: 0.0,
+        targets: Proj::ALL.to_vec(),
+        layers: None,
+        rslora: false,
+    };
+    let adapter = Adapter::init(&model.decoder, cfg, 1).unwrap();
+    for it in &adapter.items {
+        let b = Tensor::randn(0f32, 0.5, it.b.dims(), &Device::Cpu).unwrap();
+        it.b.set(&b).unwrap();
+    }
+    let tmp = std::env::temp_dir().join(format!("earguard-merge-audio-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let adir = tmp.join("adapter");
+    adapter.save_peft(&adir, "tiny-qwen2-audio").unwrap();
+    let out = tmp.join("merged");
+    let s = earguard_train::merge(&base, &adir, &out).unwrap();
+    assert_eq!(s.merged, adapter.items.len());
+    let before =
+        candle_core::safetensors::load(base.join("model.safetensors"), &Device::Cpu).unwrap();
+    let after =
+        candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut changed = 0;
+    for (k, t) in &before {
+        let d = max_diff(
+            &t.to_dtype(DType::F32).unwrap(),
+            &after[k].to_dtype(DType::F32).unwrap(),
+        );
+        if k.starts_with("audio_tower.") {
+            assert_eq!(d, 0.0, "{k} changed");
+        } else if d > 0.0 {
+            assert!(k.starts_with("language_model.model.layers."), "{k} changed");
+            changed += 1;
+        }
+    }
+    assert_eq!(changed, adapter.items.len());
+    let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -191,4 +191,21 @@ fn each_baseline_builds_the_targets_the_paper_prescribes() {
         assert_eq!((&c.prefill, c.max_prefill, &c.response), (a, 4, r));
     }
     assert_eq!(t[0], Completion::tokens(answers_t[0].clone()));
+
+    // A harmful sample the judge drops leaves the others aligned with their own answers.
+    let first = m.tokenizer.decode(&refusals[0], true).unwrap();
+    let judge_all_but_first = |r: &str| r != first && refusal_texts.contains(r);
+    let (obj, s) = build_sft(
+        &p,
+        SftMethod::Deep,
+        &inputs(Some(&none)),
+        &judge_all_but_first,
+    )
+    .unwrap();
+    assert_eq!((s.harmful_samples, s.harmful_without_refusal), (1, 1));
+    let kept = &targets(&obj)[2];
+    assert_eq!(
+        (&kept.prefill, &kept.response),
+        (&attacked[1], &refusals[1])
+    );
 }

@@ -80,6 +80,15 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
 struct Timing {
     prefill_s: f64,
     decode_s: f64,
+    /// Tokens decoded in `decode_s` (the requested count, except for SafeCoDe: see [`Guided`]).
+    decoded: usize,
+}
+
+impl Timing {
+    /// Decoding seconds per token.
+    fn per_token(&self) -> f64 {
+        self.decode_s / self.decoded.max(1) as f64
+    }
 }
 
 trait Runner {
@@ -114,6 +123,7 @@ impl Runner for Ours<'_> {
         Ok(Timing {
             prefill_s,
             decode_s: t1.elapsed().as_secs_f64(),
+            decoded: n,
         })
     }
 }
@@ -157,6 +167,7 @@ impl Runner for Guided<'_> {
         };
         let t0 = Instant::now();
         let mut first: Option<f64> = None;
+        let mut count = 0usize;
         sc.generate(
             self.model,
             std::slice::from_ref(&input),
@@ -166,13 +177,22 @@ impl Runner for Guided<'_> {
             &audio,
             |_, _| {
                 first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+                count += 1;
             },
         )?;
         let total = t0.elapsed().as_secs_f64();
         let prefill_s = first.unwrap_or(total);
+        // The first token came inside "prefill"; a verdict may also cap the answer below n.
+        if count < 2 {
+            bail!(
+                "SafeCoDe answered in {count} token(s): too few to time its decoding (raise \
+                 --tokens, or its verdict capped the answer)"
+            );
+        }
         Ok(Timing {
             prefill_s,
             decode_s: total - prefill_s,
+            decoded: count - 1,
         })
     }
 }
@@ -239,6 +259,7 @@ impl Runner for StockRunner {
         Ok(Timing {
             prefill_s,
             decode_s: t1.elapsed().as_secs_f64(),
+            decoded: n,
         })
     }
 }
@@ -359,7 +380,7 @@ fn decode(args: DecodeArgs) -> Result<()> {
                 None => t,
                 Some(b) => Timing {
                     prefill_s: b.prefill_s.min(t.prefill_s),
-                    decode_s: b.decode_s.min(t.decode_s),
+                    ..if t.per_token() < b.per_token() { t } else { b }
                 },
             });
             progress.inc(1);
@@ -367,6 +388,8 @@ fn decode(args: DecodeArgs) -> Result<()> {
     }
     progress.finish_and_clear();
     let tok_s = |n: usize, s: f64| n as f64 / s.max(1e-12);
+    // Decoding compared per token (SafeCoDe's runs decode fewer tokens in their timed part).
+    let dec_tok_s = |t: &Timing| 1.0 / t.per_token().max(1e-12);
     let best: Vec<Timing> = best
         .into_iter()
         .map(|t| t.context("variant was not measured"))
@@ -376,8 +399,8 @@ fn decode(args: DecodeArgs) -> Result<()> {
         .iter()
         .zip(&best[3..])
         .map(|((name, _), t)| {
-            json!({"defense": name, "decode_tok_s": tok_s(args.tokens, t.decode_s),
-                "time_vs_no_defense": t.decode_s / ours.decode_s,
+            json!({"defense": name, "decode_tok_s": dec_tok_s(t),
+                "time_vs_no_defense": t.per_token() / ours.per_token(),
                 "prefill_vs_no_defense": t.prefill_s / ours.prefill_s,
                 "total_vs_no_defense": (t.prefill_s + t.decode_s) / (ours.prefill_s + ours.decode_s)})
         })
@@ -387,9 +410,9 @@ fn decode(args: DecodeArgs) -> Result<()> {
         "threads": candle_core::utils::get_num_threads(),
         "prompt_tokens": prompt.len(),
         "decode_tokens": args.tokens,
-        "ours_decode_tok_s": tok_s(args.tokens, ours.decode_s),
-        "steered_decode_tok_s": tok_s(args.tokens, steered.decode_s),
-        "stock_decode_tok_s": tok_s(args.tokens, stock.decode_s),
+        "ours_decode_tok_s": dec_tok_s(&ours),
+        "steered_decode_tok_s": dec_tok_s(&steered),
+        "stock_decode_tok_s": dec_tok_s(&stock),
         "ours_prefill_tok_s": tok_s(prompt.len(), ours.prefill_s),
         "steered_prefill_tok_s": tok_s(prompt.len(), steered.prefill_s),
         "stock_prefill_tok_s": tok_s(prompt.len(), stock.prefill_s),
@@ -414,7 +437,7 @@ fn decode(args: DecodeArgs) -> Result<()> {
     for (name, t) in [("ours", ours), ("steered", steered), ("stock", stock)] {
         println!(
             "{name:<10} {:>14.2} {:>15.1}",
-            tok_s(args.tokens, t.decode_s),
+            dec_tok_s(&t),
             tok_s(prompt.len(), t.prefill_s)
         );
     }
@@ -422,8 +445,8 @@ fn decode(args: DecodeArgs) -> Result<()> {
         println!(
             "defense {name}: decode {:.2} tok/s; time vs no defense: decode {:.3}, prefill {:.3}, \
              total {:.3}",
-            tok_s(args.tokens, t.decode_s),
-            t.decode_s / ours.decode_s,
+            dec_tok_s(t),
+            t.per_token() / ours.per_token(),
             t.prefill_s / ours.prefill_s,
             (t.prefill_s + t.decode_s) / (ours.prefill_s + ours.decode_s)
         );

@@ -430,7 +430,14 @@ fn transcribe(a: TranscribeArgs) -> Result<()> {
             .with_context(|| format!("{}: item {} has no audio", data.display(), item.id))?;
         let voice = item.voice.clone().unwrap_or_else(|| "default".into());
         let heard = text_of(audio)?;
-        if a.as_text.is_some() {
+        if a.as_text.is_some() && heard.trim().is_empty() {
+            // A prompt set has no empty texts: the clip is left out of the text set, said.
+            tracing::warn!(
+                "{}: nothing was heard in item {}; left out of --as-text",
+                data.display(),
+                item.id
+            );
+        } else if a.as_text.is_some() {
             let mut row = serde_json::to_value(item)?;
             row["reference"] = row["text"].take();
             row["text"] = heard.clone().into();

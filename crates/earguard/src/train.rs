@@ -296,6 +296,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "attack": args.attack,
         "response_tokens": args.method.sft().filter(|m| !matches!(m, SftMethod::ShallowMirror | SftMethod::ShallowParallel)).map(|_| args.response_tokens),
         "max_prefill": matches!(args.method, Method::Deep).then_some(args.max_prefill),
+        "probe_pairs": args.probe_pairs,
         "mode": args.mode,
     });
     // Checked before the directory is claimed: a bad layer list leaves nothing behind.
@@ -344,7 +345,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     model.decoder = model.decoder.dequantized()?;
     let prompter = Prompter::new(&model);
     let (objective, summary): (Box<dyn Objective>, serde_json::Value) = match sft {
-        Some((obj, s)) => (Box::new(obj), serde_json::to_value(s)?),
+        Some((obj, s)) => {
+            same_targets(&args.out, obj.samples.len(), &obj.fingerprint())?;
+            (Box::new(obj), serde_json::to_value(s)?)
+        }
         None => {
             let (obj, s) = build_rrs(&prompter, &pairs, select)?;
             eprintln!(
@@ -459,6 +463,31 @@ pub fn merge(args: MergeArgs) -> Result<()> {
         s.copied.join(", ")
     );
     println!("{}", args.out.display());
+    Ok(())
+}
+
+/// SFT targets are the model's own replies, generated at every start: a resumed run must get
+/// the ones it started with (an edited attack vector, or a nondeterministic device, would
+/// otherwise change the data under its checkpoint). The first start records them.
+fn same_targets(out: &Path, samples: usize, sha256: &str) -> Result<()> {
+    let path = out.join("targets.json");
+    let now = json!({"samples": samples, "sha256": sha256});
+    if path.is_file() {
+        let old: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if old != now {
+            bail!(
+                "the training targets differ from those {} started with ({} samples, sha256 {} \
+                 now; {} before): the model, its replies or --attack changed; use a new --out",
+                out.display(),
+                samples,
+                &sha256[..12],
+                old
+            );
+        }
+        return Ok(());
+    }
+    write_json_atomic(&path, &now)?;
     Ok(())
 }
 

@@ -91,9 +91,16 @@ pub fn write(
         )?;
         md.push_str("![loss](loss.png)\n\n");
     }
-    let mut epochs: Vec<usize> = (0..)
-        .take_while(|&e| epoch_file(out, e).is_file())
-        .collect();
+    let mut epochs: Vec<usize> = match std::fs::read_dir(out.join(EPOCHS_DIR)) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".safetensors")?.parse().ok()
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     epochs.sort_unstable();
     if !epochs.is_empty() {
         md.push_str("| epoch | separation | ‖mean harmful − mean benign‖ |\n|---|---|---|\n");

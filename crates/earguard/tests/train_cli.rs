@@ -230,6 +230,19 @@ fn shallow_parallel_draws_unpaired_benign_and_self_generated_baselines_fail_clea
         serde_json::from_str(&std::fs::read_to_string(out.join("train.json")).unwrap()).unwrap();
     assert_eq!(report["targets"]["benign_samples"], 4);
     assert!(out.join("adapter_model.safetensors").is_file());
+    // The run recorded its targets; started again on other targets, it refuses to go on.
+    let recorded = out.join("targets.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&recorded).unwrap()).unwrap();
+    assert_eq!(t["samples"], 8);
+    t["sha256"] = "0".repeat(64).into();
+    std::fs::write(&recorded, t.to_string()).unwrap();
+    let e = fails(
+        train_cmd("shallow-parallel", &out, 2)
+            .arg("--benign")
+            .arg(&harmless),
+    );
+    assert!(e.contains("training targets differ"), "{e}");
     let _ = std::fs::remove_dir_all(&out);
 
     // The random model never refuses, so full SFT has no refusal to learn from: it says so
@@ -421,7 +434,7 @@ fn audio_text_training_runs_on_an_audio_model_and_refuses_what_it_cannot_do() {
             lines.push_str(&format!(
                 "{}\n",
                 serde_json::json!({"id": format!("{p}{label}"), "label": label,
-                    "pair_id": format!("p{p}"), "text": format!("question {p} {label}"),
+                    "pair_id": format!("p{p}"), "text": format!("question {p}"),
                     "audio": clip})
             ));
         }
@@ -459,8 +472,8 @@ fn audio_text_training_runs_on_an_audio_model_and_refuses_what_it_cannot_do() {
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["mode"], "audio-text");
     assert!(out.join("adapter_model.safetensors").is_file());
-    // Harmful and benign are spoken by different clips, so their representations differ:
-    // the probe heard the audio.
+    // Harmful and benign share their texts but are spoken by different clips, so their
+    // representations differ only if the probe heard the audio.
     let table = separation_table(&out);
     assert_eq!(table.len(), 4);
     assert!(table[0].1 > 0.0, "{table:?}");
