@@ -10,7 +10,8 @@
 #      (substring judge, greedy, 32 tokens), one eval run each under OUT/.
 # Usage: scripts/speech-eval.sh HEAD_DIR [OUT_DIR] [TAU]
 #   SPEECH (default out/speech-eval/speech): the spoken sets (harmless_val40.jsonl and
-#   advbench40.jsonl, audio manifests written by `earguard tts`).
+#   advbench40.jsonl, audio manifests written by `earguard tts`; rendered here when missing,
+#   from DATA, default ../shared/data).
 #   LLM (default qwen2.5-coder-1.5b-instruct): the head's LLM, which answers the text-only runs
 #   (a speech model's text path is its LLM alone); they are shared between heads and temperatures.
 # Every eval run resumes if started again.
@@ -26,10 +27,18 @@ MODEL="$OUT/model-tau$TAU"
 UNDERSTAND=(--max-tokens 48 --judge substring)   # longer answers to compare
 SAFETY=(--max-tokens 32 --judge substring)       # as the demo
 
-for f in harmless_val40.jsonl advbench40.jsonl; do
-  [ -f "$SPEECH/$f" ] || { echo "speech-eval: $SPEECH/$f is missing (render it with earguard tts)" >&2; exit 2; }
-done
 mkdir -p "$OUT"
+# The spoken sets, rendered once (espeak-ng, en-us, 160 wpm): the first 40 harmless_val
+# questions and the first 40 AdvBench mirror pairs (never trained on).
+DATA="${DATA:-../shared/data}"
+for pair in "harmless_val40 harmless_val.jsonl 40" "advbench40 advbench_mirror.jsonl 80"; do
+  set -- $pair
+  if [ ! -f "$SPEECH/$1.jsonl" ]; then
+    mkdir -p "$OUT/texts"
+    head -n "$3" "$DATA/$2" > "$OUT/texts/$1.jsonl"
+    "$BIN" -q tts --data "$OUT/texts/$1.jsonl" -o "$SPEECH"
+  fi
+done
 [ -d "$MODEL" ] || "$BIN" -q speech build --head "$HEAD" --temperature "$TAU" -o "$MODEL"
 
 echo "== ASR gate: greedy WER on spoken prompts not used in training"
