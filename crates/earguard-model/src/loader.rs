@@ -411,5 +411,6 @@ fn model_info(
         identity,
         audio_tower: None,
         speech: None,
+        adapter: None,
     }
 }

@@ -49,6 +49,21 @@ pub struct ModelInfo {
     /// What a speech model (a text LLM with a speech head) is built from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speech: Option<SpeechInfo>,
+    /// The sha256 of a LoRA adapter applied on top of the checkpoint (`--adapter`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<String>,
+}
+
+impl ModelInfo {
+    /// What a run's outputs depend on: the checkpoint's identity, plus the adapter's when one
+    /// is applied. Runs, captures and calibrations record this; a steering vector fitted on
+    /// the checkpoint alone still fits it with an adapter on top.
+    pub fn run_identity(&self) -> String {
+        match &self.adapter {
+            None => self.identity.clone(),
+            Some(sha) => format!("{}+lora:{sha}", self.identity),
+        }
+    }
 }
 
 pub struct Model {

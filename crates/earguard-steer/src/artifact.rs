@@ -164,13 +164,14 @@ impl VectorMeta {
         }
     }
 
-    /// [`VectorMeta::new`] with the model fields taken from `info`.
+    /// [`VectorMeta::new`] with the model fields taken from `info` (its run identity: a vector
+    /// fitted with an adapter on records it).
     pub fn for_model(method: &str, info: &ModelInfo, hook: HookKind) -> VectorMeta {
         VectorMeta::new(
             method,
             &info.name,
             info.architecture,
-            &info.identity,
+            &info.run_identity(),
             info.hidden_size,
             info.n_layers,
             hook,
@@ -501,7 +502,9 @@ impl SteeringVector {
                 info.n_layers
             )));
         }
-        if force || m.model_identity == info.identity {
+        // Fitted on this checkpoint (a LoRA adapter on top does not change that), or on this
+        // checkpoint with this very adapter.
+        if force || m.model_identity == info.identity || m.model_identity == info.run_identity() {
             return Ok(());
         }
         if m.model_identity.is_empty() {

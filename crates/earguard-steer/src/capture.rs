@@ -64,7 +64,7 @@ pub fn capture_last(model: &Model, inputs: &[Prompt], opts: &CaptureOptions) -> 
         n_inputs: inputs.len(),
         batch_size,
         inputs_sha256: hash_inputs(inputs)?,
-        model_identity: model.info.identity.clone(),
+        model_identity: model.info.run_identity(),
         n_layers: cfg.n_layers,
         hidden_size: cfg.hidden_size,
     };

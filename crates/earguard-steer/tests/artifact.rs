@@ -56,6 +56,7 @@ fn info(name: &str, hidden: usize, layers: usize, identity: &str) -> ModelInfo {
         identity: identity.into(),
         audio_tower: None,
         speech: None,
+        adapter: None,
     }
 }
 

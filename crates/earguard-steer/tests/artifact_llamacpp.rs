@@ -73,6 +73,7 @@ fn info(hidden: usize, layers: usize, identity: &str) -> ModelInfo {
         identity: identity.into(),
         audio_tower: None,
         speech: None,
+        adapter: None,
     }
 }
 

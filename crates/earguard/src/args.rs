@@ -69,7 +69,7 @@ pub struct AdapterArg {
 
 impl AdapterArg {
     /// Put the adapter on `model` (if one was given); its name then says so in reports, and its
-    /// identity covers the adapter's files.
+    /// run identity ([`earguard_model::ModelInfo::run_identity`]) covers the adapter's files.
     pub fn apply(&self, model: &mut Model) -> Result<()> {
         let Some(dir) = &self.adapter else {
             return Ok(());
@@ -84,8 +84,7 @@ impl AdapterArg {
             cfg.targets.len()
         );
         // The identity runs record (and resume by) covers the adapter's content.
-        let sha = earguard_train::adapter_sha256(dir)?;
-        model.info.identity = format!("{}+lora:{sha}", model.info.identity);
+        model.info.adapter = Some(earguard_train::adapter_sha256(dir)?);
         model.info.name = format!("{}+lora:{}", model.info.name, dir.display());
         Ok(())
     }

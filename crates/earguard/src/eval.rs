@@ -202,7 +202,7 @@ pub fn evaluate(
     let defense = defense::build(&spec, model, s.force)?;
     let config = RunConfig {
         model: model.info.name.clone(),
-        model_identity: model.info.identity.clone(),
+        model_identity: model.info.run_identity(),
         data: prepared.data.clone(),
         defense: spec.to_string(),
         mode: s.mode,

@@ -340,7 +340,7 @@ fn fit_safecode(
     let fitted = fit_threshold(h, b)?;
     let cal = Calibration {
         model: setup.model.info.name.clone(),
-        model_identity: setup.model.info.identity.clone(),
+        model_identity: setup.model.info.run_identity(),
         spec: spec.to_string(),
         mode: common.mode.to_string(),
         training_sets: setup.training_sets.clone(),

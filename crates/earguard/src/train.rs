@@ -285,7 +285,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let config = json!({
         "method": args.method.name(),
         "model": args.model,
-        "model_identity": model.info.identity,
+        "model_identity": model.info.run_identity(),
         "data": args.data,
         "data_sha256": set.sha256,
         "pairs": pairs.len(),

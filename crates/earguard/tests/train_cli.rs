@@ -3,7 +3,7 @@
 //! with the same adapter bytes as an uninterrupted run; bad arguments fail cleanly.
 
 mod common;
-use common::{fails, root, run, scratch, tiny_text_model};
+use common::{fails, ok, root, run, scratch, tiny_text_model};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -344,6 +344,52 @@ fn merge_adapter_writes_a_model_and_runs_record_the_adapter() {
     let identity = config["model_identity"].as_str().unwrap();
     assert!(identity.contains("+lora:"), "{identity}");
     fails(&mut eval(&with, None));
+
+    // A steering vector fitted on the checkpoint stacks on the checkpoint + adapter; one
+    // fitted with the adapter on is refused on the bare checkpoint (without --force).
+    let fit = |out: &Path, adapter: Option<&Path>| {
+        let mut c = bin();
+        c.args([
+            "-q",
+            "fit",
+            "refusal-direction",
+            "--model",
+            &tiny_text_model(),
+            "--data",
+        ])
+        .arg(mirror_set())
+        .arg("-o")
+        .arg(out);
+        if let Some(a) = adapter {
+            c.arg("--adapter").arg(a);
+        }
+        c
+    };
+    let generate_with = |vec: &Path, adapter: Option<&Path>| {
+        let mut c = bin();
+        c.args([
+            "-q",
+            "generate",
+            "--max-tokens",
+            "2",
+            "--model",
+            &tiny_text_model(),
+        ])
+        .args(["--prompt", "Hi"])
+        .arg("--defense")
+        .arg(format!("actadd={}", vec.display()));
+        if let Some(a) = adapter {
+            c.arg("--adapter").arg(a);
+        }
+        c
+    };
+    let (plain, adapted) = (dir.join("rd"), dir.join("rd-lora"));
+    ok(&mut fit(&plain, None));
+    ok(&mut fit(&adapted, Some(&adapter)));
+    ok(&mut generate_with(&plain, Some(&adapter)));
+    ok(&mut generate_with(&adapted, Some(&adapter)));
+    let e = fails(&mut generate_with(&adapted, None));
+    assert!(e.contains("different checkpoint"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

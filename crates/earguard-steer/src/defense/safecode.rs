@@ -336,7 +336,8 @@ impl SafeCode {
             None => None,
             Some(dir) => {
                 let c = super::calibration::Calibration::load(std::path::Path::new(dir))?;
-                if c.model_identity != model.info.identity && !force {
+                // Its threshold is on this model's own scores, adapter included.
+                if c.model_identity != model.info.run_identity() && !force {
                     return Err(SteerError::Incompatible(format!(
                         "safecode: {dir} was calibrated on {} (identity {}), not {}; re-run earguard fit safecode, or --force",
                         c.model,
