@@ -37,15 +37,21 @@ fn present(path: &Path, var: &str) -> bool {
     false
 }
 
+/// Whisper-base and the LLM `llm` from the models directory, or None (skipped, said) when one
+/// is missing and not required.
+fn real_parts(llm: &str) -> Option<(PathBuf, PathBuf)> {
+    let whisper = models().join("whisper-base");
+    let llm = models().join(llm);
+    (present(&whisper.join("model.bin"), "EARGUARD_REQUIRE_WHISPER")
+        && present(&llm, "EARGUARD_REQUIRE_MODELS"))
+    .then_some((whisper, llm))
+}
+
 #[test]
 fn speech_head_prepare_resume_train_build() {
-    let whisper = models().join("whisper-base");
-    let llm = models().join("smollm2-135m-instruct");
-    if !present(&whisper.join("model.bin"), "EARGUARD_REQUIRE_WHISPER")
-        || !present(&llm, "EARGUARD_REQUIRE_MODELS")
-    {
+    let Some((whisper, llm)) = real_parts("smollm2-135m-instruct") else {
         return;
-    }
+    };
     let dir = scratch("speech-cli");
     // 40 texts of the speech corpus (training text, never an evaluation set).
     let corpus = root().join("../shared/data/speech_corpus.jsonl");
@@ -177,13 +183,9 @@ fn speech_head_prepare_resume_train_build() {
 /// greedy WER near the one measured when it was trained (0.27 on 40 such prompts).
 #[test]
 fn the_committed_head_transcribes_held_out_speech() {
-    let whisper = models().join("whisper-base");
-    let llm = models().join("qwen2.5-1.5b-instruct");
-    if !present(&whisper.join("model.bin"), "EARGUARD_REQUIRE_WHISPER")
-        || !present(&llm, "EARGUARD_REQUIRE_MODELS")
-    {
+    let Some((whisper, llm)) = real_parts("qwen2.5-1.5b-instruct") else {
         return;
-    }
+    };
     let dir = scratch("committed-head");
     // harmless_val items 41–52: never trained on, and not the 40 the README's figures use.
     let texts: String = std::fs::read_to_string(root().join("../shared/data/harmless_val.jsonl"))

@@ -13,6 +13,11 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_earguard"))
 }
 
+/// A JSON file a run wrote.
+fn read_json(path: impl AsRef<Path>) -> serde_json::Value {
+    read_json(path)
+}
+
 fn mirror_set() -> PathBuf {
     root().join("crates/earguard-train/tests/fixtures/mirror.jsonl")
 }
@@ -86,9 +91,7 @@ fn rrs_and_shallow_mirror_write_adapters_generate_applies() {
         ] {
             assert!(out.join(f).is_file(), "{method}: missing {f}");
         }
-        let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("train.json")).unwrap())
-                .unwrap();
+        let report: serde_json::Value = read_json(out.join("train.json"));
         let losses: Vec<f64> = report["losses"]
             .as_array()
             .unwrap()
@@ -114,13 +117,8 @@ fn rrs_and_shallow_mirror_write_adapters_generate_applies() {
         ] {
             assert!(out.join(f).is_file(), "{method}: missing {f}");
         }
-        let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-        let gaps: Vec<f64> = md
-            .lines()
-            .filter(|l| l.starts_with("| ") && !l.starts_with("| epoch"))
-            .map(|l| l.split('|').nth(3).unwrap().trim().parse().unwrap())
-            .collect();
-        assert_eq!(gaps.len(), 5, "{md}");
+        let gaps: Vec<f64> = separation_table(&out).iter().map(|r| r.1).collect();
+        assert_eq!(gaps.len(), 5, "{gaps:?}");
         if method == "rrs" {
             let rrs = &report["targets"];
             let base = rrs["base_gap"].as_f64().unwrap();
@@ -135,9 +133,7 @@ fn rrs_and_shallow_mirror_write_adapters_generate_applies() {
             assert!(kept > 0 && kept < 64, "kept {kept} of 64 features");
             assert!(rrs["refusal_logit_gain"].as_f64().unwrap() > 0.0);
         }
-        let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
-                .unwrap();
+        let config: serde_json::Value = read_json(out.join("config.json"));
         assert_eq!(config["lora"]["rank"], 4);
         assert_eq!(config["train"]["epochs"], 4);
         // The adapter loads and moves the model.
@@ -175,8 +171,7 @@ fn kill_dash_nine_then_resume_gives_the_uninterrupted_adapter() {
     );
     let o = run(&mut train_cmd("rrs", &killed, epochs));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(killed.join("train.json")).unwrap()).unwrap();
+    let report: serde_json::Value = read_json(killed.join("train.json"));
     assert!(report["resumed_from"].as_u64().is_some(), "{report}");
     let a = std::fs::read(whole.join("adapter_model.safetensors")).unwrap();
     let b = std::fs::read(killed.join("adapter_model.safetensors")).unwrap();
@@ -223,17 +218,14 @@ fn shallow_parallel_draws_unpaired_benign_and_self_generated_baselines_fail_clea
         .arg("--benign")
         .arg(&harmless));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value = read_json(out.join("config.json"));
     assert_eq!(config["method"], "shallow-parallel");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("train.json")).unwrap()).unwrap();
+    let report: serde_json::Value = read_json(out.join("train.json"));
     assert_eq!(report["targets"]["benign_samples"], 4);
     assert!(out.join("adapter_model.safetensors").is_file());
     // The run recorded its targets; started again on other targets, it refuses to go on.
     let recorded = out.join("targets.json");
-    let mut t: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&recorded).unwrap()).unwrap();
+    let mut t: serde_json::Value = read_json(&recorded);
     assert_eq!(t["samples"], 8);
     t["sha256"] = "0".repeat(64).into();
     std::fs::write(&recorded, t.to_string()).unwrap();
@@ -339,8 +331,7 @@ fn merge_adapter_writes_a_model_and_runs_record_the_adapter() {
     let with = dir.join("with");
     let o = run(&mut eval(&with, Some(&adapter)));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(with.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value = read_json(with.join("config.json"));
     let identity = config["model_identity"].as_str().unwrap();
     assert!(identity.contains("+lora:"), "{identity}");
     fails(&mut eval(&with, None));
@@ -443,8 +434,7 @@ fn rrs_draws_harmful_and_benign_apart_to_its_targets() {
             "100",
         ]));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("train.json")).unwrap()).unwrap();
+    let report: serde_json::Value = read_json(out.join("train.json"));
     let target = report["targets"]["target_gap"].as_f64().unwrap();
     let table = separation_table(&out);
     assert_eq!(table.len(), 41);
@@ -514,8 +504,7 @@ fn audio_text_training_runs_on_an_audio_model_and_refuses_what_it_cannot_do() {
         &out,
     ));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value = read_json(out.join("config.json"));
     assert_eq!(config["mode"], "audio-text");
     assert!(out.join("adapter_model.safetensors").is_file());
     // Harmful and benign share their texts but are spoken by different clips, so their
