@@ -15,7 +15,7 @@ fn bin() -> Command {
 
 /// A JSON file a run wrote.
 fn read_json(path: impl AsRef<Path>) -> serde_json::Value {
-    read_json(path)
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn mirror_set() -> PathBuf {
