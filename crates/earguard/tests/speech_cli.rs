@@ -39,9 +39,18 @@ fn present(path: &Path, var: &str) -> bool {
 
 /// Whisper-base and the LLM `llm` from the models directory, or None (skipped, said) when one
 /// is missing and not required.
+/// An LLM installed under its former short name (fetch-models.sh keeps such an install) is
+/// found too.
 fn real_parts(llm: &str) -> Option<(PathBuf, PathBuf)> {
     let whisper = models().join("whisper-base");
-    let llm = models().join(llm);
+    let former = earguard_model::loader::ALIASES
+        .iter()
+        .find(|(_, now)| *now == llm)
+        .map(|(old, _)| models().join(old));
+    let llm = match former {
+        Some(old) if old.exists() && !models().join(llm).exists() => old,
+        _ => models().join(llm),
+    };
     (present(&whisper.join("model.bin"), "EARGUARD_REQUIRE_WHISPER")
         && present(&llm, "EARGUARD_REQUIRE_MODELS"))
     .then_some((whisper, llm))
@@ -183,7 +192,7 @@ fn speech_head_prepare_resume_train_build() {
 /// greedy WER near the one measured when it was trained (0.27 on 40 such prompts).
 #[test]
 fn the_committed_head_transcribes_held_out_speech() {
-    let Some((whisper, llm)) = real_parts("qwen2.5-1.5b-instruct") else {
+    let Some((whisper, llm)) = real_parts("qwen2.5-coder-1.5b-instruct") else {
         return;
     };
     let dir = scratch("committed-head");
