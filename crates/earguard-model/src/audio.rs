@@ -47,6 +47,23 @@ impl AudioFrontEnd {
         }
     }
 
+    /// Rows of a corrupted copy of a clip (`noised`, the same length as `clean`) that keep the
+    /// clean clip's row count, so a contrast between the two can share token ids. Qwen2-Audio's
+    /// count is fixed by the length already; a speech head's depends on what it hears, so its
+    /// noised posteriors are pooled over the clean clip's segments (see
+    /// [`SpeechTower::encode_on_segments_of`]).
+    pub fn encode_companion(
+        &self,
+        clean: &Tensor,
+        noised: &Tensor,
+        valid_frames: usize,
+    ) -> Result<Tensor> {
+        match self {
+            AudioFrontEnd::Qwen2Audio(t) => t.encode(noised, valid_frames),
+            AudioFrontEnd::Speech(t) => t.encode_on_segments_of(clean, noised, valid_frames),
+        }
+    }
+
     /// How many rows a clip of `valid_frames` mel frames gives, when that is known without
     /// encoding it (Qwen2-Audio: fixed by the length; a speech head: by what it hears).
     fn rows_for(&self, valid_frames: usize) -> Option<usize> {
@@ -163,7 +180,10 @@ impl AudioCache {
             }
         }
         let (features, valid) = featurise(tower, device, clip, self.noise, &key.sha256)?;
-        let rows = tower.encode(&features, valid)?;
+        let rows = match &features {
+            Features::Clean(x) => tower.encode(x, valid)?,
+            Features::Noised { clean, noised } => tower.encode_companion(clean, noised, valid)?,
+        };
         self.encoded.fetch_add(1, Ordering::Relaxed);
         let size = rows.elem_count() * rows.dtype().size_in_bytes();
         let mut e = self.lock();
@@ -206,25 +226,40 @@ impl AudioCache {
     }
 }
 
-/// Log-mel features `[n_mels, 3000]` of a clip (noised first when the cache says so) and its
-/// count of valid frames.
+/// A clip's log-mel features `[n_mels, 3000]`: the clean clip's, and for a noised cache also
+/// its corrupted copy's.
+enum Features {
+    Clean(Tensor),
+    Noised { clean: Tensor, noised: Tensor },
+}
+
+/// The log-mel features of a clip (and of its noised copy when the cache says so) and its
+/// count of valid frames (noise keeps the length).
 fn featurise(
     tower: &AudioFrontEnd,
     device: &Device,
     clip: &AudioRef,
     noise: Option<WaveformNoise>,
     sha256: &[u8; 32],
-) -> Result<(Tensor, usize)> {
-    let mut audio = earguard_audio::load_audio(&clip.path, &Default::default())?;
-    if let Some(n) = noise {
-        let mut clip_seed = [0u8; 8];
-        clip_seed.copy_from_slice(&sha256[..8]);
-        let seed = n.seed ^ u64::from_le_bytes(clip_seed);
-        audio.samples = earguard_audio::add_noise_snr(&audio.samples, n.snr_db, seed);
-    }
-    let features = earguard_audio::MelExtractor::new(tower.n_mels())?.extract(&audio)?;
-    let tensor = Tensor::from_vec(features.data, (features.n_mels, features.n_frames), device)?;
-    Ok((tensor, features.valid_frames))
+) -> Result<(Features, usize)> {
+    let audio = earguard_audio::load_audio(&clip.path, &Default::default())?;
+    let extractor = earguard_audio::MelExtractor::new(tower.n_mels())?;
+    let mel = |audio: &earguard_audio::Audio| -> Result<(Tensor, usize)> {
+        let f = extractor.extract(audio)?;
+        let t = Tensor::from_vec(f.data, (f.n_mels, f.n_frames), device)?;
+        Ok((t, f.valid_frames))
+    };
+    let (clean, valid) = mel(&audio)?;
+    let Some(n) = noise else {
+        return Ok((Features::Clean(clean), valid));
+    };
+    let mut clip_seed = [0u8; 8];
+    clip_seed.copy_from_slice(&sha256[..8]);
+    let seed = n.seed ^ u64::from_le_bytes(clip_seed);
+    let mut noisy = audio;
+    noisy.samples = earguard_audio::add_noise_snr(&noisy.samples, n.snr_db, seed);
+    let (noised, _) = mel(&noisy)?;
+    Ok((Features::Noised { clean, noised }, valid))
 }
 
 impl AudioCache {

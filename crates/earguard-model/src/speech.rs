@@ -590,20 +590,36 @@ impl SpeechTower {
     /// Pseudo-audio embeddings `[n, hidden]` of one clip's padded log-mel (see the module
     /// docs; n is 0 for a clip where every frame is blank).
     pub fn encode(&self, features: &Tensor, valid_frames: usize) -> Result<Tensor> {
+        let probs = self.posteriors(features, valid_frames)?;
+        self.pool(&probs, &segments(&probs)?)
+    }
+
+    /// Pseudo-audio embeddings of a corrupted copy of a clip (`noised`, the same length as
+    /// `clean`), pooled over the *clean* clip's segments: as many rows as [`Self::encode`]
+    /// gives for `clean`, each the noised posteriors' mean over the frames the clean clip's
+    /// row covers. A contrast between the two (SafeCoDe) then shares its token ids, and the
+    /// noise acts on what each row says, not on how many rows there are.
+    pub fn encode_on_segments_of(
+        &self,
+        clean: &Tensor,
+        noised: &Tensor,
+        valid_frames: usize,
+    ) -> Result<Tensor> {
+        let runs = segments(&self.posteriors(clean, valid_frames)?)?;
+        self.pool(&self.posteriors(noised, valid_frames)?, &runs)
+    }
+
+    /// Token-class posteriors `[out_frames, classes]` at the tower's temperature.
+    fn posteriors(&self, features: &Tensor, valid_frames: usize) -> Result<Tensor> {
         let logits = self.logits(features, valid_frames)?;
-        let probs = candle_nn::ops::softmax_last_dim(&(logits / f64::from(self.temperature))?)?;
-        let best: Vec<u32> = probs.argmax(D::Minus1)?.to_vec1()?;
-        // Runs of one non-blank best class: (start, len).
-        let mut runs: Vec<(usize, usize)> = Vec::new();
-        for (f, &k) in best.iter().enumerate() {
-            if k == 0 {
-                continue;
-            }
-            match runs.last_mut() {
-                Some((start, len)) if *start + *len == f && best[*start] == k => *len += 1,
-                _ => runs.push((f, 1)),
-            }
-        }
+        Ok(candle_nn::ops::softmax_last_dim(
+            &(logits / f64::from(self.temperature))?,
+        )?)
+    }
+
+    /// One row per segment: the segment's mean posteriors without blank, renormalised, times
+    /// the LLM's embeddings of the head's tokens.
+    fn pool(&self, probs: &Tensor, runs: &[(usize, usize)]) -> Result<Tensor> {
         let hidden = self.embeddings.dim(1)?;
         if runs.is_empty() {
             return Ok(Tensor::zeros((0, hidden), DType::F32, probs.device())?);
@@ -630,6 +646,23 @@ impl SpeechTower {
             .map(|k| tokens[k as usize - 1])
             .collect())
     }
+}
+
+/// The segments `(first frame, frames)` a clip's rows come from: runs of frames with one
+/// non-blank most likely class (blank frames belong to none).
+fn segments(probs: &Tensor) -> Result<Vec<(usize, usize)>> {
+    let best: Vec<u32> = probs.argmax(D::Minus1)?.to_vec1()?;
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (f, &k) in best.iter().enumerate() {
+        if k == 0 {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((start, len)) if *start + *len == f && best[*start] == k => *len += 1,
+            _ => runs.push((f, 1)),
+        }
+    }
+    Ok(runs)
 }
 
 /// CTC's greedy collapse of each frame's best class (0 is blank): repeats merged, blanks

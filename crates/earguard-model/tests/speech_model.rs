@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use earguard_model::audio::{AudioCache, AudioFrontEnd};
+use earguard_model::audio::{AudioCache, AudioFrontEnd, WaveformNoise};
 use earguard_model::chat::ChatMessage;
 use earguard_model::content::{AudioRef, Content, Part};
 use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
@@ -15,6 +15,7 @@ use earguard_model::speech::{
     HeadShape, SpeechHead, SpeechHeadConfig, SpeechModelConfig, HEAD_CONFIG,
 };
 use earguard_model::ContentSpecials;
+use sha2::Digest;
 
 mod common;
 
@@ -236,6 +237,74 @@ fn a_speech_model_composes_its_parts() {
     let llm =
         earguard_model::load(models_dir().join("smollm2-135m-instruct").to_str().unwrap()).unwrap();
     assert_ne!(llm.info.identity, model.info.identity);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// SafeCoDe's corrupted audio on a speech model: how many rows a clip gives depends on what the
+/// head hears, so noise alone would change the prompt's length. The noised cache pools the
+/// noised posteriors over the clean clip's segments: the same ids, other rows, seeded.
+#[test]
+fn a_noised_clip_keeps_the_clean_segments() {
+    let dir = std::env::temp_dir().join(format!("earguard-speech-noise-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let Some(model) = build(&dir, 1.0) else {
+        return;
+    };
+    let Some(AudioFrontEnd::Speech(tower)) = &model.audio else {
+        panic!("no speech front end")
+    };
+    let noise = WaveformNoise {
+        snr_db: -5.0,
+        seed: 7,
+    };
+    let encode = |cache: &AudioCache| {
+        model
+            .encode_prompt(&audio_only(), ContentSpecials::Literal, cache)
+            .unwrap()
+    };
+    let clean = encode(&AudioCache::new());
+    let noisy = encode(&AudioCache::with_waveform_noise(noise).unwrap());
+    let again = encode(&AudioCache::with_waveform_noise(noise).unwrap());
+    assert_eq!(clean.ids, noisy.ids, "same length, same ids");
+    let rows = |p: &earguard_model::Prompt| p.audio.as_ref().unwrap().clips[0].clone();
+    assert!(common::max_diff(&rows(&clean), &rows(&noisy)) > 1e-4);
+    assert_eq!(common::max_diff(&rows(&noisy), &rows(&again)), 0.0);
+
+    // What the test guards against: heard on its own, the noised clip segments differently.
+    let audio = earguard_audio::load_audio(Path::new(CLIP), &Default::default()).unwrap();
+    let mel = |samples: Vec<f32>| {
+        let a = earguard_audio::Audio {
+            samples,
+            ..audio.clone()
+        };
+        let m = earguard_audio::MelExtractor::new(80)
+            .unwrap()
+            .extract(&a)
+            .unwrap();
+        Tensor::from_vec(m.data, (80, 3000), &Device::Cpu).unwrap()
+    };
+    let valid = earguard_audio::valid_frames(audio.samples.len());
+    let clean_mel = mel(audio.samples.clone());
+    let seed = {
+        let sha: [u8; 32] = sha2::Sha256::digest(std::fs::read(CLIP).unwrap()).into();
+        noise.seed ^ u64::from_le_bytes(sha[..8].try_into().unwrap())
+    };
+    let noised_mel = mel(earguard_audio::add_noise_snr(
+        &audio.samples,
+        noise.snr_db,
+        seed,
+    ));
+    let alone = tower.encode(&noised_mel, valid).unwrap();
+    assert_ne!(alone.dim(0).unwrap(), rows(&clean).dim(0).unwrap());
+    let companion = tower
+        .encode_on_segments_of(&clean_mel, &noised_mel, valid)
+        .unwrap();
+    assert!(common::max_diff(&companion, &rows(&noisy)) < 1e-5);
+    // On the clean clip itself, pooling over its own segments is the ordinary encoding.
+    let same = tower
+        .encode_on_segments_of(&clean_mel, &clean_mel, valid)
+        .unwrap();
+    assert!(common::max_diff(&same, &rows(&clean)) < 1e-5);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
