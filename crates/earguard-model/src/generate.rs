@@ -91,6 +91,16 @@ pub enum FinishReason {
 pub struct Generation {
     pub tokens: Vec<u32>,
     pub finish: FinishReason,
+    /// The stop token that ended the reply when `finish` is `Stop` (not part of `tokens`).
+    pub stop_token: Option<u32>,
+}
+
+impl Generation {
+    /// Every token the model produced, its stop token included: what a model trained on this
+    /// reply has to learn to write, its ending too.
+    pub fn produced(&self) -> Vec<u32> {
+        self.tokens.iter().copied().chain(self.stop_token).collect()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -243,6 +253,7 @@ fn decode(
         .map(|_| Generation {
             tokens: vec![],
             finish: FinishReason::Length,
+            stop_token: None,
         })
         .collect();
     let mut done = vec![false; b];
@@ -270,6 +281,7 @@ fn decode(
             if request.stop_tokens.contains(&token) {
                 done[row] = true;
                 out[row].finish = FinishReason::Stop;
+                out[row].stop_token = Some(token);
             } else {
                 out[row].tokens.push(token);
                 on_token(row, token);

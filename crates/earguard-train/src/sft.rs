@@ -16,7 +16,7 @@
 //! plan (e.g. refusal-direction ablation; kept only where the judge does *not* call it a
 //! refusal). Every reply is generated on the model as loaded (quantized or not) before training.
 
-use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
+use earguard_model::generate::{generate_batch, GenerateRequest, Generation, SamplingParams};
 use earguard_model::InterventionPlan;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -90,8 +90,9 @@ pub fn draw<T>(mut pool: Vec<T>, n: usize, seed: u64) -> Vec<T> {
     pool
 }
 
-/// The frozen model's greedy replies to `questions` under `instruction` (text mode), at most
-/// `max_tokens` tokens each, without the stop token; `plan` applies at every step.
+/// The frozen model's greedy replies to `questions` under `instruction`, at most `max_tokens`
+/// tokens each (a reply that ended says on which stop token: a target learns its ending too);
+/// `plan` applies at every step.
 pub fn own_replies(
     prompter: &Prompter<'_>,
     questions: &[Question],
@@ -100,7 +101,7 @@ pub fn own_replies(
     max_tokens: usize,
     batch_size: usize,
     progress: bool,
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<Vec<Generation>> {
     let model = prompter.model;
     let stop = model.tokenizer.stop_token_ids();
     let request = GenerateRequest {
@@ -121,7 +122,7 @@ pub fn own_replies(
             .map(|q| prompter.prompt(q, instruction))
             .collect::<Result<Vec<_>>>()?;
         let gens = generate_batch(&model.decoder, &prompts, &request, plan, None, |_, _| {})?;
-        out.extend(gens.into_iter().map(|g| g.tokens));
+        out.extend(gens);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
@@ -177,13 +178,19 @@ pub fn build_sft(
         .iter()
         .zip(reply(inputs.benign, INSTRUCTION, &none, benign_len)?)
     {
-        if r.is_empty() {
+        if r.tokens.is_empty() {
             tracing::warn!("no reply to the benign question {:?} (dropped)", q.text);
             continue;
         }
+        // The shallow baselines learn the first token alone; the others the whole reply.
+        let target = if method.shallow() {
+            r.tokens
+        } else {
+            r.produced()
+        };
         samples.push(Sample {
             variants: prompter.pool(q)?,
-            target: Completion::tokens(r),
+            target: Completion::tokens(target),
         });
         summary.benign_samples += 1;
     }
@@ -226,16 +233,17 @@ pub fn build_sft(
             _ => None,
         };
         for (i, (q, refusal)) in inputs.harmful.iter().zip(refusals).enumerate() {
-            if refusal.is_empty() || !is_refusal(&text(&refusal)?) {
+            if refusal.tokens.is_empty() || !is_refusal(&text(&refusal.tokens)?) {
                 summary.harmful_without_refusal += 1;
                 continue;
             }
             let prefill = match &answers {
-                Some(a) if a[i].is_empty() || is_refusal(&text(&a[i])?) => {
+                Some(a) if a[i].tokens.is_empty() || is_refusal(&text(&a[i].tokens)?) => {
                     summary.attack_refused += 1;
                     continue;
                 }
-                Some(a) => a[i].clone(),
+                // A prefill is the start of an answer that goes on: never its stop token.
+                Some(a) => a[i].tokens.clone(),
                 None => Vec::new(),
             };
             samples.push(Sample {
@@ -243,7 +251,7 @@ pub fn build_sft(
                 target: Completion {
                     prefill,
                     max_prefill: inputs.max_prefill,
-                    response: refusal,
+                    response: refusal.produced(),
                 },
             });
             summary.harmful_samples += 1;

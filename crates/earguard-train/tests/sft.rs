@@ -146,7 +146,7 @@ fn each_baseline_builds_the_targets_the_paper_prescribes() {
     // The random model never refuses: let the judge call exactly its t̃ replies refusals.
     let refusal_texts: HashSet<String> = refusals
         .iter()
-        .map(|r| m.tokenizer.decode(r, true).unwrap())
+        .map(|r| m.tokenizer.decode(&r.tokens, true).unwrap())
         .collect();
     let judge = |r: &str| refusal_texts.contains(r);
 
@@ -158,8 +158,8 @@ fn each_baseline_builds_the_targets_the_paper_prescribes() {
     assert_eq!(
         t[..2],
         [
-            Completion::tokens(firsts[0].clone()),
-            Completion::tokens(firsts[1].clone())
+            Completion::tokens(firsts[0].tokens.clone()),
+            Completion::tokens(firsts[1].tokens.clone())
         ]
     );
     assert!(t[2..].iter().all(|c| *c == Completion::tokens(vec![i])));
@@ -170,8 +170,8 @@ fn each_baseline_builds_the_targets_the_paper_prescribes() {
     // full: whole replies, refusals for harmful.
     let (obj, _) = build_sft(&p, SftMethod::Full, &inputs(None), &judge).unwrap();
     let t = targets(&obj);
-    assert_eq!(t[0].response, answers_t[0]);
-    assert_eq!(t[2].response, refusals[0]);
+    assert_eq!(t[0].response, answers_t[0].produced());
+    assert_eq!(t[2].response, refusals[0].produced());
     assert!(t
         .iter()
         .all(|c| c.prefill.is_empty() && c.response.len() <= 6));
@@ -188,12 +188,15 @@ fn each_baseline_builds_the_targets_the_paper_prescribes() {
     let t = targets(&obj);
     assert_eq!(s.harmful_samples, 2);
     for (c, (a, r)) in t[2..].iter().zip(attacked.iter().zip(&refusals)) {
-        assert_eq!((&c.prefill, c.max_prefill, &c.response), (a, 4, r));
+        assert_eq!(
+            (&c.prefill, c.max_prefill, &c.response),
+            (&a.tokens, 4, &r.produced())
+        );
     }
-    assert_eq!(t[0], Completion::tokens(answers_t[0].clone()));
+    assert_eq!(t[0], Completion::tokens(answers_t[0].produced()));
 
     // A harmful sample the judge drops leaves the others aligned with their own answers.
-    let first = m.tokenizer.decode(&refusals[0], true).unwrap();
+    let first = m.tokenizer.decode(&refusals[0].tokens, true).unwrap();
     let judge_all_but_first = |r: &str| r != first && refusal_texts.contains(r);
     let (obj, s) = build_sft(
         &p,
@@ -206,6 +209,6 @@ fn each_baseline_builds_the_targets_the_paper_prescribes() {
     let kept = &targets(&obj)[2];
     assert_eq!(
         (&kept.prefill, &kept.response),
-        (&attacked[1], &refusals[1])
+        (&attacked[1].tokens, &refusals[1].produced())
     );
 }
