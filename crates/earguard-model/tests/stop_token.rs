@@ -27,7 +27,7 @@ fn a_stopped_reply_keeps_its_stop_token_apart() {
         let plan = InterventionPlan::new();
         generate_batch(
             &model.decoder,
-            &[prompt.clone()],
+            std::slice::from_ref(&prompt),
             &request,
             &plan,
             None,
