@@ -2,7 +2,8 @@
 # SafeCoDe's corruption strength, measured (issue: SafeCoDe). Two sweeps, each eval run resumable:
 #   audio-only, on the speech model built from parts (scripts/speech-eval.sh makes it): the
 #   waveform noise's SNR (0, 10, 30 dB) with the verdict threshold calibrated on spoken
-#   training prompts, and the reference variant at 10 dB;
+#   training prompts, the reference variant at 10 dB, and a control: the paper variant with a
+#   boost of 100 (does boosting refusal tokens turn the answers at all?);
 #   text-only, on the default model: the embedding noise's sigma (0.01, 0.1, 1 × each
 #   embedding's RMS) with the threshold calibrated on text training prompts.
 # Every run is compared (--baseline) with the undefended run on the same prompts.
@@ -35,7 +36,7 @@ cal "$LLM" text-only "$OUT/cal-text" "$OUT/texts/harmful_train100.jsonl" "$OUT/t
 echo "== audio-only: the speech model, 40 + 40 spoken AdvBench mirror pairs, 32 tokens"
 AUDIO=(-m "$SPEECH_MODEL" --mode audio-only --data "$SPEECH/advbench40.jsonl" --max-tokens 32 --judge substring)
 "$BIN" -q eval "${AUDIO[@]}" -o "$OUT/audio-none"
-for spec in snr=0 snr=10 snr=30 variant=reference,snr=10; do
+for spec in snr=0 snr=10 snr=30 variant=reference,snr=10 boost=100,snr=10; do
   "$BIN" -q eval "${AUDIO[@]}" --defense "safecode:$spec,calibration=$OUT/cal-audio" \
     --baseline "$OUT/audio-none" -o "$OUT/audio-${spec//[=,]/-}"
 done

@@ -82,6 +82,28 @@ struct Timing {
     decode_s: f64,
     /// Tokens decoded in `decode_s` (the requested count, except for SafeCoDe: see [`Guided`]).
     decoded: usize,
+    /// SafeCoDe's decoding split at the end of its guided steps.
+    split: Option<Split>,
+}
+
+/// Decoding time during a contrastive defense's guided steps (the companion rows decoded
+/// beside the prompt) and after them, with the tokens each covers.
+#[derive(Clone, Copy)]
+struct Split {
+    guided_s: f64,
+    guided_n: usize,
+    after_s: f64,
+    after_n: usize,
+}
+
+impl Split {
+    /// Seconds per token during the guided steps and after them.
+    fn per_token(&self) -> (f64, f64) {
+        (
+            self.guided_s / self.guided_n.max(1) as f64,
+            self.after_s / self.after_n.max(1) as f64,
+        )
+    }
 }
 
 impl Timing {
@@ -124,6 +146,7 @@ impl Runner for Ours<'_> {
             prefill_s,
             decode_s: t1.elapsed().as_secs_f64(),
             decoded: n,
+            split: None,
         })
     }
 }
@@ -166,8 +189,8 @@ impl Runner for Guided<'_> {
             pad_token: self.model.tokenizer.pad_id(),
         };
         let t0 = Instant::now();
-        let mut first: Option<f64> = None;
-        let mut count = 0usize;
+        // When each answer token arrived.
+        let mut stamps: Vec<f64> = Vec::with_capacity(n);
         sc.generate(
             self.model,
             std::slice::from_ref(&input),
@@ -175,13 +198,11 @@ impl Runner for Guided<'_> {
             &self.plan,
             &generate,
             &audio,
-            |_, _| {
-                first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
-                count += 1;
-            },
+            |_, _| stamps.push(t0.elapsed().as_secs_f64()),
         )?;
         let total = t0.elapsed().as_secs_f64();
-        let prefill_s = first.unwrap_or(total);
+        let count = stamps.len();
+        let prefill_s = stamps.first().copied().unwrap_or(total);
         // The first token came inside "prefill"; a verdict may also cap the answer below n.
         if count < 2 {
             bail!(
@@ -189,10 +210,20 @@ impl Runner for Guided<'_> {
                  --tokens, or its verdict capped the answer)"
             );
         }
+        // Token i (i ≥ 1) took stamps[i] − stamps[i − 1]; it came from a forward with the
+        // companion rows while i < steps.
+        let end = sc.steps.clamp(1, count);
+        let split = (sc.steps < count).then(|| Split {
+            guided_s: stamps[end - 1] - stamps[0],
+            guided_n: end - 1,
+            after_s: stamps[count - 1] - stamps[end - 1],
+            after_n: count - end,
+        });
         Ok(Timing {
             prefill_s,
             decode_s: total - prefill_s,
             decoded: count - 1,
+            split,
         })
     }
 }
@@ -260,6 +291,7 @@ impl Runner for StockRunner {
             prefill_s,
             decode_s: t1.elapsed().as_secs_f64(),
             decoded: n,
+            split: None,
         })
     }
 }
@@ -399,10 +431,13 @@ fn decode(args: DecodeArgs) -> Result<()> {
         .iter()
         .zip(&best[3..])
         .map(|((name, _), t)| {
+            let split = t.split.map(|s| s.per_token());
             json!({"defense": name, "decode_tok_s": dec_tok_s(t),
                 "time_vs_no_defense": t.per_token() / ours.per_token(),
                 "prefill_vs_no_defense": t.prefill_s / ours.prefill_s,
-                "total_vs_no_defense": (t.prefill_s + t.decode_s) / (ours.prefill_s + ours.decode_s)})
+                "total_vs_no_defense": (t.prefill_s + t.decode_s) / (ours.prefill_s + ours.decode_s),
+                "guided_step_vs_no_defense": split.map(|(g, _)| g / ours.per_token()),
+                "after_guided_vs_no_defense": split.map(|(_, a)| a / ours.per_token())})
         })
         .collect();
     let report = json!({
@@ -450,6 +485,13 @@ fn decode(args: DecodeArgs) -> Result<()> {
             t.prefill_s / ours.prefill_s,
             (t.prefill_s + t.decode_s) / (ours.prefill_s + ours.decode_s)
         );
+        if let Some((g, a)) = t.split.map(|s| s.per_token()) {
+            println!(
+                "  per token vs no defense: {:.3} during the guided steps, {:.3} after them",
+                g / ours.per_token(),
+                a / ours.per_token()
+            );
+        }
     }
     println!(
         "ours/stock speed: decode {:.3}×, prefill {:.3}×   steered/unsteered decode time: {:.3}",

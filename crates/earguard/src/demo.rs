@@ -1,7 +1,9 @@
 //! `earguard demo`: the README's main job. On the default model, text-only, greedy: fit
 //! SARSteer and the refusal direction on the FigStep mirror training set, evaluate none /
-//! prompt / sarsteer / ablate / ablate+sarsteer (and ablate + SARSteer refitted with λ = 0) on
-//! a fixed subset of AdvBench mirror pairs, print the table and write the report with plots.
+//! prompt / sarsteer / ablate / ablate+sarsteer (and ablate + SARSteer refitted with λ = 0), and
+//! SafeCoDe (its verdict calibrated on the same training prompts; alone, and its reference
+//! variant under the attack with the verdict put to the unattacked model) on a fixed subset of
+//! AdvBench mirror pairs, print the table and write the report with plots.
 //! Then the attack at partial strength (`ablate=RD:strength=s`, s = 0, 0.25, …, 1) with and
 //! without SARSteer: ASR against s, the curve of a weakened refusal that a defense must restore.
 
@@ -102,6 +104,16 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // this text model the benign subspace holds much of the suffix contrast's refusal part.
     let sar0_dir = args.out.join("vectors/sarsteer-lambda0");
     refit_sarsteer(&sar, &args.out.join("captures"), 10, 0.0)?.save(&sar0_dir)?;
+    // SafeCoDe's verdict threshold, calibrated on the same training prompts.
+    let cal_dir = args.out.join("vectors/safecode-calibration");
+    if !cal_dir.join("calibration.json").is_file() {
+        eprintln!(
+            "[demo] calibrating SafeCoDe's verdict on {} harmful + {} benign prompts",
+            harmful.len(),
+            benign.len()
+        );
+        crate::fit::calibrate_safecode(&setup, "safecode", &harmful, &benign, 8)?.save(&cal_dir)?;
+    }
     let fit_seconds = t0.elapsed().as_secs_f64();
 
     let settings = EvalSettings {
@@ -127,6 +139,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let prepared = prepare(&settings)?;
     let sarsteer = |dir: &Path| DefensePart::new(DefenseKind::Sarsteer, Some(dir.to_path_buf()));
     let ablate = DefensePart::new(DefenseKind::Ablate, Some(rd_dir.clone()));
+    let safecode =
+        DefensePart::new(DefenseKind::Safecode, None).with("calibration", cal_dir.display());
     let runs: Vec<(&str, DefenseSpec)> = vec![
         ("none", DefenseSpec::of(vec![])),
         (
@@ -142,6 +156,18 @@ pub fn run(args: DemoArgs) -> Result<()> {
         (
             "ablate+sarsteer-lambda0",
             DefenseSpec::of(vec![ablate.clone(), sarsteer(&sar0_dir).with("alpha", 0.2)]),
+        ),
+        ("safecode", DefenseSpec::of(vec![safecode.clone()])),
+        // Under the attack the self-verdict is attacked too: the verdict is put to the
+        // unattacked model, and the reference variant forces a refusal on "unsafe".
+        (
+            "ablate+safecode-reference",
+            DefenseSpec::of(vec![
+                ablate.clone(),
+                safecode
+                    .with("variant", "reference")
+                    .with("judge", &args.model),
+            ]),
         ),
     ];
     let base_dir = args.out.join("runs/none");

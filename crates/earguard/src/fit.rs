@@ -302,6 +302,29 @@ fn fit_safecode(
     common: &FitCommon,
     t0: Instant,
 ) -> Result<()> {
+    let cal = calibrate_safecode(setup, spec, harmful, benign, common.batch_size)?;
+    cal.save(&common.out)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "out": common.out, "threshold": cal.fitted.threshold,
+            "fitted": cal.fitted, "at_zero": cal.at_zero,
+            "seconds": t0.elapsed().as_secs_f64(),
+        })
+    );
+    Ok(())
+}
+
+/// SafeCoDe's verdict threshold for `spec` (a safecode part without `calibration=`): every
+/// prompt's verdict score under `setup`'s input style, and the threshold with the best
+/// balanced accuracy.
+pub fn calibrate_safecode(
+    setup: &FitSetup<'_>,
+    spec: &str,
+    harmful: &[PromptItem],
+    benign: &[PromptItem],
+    batch_size: usize,
+) -> Result<earguard_steer::defense::calibration::Calibration> {
     use earguard_steer::defense::calibration::{fit_threshold, separation, Calibration};
     use earguard_steer::defense::{DefenseKind, DefenseSpec, SafeCode};
     let parsed: DefenseSpec = spec.parse()?;
@@ -319,7 +342,7 @@ fn fit_safecode(
         items.len() as u64,
     );
     let mut scores = Vec::with_capacity(items.len());
-    for chunk in items.chunks(common.batch_size.max(1)) {
+    for chunk in items.chunks(batch_size.max(1)) {
         let requests = chunk
             .iter()
             .map(|it| setup.style.messages(it, None))
@@ -337,31 +360,20 @@ fn fit_safecode(
     }
     bar.finish_and_clear();
     let (h, b) = scores.split_at(harmful.len());
-    let fitted = fit_threshold(h, b)?;
-    let cal = Calibration {
+    Ok(Calibration {
         model: setup.model.info.name.clone(),
         model_identity: setup.model.info.run_identity(),
         spec: spec.to_string(),
-        mode: common.mode.to_string(),
+        mode: setup.style.mode.to_string(),
         training_sets: setup.training_sets.clone(),
         at_zero: separation(h, b, 0.0),
-        fitted,
+        fitted: fit_threshold(h, b)?,
         scores: items
             .iter()
             .zip(&scores)
             .map(|(it, &s)| (it.id.clone(), it.label.to_string(), s))
             .collect(),
-    };
-    cal.save(&common.out)?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "out": common.out, "threshold": cal.fitted.threshold,
-            "fitted": cal.fitted, "at_zero": cal.at_zero,
-            "seconds": t0.elapsed().as_secs_f64(),
-        })
-    );
-    Ok(())
+    })
 }
 
 fn print_summary(v: &SteeringVector, out: &Path, seconds: f64) {

@@ -1125,24 +1125,27 @@ fn bench_decode_times_safecode_guided_decoding() {
         "--model",
         &model,
         "--tokens",
-        "3",
+        "4",
         "--prompt-tokens",
         "12",
         "--repeats",
         "1",
         "--defense",
-        "safecode",
+        "safecode:steps=2",
         "--json",
     ]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let row = &v["defenses"][0];
-    assert_eq!(row["defense"], "safecode");
-    // Ratios only (no timing assertions): each is a finite, positive number.
+    assert_eq!(row["defense"], "safecode:steps=2");
+    // Ratios only (no timing assertions): each is a finite, positive number; the decoding is
+    // split at the end of the 2 guided steps.
     for k in [
         "decode_tok_s",
         "time_vs_no_defense",
         "prefill_vs_no_defense",
         "total_vs_no_defense",
+        "guided_step_vs_no_defense",
+        "after_guided_vs_no_defense",
     ] {
         let x = row[k].as_f64().unwrap_or(f64::NAN);
         assert!(x.is_finite() && x > 0.0, "{k} = {x}: {out}");
