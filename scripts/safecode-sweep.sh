@@ -42,7 +42,7 @@ for spec in snr=0 snr=10 snr=30 variant=reference,snr=10 boost=100,snr=10; do
 done
 
 echo "== text-only: the default model, 40 + 40 AdvBench mirror pairs, 16 tokens"
-TEXT=(-m "$LLM" --mode text-only --data "$DATA/advbench_mirror.jsonl" --max-tokens 16 --judge substring)
+TEXT=(-m "$LLM" --mode text-only --data "$DATA/advbench_mirror.jsonl" --limit 40 --max-tokens 16 --judge substring)
 "$BIN" -q eval "${TEXT[@]}" -o "$OUT/text-none"
 for spec in sigma=0.01 sigma=0.1 sigma=1; do
   "$BIN" -q eval "${TEXT[@]}" --defense "safecode:$spec,calibration=$OUT/cal-text" \
