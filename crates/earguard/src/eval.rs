@@ -113,9 +113,9 @@ pub struct MergeArgs {
 pub struct SweepArgs {
     #[command(flatten)]
     pub settings: EvalSettings,
-    /// Steering vector (sarsteer/text-steer fit) to sweep.
-    #[arg(long)]
-    pub vector: PathBuf,
+    /// Steering vector (sarsteer/text-steer fit) to sweep: α, layer sets, k/λ refits.
+    #[arg(long, required_unless_present = "defense", conflicts_with = "defense")]
+    pub vector: Option<PathBuf>,
     /// Steering strengths (α).
     #[arg(long, value_delimiter = ',', default_values_t = [0.05, 0.1, 0.2])]
     pub alphas: Vec<f64>,
@@ -129,6 +129,14 @@ pub struct SweepArgs {
     /// Safe-space ablation strengths λ to refit the vector with (as --ks).
     #[arg(long, value_delimiter = ',')]
     pub lambdas: Vec<f64>,
+    /// Instead of a steering vector, sweep one option of this defense (one part, e.g.
+    /// `safecode:calibration=DIR`) over --values.
+    #[arg(long, requires = "values", conflicts_with_all = ["alphas", "layers", "ks", "lambdas"])]
+    pub defense: Option<String>,
+    /// The option --defense is swept over and its values, e.g. `sigma=0.01,0.1,1` or
+    /// `snr=0,10,30` (safecode) or `strength=0.25,0.5` (ablate).
+    #[arg(long, requires = "defense")]
+    pub values: Option<String>,
     /// Defense applied before the swept one (e.g. ablate=DIR to test robustness).
     #[arg(long)]
     pub under: Option<String>,
@@ -469,11 +477,11 @@ pub fn merge(args: MergeArgs) -> Result<()> {
 
 /// The vectors a sweep steers with: the given one, or its refits over `--ks` × `--lambdas`
 /// (saved under OUT/vectors/), each with a name prefix for its runs.
-fn sweep_vectors(args: &SweepArgs) -> Result<Vec<(String, PathBuf)>> {
+fn sweep_vectors(args: &SweepArgs, vector: &Path) -> Result<Vec<(String, PathBuf)>> {
     if args.ks.is_empty() && args.lambdas.is_empty() {
-        return Ok(vec![(String::new(), args.vector.clone())]);
+        return Ok(vec![(String::new(), vector.to_path_buf())]);
     }
-    let fitted = earguard_steer::artifact::SteeringVector::load(&args.vector)?;
+    let fitted = earguard_steer::artifact::SteeringVector::load(vector)?;
     let hyper = &fitted.meta.hyper_parameters;
     let ks = match args.ks.as_slice() {
         [] => vec![hyper["k"]
@@ -487,7 +495,7 @@ fn sweep_vectors(args: &SweepArgs) -> Result<Vec<(String, PathBuf)>> {
             .context("the vector records no lambda; pass --lambdas")?],
         ls => ls.to_vec(),
     };
-    let captures = earguard_steer::pipeline::default_captures_dir(&args.vector);
+    let captures = earguard_steer::pipeline::default_captures_dir(vector);
     let mut out = Vec::new();
     for &k in &ks {
         for &lambda in &lambdas {
@@ -498,6 +506,70 @@ fn sweep_vectors(args: &SweepArgs) -> Result<Vec<(String, PathBuf)>> {
         }
     }
     Ok(out)
+}
+
+/// The swept defense at each point, named: SARSteer over α × layer sets × refits, or one
+/// option of `--defense` over `--values`.
+fn swept_points(args: &SweepArgs) -> Result<Vec<(String, DefensePart)>> {
+    if let (Some(defense), Some(values)) = (&args.defense, &args.values) {
+        let spec: DefenseSpec = defense
+            .parse()
+            .with_context(|| format!("--defense {defense}"))?;
+        let [part] = spec.parts.as_slice() else {
+            bail!("--defense {defense}: give one defense to sweep (stack others with --under)");
+        };
+        let (key, list) = values
+            .split_once('=')
+            .with_context(|| format!("--values {values}: write OPTION=V1,V2,…"))?;
+        if !part.kind.options().contains(&key) {
+            bail!(
+                "--values {values}: {} has no option {key:?} (its options: {})",
+                part.kind.name(),
+                part.kind.options().join(", ")
+            );
+        }
+        return list
+            .split(',')
+            .map(str::trim)
+            .map(|v| {
+                if v.is_empty() {
+                    bail!("--values {values}: an empty value");
+                }
+                Ok((format!("{key}={v}"), part.clone().with(key, v)))
+            })
+            .collect();
+    }
+    let vector = args
+        .vector
+        .as_deref()
+        .context("give --vector (SARSteer) or --defense with --values")?;
+    let layer_sets = if args.layers.is_empty() {
+        vec![None]
+    } else {
+        args.layers.iter().cloned().map(Some).collect()
+    };
+    let mut points = Vec::new();
+    for ((tag, vector), layers) in sweep_vectors(args, vector)?
+        .iter()
+        .flat_map(|v| layer_sets.iter().map(move |l| (v, l)))
+    {
+        for &alpha in &args.alphas {
+            let mut steer =
+                DefensePart::new(DefenseKind::Sarsteer, Some(vector.clone())).with("alpha", alpha);
+            if let Some(l) = layers {
+                steer = steer.with("layers", l);
+            }
+            let name = format!(
+                "{tag}alpha={alpha}{}",
+                layers
+                    .as_ref()
+                    .map(|l| format!(",layers={l}"))
+                    .unwrap_or_default()
+            );
+            points.push((name, steer));
+        }
+    }
+    Ok(points)
 }
 
 pub fn sweep(args: SweepArgs) -> Result<()> {
@@ -511,6 +583,8 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         None => Vec::new(),
     };
     let base_spec = DefenseSpec::of(under.clone());
+    // Every point's spec is known (and checked) before anything runs.
+    let swept = swept_points(&args)?;
     let prepared = prepare(&args.settings)?;
     let mut model = crate::args::load_model(&args.settings.model, false)?;
     args.settings.adapter.apply(&mut model)?;
@@ -526,11 +600,6 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         None,
         &base_dir,
     )?;
-    let layer_sets = if args.layers.is_empty() {
-        vec![None]
-    } else {
-        args.layers.iter().cloned().map(Some).collect()
-    };
     // "baseline (ablate)": the defense names of the baseline spec, without artifact paths.
     let base_name = format!(
         "baseline ({})",
@@ -542,51 +611,43 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
             .join("+")
     );
     let mut points = vec![(base_name, base.clone())];
-    let vectors = sweep_vectors(&args)?;
-    for ((tag, vector), layers) in vectors
-        .iter()
-        .flat_map(|v| layer_sets.iter().map(move |l| (v, l)))
-    {
-        for &alpha in &args.alphas {
-            let mut steer =
-                DefensePart::new(DefenseKind::Sarsteer, Some(vector.clone())).with("alpha", alpha);
-            if let Some(l) = layers {
-                steer = steer.with("layers", l);
-            }
-            let mut parts = under.clone();
-            parts.push(steer);
-            let spec = DefenseSpec::of(parts);
-            let name = format!(
-                "{tag}alpha={alpha}{}",
-                layers
-                    .as_ref()
-                    .map(|l| format!(",layers={l}"))
-                    .unwrap_or_default()
-            );
-            eprintln!("sweep: {name}");
-            let r = evaluate(
-                &model,
-                &args.settings,
-                &prepared,
-                &spec,
-                None,
-                Some(&base_dir),
-                &args.out.join(&name),
-            )?;
-            points.push((name, r));
-        }
+    for (name, part) in swept {
+        let mut parts = under.clone();
+        parts.push(part);
+        let spec = DefenseSpec::of(parts);
+        eprintln!("sweep: {name}");
+        let r = evaluate(
+            &model,
+            &args.settings,
+            &prepared,
+            &spec,
+            None,
+            Some(&base_dir),
+            &args.out.join(&name),
+        )?;
+        points.push((name, r));
     }
     let tradeoff: Vec<TradeoffPoint> = points
         .iter()
         .filter_map(|(n, r)| tradeoff_point(r, n))
         .collect();
-    plots::tradeoff(
-        &args.out,
-        "tradeoff",
-        &tradeoff,
-        "SARSteer sweep: ASR vs ORR",
-        true,
-    )?;
+    // Every response of a point may be degenerate (no ASR, no ORR): then there is no plot.
+    if tradeoff.is_empty() {
+        tracing::warn!("no sweep point has both an ASR and an ORR: no trade-off plot");
+    } else {
+        plots::tradeoff(
+            &args.out,
+            "tradeoff",
+            &tradeoff,
+            &format!(
+                "{} sweep: ASR vs ORR",
+                args.defense
+                    .as_deref()
+                    .map_or("SARSteer", |d| d.split([':', '=']).next().unwrap_or(d))
+            ),
+            true,
+        )?;
+    }
     // Eligible: ORR and the degenerate rate each within X points of the baseline's (a setting
     // whose harmful answers are mostly babble would otherwise win on a low ASR).
     let pick = args.max_orr.and_then(|x| {

@@ -165,7 +165,8 @@ enum Command {
     /// Judge a JSONL of prompts and responses (a run's results, another tool's output); with
     /// human labels, each judge's accuracy and κ against people.
     Judge(judge::JudgeArgs),
-    /// Sweep SARSteer's strength, layer sets and k/λ refits; pick the strongest within an ORR budget.
+    /// Sweep SARSteer's strength, layer sets and k/λ refits, or one option of any defense
+    /// (`--defense safecode:… --values sigma=0.01,0.1,1`); pick the strongest within an ORR budget.
     Sweep(eval::SweepArgs),
     /// The main job: fit SARSteer on the default model and compare defenses end to end.
     Demo(demo::DemoArgs),
