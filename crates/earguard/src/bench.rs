@@ -75,6 +75,26 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
+/// The widest SIMD extension this CPU offers the matmul kernels ("avx512f", "avx2", "neon" or
+/// "none"): timings differ between machines, so every benchmark says which it ran on.
+pub fn cpu_simd() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512f";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return "avx2";
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        return "neon";
+    }
+    #[allow(unreachable_code)]
+    "none"
+}
+
 /// Seconds for prefill and for decoding, for one variant.
 #[derive(Clone, Copy)]
 struct Timing {
@@ -443,6 +463,7 @@ fn decode(args: DecodeArgs) -> Result<()> {
     let report = json!({
         "model": model.info.name,
         "threads": candle_core::utils::get_num_threads(),
+        "cpu_simd": cpu_simd(),
         "prompt_tokens": prompt.len(),
         "decode_tokens": args.tokens,
         "ours_decode_tok_s": dec_tok_s(&ours),
@@ -461,9 +482,10 @@ fn decode(args: DecodeArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "model {} ({} threads)",
+        "model {} ({} threads, {})",
         model.info.name,
-        candle_core::utils::get_num_threads()
+        candle_core::utils::get_num_threads(),
+        cpu_simd()
     );
     println!(
         "{:<10} {:>14} {:>15}",

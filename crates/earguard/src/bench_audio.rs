@@ -127,11 +127,17 @@ pub fn audio(args: AudioBenchArgs) -> Result<()> {
             "max_abs_output": scale,
         },
         "threads": candle_core::utils::get_num_threads(),
+        "cpu_simd": crate::bench::cpu_simd(),
     });
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
+    println!(
+        "{} threads, {}",
+        candle_core::utils::get_num_threads(),
+        crate::bench::cpu_simd()
+    );
     println!("log-mel ({} s of audio):", args.seconds);
     println!("  80 bins   {mel80:>8.0}× real time");
     println!("  128 bins  {mel128:>8.0}× real time");

@@ -1135,6 +1135,10 @@ fn bench_decode_times_safecode_guided_decoding() {
         "--json",
     ]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        ["avx512f", "avx2", "neon", "none"].contains(&v["cpu_simd"].as_str().unwrap_or("")),
+        "the run says which CPU it timed: {out}"
+    );
     let row = &v["defenses"][0];
     assert_eq!(row["defense"], "safecode:steps=2");
     // Ratios only (no timing assertions): each is a finite, positive number; the decoding is
