@@ -5,7 +5,9 @@
 #   training prompts, the reference variant at 10 dB, and a control: the paper variant with a
 #   boost of 100 (does boosting refusal tokens turn the answers at all?);
 #   text-only, on the default model: the embedding noise's sigma (0.01, 0.1, 1 × each
-#   embedding's RMS) with the threshold calibrated on text training prompts.
+#   embedding's RMS) with the threshold calibrated on text training prompts; then the other
+#   defenses on the same pairs (prompt, SARSteer) and SafeCoDe under the ablation attack at
+#   half strength (VEC: the demo's vectors).
 # Every run is compared (--baseline) with the undefended run on the same prompts.
 # Usage: scripts/safecode-sweep.sh [OUT_DIR]
 #   SPEECH_MODEL (default out/speech-eval/model-tau1), SPEECH (default out/speech-eval/speech:
@@ -48,3 +50,16 @@ for spec in sigma=0.01 sigma=0.1 sigma=1; do
   "$BIN" -q eval "${TEXT[@]}" --defense "safecode:$spec,calibration=$OUT/cal-text" \
     --baseline "$OUT/text-none" -o "$OUT/text-${spec//[=,]/-}"
 done
+
+echo "== text-only: the other defenses on the same pairs, and SafeCoDe under the attack at half strength"
+# The demo's vectors (scripts/demo.sh writes them): the refusal direction (the attack) and SARSteer.
+VEC="${VEC:-out/demo/vectors}"
+CLEAN="judge=$LLM,calibration=$OUT/cal-text"   # the verdict put to the unattacked model
+run_text() { # NAME SPEC
+  "$BIN" -q eval "${TEXT[@]}" --defense "$2" --baseline "$OUT/text-none" -o "$OUT/text-$1"
+}
+run_text prompt prompt
+run_text sarsteer "sarsteer=$VEC/sarsteer"
+run_text ablate-0.5 "ablate=$VEC/refusal-direction:strength=0.5"
+run_text ablate-0.5+safecode "ablate=$VEC/refusal-direction:strength=0.5+safecode:$CLEAN"
+run_text ablate-0.5+safecode-reference "ablate=$VEC/refusal-direction:strength=0.5+safecode:variant=reference,$CLEAN"
