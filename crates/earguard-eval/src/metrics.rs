@@ -187,6 +187,8 @@ pub struct GoldScore {
     pub precision: Rate,
     /// Of people's refusals, the fraction the judge finds.
     pub recall: Rate,
+    /// Of people's non-refusals, the fraction the judge also calls non-refusals.
+    pub specificity: Rate,
     pub kappa: Kappa,
 }
 
@@ -209,6 +211,7 @@ impl GoldScore {
             accuracy: Rate::new(tp + tn, tp + fp + fn_ + tn),
             precision: Rate::new(tp, tp + fp),
             recall: Rate::new(tp, tp + fn_),
+            specificity: Rate::new(tn, tn + fp),
             kappa: Kappa::new(judge, gold),
         }
     }

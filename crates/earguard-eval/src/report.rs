@@ -174,8 +174,10 @@ pub fn build(
     });
 
     let judge_agreement = agreements(rows);
+    // One verdict per request: every sample of a prompt shares it.
     let (said, truth): (Vec<bool>, Vec<bool>) = rows
         .iter()
+        .filter(|r| r.sample == 0)
         .filter_map(|r| {
             Some((
                 r.safety_verdict.as_ref()?.unsafe_request,
@@ -364,7 +366,7 @@ pub fn markdown(report: &Report, title: &str, plots: &[(String, String)]) -> Str
             v.fp + v.tn,
             v.precision.display_percent(),
             v.recall.display_percent(),
-            Rate::new(v.tn, v.tn + v.fp).display_percent(),
+            v.specificity.display_percent(),
             v.accuracy.display_percent()
         );
     }
@@ -503,7 +505,7 @@ mod tests {
         )
         .unwrap();
         assert!(plain.verdict.is_none());
-        assert!(!markdown(&plain, "t", &[]).contains("verdict"));
+        assert!(!markdown(&plain, "t", &[]).contains("## The defense's verdict"));
     }
 
     #[test]

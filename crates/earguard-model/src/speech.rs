@@ -630,7 +630,9 @@ impl SpeechTower {
             .map(|&(start, len)| probs.narrow(0, start, len)?.mean(0))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let q = Tensor::stack(&rows, 0)?.narrow(1, 1, n_tok)?;
-        let q = q.broadcast_div(&q.sum_keepdim(1)?)?;
+        // A noised clip pooled over the clean segments may put (nearly) all of a segment's
+        // mass on blank: keep the division finite.
+        let q = q.broadcast_div(&q.sum_keepdim(1)?.clamp(1e-30f32, f32::MAX)?)?;
         Ok(q.matmul(&self.embeddings)?)
     }
 

@@ -231,9 +231,11 @@ impl Runner for Guided<'_> {
             );
         }
         // Token i (i ≥ 1) took stamps[i] − stamps[i − 1]; it came from a forward with the
-        // companion rows while i < steps.
-        let end = sc.steps.clamp(1, count);
-        let split = (sc.steps < count).then(|| Split {
+        // companion rows while i < steps (the reference variant may release a row sooner: its
+        // "guided" figure then mixes in plain steps). With one step, or an answer that ends
+        // within the steps, one side has no token and there is no split.
+        let end = sc.steps;
+        let split = (2..count).contains(&end).then(|| Split {
             guided_s: stamps[end - 1] - stamps[0],
             guided_n: end - 1,
             after_s: stamps[count - 1] - stamps[end - 1],

@@ -167,7 +167,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     args.adapter.apply(&mut model)?;
     let mut spec: DefenseSpec = args.defense.parse()?;
     if let Some(alpha) = args.alpha {
-        spec.set_default("alpha", alpha);
+        spec.set_steering_alpha(alpha);
     }
     let defense = earguard_steer::defense::build(&spec, &model, args.force)?;
     let (mode, messages) = generate_messages(&args)?;

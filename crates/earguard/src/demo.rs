@@ -106,7 +106,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     refit_sarsteer(&sar, &args.out.join("captures"), 10, 0.0)?.save(&sar0_dir)?;
     // SafeCoDe's verdict threshold, calibrated on the same training prompts.
     let cal_dir = args.out.join("vectors/safecode-calibration");
-    if !cal_dir.join("calibration.json").is_file() {
+    let calibrated = earguard_steer::defense::calibration::Calibration::load(&cal_dir)
+        .is_ok_and(|c| c.model_identity == model.info.run_identity());
+    if !calibrated {
         eprintln!(
             "[demo] calibrating SafeCoDe's verdict on {} harmful + {} benign prompts",
             harmful.len(),

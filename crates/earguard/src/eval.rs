@@ -205,7 +205,7 @@ pub fn evaluate(
 ) -> Result<Report> {
     let mut spec = spec.clone();
     if let Some(alpha) = s.alpha {
-        spec.set_default("alpha", alpha);
+        spec.set_steering_alpha(alpha);
     }
     let defense = defense::build(&spec, model, s.force)?;
     let config = RunConfig {
@@ -528,12 +528,20 @@ fn swept_points(args: &SweepArgs) -> Result<Vec<(String, DefensePart)>> {
                 part.kind.options().join(", ")
             );
         }
+        let mut seen = std::collections::HashSet::new();
         return list
             .split(',')
             .map(str::trim)
             .map(|v| {
                 if v.is_empty() {
                     bail!("--values {values}: an empty value");
+                }
+                if !seen.insert(v) {
+                    bail!("--values {values}: {v} is given twice");
+                }
+                // The point's name is its run directory under --out: one path component.
+                if v.contains(['/', '\\']) || v == ".." || v == "." {
+                    bail!("--values {values}: {v:?} cannot name a run directory");
                 }
                 Ok((format!("{key}={v}"), part.clone().with(key, v)))
             })
@@ -583,8 +591,16 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
         None => Vec::new(),
     };
     let base_spec = DefenseSpec::of(under.clone());
-    // Every point's spec is known (and checked) before anything runs.
+    // Every point's spec is known, and its defenses' names, options and order checked, before
+    // anything runs (option values are read when a point's defense is built).
     let swept = swept_points(&args)?;
+    for (name, part) in &swept {
+        let mut parts = under.clone();
+        parts.push(part.clone());
+        DefenseSpec::of(parts)
+            .check()
+            .with_context(|| format!("sweep point {name}"))?;
+    }
     let prepared = prepare(&args.settings)?;
     let mut model = crate::args::load_model(&args.settings.model, false)?;
     args.settings.adapter.apply(&mut model)?;

@@ -334,6 +334,23 @@ impl DefensePart {
 
     /// Refuse options this defense does not take, so a typo never silently does nothing.
     fn check_options(&self) -> Result<()> {
+        // What the spec grammar splits on cannot be inside what it splits: a part built as a
+        // value must print as a spec that parses back to it.
+        if let Some(a) = &self.artifact {
+            if a.to_string_lossy().contains(['+', ':']) {
+                return Err(SteerError::Invalid(format!(
+                    "{}: the path {} holds '+' or ':', which a defense spec cannot carry",
+                    self.kind,
+                    a.display()
+                )));
+            }
+        }
+        if let Some((k, v)) = self.options.iter().find(|(_, v)| v.contains(['+', ','])) {
+            return Err(SteerError::Invalid(format!(
+                "{}: option {k}={v} holds '+' or ',', which a defense spec cannot carry",
+                self.kind
+            )));
+        }
         let known = self.kind.options();
         match self.options.iter().find(|(k, _)| !self.kind.takes(k)) {
             None => Ok(()),
@@ -425,11 +442,16 @@ impl DefenseSpec {
         Ok(())
     }
 
-    /// Set option `key` on every part whose defense takes it and does not set it already (CLI
-    /// flags like `--alpha`).
-    pub fn set_default(&mut self, key: &str, value: impl fmt::Display) {
-        for part in self.parts.iter_mut().filter(|p| p.kind.takes(key)) {
-            part.set_default(key, value.to_string());
+    /// `--alpha`: the steering strength of every steering part (sarsteer, text-steer, cast) that
+    /// does not set it. SafeCoDe's `alpha` is its contrast weight, another quantity: it keeps
+    /// its own default.
+    pub fn set_steering_alpha(&mut self, alpha: f64) {
+        for part in self
+            .parts
+            .iter_mut()
+            .filter(|p| p.kind.steers() && p.kind.takes("alpha"))
+        {
+            part.set_default("alpha", alpha.to_string());
         }
     }
 }
@@ -637,11 +659,24 @@ mod tests {
         assert!(built.check().is_err());
         // --alpha goes to the parts that take it and leave it unset.
         let mut spec: DefenseSpec = "prompt+sarsteer=v+cast=c:alpha=0.5".parse().unwrap();
-        spec.set_default("alpha", 0.3);
+        spec.set_steering_alpha(0.3);
         assert_eq!(
             spec.to_string(),
             "prompt+sarsteer=v:alpha=0.3+cast=c:alpha=0.5"
         );
+        // What the grammar splits on cannot be in a value built by hand.
+        for bad in [
+            DefensePart::new(DefenseKind::Safecode, None).with("judge", "a,b"),
+            DefensePart::new(DefenseKind::Safecode, None).with("calibration", "x+y"),
+            DefensePart::new(DefenseKind::Ablate, Some("out:1/rd".into())),
+        ] {
+            let e = DefenseSpec::of(vec![bad]).check().unwrap_err().to_string();
+            assert!(e.contains("cannot carry"), "{e}");
+        }
+        // ... but only steering parts take --alpha: SafeCoDe's contrast α is not a strength.
+        let mut spec: DefenseSpec = "sarsteer=v+safecode".parse().unwrap();
+        spec.set_steering_alpha(0.1);
+        assert_eq!(spec.to_string(), "sarsteer=v:alpha=0.1+safecode");
         assert_eq!(DefenseSpec::of(vec![]).to_string(), "none");
     }
 
