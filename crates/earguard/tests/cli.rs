@@ -1232,6 +1232,28 @@ fn sweep_varies_one_option_of_any_defense() {
             "one defense",
             1,
         ),
+        (
+            &["--defense", "safecode", "--values", "sigma=1,1"][..],
+            "given twice",
+            1,
+        ),
+        (
+            &["--defense", "safecode", "--values", "judge=../x"][..],
+            "run directory",
+            1,
+        ),
+        (
+            &[
+                "--under",
+                "sarsteer=v",
+                "--defense",
+                "ablate=r",
+                "--values",
+                "strength=1",
+            ][..],
+            "ablate must come before",
+            1,
+        ),
         (&["--defense", "safecode"][..], "--values", 2),
         (
             &[
