@@ -112,6 +112,18 @@ pub struct GenerateRequest<'a> {
     pub pad_token: u32,
 }
 
+impl<'a> GenerateRequest<'a> {
+    /// Greedy decoding of at most `max_tokens` tokens, ending early on any of `stop_tokens`.
+    pub fn greedy(max_tokens: usize, stop_tokens: &'a [u32], pad_token: u32) -> Self {
+        Self {
+            max_tokens,
+            sampling: SamplingParams::greedy(),
+            stop_tokens,
+            pad_token,
+        }
+    }
+}
+
 /// Generate for every prompt in one left-padded batch. `on_token(row, token)` sees each new
 /// (non-stop) token as it is produced, for streaming. A gate in the plan decides for each row
 /// from its own prompt (see [`crate::hooks::Gate`]). Row `i` samples with seed `row_seeds[i]`, or `seed + i` when

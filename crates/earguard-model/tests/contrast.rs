@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use earguard_model::generate::{
-    generate_batch, generate_guided, GenerateRequest, Generation, Guide, SamplingParams,
+    generate_batch, generate_guided, GenerateRequest, Generation, Guide,
 };
 use earguard_model::{
     prefill, AudioCache, ChatMessage, ContentSpecials, EmbeddingNoise, InterventionPlan, Logits,
@@ -29,12 +29,7 @@ fn conversation(user: &str) -> Vec<ChatMessage> {
 }
 
 fn request(max_tokens: usize) -> GenerateRequest<'static> {
-    GenerateRequest {
-        max_tokens,
-        sampling: SamplingParams::greedy(),
-        stop_tokens: &[],
-        pad_token: 0,
-    }
+    GenerateRequest::greedy(max_tokens, &[], 0)
 }
 
 fn last_logits(model: &Model, prompts: &[Prompt]) -> candle_core::Tensor {

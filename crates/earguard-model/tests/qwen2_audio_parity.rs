@@ -324,7 +324,7 @@ fn audio_chat_template_is_found_like_the_processor_finds_it() {
 /// last-position logits. Tolerance 1e-4 (features and logits).
 #[test]
 fn audio_file_prompt_reproduces_hf_end_to_end() {
-    use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
+    use earguard_model::generate::{generate_batch, GenerateRequest};
     use earguard_model::{prefill, Prompt};
 
     let model = load();
@@ -360,12 +360,7 @@ fn audio_file_prompt_reproduces_hf_end_to_end() {
     );
 
     // Generation from audio prompts runs and is the same alone and in a batch.
-    let request = GenerateRequest {
-        max_tokens: 4,
-        sampling: SamplingParams::greedy(),
-        stop_tokens: &[],
-        pad_token: pad,
-    };
+    let request = GenerateRequest::greedy(4, &[], pad);
     let plan = InterventionPlan::new();
     let alone =
         generate_batch(&model.decoder, &[prompt], &request, &plan, None, |_, _| {}).unwrap();

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
 use earguard_data::REFUSAL_SUBSTRINGS;
-use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
+use earguard_model::generate::{generate_batch, GenerateRequest};
 use earguard_model::loader::models_dir;
 use earguard_model::Model;
 use earguard_model::Prompt;
@@ -53,12 +53,7 @@ fn greedy(
         .map(|p| model.encode_chat(None, p).expect("encode").into())
         .collect();
     let stop = model.tokenizer.stop_token_ids();
-    let request = GenerateRequest {
-        max_tokens,
-        sampling: SamplingParams::greedy(),
-        stop_tokens: &stop,
-        pad_token: model.tokenizer.pad_id(),
-    };
+    let request = GenerateRequest::greedy(max_tokens, &stop, model.tokenizer.pad_id());
     generate_batch(&model.decoder, &ids, &request, plan, None, |_, _| {})
         .expect("generate")
         .iter()

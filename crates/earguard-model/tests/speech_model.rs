@@ -10,7 +10,7 @@ use candle_nn::{VarBuilder, VarMap};
 use earguard_model::audio::{AudioCache, AudioFrontEnd, WaveformNoise};
 use earguard_model::chat::ChatMessage;
 use earguard_model::content::{AudioRef, Content, Part};
-use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
+use earguard_model::generate::{generate_batch, GenerateRequest};
 use earguard_model::speech::{
     HeadShape, SpeechHead, SpeechHeadConfig, SpeechModelConfig, HEAD_CONFIG,
 };
@@ -215,12 +215,7 @@ fn a_speech_model_composes_its_parts() {
     assert_eq!(cache.encoded(), 1, "the clip is encoded once per run");
 
     // And the LLM runs on it.
-    let request = GenerateRequest {
-        max_tokens: 3,
-        sampling: SamplingParams::greedy(),
-        stop_tokens: &[],
-        pad_token: 0,
-    };
+    let request = GenerateRequest::greedy(3, &[], 0);
     let out = generate_batch(
         &model.decoder,
         &[prompt, both],

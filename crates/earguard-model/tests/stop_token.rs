@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use earguard_model::generate::{generate_batch, FinishReason, GenerateRequest, SamplingParams};
+use earguard_model::generate::{generate_batch, FinishReason, GenerateRequest};
 use earguard_model::{ChatMessage, ContentSpecials, InterventionPlan};
 
 #[test]
@@ -18,12 +18,7 @@ fn a_stopped_reply_keeps_its_stop_token_apart() {
         )
         .unwrap();
     let run = |stop: &[u32]| {
-        let request = GenerateRequest {
-            max_tokens: 6,
-            sampling: SamplingParams::greedy(),
-            stop_tokens: stop,
-            pad_token: 0,
-        };
+        let request = GenerateRequest::greedy(6, stop, 0);
         let plan = InterventionPlan::new();
         generate_batch(
             &model.decoder,

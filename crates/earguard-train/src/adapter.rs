@@ -414,7 +414,7 @@ pub fn adapter_sha256(dir: &Path) -> Result<String> {
         h.update((bytes.len() as u64).to_le_bytes());
         h.update(&bytes);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(earguard_data::hex(&h.finalize()))
 }
 
 /// Load the PEFT adapter in `dir` onto `dec` (inference: no dropout).

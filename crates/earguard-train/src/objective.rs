@@ -129,7 +129,7 @@ impl ResponseTokens {
             put(&s.target.prefill);
             put(&s.target.response);
         }
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        earguard_data::hex(&h.finalize())
     }
 }
 

@@ -16,7 +16,7 @@
 //! plan (e.g. refusal-direction ablation; kept only where the judge does *not* call it a
 //! refusal). Every reply is generated on the model as loaded (quantized or not) before training.
 
-use earguard_model::generate::{generate_batch, GenerateRequest, Generation, SamplingParams};
+use earguard_model::generate::{generate_batch, GenerateRequest, Generation};
 use earguard_model::InterventionPlan;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -104,12 +104,7 @@ pub fn own_replies(
 ) -> Result<Vec<Generation>> {
     let model = prompter.model;
     let stop = model.tokenizer.stop_token_ids();
-    let request = GenerateRequest {
-        max_tokens,
-        sampling: SamplingParams::greedy(),
-        stop_tokens: &stop,
-        pad_token: model.tokenizer.pad_id(),
-    };
+    let request = GenerateRequest::greedy(max_tokens, &stop, model.tokenizer.pad_id());
     let bar = earguard_data::progress::bar(
         progress.then_some("replies"),
         "prompt",

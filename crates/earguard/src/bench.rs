@@ -183,7 +183,7 @@ struct Guided<'a> {
 impl Runner for Guided<'_> {
     fn run(&mut self, prompt: &[u32], n: usize) -> Result<Timing> {
         use earguard_model::chat::{ChatMessage, ContentSpecials};
-        use earguard_model::generate::{GenerateRequest, SamplingParams};
+        use earguard_model::generate::GenerateRequest;
         let sc = self
             .defense
             .safecode()
@@ -202,12 +202,7 @@ impl Runner for Guided<'_> {
             seed: 0,
         };
         // No stop token: exactly n tokens, as the other runners decode.
-        let generate = GenerateRequest {
-            max_tokens: n,
-            sampling: SamplingParams::greedy(),
-            stop_tokens: &[],
-            pad_token: self.model.tokenizer.pad_id(),
-        };
+        let generate = GenerateRequest::greedy(n, &[], self.model.tokenizer.pad_id());
         let t0 = Instant::now();
         // When each answer token arrived.
         let mut stamps: Vec<f64> = Vec::with_capacity(n);
@@ -528,7 +523,7 @@ fn decode(args: DecodeArgs) -> Result<()> {
 
 /// Responses/s at batch 1 and at batch N on the same prompts, greedy, no early stop.
 fn eval_batching(args: EvalBenchArgs) -> Result<()> {
-    use earguard_model::generate::{generate_batch, GenerateRequest, SamplingParams};
+    use earguard_model::generate::{generate_batch, GenerateRequest};
     let set = earguard_data::PromptSet::read(&args.data, &Default::default())?;
     let mut model = crate::args::load_model(&args.model, args.json)?;
     args.adapter.apply(&mut model)?;
@@ -539,12 +534,7 @@ fn eval_batching(args: EvalBenchArgs) -> Result<()> {
         .map(|i| model.encode_chat(None, &i.text).map(Prompt::text))
         .collect::<Result<_, _>>()?;
     // No stop tokens: every response has exactly max_tokens, so both runs do the same work.
-    let request = GenerateRequest {
-        max_tokens: args.max_tokens,
-        sampling: SamplingParams::greedy(),
-        stop_tokens: &[],
-        pad_token: model.tokenizer.pad_id(),
-    };
+    let request = GenerateRequest::greedy(args.max_tokens, &[], model.tokenizer.pad_id());
     let plan = InterventionPlan::new();
     let t0 = Instant::now();
     for p in &prompts {

@@ -627,6 +627,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
             .join("+")
     );
     let mut points = vec![(base_name, base.clone())];
+    let swept_kind = swept.first().map_or("sweep", |(_, p)| p.kind.name());
     for (name, part) in swept {
         let mut parts = under.clone();
         parts.push(part);
@@ -655,12 +656,7 @@ pub fn sweep(args: SweepArgs) -> Result<()> {
             &args.out,
             "tradeoff",
             &tradeoff,
-            &format!(
-                "{} sweep: ASR vs ORR",
-                args.defense
-                    .as_deref()
-                    .map_or("SARSteer", |d| d.split([':', '=']).next().unwrap_or(d))
-            ),
+            &format!("{swept_kind} sweep: ASR vs ORR"),
             true,
         )?;
     }

@@ -190,8 +190,7 @@ fn claim_dir(out: &Path, config: &serde_json::Value) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let path = out.join("config.json");
     if path.is_file() {
-        let old: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let old = read_run_json(&path)?;
         if &old != config {
             bail!(
                 "{} holds a different training run (its config.json differs); use a new --out",
@@ -466,6 +465,24 @@ pub fn merge(args: MergeArgs) -> Result<()> {
     Ok(())
 }
 
+/// A small JSON file a run wrote (config.json, targets.json), read back with a size limit: a
+/// run directory is user-supplied, and anything there may have been replaced.
+fn read_run_json(path: &Path) -> Result<serde_json::Value> {
+    use std::io::Read as _;
+    const LIMIT: u64 = 1 << 20;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(LIMIT + 1).read_to_string(&mut text))
+        .with_context(|| format!("reading {}", path.display()))?;
+    if text.len() as u64 > LIMIT {
+        bail!(
+            "{} is over {LIMIT} bytes: not a file this run wrote",
+            path.display()
+        );
+    }
+    serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
+}
+
 /// SFT targets are the model's own replies, generated at every start: a resumed run must get
 /// the ones it started with (an edited attack vector, or a nondeterministic device, would
 /// otherwise change the data under its checkpoint). The first start records them.
@@ -473,8 +490,7 @@ fn same_targets(out: &Path, samples: usize, sha256: &str) -> Result<()> {
     let path = out.join("targets.json");
     let now = json!({"samples": samples, "sha256": sha256});
     if path.is_file() {
-        let old: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let old = read_run_json(&path)?;
         if old != now {
             bail!(
                 "the training targets differ from those {} started with ({} samples, sha256 {} \

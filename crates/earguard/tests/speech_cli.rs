@@ -38,19 +38,11 @@ fn present(path: &Path, var: &str) -> bool {
 }
 
 /// Whisper-base and the LLM `llm` from the models directory, or None (skipped, said) when one
-/// is missing and not required.
-/// An LLM installed under its former short name (fetch-models.sh keeps such an install) is
-/// found too.
+/// is missing and not required. The LLM is found as the loader finds it (a former short name
+/// too).
 fn real_parts(llm: &str) -> Option<(PathBuf, PathBuf)> {
     let whisper = models().join("whisper-base");
-    let former = earguard_model::loader::ALIASES
-        .iter()
-        .find(|(_, now)| *now == llm)
-        .map(|(old, _)| models().join(old));
-    let llm = match former {
-        Some(old) if old.exists() && !models().join(llm).exists() => old,
-        _ => models().join(llm),
-    };
+    let llm = earguard_model::loader::resolve(llm).unwrap_or_else(|_| models().join(llm));
     (present(&whisper.join("model.bin"), "EARGUARD_REQUIRE_WHISPER")
         && present(&llm, "EARGUARD_REQUIRE_MODELS"))
     .then_some((whisper, llm))
