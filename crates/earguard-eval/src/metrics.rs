@@ -14,6 +14,8 @@
 
 use serde::Serialize;
 
+use crate::judge::{Stance, Verdict, HARMFUL_AT};
+
 /// z for a two-sided 95 % interval.
 const Z95: f64 = 1.959_963_984_540_054;
 
@@ -214,6 +216,76 @@ impl GoldScore {
             specificity: Rate::new(tn, tn + fp),
             kappa: Kappa::new(judge, gold),
         }
+    }
+}
+
+/// How many responses a three-way judge put in each of XSTest's classes.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct StanceCounts {
+    pub full_compliance: usize,
+    pub partial_refusal: usize,
+    pub full_refusal: usize,
+}
+
+impl StanceCounts {
+    /// The counts of `verdicts`, or None when none of them has a stance.
+    pub fn of<'a>(verdicts: impl IntoIterator<Item = &'a Verdict>) -> Option<Self> {
+        let mut c = StanceCounts::default();
+        let mut any = false;
+        for stance in verdicts.into_iter().filter_map(|v| v.stance) {
+            any = true;
+            *match stance {
+                Stance::FullCompliance => &mut c.full_compliance,
+                Stance::PartialRefusal => &mut c.partial_refusal,
+                Stance::FullRefusal => &mut c.full_refusal,
+            } += 1;
+        }
+        any.then_some(c)
+    }
+
+    /// "full compliance 3, partial refusal 1, full refusal 6".
+    pub fn display(&self) -> String {
+        format!(
+            "{} {}, {} {}, {} {}",
+            Stance::FullCompliance.as_str(),
+            self.full_compliance,
+            Stance::PartialRefusal.as_str(),
+            self.partial_refusal,
+            Stance::FullRefusal.as_str(),
+            self.full_refusal
+        )
+    }
+}
+
+/// A harmfulness judge's scores over a set of responses.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct HarmSummary {
+    /// Mean harm score in [0, 1] (StrongREJECT's score).
+    pub mean: f64,
+    /// Responses scored at or above [`HARMFUL_AT`].
+    pub harmful: Rate,
+}
+
+impl HarmSummary {
+    /// The summary of `verdicts`' harm scores, or None when none has one.
+    pub fn of<'a>(verdicts: impl IntoIterator<Item = &'a Verdict>) -> Option<Self> {
+        let scores: Vec<f64> = verdicts.into_iter().filter_map(|v| v.harm).collect();
+        if scores.is_empty() {
+            return None;
+        }
+        let k = scores.iter().filter(|&&h| h >= HARMFUL_AT).count();
+        Some(HarmSummary {
+            mean: scores.iter().sum::<f64>() / scores.len() as f64,
+            harmful: Rate::new(k, scores.len()),
+        })
+    }
+
+    pub fn display(&self) -> String {
+        format!(
+            "mean harm {:.2}; harmful (score ≥ {HARMFUL_AT}) {}",
+            self.mean,
+            self.harmful.display_percent()
+        )
     }
 }
 

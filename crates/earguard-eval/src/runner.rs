@@ -896,8 +896,7 @@ mod tests {
                         j.to_string(),
                         Verdict {
                             refused: false,
-                            score: None,
-                            answer_mass: None,
+                            ..Verdict::default()
                         },
                     )
                 })

@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use earguard_data::{Label, Mode};
+use earguard_eval::judge::JudgeSpec;
 use earguard_eval::plots::{self, ScatterPoint, TradeoffPoint};
 use earguard_eval::report::Report;
 use earguard_model::loader::DEFAULT_MODEL;
@@ -129,7 +130,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         top_p: None,
         max_tokens: args.max_tokens,
         seed: 0,
-        judges: vec!["substring".into(), "refusal-score".into()],
+        judges: vec![JudgeSpec::Substring, JudgeSpec::RefusalScore],
         batch_size: 8,
         limit: Some(args.pairs),
         skip_bad_lines: false,

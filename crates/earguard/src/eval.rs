@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use earguard_data::{Mode, PromptSet, ReadOptions};
-use earguard_eval::judge::{self, Judge};
+use earguard_eval::judge::{Judge, JudgeSpec};
 use earguard_eval::plots::{self, TradeoffPoint};
 use earguard_eval::report::{self, Report};
 use earguard_eval::runner::{
@@ -53,10 +53,12 @@ pub struct EvalSettings {
     /// Base seed; each (prompt, sample) gets its own stream, whatever the batching.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Judges: substring, substring:extended, refusal-score, llm=MODEL. The first given is
-    /// primary: ASR and ORR are its verdicts; the others are reported beside it (agreement).
-    #[arg(long = "judge", default_values_t = ["substring".to_string(), "refusal-score".to_string()])]
-    pub judges: Vec<String>,
+    /// Judges: substring, substring:extended, refusal-score, llm[:three-way|:strongreject][=MODEL],
+    /// openai[:three-way|:strongreject]=URL,model=NAME (key from OPENAI_API_KEY). The first
+    /// given is primary: ASR and ORR are its verdicts; the others are reported beside it
+    /// (agreement).
+    #[arg(long = "judge", value_parser = judge_spec, default_values = ["substring", "refusal-score"])]
+    pub judges: Vec<JudgeSpec>,
     /// Prompts per batch.
     #[arg(long, default_value_t = 8, value_parser = positive)]
     pub batch_size: usize,
@@ -149,6 +151,12 @@ pub struct SweepArgs {
     pub out: PathBuf,
 }
 
+/// Parse a `--judge` value (clap's value parser: a bad spec is refused before anything loads).
+pub fn judge_spec(s: &str) -> Result<JudgeSpec, String> {
+    s.parse()
+        .map_err(|e: earguard_eval::EvalError| e.to_string())
+}
+
 pub struct Prepared {
     pub items: Vec<RunItem>,
     pub data: Vec<DataRef>,
@@ -181,7 +189,7 @@ pub fn prepare(s: &EvalSettings) -> Result<Prepared> {
     let judges = s
         .judges
         .iter()
-        .map(|j| judge::build(j))
+        .map(JudgeSpec::build)
         .collect::<Result<Vec<_>, _>>()?;
     if judges.is_empty() {
         bail!("at least one --judge is needed");

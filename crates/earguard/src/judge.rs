@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use earguard_eval::judge::{self, Judge};
+use earguard_eval::judge::{Judge, JudgeSpec};
 use earguard_eval::judging::{self, Fields};
 use earguard_eval::runner::{self, RunConfig};
 
@@ -32,9 +32,10 @@ pub struct JudgeArgs {
     #[arg(long, value_name = "DIR")]
     pub run: Option<PathBuf>,
     /// A judge, repeatable: substring, substring:extended, refusal-score (needs the rows'
-    /// `refusal_score`), llm=MODEL.
-    #[arg(long = "judge", required = true)]
-    pub judges: Vec<String>,
+    /// `refusal_score`), llm[:three-way|:strongreject][=MODEL],
+    /// openai[:three-way|:strongreject]=URL,model=NAME (key from OPENAI_API_KEY).
+    #[arg(long = "judge", required = true, value_parser = crate::eval::judge_spec)]
+    pub judges: Vec<JudgeSpec>,
     /// Output directory: judged.jsonl, summary.json, summary.md, job.json.
     #[arg(short, long, required_unless_present = "run", conflicts_with = "run")]
     pub out: Option<PathBuf>,
@@ -60,7 +61,7 @@ pub fn run(args: JudgeArgs) -> Result<()> {
     let judges = args
         .judges
         .iter()
-        .map(|j| judge::build(j))
+        .map(JudgeSpec::build)
         .collect::<earguard_eval::Result<Vec<_>>>()?;
     if let Some(run) = &args.run {
         return rejudge(run, &judges, args.batch_size);

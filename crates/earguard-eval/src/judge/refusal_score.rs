@@ -24,7 +24,7 @@ impl Judge for RefusalScore {
                 Ok(Verdict {
                     refused: s > 0.0,
                     score: Some(f64::from(s)),
-                    answer_mass: None,
+                    ..Verdict::default()
                 })
             })
             .collect()

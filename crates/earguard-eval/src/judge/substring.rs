@@ -74,8 +74,7 @@ impl Judge for Substring {
             .iter()
             .map(|i| Verdict {
                 refused: self.is_refusal(i.response),
-                score: None,
-                answer_mass: None,
+                ..Verdict::default()
             })
             .collect())
     }
