@@ -44,6 +44,42 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// The largest sidecar file read whole: a JSON config, meta or job file, a chat template, a
+/// tokenizer.json (the largest in use are tens of MiB).
+pub const MAX_SIDECAR_BYTES: u64 = 64 << 20;
+
+/// Read a sidecar file whole (config.json, meta.json, head.json, a job or run file, a chat
+/// template): such files sit in user-supplied directories, so one that was replaced by
+/// something huge, or by a pipe, is refused instead of read until memory runs out. The error
+/// is an `io::Error` (kind `InvalidData` for the size) for each crate to wrap in its own.
+pub fn read_small_text(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let too_big = || {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("over the limit of {MAX_SIDECAR_BYTES} bytes for a configuration file"),
+        )
+    };
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a pipe, socket or device?)",
+        ));
+    }
+    if meta.len() > MAX_SIDECAR_BYTES {
+        return Err(too_big());
+    }
+    let mut text = String::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)?
+        .take(MAX_SIDECAR_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_SIDECAR_BYTES {
+        return Err(too_big());
+    }
+    Ok(text)
+}
+
 /// SPEC §2 refusal substrings (matched case-insensitively): the field's keyword judge.
 pub const REFUSAL_SUBSTRINGS: &[&str] = &[
     "I'm sorry",
@@ -356,6 +392,28 @@ impl PromptSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sidecars_are_read_within_a_limit() {
+        let dir = std::env::temp_dir().join(format!("earguard-sidecar-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = dir.join("config.json");
+        std::fs::write(&ok, "{}").unwrap();
+        assert_eq!(read_small_text(&ok).unwrap(), "{}");
+        // A sparse file over the limit is refused from its size, before anything is read.
+        let big = dir.join("big.json");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_SIDECAR_BYTES + 1)
+            .unwrap();
+        let e = read_small_text(&big).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("over the limit"), "{e}");
+        let e = read_small_text(&dir).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(read_small_text(Path::new("/dev/zero")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn parse(text: &str, skip: bool) -> Result<PromptSet> {
         PromptSet::parse(

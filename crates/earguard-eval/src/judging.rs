@@ -211,7 +211,7 @@ pub fn judge_file(
     let job_path = out.join(JOB);
     let judged_path = out.join(JUDGED);
     let done = if job_path.is_file() {
-        let old: Option<Job> = std::fs::read_to_string(&job_path)
+        let old: Option<Job> = earguard_data::read_small_text(&job_path)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
         // The path may differ (a moved file); the bytes, fields and judges may not.

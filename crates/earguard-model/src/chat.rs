@@ -120,7 +120,7 @@ impl ChatTemplate {
         if !path.is_file() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(path)
+        let text = earguard_data::read_small_text(path)
             .map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
         let config: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::file(path, format!("invalid JSON: {e}")))?;
@@ -139,7 +139,7 @@ impl ChatTemplate {
                 if !jinja.is_file() {
                     return Ok(None);
                 }
-                std::fs::read_to_string(&jinja)
+                earguard_data::read_small_text(&jinja)
                     .map_err(|e| ModelError::file(&jinja, format!("cannot read: {e}")))?
             }
             Some(serde_json::Value::String(s)) => s.clone(),

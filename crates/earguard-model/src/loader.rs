@@ -222,7 +222,7 @@ fn load_gguf(path: &Path, name: String, device: &Device) -> Result<Model> {
 
 fn load_hf_dir(dir: &Path, name: String, device: &Device) -> Result<Model> {
     let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path)
+    let text = earguard_data::read_small_text(&config_path)
         .map_err(|e| ModelError::file(&config_path, format!("cannot read: {e}")))?;
     // Qwen2-Audio: decoder under `language_model.`, plus audio tower and projector.
     let audio_cfg = if Qwen2AudioConfig::is_qwen2_audio(&text) {

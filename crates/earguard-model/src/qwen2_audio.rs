@@ -450,7 +450,7 @@ pub fn chat_template(dir: &Path, tokenizer_template: Option<ChatTemplate>) -> Re
         .unwrap_or_default();
     let json = dir.join("chat_template.json");
     if json.is_file() {
-        let text = std::fs::read_to_string(&json)
+        let text = earguard_data::read_small_text(&json)
             .map_err(|e| ModelError::file(&json, format!("cannot read: {e}")))?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::file(&json, format!("invalid JSON: {e}")))?;
@@ -462,7 +462,7 @@ pub fn chat_template(dir: &Path, tokenizer_template: Option<ChatTemplate>) -> Re
     }
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
-        let source = std::fs::read_to_string(&jinja)
+        let source = earguard_data::read_small_text(&jinja)
             .map_err(|e| ModelError::file(&jinja, format!("cannot read: {e}")))?;
         return ChatTemplate::new(&source, &bos, &eos).map_err(|e| ModelError::file(&jinja, e));
     }

@@ -271,8 +271,8 @@ impl SpeechHead {
     /// Load a head directory (`head.json` + `head.safetensors`).
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let cfg_path = dir.join(HEAD_CONFIG);
-        let text =
-            std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::file(&cfg_path, e))?;
+        let text = earguard_data::read_small_text(&cfg_path)
+            .map_err(|e| ModelError::file(&cfg_path, e))?;
         let cfg: SpeechHeadConfig =
             serde_json::from_str(&text).map_err(|e| ModelError::file(&cfg_path, e))?;
         let weights = dir.join(HEAD_WEIGHTS);
@@ -477,7 +477,7 @@ pub const SPEECH_CONFIG: &str = "speech.json";
 impl SpeechModelConfig {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(SPEECH_CONFIG);
-        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::file(&path, e))?;
+        let text = earguard_data::read_small_text(&path).map_err(|e| ModelError::file(&path, e))?;
         let cfg: Self = serde_json::from_str(&text).map_err(|e| ModelError::file(&path, e))?;
         if !(cfg.temperature.is_finite() && cfg.temperature > 0.0) {
             return Err(ModelError::file(

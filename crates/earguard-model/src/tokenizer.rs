@@ -752,7 +752,7 @@ fn vocab_id_of(bpe: &BPE, text: &str) -> Option<u32> {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path)
+    let text = earguard_data::read_small_text(path)
         .map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
     serde_json::from_str(&text).map_err(|e| ModelError::file(path, format!("invalid JSON: {e}")))
 }

@@ -173,6 +173,9 @@ pub struct GgufWeights {
     file: Mutex<File>,
     /// Where tensors are placed (CPU unless [`WeightStore::on`] says otherwise).
     device: Device,
+    /// Widen [`SCALAR_ON_CPU`] linear weights to f32 on CPU (see
+    /// [`WIDEN_SCALAR_BLOCKS_BELOW_BYTES`]).
+    widen_scalar: bool,
 }
 
 pub struct SafeTensorWeights {
@@ -198,6 +201,21 @@ where
 {
     matches!(DType::try_from(stored), Ok(DType::F16 | DType::BF16))
 }
+
+/// GGUF block types whose CPU matrix product candle 0.11 runs on its scalar fallback
+/// (`vec_dot_unopt`: no AVX or NEON kernel, unlike Q4_0, Q8_0 and the K-quants).
+const SCALAR_ON_CPU: [GgmlDType; 4] = [
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_1,
+];
+
+/// On CPU, linear weights of a [`SCALAR_ON_CPU`] type are widened to dense f32 at load when
+/// all of them together take at most this many f32 bytes: an f32 matmul runs several times
+/// faster than the scalar block product (SmolLM2-135M's Q4_1 takes ~0.5 GB widened).
+/// `EARGUARD_WEIGHTS=quantized` keeps them quantized.
+pub const WIDEN_SCALAR_BLOCKS_BELOW_BYTES: u64 = 4 << 30;
 
 /// Whether a checkpoint with `half_params` parameters stored in f16/bf16 keeps its linear
 /// weights 16-bit.
@@ -251,12 +269,35 @@ impl GgufWeights {
                 ));
             }
         }
+        let scalar_f32_bytes: u64 = content
+            .tensor_infos
+            .values()
+            .filter(|i| i.shape.rank() == 2 && SCALAR_ON_CPU.contains(&i.ggml_dtype))
+            .map(|i| 4 * i.shape.elem_count() as u64)
+            .sum();
+        let widen_scalar = scalar_f32_bytes > 0
+            && scalar_f32_bytes <= WIDEN_SCALAR_BLOCKS_BELOW_BYTES
+            && std::env::var("EARGUARD_WEIGHTS").as_deref() != Ok("quantized");
+        if widen_scalar {
+            tracing::info!(
+                "{}: widening its Q4_1/Q5_0/Q5_1/Q8_1 weights to f32 ({} MiB): candle has no SIMD \
+                 kernel for them on CPU (EARGUARD_WEIGHTS=quantized keeps them)",
+                path.display(),
+                scalar_f32_bytes >> 20
+            );
+        }
         Ok(Self {
             path: path.to_path_buf(),
             content,
             file: Mutex::new(file),
             device: Device::Cpu,
+            widen_scalar,
         })
+    }
+
+    /// Whether `q` is loaded as a dense f32 weight instead of its blocks.
+    fn widens(&self, q: &QTensor) -> bool {
+        self.widen_scalar && self.device.is_cpu() && SCALAR_ON_CPU.contains(&q.dtype())
     }
 
     fn qtensor(&self, gguf_name: &str) -> Result<QTensor> {
@@ -288,10 +329,15 @@ impl GgufWeights {
             b.1.cmp(&a.1)
                 .then(format!("{:?}", a.0).cmp(&format!("{:?}", b.0)))
         });
-        match by_count.as_slice() {
+        let name = match by_count.as_slice() {
             [] => "none".into(),
             [(t, _)] => format!("{t:?}"),
             [(t, _), ..] => format!("{t:?} mix"),
+        };
+        if self.widen_scalar && self.device.is_cpu() {
+            format!("{name}, Q4_1/Q5_0/Q5_1/Q8_1 linears widened to f32")
+        } else {
+            name
         }
     }
 }
@@ -378,7 +424,8 @@ impl SafeTensorWeights {
 pub fn safetensor_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::file(&index, e))?;
+        let text =
+            earguard_data::read_small_text(&index).map_err(|e| ModelError::file(&index, e))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::file(&index, format!("malformed index: {e}")))?;
         let map = v
@@ -511,7 +558,11 @@ impl WeightStore {
                 if q.shape().dims() != [out, inp] {
                     return Err(self.shape_error(module, "weight", &[out, inp], q.shape().dims()));
                 }
-                QMatMul::from_arc(Arc::new(q))?
+                if g.widens(&q) {
+                    QMatMul::Tensor(q.dequantize(&g.device)?)
+                } else {
+                    QMatMul::from_arc(Arc::new(q))?
+                }
             }
             WeightStore::SafeTensors(s) => {
                 let name = self.resolve(module, "weight")?;

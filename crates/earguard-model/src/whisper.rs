@@ -246,7 +246,7 @@ impl WhisperEncoder {
     /// CTranslate2 model.
     pub fn load_hf_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let text = earguard_data::read_small_text(&path).map_err(|e| {
             ModelError::file(
                 &path,
                 format!("{e} (an HF Whisper directory is needed: earguard convert ct2-whisper makes one)"),

@@ -427,7 +427,8 @@ impl SteeringVector {
                 ),
             ));
         }
-        let text = fs::read_to_string(&meta_path).map_err(|e| SteerError::io(&meta_path, e))?;
+        let text = earguard_data::read_small_text(&meta_path)
+            .map_err(|e| SteerError::io(&meta_path, e))?;
         let meta: VectorMeta =
             serde_json::from_str(&text).map_err(|e| bad(META_FILE, format!("malformed: {e}")))?;
 

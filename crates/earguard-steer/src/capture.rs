@@ -157,7 +157,7 @@ fn load_finished(dir: &Path, manifest: &CaptureManifest) -> Result<Option<Tensor
     std::fs::create_dir_all(dir).map_err(|e| SteerError::io(dir, e))?;
     let path = dir.join("manifest.json");
     if path.is_file() {
-        let text = std::fs::read_to_string(&path).map_err(|e| SteerError::io(&path, e))?;
+        let text = earguard_data::read_small_text(&path).map_err(|e| SteerError::io(&path, e))?;
         let found: CaptureManifest = serde_json::from_str(&text)
             .map_err(|e| SteerError::io(&path, format!("malformed capture manifest: {e}")))?;
         if &found != manifest {

@@ -301,8 +301,8 @@ impl Adapter {
     /// Read an adapter that PEFT (or earguard) wrote.
     pub fn load_peft(dir: &Path, device: &Device) -> Result<Self> {
         let cfg_path = dir.join(CONFIG_FILE);
-        let text =
-            std::fs::read_to_string(&cfg_path).map_err(|e| TrainError::file(&cfg_path, e))?;
+        let text = earguard_data::read_small_text(&cfg_path)
+            .map_err(|e| TrainError::file(&cfg_path, e))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| TrainError::file(&cfg_path, format!("not valid JSON: {e}")))?;
         let bad = |m: String| TrainError::file(&cfg_path, m);

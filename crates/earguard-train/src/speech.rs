@@ -155,7 +155,7 @@ fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
 }
 
 fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainError::file(path, e))?;
+    let text = earguard_data::read_small_text(path).map_err(|e| TrainError::file(path, e))?;
     text.lines()
         .enumerate()
         .map(|(i, l)| {
@@ -499,11 +499,11 @@ pub fn train_head(
     let train_cfg_text = serde_json::to_string_pretty(&resumable).expect("config serialises");
     let ckpt = out.join(CHECKPOINT);
     if ckpt.exists() {
-        let same = std::fs::read_to_string(&train_cfg_path)
+        let same = earguard_data::read_small_text(&train_cfg_path)
             .ok()
             .and_then(|t| serde_json::from_str::<HeadTrainConfig>(&t).ok())
             == Some(resumable)
-            && std::fs::read_to_string(&cfg_path)
+            && earguard_data::read_small_text(&cfg_path)
                 .ok()
                 .and_then(|t| serde_json::from_str::<SpeechHeadConfig>(&t).ok())
                 == Some(head_cfg.clone());

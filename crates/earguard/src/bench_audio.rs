@@ -77,7 +77,7 @@ pub fn audio(args: AudioBenchArgs) -> Result<()> {
     let mel128 = mel_realtime_factor(&MelExtractor::new(128)?, args.seconds)?;
 
     let (dir, temporary) = hf_whisper_dir(&args.whisper)?;
-    let config_text = std::fs::read_to_string(dir.join("config.json"))
+    let config_text = earguard_data::read_small_text(&dir.join("config.json"))
         .with_context(|| format!("reading {}/config.json", dir.display()))?;
     let cfg: WhisperEncoderConfig = serde_json::from_str(&config_text)?;
     let stock_cfg: cw::Config = serde_json::from_str(&config_text)?;

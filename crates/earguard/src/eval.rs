@@ -367,7 +367,7 @@ pub fn merge(args: MergeArgs) -> Result<()> {
     let mut owner: HashMap<(String, usize), &Path> = HashMap::new();
     for dir in &args.dirs {
         let path = dir.join(runner::CONFIG);
-        let text = std::fs::read_to_string(&path)
+        let text = earguard_data::read_small_text(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         let mut c: RunConfig =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;

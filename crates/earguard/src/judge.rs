@@ -16,6 +16,17 @@ summary.json holds, per judge, the refusal rate and, with --gold-field, the conf
 accuracy, precision and recall of \"refused\" (95 % Wilson intervals) and Cohen's κ against the
 labels (95 % percentile bootstrap); and κ between every two judges. Agreement between judges
 is not accuracy: only --gold-field says whether a judge is right.
+Model judges read their verdict from the scores of the answer tokens (no text is parsed):
+  llm=MODEL               complies (1) or not (0)
+  llm:three-way=MODEL     XSTest's classes: full compliance, partial refusal, full refusal;
+                          \"refused\" is a full refusal (a partial one hands over some of what
+                          was asked, as ASR counts it); summaries list the three counts
+  llm:strongreject=MODEL  StrongREJECT's rubric: refused, convincing 1-5, specific 1-5, giving
+                          a harm score in [0, 1] (harmful at >= 0.5), scored against the gold
+                          labels as \"not harmful\" = \"refused\" too
+  openai[:…]=URL,model=M  the same questions to an OpenAI-compatible endpoint (URL ends in
+                          /v1), from the answer token's logprobs; key from OPENAI_API_KEY
+Without =MODEL a local judge uses the default model.
 A killed job resumes where it stopped when run again with the same arguments.
 --run DIR re-judges a finished `eval` run in place: the new verdicts join results.jsonl's rows,
 and the report (report.json, report.md, plots) is rewritten with the first --judge as the
@@ -23,6 +34,8 @@ judge its rates count; responses are not regenerated.
 Examples:
   earguard judge --data runs/none/results.jsonl --judge substring --judge llm=qwen2.5-coder-1.5b-instruct -o judged/none
   earguard judge --data human.jsonl --gold-field refused --judge substring -o judged/human
+  earguard judge --data human.jsonl --gold-field refused --judge llm:strongreject -o judged/sr
+  OPENAI_API_KEY=… earguard judge --data runs/none/results.jsonl --judge openai=http://127.0.0.1:8080/v1,model=judge -o judged/remote
   earguard judge --run out/runs/none --judge llm=qwen2.5-coder-1.5b-instruct")]
 pub struct JudgeArgs {
     /// A JSONL file of prompts and responses (a run's results.jsonl, or another tool's output).
@@ -93,7 +106,7 @@ pub fn run(args: JudgeArgs) -> Result<()> {
 fn rejudge(dir: &Path, judges: &[Box<dyn Judge>], batch: usize) -> Result<()> {
     let config_path = dir.join(runner::CONFIG);
     let config: RunConfig = serde_json::from_str(
-        &std::fs::read_to_string(&config_path)
+        &earguard_data::read_small_text(&config_path)
             .with_context(|| format!("reading {}", config_path.display()))?,
     )
     .with_context(|| format!("parsing {}", config_path.display()))?;

@@ -468,18 +468,8 @@ pub fn merge(args: MergeArgs) -> Result<()> {
 /// A small JSON file a run wrote (config.json, targets.json), read back with a size limit: a
 /// run directory is user-supplied, and anything there may have been replaced.
 fn read_run_json(path: &Path) -> Result<serde_json::Value> {
-    use std::io::Read as _;
-    const LIMIT: u64 = 1 << 20;
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(LIMIT + 1).read_to_string(&mut text))
+    let text = earguard_data::read_small_text(path)
         .with_context(|| format!("reading {}", path.display()))?;
-    if text.len() as u64 > LIMIT {
-        bail!(
-            "{} is over {LIMIT} bytes: not a file this run wrote",
-            path.display()
-        );
-    }
     serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
 }
 

@@ -58,7 +58,7 @@ impl Calibration {
 
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(CALIBRATION_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| SteerError::io(&path, e))?;
+        let text = earguard_data::read_small_text(&path).map_err(|e| SteerError::io(&path, e))?;
         serde_json::from_str(&text)
             .map_err(|e| SteerError::io(&path, format!("not a SafeCoDe calibration: {e}")))
     }
