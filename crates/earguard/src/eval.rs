@@ -186,10 +186,12 @@ pub fn prepare(s: &EvalSettings) -> Result<Prepared> {
             n_items: set.items.len(),
         })
         .collect();
+    // Judge models go where every other model goes (`--device`).
+    let device = crate::device()?;
     let judges = s
         .judges
         .iter()
-        .map(JudgeSpec::build)
+        .map(|j| j.build(&device))
         .collect::<Result<Vec<_>, _>>()?;
     if judges.is_empty() {
         bail!("at least one --judge is needed");

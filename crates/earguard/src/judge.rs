@@ -71,10 +71,11 @@ pub fn run(args: JudgeArgs) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    let device = crate::device()?;
     let judges = args
         .judges
         .iter()
-        .map(JudgeSpec::build)
+        .map(|j| j.build(&device))
         .collect::<earguard_eval::Result<Vec<_>>>()?;
     if let Some(run) = &args.run {
         return rejudge(run, &judges, args.batch_size);

@@ -172,13 +172,13 @@ impl std::str::FromStr for JudgeSpec {
 }
 
 impl JudgeSpec {
-    /// The judge, loaded (a local model) or connected to lazily (an endpoint).
-    pub fn build(&self) -> Result<Box<dyn Judge>> {
+    /// The judge, loaded (a local model, on `device`) or connected to lazily (an endpoint).
+    pub fn build(&self, device: &candle_core::Device) -> Result<Box<dyn Judge>> {
         Ok(match self {
             JudgeSpec::Substring => Box::new(Substring::standard()),
             JudgeSpec::SubstringExtended => Box::new(Substring::extended()),
             JudgeSpec::RefusalScore => Box::new(RefusalScore),
-            JudgeSpec::Llm { model, rubric } => Box::new(LlmJudge::load(model, *rubric)?),
+            JudgeSpec::Llm { model, rubric } => Box::new(LlmJudge::load(model, *rubric, device)?),
             JudgeSpec::OpenAi { url, model, rubric } => {
                 Box::new(OpenAiJudge::new(url, model, *rubric))
             }
@@ -186,9 +186,9 @@ impl JudgeSpec {
     }
 }
 
-/// Build the judge a command-line spec names.
+/// Build the judge a command-line spec names (a local model on the CPU).
 pub fn build(spec: &str) -> Result<Box<dyn Judge>> {
-    spec.parse::<JudgeSpec>()?.build()
+    spec.parse::<JudgeSpec>()?.build(&candle_core::Device::Cpu)
 }
 
 #[cfg(test)]

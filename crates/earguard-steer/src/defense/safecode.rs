@@ -364,7 +364,11 @@ impl SafeCode {
         let snr_db = f32_in("snr", -20.0..=60.0, DEFAULT_SNR_DB)?;
         let judge = match part.option("judge").unwrap_or("self") {
             "self" => VerdictModel::Itself,
-            spec => VerdictModel::Other(Box::new(earguard_model::load(spec)?)),
+            // On the defended model's device: the verdict model runs beside it.
+            spec => VerdictModel::Other(Box::new(earguard_model::load_on(
+                spec,
+                model.decoder.device(),
+            )?)),
         };
         Ok(Self {
             describe: part.to_string(),
