@@ -3,7 +3,7 @@
 //!
 //! [`runner`] generates responses in batches with resume and shards, [`judge`] decides which
 //! responses are refusals, [`judging`] judges any file of responses (and scores judges against
-//! human labels), [`degenerate`] sets apart responses that are neither, [`metrics`]
+//! human labels; [`trust`] scores a report's judge against people), [`degenerate`] sets apart responses that are neither, [`metrics`]
 //! turns verdicts into rates with intervals, and [`report`] writes report.json / report.md with
 //! plots.
 
@@ -17,3 +17,4 @@ pub mod plots;
 pub use error::{EvalError, Result};
 pub mod report;
 pub mod runner;
+pub mod trust;

@@ -20,6 +20,7 @@ use crate::metrics::{
     nsi, paired, Agreement, GoldScore, HarmSummary, PairedComparison, Rate, StanceCounts,
 };
 use crate::runner::{ResultRow, SkippedItem};
+use crate::trust::JudgeTrust;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GroupReport {
@@ -60,6 +61,8 @@ pub struct BaselineComparison {
 pub struct Report {
     pub defense: String,
     pub judge: String,
+    /// The judge's agreement with people (measured when the report is written, or why not).
+    pub judge_trust: JudgeTrust,
     pub asr: Option<f64>,
     pub orr: Option<f64>,
     pub brr: Option<f64>,
@@ -216,6 +219,7 @@ pub fn build(
     Ok(Report {
         defense: rows[0].defense.clone(),
         judge: judge.into(),
+        judge_trust: crate::trust::judge_trust_installed(judge),
         asr: asr.value,
         orr: orr.value,
         brr: orr.value.map(|o| 1.0 - o),
@@ -317,6 +321,7 @@ pub fn markdown(report: &Report, title: &str, plots: &[(String, String)]) -> Str
         "Defense `{}`, judge `{}`, {} responses.\n",
         report.defense, report.judge, report.n_responses
     );
+    let _ = writeln!(md, "{}\n", report.judge_trust.sentence(&report.judge));
     let _ = writeln!(md, "| metric | value [95 % Wilson CI] |\n|---|---|");
     let _ = writeln!(
         md,

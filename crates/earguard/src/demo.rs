@@ -366,6 +366,9 @@ fn write_summary(
         "in {fit_s:.0} s, then evaluated on the first {} pairs of `advbench_mirror.jsonl`.\n",
         args.pairs
     )?;
+    if let Some((_, r)) = reports.first() {
+        writeln!(md, "{}\n", r.judge_trust.sentence(&r.judge))?;
+    }
     writeln!(md, "| defense | ASR (harmful answered) | ORR (benign refused) | degenerate | mirror pairs split | NSI vs none |")?;
     writeln!(md, "|---|---|---|---|---|---|")?;
     for (name, r) in reports {

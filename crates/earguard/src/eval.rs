@@ -334,6 +334,13 @@ pub fn print_table(rows: &[(String, &Report)]) {
             r.degenerate_rate.display_percent()
         );
     }
+    // Each judge's agreement with people, once: a rate means no more than its judge.
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, r) in rows {
+        if seen.insert(r.judge.as_str()) {
+            println!("{}", r.judge_trust.sentence(&r.judge));
+        }
+    }
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
