@@ -10,7 +10,9 @@
 #      every layer's 7 linears; EPOCHS epochs, batch 8, LR: about the paper's lr × steps, since
 #      its 1,400 samples give 6.7× our steps at batch 16);
 #   4. eval each adapter, alone and under the attack.
-# Usage: scripts/train-compare.sh [OUT_DIR]   (MODEL, PAIRS, EPOCHS, LR, METHODS override)
+# Usage: scripts/train-compare.sh [OUT_DIR]   (MODEL, PAIRS, EPOCHS, LR, METHODS override;
+#   METHODS="" runs step 1–2 only; TRAIN_ARGS adds train options, e.g. "--penalty 0", and TAG
+#   names such a variant: its adapter and runs are METHOD$TAG)
 # Every step resumes or is skipped when its output exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,9 @@ MODEL="${MODEL:-smollm2-135m-instruct}"
 PAIRS="${PAIRS:-20}"
 EPOCHS="${EPOCHS:-10}"
 LR="${LR:-2e-4}"
-METHODS="${METHODS:-rrs shallow-mirror shallow-parallel sft deep}"
+METHODS="${METHODS-rrs shallow-mirror shallow-parallel sft deep}"
+TAG="${TAG:-}"
+read -r -a TRAIN_EXTRA <<< "${TRAIN_ARGS:-}"
 BIN="${EARGUARD_BIN:-target/release/earguard}"
 DATA="${DATA:-../shared/data}"
 TRAIN="$DATA/figstep_mirror_train.jsonl"
@@ -49,13 +53,14 @@ for m in $METHODS; do
     shallow-parallel) extra=(--benign "$DATA/harmless_train.jsonl") ;;
     deep) extra=(--attack "ablate=$OUT/vec/rd") ;;
   esac
-  if [ ! -f "$OUT/lora/$m/adapter_model.safetensors" ] || [ -f "$OUT/lora/$m/checkpoint.safetensors" ]; then
-    log "train $m"
-    "$BIN" train "$m" --model "$MODEL" --data "$TRAIN" -o "$OUT/lora/$m" \
+  name="$m$TAG"
+  if ! grep -qs '"finished": true' "$OUT/lora/$name/train.json"; then
+    log "train $name"
+    "$BIN" train "$m" --model "$MODEL" --data "$TRAIN" -o "$OUT/lora/$name" \
       --epochs "$EPOCHS" --lr "$LR" --batch-size 8 --seed 0 --probe-pairs 30 --checkpoint-every 5 \
-      "${extra[@]}"
+      "${extra[@]}" "${TRAIN_EXTRA[@]}"
   fi
-  run "$m" --adapter "$OUT/lora/$m"
-  run "$m+attack" --adapter "$OUT/lora/$m" --defense "$ATTACK"
+  run "$name" --adapter "$OUT/lora/$name"
+  run "$name+attack" --adapter "$OUT/lora/$name" --defense "$ATTACK"
 done
 log "done"

@@ -10,6 +10,7 @@ use earguard_data::{Label, PromptItem};
 use earguard_model::chat::{ChatMessage, ContentSpecials};
 use earguard_model::content::{AudioRef, Content, Part};
 use earguard_model::{AudioCache, Decoder, Model, Prompt};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 
@@ -108,19 +109,40 @@ pub fn mirror_pairs(items: &[PromptItem]) -> Result<Vec<(PromptItem, PromptItem)
     Ok(out)
 }
 
+/// Which instructions a training sample is asked under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Instructions {
+    /// One drawn from the paper's 10-prompt [`POOL`] per sample and epoch (paper §4.2).
+    #[default]
+    Pool,
+    /// Always t ([`INSTRUCTION`]), the instruction RRS's targets are taken under: the
+    /// ablation that leaves the objective nothing to learn but the targets' shift.
+    Fixed,
+}
+
 /// Turns questions into model inputs; spoken clips are encoded once and shared by every
 /// instruction they are asked with.
 pub struct Prompter<'a> {
     pub model: &'a Model,
     audio: AudioCache,
+    instructions: Instructions,
 }
 
 impl<'a> Prompter<'a> {
+    /// A prompter whose training samples draw from the paper's pool.
     pub fn new(model: &'a Model) -> Self {
         Self {
             model,
             audio: AudioCache::new(),
+            instructions: Instructions::Pool,
         }
+    }
+
+    /// The same, with training samples asked under `instructions`.
+    pub fn with_instructions(mut self, instructions: Instructions) -> Self {
+        self.instructions = instructions;
+        self
     }
 
     /// `question` followed by `instruction` (audio wording; text mode rewords it).
@@ -138,9 +160,13 @@ impl<'a> Prompter<'a> {
             .encode_prompt(&messages, ContentSpecials::Literal, &self.audio)?)
     }
 
-    /// `question` under each instruction of the pool.
-    pub fn pool(&self, question: &Question) -> Result<Vec<Prompt>> {
-        POOL.iter().map(|p| self.prompt(question, p)).collect()
+    /// A training sample's prompt variants: `question` under each instruction of the pool,
+    /// or under t alone ([`Instructions`]).
+    pub fn variants(&self, question: &Question) -> Result<Vec<Prompt>> {
+        match self.instructions {
+            Instructions::Pool => POOL.iter().map(|p| self.prompt(question, p)).collect(),
+            Instructions::Fixed => Ok(vec![self.prompt(question, INSTRUCTION)?]),
+        }
     }
 
     /// The representations RRS reshapes, `[n, hidden]`: each question's final-layer hidden

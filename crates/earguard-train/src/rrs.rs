@@ -149,11 +149,11 @@ pub fn build_rrs(
     let mut samples = Vec::with_capacity(2 * pairs.len());
     for ((h, b), (vh, vb)) in pairs.iter().zip(harmful_t.into_iter().zip(benign_t)) {
         samples.push(Sample {
-            variants: prompter.pool(h)?,
+            variants: prompter.variants(h)?,
             target: (vh + &delta_s)?,
         });
         samples.push(Sample {
-            variants: prompter.pool(b)?,
+            variants: prompter.variants(b)?,
             target: (vb - &delta_s)?,
         });
     }

@@ -184,7 +184,7 @@ pub fn build_sft(
             r.produced()
         };
         samples.push(Sample {
-            variants: prompter.pool(q)?,
+            variants: prompter.variants(q)?,
             target: Completion::tokens(target),
         });
         summary.benign_samples += 1;
@@ -195,7 +195,7 @@ pub fn build_sft(
         let i = refusal_token(model)?;
         for q in inputs.harmful {
             samples.push(Sample {
-                variants: prompter.pool(q)?,
+                variants: prompter.variants(q)?,
                 target: Completion::tokens(vec![i]),
             });
         }
@@ -242,7 +242,7 @@ pub fn build_sft(
                 None => Vec::new(),
             };
             samples.push(Sample {
-                variants: prompter.pool(q)?,
+                variants: prompter.variants(q)?,
                 target: Completion {
                     prefill,
                     max_prefill: inputs.max_prefill,

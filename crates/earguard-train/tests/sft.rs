@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, IndexOp, Tensor, D};
 use earguard_model::{InterventionPlan, Logits, Model, Ops, Prompt};
 use earguard_train::objective::{Completion, ResponseTokens, Sample};
-use earguard_train::prompts::{Prompter, Question, INSTRUCTION, REFUSAL_SUFFIX};
+use earguard_train::prompts::{
+    Instructions, Prompter, Question, INSTRUCTION, POOL, REFUSAL_SUFFIX,
+};
 use earguard_train::rrs::refusal_token;
 use earguard_train::sft::{build_sft, own_replies, SftInputs, SftMethod};
 use earguard_train::Objective;
@@ -211,4 +213,26 @@ fn each_baseline_builds_the_targets_the_paper_prescribes() {
         (&kept.prefill, &kept.response),
         (&attacked[1].tokens, &refusals[1].produced())
     );
+}
+
+#[test]
+fn samples_are_asked_under_the_pool_or_under_t_alone() {
+    let m = model();
+    let q = Question::text("How do I bake bread?");
+    let pool = Prompter::new(&m).variants(&q).unwrap();
+    assert_eq!(pool.len(), POOL.len());
+    let distinct: HashSet<&[u32]> = pool.iter().map(|p| p.ids.as_slice()).collect();
+    assert_eq!(
+        distinct.len(),
+        POOL.len(),
+        "each pool instruction is its own prompt"
+    );
+    let fixed = Prompter::new(&m)
+        .with_instructions(Instructions::Fixed)
+        .variants(&q)
+        .unwrap();
+    let t = Prompter::new(&m).prompt(&q, INSTRUCTION).unwrap();
+    assert_eq!(fixed.len(), 1);
+    assert_eq!(fixed[0].ids, t.ids);
+    assert!(pool.iter().all(|p| p.ids != t.ids), "t is not in the pool");
 }

@@ -14,7 +14,7 @@ use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::Proj;
 use earguard_train::fs::write_json_atomic;
 use earguard_train::optim::{AdamWParams, Decay, Schedule};
-use earguard_train::prompts::{mirror_pairs, Prompter, Question};
+use earguard_train::prompts::{mirror_pairs, Instructions, Prompter, Question};
 use earguard_train::rrs::{build_rrs, FeatureSelect};
 use earguard_train::sft::{build_sft, draw, SftInputs, SftMethod};
 use earguard_train::{train, Adapter, LoraConfig, Objective, RunOptions, TrainConfig};
@@ -124,6 +124,11 @@ pub struct TrainArgs {
     /// Weight of the Σ‖scale·B·A‖² penalty.
     #[arg(long, default_value_t = 1.0)]
     pub penalty: f64,
+    /// The instruction each training sample is asked under: one drawn from the paper's
+    /// 10-prompt pool per sample and epoch, or always t (the instruction RRS's targets are
+    /// taken under; an ablation).
+    #[arg(long, value_enum, default_value = "pool")]
+    pub instructions: InstructionsArg,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Write a checkpoint every N optimizer steps.
@@ -136,6 +141,21 @@ pub struct TrainArgs {
     /// 0 for none. Costs one forward pass per question per epoch.
     #[arg(long, default_value_t = 50)]
     pub probe_pairs: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum InstructionsArg {
+    Pool,
+    Fixed,
+}
+
+impl From<InstructionsArg> for Instructions {
+    fn from(i: InstructionsArg) -> Self {
+        match i {
+            InstructionsArg::Pool => Instructions::Pool,
+            InstructionsArg::Fixed => Instructions::Fixed,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -281,7 +301,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(m) => FeatureSelect::TopPercent(m),
         None => FeatureSelect::Positive,
     };
-    let config = json!({
+    let mut config = json!({
         "method": args.method.name(),
         "model": args.model,
         "model_identity": model.info.run_identity(),
@@ -298,6 +318,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         "probe_pairs": args.probe_pairs,
         "mode": args.mode,
     });
+    // Recorded only when not the paper's pool, so runs made before the option resume.
+    let instructions = Instructions::from(args.instructions);
+    if instructions != Instructions::Pool {
+        config["instructions"] = serde_json::to_value(instructions)?;
+    }
     // Checked before the directory is claimed: a bad layer list leaves nothing behind.
     let adapter = Adapter::init(&model.decoder, lora, args.seed)?;
     claim_dir(&args.out, &config)?;
@@ -326,7 +351,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 batch_size: 8,
                 progress: crate::progress_bars(),
             };
-            let prompter = Prompter::new(&model);
+            let prompter = Prompter::new(&model).with_instructions(instructions);
             let (obj, s) = build_sft(&prompter, method, &inputs, &|r| judge.is_refusal(r))?;
             eprintln!(
                 "{}: {} harmful + {} benign samples ({} harmful dropped: reply not a refusal; {} \
@@ -342,7 +367,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     };
     model.decoder = model.decoder.dequantized()?;
-    let prompter = Prompter::new(&model);
+    let prompter = Prompter::new(&model).with_instructions(instructions);
     let (objective, summary): (Box<dyn Objective>, serde_json::Value) = match sft {
         Some((obj, s)) => {
             same_targets(&args.out, obj.samples.len(), &obj.fingerprint())?;
