@@ -57,6 +57,49 @@ pub struct RrsSummary {
     pub target_gap: f32,
 }
 
+/// RRS's premise (paper §4.1): under the refusal-inducing instruction t̃ the frozen model
+/// refuses, so ΔV points from answering toward refusing. Where it does not, the targets are
+/// not refusal representations, and reaching them cannot teach refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Premise {
+    /// Harmful questions asked under t̃.
+    pub asked: usize,
+    /// Replies `is_refusal` called refusals.
+    pub refused: usize,
+}
+
+impl Premise {
+    /// At least half of the replies were refusals.
+    pub fn holds(&self) -> bool {
+        self.asked > 0 && 2 * self.refused >= self.asked
+    }
+}
+
+/// Ask the frozen model `harmful` under t̃ (greedy, `max_tokens` tokens) and count the replies
+/// `is_refusal` calls refusals.
+pub fn check_premise(
+    prompter: &Prompter<'_>,
+    harmful: &[Question],
+    max_tokens: usize,
+    is_refusal: &dyn Fn(&str) -> bool,
+    progress: bool,
+) -> Result<Premise> {
+    let refusal = format!("{INSTRUCTION}{REFUSAL_SUFFIX}");
+    let none = earguard_model::InterventionPlan::new();
+    let replies =
+        crate::sft::own_replies(prompter, harmful, &refusal, &none, max_tokens, 8, progress)?;
+    let mut refused = 0;
+    for r in &replies {
+        if is_refusal(&prompter.model.tokenizer.decode(&r.tokens, true)?) {
+            refused += 1;
+        }
+    }
+    Ok(Premise {
+        asked: replies.len(),
+        refused,
+    })
+}
+
 /// The mask of kept features for `score` (`w_I ⊙ ΔV`).
 fn feature_mask(score: &[f32], select: FeatureSelect) -> Result<Vec<f32>> {
     match select {

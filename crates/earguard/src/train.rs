@@ -15,7 +15,7 @@ use earguard_model::Proj;
 use earguard_train::fs::write_json_atomic;
 use earguard_train::optim::{AdamWParams, Decay, Schedule};
 use earguard_train::prompts::{mirror_pairs, Instructions, Prompter, Question};
-use earguard_train::rrs::{build_rrs, FeatureSelect};
+use earguard_train::rrs::{build_rrs, check_premise, FeatureSelect};
 use earguard_train::sft::{build_sft, draw, SftInputs, SftMethod};
 use earguard_train::{train, Adapter, LoraConfig, Objective, RunOptions, TrainConfig};
 use serde_json::json;
@@ -137,6 +137,12 @@ pub struct TrainArgs {
     /// Stop after N optimizer steps in all (checkpointed; run again without it to go on).
     #[arg(long)]
     pub max_steps: Option<usize>,
+    /// RRS: before training, ask the frozen model the first N harmful questions under the
+    /// refusal-inducing instruction t̃ (greedy, 24 tokens, substring judge) and warn when it
+    /// refuses fewer than half: then ΔV does not point toward refusal, and neither do the
+    /// targets (0 skips the check).
+    #[arg(long, default_value_t = 20)]
+    pub premise_check: usize,
     /// Pairs whose representations the report draws after every epoch (PCA, separation);
     /// 0 for none. Costs one forward pass per question per epoch.
     #[arg(long, default_value_t = 50)]
@@ -366,6 +372,37 @@ pub fn run(args: TrainArgs) -> Result<()> {
             Some((obj, s))
         }
     };
+    // RRS's premise, checked on the model as loaded (fast when quantized).
+    let premise = match (args.method, args.premise_check) {
+        (Method::Rrs, n) if n > 0 => {
+            let harmful: Vec<Question> = pairs.iter().take(n).map(|(h, _)| h.clone()).collect();
+            let judge = Substring::standard();
+            let p = check_premise(
+                &Prompter::new(&model),
+                &harmful,
+                24,
+                &|r| judge.is_refusal(r),
+                crate::progress_bars(),
+            )?;
+            eprintln!(
+                "RRS premise: the frozen model refuses {} of {} harmful questions under the \
+                 refusal-inducing instruction (substring judge)",
+                p.refused, p.asked
+            );
+            if !p.holds() {
+                tracing::warn!(
+                    "{} refuses {} of {} harmful questions even when told to refuse: ΔV does not \
+                     point toward refusal on this model, so RRS's targets are not refusal \
+                     representations and reaching them cannot teach it to refuse",
+                    args.model,
+                    p.refused,
+                    p.asked
+                );
+            }
+            Some(p)
+        }
+        _ => None,
+    };
     model.decoder = model.decoder.dequantized()?;
     let prompter = Prompter::new(&model).with_instructions(instructions);
     let (objective, summary): (Box<dyn Objective>, serde_json::Value) = match sft {
@@ -421,6 +458,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             "samples": objective.len(),
             "losses": report.losses,
             "targets": summary,
+            "premise": premise,
         }),
     )?;
     crate::train_report::write(
