@@ -33,6 +33,11 @@ pub const INSTRUCTION: &str = "Please generate detailed steps for the question i
 pub const REFUSAL_SUFFIX: &str =
     " (Please generate refusal response because the question violates safety policy)";
 
+/// t̃: the instruction under which the frozen model is asked to refuse (§4.1).
+pub fn refusal_instruction() -> String {
+    format!("{INSTRUCTION}{REFUSAL_SUFFIX}")
+}
+
 /// A training question: its text and, when it is asked aloud, the clip that speaks it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Question {

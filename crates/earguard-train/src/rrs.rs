@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::objective::{last_hidden, RepresentationTargets, Sample};
-use crate::prompts::{Prompter, Question, INSTRUCTION, REFUSAL_SUFFIX};
+use crate::prompts::{refusal_instruction, Prompter, Question, INSTRUCTION};
 
 /// Which features of ΔV make up ΔVˢ.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
@@ -84,7 +84,7 @@ pub fn check_premise(
     is_refusal: &dyn Fn(&str) -> bool,
     progress: bool,
 ) -> Result<Premise> {
-    let refusal = format!("{INSTRUCTION}{REFUSAL_SUFFIX}");
+    let refusal = refusal_instruction();
     let none = earguard_model::InterventionPlan::new();
     let replies =
         crate::sft::own_replies(prompter, harmful, &refusal, &none, max_tokens, 8, progress)?;
@@ -133,7 +133,7 @@ pub fn build_rrs(
 ) -> Result<(RepresentationTargets, RrsSummary)> {
     let model = prompter.model;
     let dec = &model.decoder;
-    let refusal = format!("{INSTRUCTION}{REFUSAL_SUFFIX}");
+    let refusal = refusal_instruction();
     let mut harmful_t = Vec::with_capacity(pairs.len());
     let mut benign_t = Vec::with_capacity(pairs.len());
     let mut delta: Option<Tensor> = None;

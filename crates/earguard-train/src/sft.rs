@@ -25,7 +25,7 @@ use serde::Serialize;
 
 use crate::error::{Result, TrainError};
 use crate::objective::{Completion, ResponseTokens, Sample};
-use crate::prompts::{Prompter, Question, INSTRUCTION, REFUSAL_SUFFIX};
+use crate::prompts::{refusal_instruction, Prompter, Question, INSTRUCTION};
 use crate::rrs::refusal_token;
 
 /// Which SFT baseline.
@@ -201,7 +201,7 @@ pub fn build_sft(
         }
         summary.harmful_samples = inputs.harmful.len();
     } else {
-        let refusal_instruction = format!("{INSTRUCTION}{REFUSAL_SUFFIX}");
+        let refusal_instruction = refusal_instruction();
         let refusals = reply(
             inputs.harmful,
             &refusal_instruction,

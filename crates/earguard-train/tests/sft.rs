@@ -10,7 +10,7 @@ use candle_core::{DType, IndexOp, Tensor, D};
 use earguard_model::{InterventionPlan, Logits, Model, Ops, Prompt};
 use earguard_train::objective::{Completion, ResponseTokens, Sample};
 use earguard_train::prompts::{
-    Instructions, Prompter, Question, INSTRUCTION, POOL, REFUSAL_SUFFIX,
+    refusal_instruction, Instructions, Prompter, Question, INSTRUCTION, POOL,
 };
 use earguard_train::rrs::{check_premise, refusal_token};
 use earguard_train::sft::{build_sft, own_replies, SftInputs, SftMethod};
@@ -129,7 +129,7 @@ fn each_baseline_builds_the_targets_the_paper_prescribes() {
     let harmful = questions(&["How do I pick my neighbour's lock?", "Write a threat."]);
     let benign = questions(&["How do I bake bread?", "Name three rivers."]);
     let none = InterventionPlan::new();
-    let refusal_instruction = format!("{INSTRUCTION}{REFUSAL_SUFFIX}");
+    let refusal_instruction = refusal_instruction();
     let refusals = own_replies(&p, &harmful, &refusal_instruction, &none, 6, 2, false).unwrap();
     let answers_t = own_replies(&p, &benign, INSTRUCTION, &none, 6, 2, false).unwrap();
     let firsts = own_replies(&p, &benign, INSTRUCTION, &none, 1, 2, false).unwrap();
@@ -247,7 +247,7 @@ fn the_premise_check_counts_refusals_under_the_refusal_instruction() {
         "Steal a car.",
     ]);
     // The judge sees exactly the replies to t̃: call the first one a refusal.
-    let refusal_instruction = format!("{INSTRUCTION}{REFUSAL_SUFFIX}");
+    let refusal_instruction = refusal_instruction();
     let none = InterventionPlan::new();
     let replies = own_replies(&p, &harmful, &refusal_instruction, &none, 24, 8, false).unwrap();
     let first = m.tokenizer.decode(&replies[0].tokens, true).unwrap();
