@@ -353,6 +353,22 @@ impl Decoder {
         Ok(out)
     }
 
+    /// The first `n` layers alone (`1..=n_layers`; embeddings, norm and head kept): their
+    /// last `resid_post` is the residual stream entering layer `n` of the whole model (see
+    /// [`Self::forward_from`]). Shares the weights, copies nothing.
+    pub fn first_layers(&self, n: usize) -> Result<Self> {
+        if n == 0 || n > self.cfg.n_layers {
+            return Err(ModelError::Invalid(format!(
+                "cannot keep {n} layers of {}",
+                self.cfg.n_layers
+            )));
+        }
+        let mut out = self.clone();
+        out.blocks.truncate(n);
+        out.cfg.n_layers = n;
+        Ok(out)
+    }
+
     /// Build the decoder from a weight store; `prefix` is "" for causal LMs and
     /// "language_model." inside Qwen2-Audio.
     pub fn load(cfg: DecoderConfig, store: &WeightStore, prefix: &str) -> Result<Self> {
@@ -471,6 +487,40 @@ impl Decoder {
         plan: &InterventionPlan,
         logits: Logits,
     ) -> Result<ForwardOutput> {
+        self.forward_from(0, x, cache, plan, logits)
+    }
+
+    /// Run the residual stream `x` `[batch, seq, hidden]` entering layer `from` (its
+    /// `resid_pre`, e.g. captured once from a frozen model) through layers `from..` and the
+    /// head. The layers below are skipped, so their cache stays empty: a single forward, not
+    /// the start of a generation. The plan may not hook a layer below `from`.
+    pub fn forward_from(
+        &self,
+        from: usize,
+        x: Tensor,
+        cache: &mut KvCache,
+        plan: &InterventionPlan,
+        logits: Logits,
+    ) -> Result<ForwardOutput> {
+        if from >= self.cfg.n_layers {
+            return Err(ModelError::Invalid(format!(
+                "cannot start at layer {from}: the model has {} layers",
+                self.cfg.n_layers
+            )));
+        }
+        if from > 0 {
+            let points = plan.edits().iter().map(|e| e.point);
+            let points = points.chain(plan.captures().iter().map(|c| c.point));
+            let points = points.chain(plan.gate_of().map(|g| g.point));
+            if let Some(p) = points
+                .into_iter()
+                .find(|p| p.layer().is_some_and(|l| l < from))
+            {
+                return Err(ModelError::Invalid(format!(
+                    "hook point {p} lies below layer {from}, where this forward starts"
+                )));
+            }
+        }
         let (b, q, d) = x.dims3()?;
         if d != self.cfg.hidden_size {
             return Err(ModelError::Shape(format!(
@@ -526,7 +576,7 @@ impl Decoder {
 
         let ops = self.ops;
         let mut x = x;
-        for (l, block) in self.blocks.iter().enumerate() {
+        for (l, block) in self.blocks.iter().enumerate().skip(from) {
             let kv = &mut cache.layers[l];
             x = hook(HookKind::ResidPre.at(l), x)?;
             let h = block.attn_norm.forward(&x, ops)?;

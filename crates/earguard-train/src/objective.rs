@@ -3,8 +3,12 @@
 //! several variants (one per instruction of the pool); the sample's rng picks one per epoch.
 
 use candle_core::{DType, IndexOp, Tensor, D};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use earguard_model::{
-    prefill, Decoder, ForwardOutput, HookPoint, InterventionPlan, Logits, Positions, Prompt,
+    prefill, Decoder, ForwardOutput, HookKind, HookPoint, InterventionPlan, Logits, Positions,
+    Prompt,
 };
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -12,8 +16,22 @@ use rand::Rng;
 use crate::error::{Result, TrainError};
 use crate::trainer::Objective;
 
-/// One prompt's forward pass (text or with audio rows), no padding.
+/// One prompt's forward pass (text or with audio rows), no padding: through the whole model,
+/// or from a [`FrozenPrefix`]'s memoised residual stream.
 fn forward_one(
+    dec: &Decoder,
+    frozen: Option<&FrozenPrefix>,
+    prompt: &Prompt,
+    plan: &InterventionPlan,
+    logits: Logits,
+) -> Result<ForwardOutput> {
+    match frozen {
+        Some(f) => f.forward(dec, prompt, plan, logits),
+        None => whole_model(dec, prompt, plan, logits),
+    }
+}
+
+fn whole_model(
     dec: &Decoder,
     prompt: &Prompt,
     plan: &InterventionPlan,
@@ -25,11 +43,111 @@ fn forward_one(
     Ok(prefill(dec, std::slice::from_ref(prompt), pad, plan, logits)?.0)
 }
 
+/// When no layer below `layer` carries an adapter, the residual stream a prompt brings to
+/// `layer` is the frozen model's whatever the adapters hold. It is computed once per distinct
+/// input by the base model's first `layer` layers (memoised by a digest of its ids and audio
+/// rows), and every forward of the objective then runs only layers `layer..` of the adapted
+/// model: exact, since dropout acts inside the adapters only. Memory: one `[seq, hidden]`
+/// tensor per distinct input (each instruction variant counts).
+#[derive(Debug)]
+pub struct FrozenPrefix {
+    lower: Decoder,
+    states: Mutex<HashMap<[u8; 32], Tensor>>,
+}
+
+impl FrozenPrefix {
+    /// Memoise the residual stream entering `layer` (the lowest adapted layer, ≥ 1) of
+    /// `base`, the model without adapters.
+    pub fn below(base: &Decoder, layer: usize) -> Result<Self> {
+        Ok(Self {
+            lower: base.first_layers(layer)?,
+            states: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The first layer each forward runs.
+    pub fn layer(&self) -> usize {
+        self.lower.config().n_layers
+    }
+
+    /// How many inputs are memoised.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Tensor>> {
+        // A panic elsewhere cannot leave the map half-written: inserts are single calls.
+        self.states.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn forward(
+        &self,
+        dec: &Decoder,
+        prompt: &Prompt,
+        plan: &InterventionPlan,
+        logits: Logits,
+    ) -> Result<ForwardOutput> {
+        let layer = self.layer();
+        let key = digest(prompt)?;
+        let known = self.lock().get(&key).cloned();
+        let state = match known {
+            Some(s) => s,
+            None => {
+                let point = HookKind::ResidPost.at(layer - 1);
+                let capture = InterventionPlan::new().capture(point, Positions::All);
+                let out = whole_model(&self.lower, prompt, &capture, Logits::None)?;
+                let s = out
+                    .captures
+                    .get(point)
+                    .ok_or_else(|| TrainError::Invalid(format!("the {point} capture is missing")))?
+                    .detach();
+                self.lock().insert(key, s.clone());
+                s
+            }
+        };
+        let mut cache = dec.new_cache(vec![0]);
+        Ok(dec.forward_from(layer, state, &mut cache, plan, logits)?)
+    }
+}
+
+/// sha256 of what a forward reads from a prompt: its ids, audio rows and embedding noise.
+fn digest(prompt: &Prompt) -> Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((prompt.ids.len() as u64).to_le_bytes());
+    for id in &prompt.ids {
+        h.update(id.to_le_bytes());
+    }
+    if let Some(a) = &prompt.audio {
+        h.update(a.token_id.to_le_bytes());
+        for clip in &a.clips {
+            h.update((clip.elem_count() as u64).to_le_bytes());
+            for v in clip.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()? {
+                h.update(v.to_le_bytes());
+            }
+        }
+    }
+    if let Some(n) = &prompt.noise {
+        h.update(n.sigma.to_le_bytes());
+        h.update(n.seed.to_le_bytes());
+        h.update(n.mask.iter().map(|&m| m as u8).collect::<Vec<_>>());
+    }
+    Ok(h.finalize().into())
+}
+
 /// The representation RRS reshapes: the final-layer hidden state (after the final norm, HF's
 /// `hidden_states[-1]`) at the last prompt position, `[hidden]`.
-pub fn last_hidden(dec: &Decoder, prompt: &Prompt) -> Result<Tensor> {
+pub fn last_hidden(
+    dec: &Decoder,
+    frozen: Option<&FrozenPrefix>,
+    prompt: &Prompt,
+) -> Result<Tensor> {
     let plan = InterventionPlan::new().capture(HookPoint::FinalNorm, Positions::Last);
-    let out = forward_one(dec, prompt, &plan, Logits::None)?;
+    let out = forward_one(dec, frozen, prompt, &plan, Logits::None)?;
     let h = out
         .captures
         .get(HookPoint::FinalNorm)
@@ -38,8 +156,12 @@ pub fn last_hidden(dec: &Decoder, prompt: &Prompt) -> Result<Tensor> {
 }
 
 /// Next-token logits `[vocab]` after the prompt.
-pub fn last_logits(dec: &Decoder, prompt: &Prompt) -> Result<Tensor> {
-    let out = forward_one(dec, prompt, &InterventionPlan::new(), Logits::Last)?;
+pub fn last_logits(
+    dec: &Decoder,
+    frozen: Option<&FrozenPrefix>,
+    prompt: &Prompt,
+) -> Result<Tensor> {
+    let out = forward_one(dec, frozen, prompt, &InterventionPlan::new(), Logits::Last)?;
     let logits = out
         .logits
         .ok_or_else(|| TrainError::Invalid("no logits returned".into()))?;
@@ -65,6 +187,8 @@ pub struct Sample<T> {
 #[derive(Debug, Clone)]
 pub struct RepresentationTargets {
     pub samples: Vec<Sample<Tensor>>,
+    /// Run from memoised residual streams when the lowest layers are frozen.
+    pub frozen: Option<Arc<FrozenPrefix>>,
 }
 
 impl Objective for RepresentationTargets {
@@ -74,7 +198,7 @@ impl Objective for RepresentationTargets {
 
     fn loss(&self, dec: &Decoder, index: usize, rng: &mut StdRng) -> Result<Tensor> {
         let s = &self.samples[index];
-        let h = last_hidden(dec, pick(&s.variants, rng)?)?;
+        let h = last_hidden(dec, self.frozen.as_deref(), pick(&s.variants, rng)?)?;
         let target = s.target.to_dtype(h.dtype())?.to_device(h.device())?;
         Ok((h - target)?.sqr()?.mean_all()?)
     }
@@ -106,6 +230,8 @@ impl Completion {
 #[derive(Debug, Clone)]
 pub struct ResponseTokens {
     pub samples: Vec<Sample<Completion>>,
+    /// Run from memoised residual streams when the lowest layers are frozen.
+    pub frozen: Option<Arc<FrozenPrefix>>,
 }
 
 impl ResponseTokens {
@@ -166,10 +292,10 @@ impl Objective for ResponseTokens {
             .extend_from_slice(&c.response[..c.response.len() - 1]);
         let n = c.response.len();
         let logits = if n == 1 {
-            last_logits(dec, &input)?.unsqueeze(0)?
+            last_logits(dec, self.frozen.as_deref(), &input)?.unsqueeze(0)?
         } else {
             let plan = InterventionPlan::new().capture(HookPoint::FinalNorm, Positions::All);
-            let out = forward_one(dec, &input, &plan, Logits::None)?;
+            let out = forward_one(dec, self.frozen.as_deref(), &input, &plan, Logits::None)?;
             let h = out
                 .captures
                 .get(HookPoint::FinalNorm)

@@ -13,6 +13,7 @@ use earguard_model::{AudioCache, Decoder, Model, Prompt};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::objective::{last_hidden, FrozenPrefix};
 
 /// The paper's prompt pool (App. A).
 pub const POOL: [&str; 10] = [
@@ -176,17 +177,17 @@ impl<'a> Prompter<'a> {
 
     /// The representations RRS reshapes, `[n, hidden]`: each question's final-layer hidden
     /// state at its last prompt position under t, on `dec` (e.g. an adapted copy of the
-    /// model's decoder), detached from any graph.
+    /// model's decoder; through `frozen` when its lowest layers carry no adapter), detached
+    /// from any graph.
     pub fn representations(
         &self,
         dec: &Decoder,
+        frozen: Option<&FrozenPrefix>,
         questions: &[Question],
     ) -> Result<candle_core::Tensor> {
         let rows = questions
             .iter()
-            .map(|q| {
-                Ok(crate::objective::last_hidden(dec, &self.prompt(q, INSTRUCTION)?)?.detach())
-            })
+            .map(|q| Ok(last_hidden(dec, frozen, &self.prompt(q, INSTRUCTION)?)?.detach()))
             .collect::<Result<Vec<_>>>()?;
         if rows.is_empty() {
             return Err(TrainError::Invalid("no questions to represent".into()));

@@ -10,12 +10,14 @@
 //! Questions reach the model as [`crate::prompts`] says (text, or spoken with a text
 //! instruction).
 
+use std::sync::Arc;
+
 use candle_core::{DType, IndexOp, Tensor};
 use earguard_model::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-use crate::objective::{last_hidden, RepresentationTargets, Sample};
+use crate::objective::{last_hidden, FrozenPrefix, RepresentationTargets, Sample};
 use crate::prompts::{refusal_instruction, Prompter, Question, INSTRUCTION};
 
 /// Which features of ΔV make up ΔVˢ.
@@ -126,10 +128,13 @@ fn feature_mask(score: &[f32], select: FeatureSelect) -> Result<Vec<f32>> {
 }
 
 /// Build the RRS objective from mirror pairs with the frozen `model` (no adapter attached).
+/// With `frozen`, the objective runs from its memoised residual streams, and the prompts under
+/// t are memoised here already (they are the training inputs under a fixed instruction).
 pub fn build_rrs(
     prompter: &Prompter<'_>,
     pairs: &[(Question, Question)],
     select: FeatureSelect,
+    frozen: Option<Arc<FrozenPrefix>>,
 ) -> Result<(RepresentationTargets, RrsSummary)> {
     let model = prompter.model;
     let dec = &model.decoder;
@@ -138,9 +143,9 @@ pub fn build_rrs(
     let mut benign_t = Vec::with_capacity(pairs.len());
     let mut delta: Option<Tensor> = None;
     for (i, (h, b)) in pairs.iter().enumerate() {
-        let refused = last_hidden(dec, &prompter.prompt(h, &refusal)?)?;
-        let vb = last_hidden(dec, &prompter.prompt(b, INSTRUCTION)?)?;
-        let vh = last_hidden(dec, &prompter.prompt(h, INSTRUCTION)?)?;
+        let refused = last_hidden(dec, None, &prompter.prompt(h, &refusal)?)?;
+        let vb = last_hidden(dec, frozen.as_deref(), &prompter.prompt(b, INSTRUCTION)?)?;
+        let vh = last_hidden(dec, frozen.as_deref(), &prompter.prompt(h, INSTRUCTION)?)?;
         let d = (refused - &vb)?;
         delta = Some(match delta {
             None => d,
@@ -200,7 +205,7 @@ pub fn build_rrs(
             target: (vb - &delta_s)?,
         });
     }
-    Ok((RepresentationTargets { samples }, summary))
+    Ok((RepresentationTargets { samples, frozen }, summary))
 }
 
 #[cfg(test)]

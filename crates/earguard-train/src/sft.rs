@@ -263,5 +263,11 @@ pub fn build_sft(
     }
     let total: usize = samples.iter().map(|s| s.target.response.len()).sum();
     summary.mean_response_tokens = total as f64 / samples.len() as f64;
-    Ok((ResponseTokens { samples }, summary))
+    Ok((
+        ResponseTokens {
+            samples,
+            frozen: None,
+        },
+        summary,
+    ))
 }

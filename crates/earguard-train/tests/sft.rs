@@ -5,10 +5,11 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, IndexOp, Tensor, D};
 use earguard_model::{InterventionPlan, Logits, Model, Ops, Prompt};
-use earguard_train::objective::{Completion, ResponseTokens, Sample};
+use earguard_train::objective::{Completion, FrozenPrefix, ResponseTokens, Sample};
 use earguard_train::prompts::{
     refusal_instruction, Instructions, Prompter, Question, INSTRUCTION, POOL,
 };
@@ -62,6 +63,7 @@ fn one(prompt: Vec<u32>, target: Completion) -> ResponseTokens {
             variants: vec![Prompt::text(prompt)],
             target,
         }],
+        frozen: None,
     }
 }
 
@@ -80,6 +82,17 @@ fn response_loss_is_the_mean_cross_entropy_of_its_tokens() {
             (got - want).abs() < 1e-5,
             "response {response:?}: {got} vs {want}"
         );
+        // From layer 1, its input computed by layer 0 alone: the same loss.
+        let frozen = ResponseTokens {
+            frozen: Some(Arc::new(FrozenPrefix::below(&m.decoder, 1).unwrap())),
+            ..obj
+        };
+        let cut = scalar(
+            &frozen
+                .loss(&m.decoder, 0, &mut StdRng::seed_from_u64(0))
+                .unwrap(),
+        );
+        assert!((cut - want).abs() < 1e-5, "from layer 1: {cut} vs {want}");
     }
 
     // A prefill of up to 3 tokens is read, not learned: each loss is one of the four

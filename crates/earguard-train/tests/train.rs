@@ -3,11 +3,14 @@
 //! a run stopped at step k and resumed against an uninterrupted one.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use earguard_model::weights::{safetensor_files, SafeTensorWeights, WeightStore};
-use earguard_model::{Decoder, DecoderConfig, Ops, Proj, Prompt};
-use earguard_train::objective::{RepresentationTargets, Sample};
+use earguard_model::{
+    Decoder, DecoderConfig, HookKind, InterventionPlan, Logits, Ops, Positions, Proj, Prompt,
+};
+use earguard_train::objective::{FrozenPrefix, RepresentationTargets, Sample};
 use earguard_train::optim::{AdamW, AdamWParams, Decay, Schedule};
 use earguard_train::{train, Adapter, LoraConfig, Objective, RunOptions, TrainConfig};
 use rand::rngs::StdRng;
@@ -52,7 +55,10 @@ fn objective(dec: &Decoder) -> RepresentationTargets {
             }
         })
         .collect();
-    RepresentationTargets { samples }
+    RepresentationTargets {
+        samples,
+        frozen: None,
+    }
 }
 
 fn config(dropout: f32) -> LoraConfig {
@@ -98,6 +104,7 @@ fn loss_of(base: &Decoder, adapter: &Adapter, obj: &RepresentationTargets) -> Te
             variants: vec![obj.samples[0].variants[0].clone()],
             target: obj.samples[0].target.clone(),
         }],
+        frozen: None,
     };
     one.loss(&dec, 0, &mut StdRng::seed_from_u64(0)).unwrap()
 }
@@ -365,4 +372,93 @@ fn adamw_matches_candle_nn() {
             "step {step}: ours and candle_nn's AdamW differ by {d}"
         );
     }
+}
+
+/// Adapters on layer 1 only, so layer 0 is frozen.
+fn top_layer_config(dropout: f32) -> LoraConfig {
+    LoraConfig {
+        layers: Some(vec![1]),
+        ..config(dropout)
+    }
+}
+
+#[test]
+fn a_frozen_prefix_trains_the_same_adapter() {
+    let base = tiny();
+    let obj = objective(&base);
+    let cfg = train_config(4, 1e-2);
+    let run = |frozen: Option<Arc<FrozenPrefix>>, name: &str| {
+        let adapter = Adapter::init(&base, top_layer_config(0.1), 5).unwrap();
+        let obj = RepresentationTargets {
+            frozen,
+            ..obj.clone()
+        };
+        let dir = scratch(name);
+        let report = train(&base, &adapter, &obj, &cfg, &dir, &RunOptions::default()).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (adapter.tensors(), report.losses)
+    };
+    let prefix = Arc::new(FrozenPrefix::below(&base, 1).unwrap());
+    let (whole, whole_losses) = run(None, "prefix-whole");
+    let (cut, cut_losses) = run(Some(prefix.clone()), "prefix-cut");
+    // 4 samples × 2 variants at most; 4 epochs draw some of each.
+    assert!((1..=8).contains(&prefix.len()), "{} memoised", prefix.len());
+    assert_eq!(prefix.layer(), 1);
+    for (a, b) in whole_losses.iter().zip(&cut_losses) {
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "loss {a} vs {b}");
+    }
+    // The training moved the adapters, and both runs moved them alike.
+    let moved: f32 = whole
+        .iter()
+        .filter(|(k, _)| k.contains("lora_B"))
+        .map(|(_, t)| {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .fold(0.0, f32::max);
+    assert!(moved > 1e-3, "the adapters did not move ({moved})");
+    for (k, t) in &whole {
+        let d = (t - &cut[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d <= 1e-5, "{k}: the runs differ by {d}");
+    }
+}
+
+#[test]
+fn a_forward_from_a_layer_refuses_hooks_below_it() {
+    let base = tiny();
+    let hidden = base.config().hidden_size;
+    let x = Tensor::zeros((1, 3, hidden), DType::F32, &Device::Cpu).unwrap();
+    let below = InterventionPlan::new().capture(HookKind::ResidPre.at(0), Positions::All);
+    let err = base
+        .forward_from(
+            1,
+            x.clone(),
+            &mut base.new_cache(vec![0]),
+            &below,
+            Logits::None,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("below layer 1"), "{err}");
+    assert!(base
+        .forward_from(
+            2,
+            x,
+            &mut base.new_cache(vec![0]),
+            &InterventionPlan::new(),
+            Logits::Last
+        )
+        .is_err());
+    assert!(base.first_layers(0).is_err());
+    assert!(base.first_layers(3).is_err());
 }

@@ -2,6 +2,7 @@
 //! directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -13,6 +14,7 @@ use earguard_eval::judge::Substring;
 use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::Proj;
 use earguard_train::fs::write_json_atomic;
+use earguard_train::objective::FrozenPrefix;
 use earguard_train::optim::{AdamWParams, Decay, Schedule};
 use earguard_train::prompts::{mirror_pairs, Instructions, Prompter, Question};
 use earguard_train::rrs::{build_rrs, check_premise, FeatureSelect};
@@ -244,6 +246,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         layers,
         rslora: false,
     };
+    let lowest = lora
+        .layers
+        .as_ref()
+        .and_then(|l| l.iter().min().copied())
+        .unwrap_or(0);
     let cfg = TrainConfig {
         epochs: args.epochs,
         batch_size: args.batch_size,
@@ -405,13 +412,27 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     model.decoder = model.decoder.dequantized()?;
     let prompter = Prompter::new(&model).with_instructions(instructions);
+    // Layers below the lowest adapted one never change: their output is computed once per
+    // prompt and each step runs only the adapted layers and those above.
+    let frozen = if lowest > 0 {
+        eprintln!(
+            "layers 0–{} carry no adapter: their output is computed once per prompt and each \
+             step runs layers {lowest}–{} only",
+            lowest - 1,
+            model.decoder.config().n_layers - 1
+        );
+        Some(Arc::new(FrozenPrefix::below(&model.decoder, lowest)?))
+    } else {
+        None
+    };
     let (objective, summary): (Box<dyn Objective>, serde_json::Value) = match sft {
-        Some((obj, s)) => {
+        Some((mut obj, s)) => {
             same_targets(&args.out, obj.samples.len(), &obj.fingerprint())?;
+            obj.frozen = frozen.clone();
             (Box::new(obj), serde_json::to_value(s)?)
         }
         None => {
-            let (obj, s) = build_rrs(&prompter, &pairs, select)?;
+            let (obj, s) = build_rrs(&prompter, &pairs, select, frozen.clone())?;
             eprintln!(
                 "RRS: ΔV from {} pairs, {} of {} features kept (w_I·ΔVˢ = {:.3}), |ΔV| {:.3}, |ΔVˢ| {:.3}",
                 s.pairs, s.features_kept, s.features, s.refusal_logit_gain, s.delta_norm, s.delta_s_norm
@@ -423,7 +444,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // The report's per-epoch picture: the first --probe-pairs pairs (the paper's Fig. 2).
     let probe_pairs = &pairs[..args.probe_pairs.min(pairs.len())];
     let (probe_h, probe_b): (Vec<Question>, Vec<Question>) = probe_pairs.iter().cloned().unzip();
-    let probe = crate::train_report::probe(&args.out, &prompter, &probe_h, &probe_b);
+    let probe =
+        crate::train_report::probe(&args.out, &prompter, frozen.as_deref(), &probe_h, &probe_b);
     let run = RunOptions {
         progress: crate::progress_bars(),
         stop_after: args.max_steps,

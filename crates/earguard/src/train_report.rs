@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use earguard_eval::plots::{loss_curve, pca_scatter, ScatterPoint};
 use earguard_model::Decoder;
+use earguard_train::objective::FrozenPrefix;
 use earguard_train::prompts::{Prompter, Question};
 
 const EPOCHS_DIR: &str = "epochs";
@@ -27,12 +28,13 @@ fn epoch_file(out: &Path, epoch: usize) -> PathBuf {
 pub fn probe<'a>(
     out: &'a Path,
     prompter: &'a Prompter<'a>,
+    frozen: Option<&'a FrozenPrefix>,
     harmful: &'a [Question],
     benign: &'a [Question],
 ) -> impl Fn(usize, &Decoder) -> earguard_train::Result<()> + 'a {
     move |epoch, dec| {
-        let h = prompter.representations(dec, harmful)?;
-        let b = prompter.representations(dec, benign)?;
+        let h = prompter.representations(dec, frozen, harmful)?;
+        let b = prompter.representations(dec, frozen, benign)?;
         let path = epoch_file(out, epoch);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| earguard_train::TrainError::file(dir, e))?;
