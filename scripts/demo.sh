@@ -5,5 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/fetch-models.sh qwen2.5-coder-1.5b-instruct
+# --audio: the spoken setting on the speech model built from parts, which needs Whisper-base.
+for a in "$@"; do
+  if [ "$a" = "--audio" ]; then bash scripts/fetch-models.sh whisper-base; fi
+done
 cargo build --release --bin earguard
-exec "${CARGO_TARGET_DIR:-target}/release/earguard" demo --data-dir "${EARGUARD_DATA:-../shared/data}" --out "${EARGUARD_DEMO_OUT:-out/demo}" "$@"
+OUT=()
+if [ -n "${EARGUARD_DEMO_OUT:-}" ]; then OUT=(--out "$EARGUARD_DEMO_OUT"); fi
+exec "${CARGO_TARGET_DIR:-target}/release/earguard" demo --data-dir "${EARGUARD_DATA:-../shared/data}" "${OUT[@]}" "$@"

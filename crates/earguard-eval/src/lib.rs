@@ -18,3 +18,4 @@ pub use error::{EvalError, Result};
 pub mod report;
 pub mod runner;
 pub mod trust;
+pub mod understanding;

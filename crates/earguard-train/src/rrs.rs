@@ -135,6 +135,7 @@ pub fn build_rrs(
     pairs: &[(Question, Question)],
     select: FeatureSelect,
     frozen: Option<Arc<FrozenPrefix>>,
+    progress: bool,
 ) -> Result<(RepresentationTargets, RrsSummary)> {
     let model = prompter.model;
     let dec = &model.decoder;
@@ -142,7 +143,8 @@ pub fn build_rrs(
     let mut harmful_t = Vec::with_capacity(pairs.len());
     let mut benign_t = Vec::with_capacity(pairs.len());
     let mut delta: Option<Tensor> = None;
-    for (i, (h, b)) in pairs.iter().enumerate() {
+    let bar = earguard_data::progress::bar(progress.then_some("ΔV"), "pairs", pairs.len() as u64);
+    for (h, b) in pairs {
         let refused = last_hidden(dec, None, &prompter.prompt(h, &refusal)?)?;
         let vb = last_hidden(dec, frozen.as_deref(), &prompter.prompt(b, INSTRUCTION)?)?;
         let vh = last_hidden(dec, frozen.as_deref(), &prompter.prompt(h, INSTRUCTION)?)?;
@@ -153,8 +155,9 @@ pub fn build_rrs(
         });
         harmful_t.push(vh);
         benign_t.push(vb);
-        tracing::debug!("RRS representations: pair {} of {}", i + 1, pairs.len());
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     let delta =
         (delta.ok_or_else(|| TrainError::Invalid("no mirror pairs".into()))? / pairs.len() as f64)?;
     let token = refusal_token(model)?;

@@ -1,7 +1,7 @@
 //! `tts` (render prompt sets to speech offline) and `features` (Whisper log-mel of one file).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -43,53 +43,65 @@ pub fn tts(args: TtsArgs) -> Result<()> {
     let opts = ReadOptions {
         skip_bad_lines: args.skip_bad_lines,
     };
-    let wav_dir = args.out.join("wav");
     for data in &args.data {
-        let set = PromptSet::read(data, &opts)?;
-        if set.items.is_empty() {
-            bail!("{}: the prompt set is empty", data.display());
-        }
-        let items: Vec<TtsItem> = set
-            .items
-            .iter()
-            .map(|i| TtsItem {
-                id: i.id.clone(),
-                label: i.label.to_string(),
-                pair_id: i.pair_id.clone(),
-                category: i.category.clone(),
-                text: i.text.clone(),
-            })
-            .collect();
-        // Checked before rendering, so a bad --out costs no speech synthesis.
-        let name = data
-            .file_name()
-            .context("--data must name a file")?
-            .to_string_lossy()
-            .into_owned();
-        let manifest = args.out.join(name);
-        if manifest.canonicalize().ok() == data.canonicalize().ok() {
-            bail!(
-                "{}: the manifest would overwrite its own prompt set; choose another --out",
-                data.display()
-            );
-        }
-        let rows = render_set(
-            &items,
-            &args.voices,
-            args.rate,
-            &wav_dir,
-            crate::progress_bars(),
-        )?;
-        write_manifest(&manifest, &rows)?;
-        eprintln!(
-            "{}: {} prompts × {} voice(s) → {}",
-            data.display(),
-            items.len(),
-            args.voices.len(),
-            manifest.display(),
-        );
+        speak(data, &args.out, &args.voices, args.rate, &opts)?;
     }
     Ok(())
+}
+
+/// Speak one prompt set: WAVs to `out/wav/`, the manifest to `out/<set file name>`, whose path
+/// is returned.
+pub fn speak(
+    data: &Path,
+    out: &Path,
+    voices: &[String],
+    rate: u32,
+    opts: &ReadOptions,
+) -> Result<PathBuf> {
+    let set = PromptSet::read(data, opts)?;
+    if set.items.is_empty() {
+        bail!("{}: the prompt set is empty", data.display());
+    }
+    let items: Vec<TtsItem> = set
+        .items
+        .iter()
+        .map(|i| TtsItem {
+            id: i.id.clone(),
+            label: i.label.to_string(),
+            pair_id: i.pair_id.clone(),
+            category: i.category.clone(),
+            text: i.text.clone(),
+        })
+        .collect();
+    // Checked before rendering, so a bad --out costs no speech synthesis.
+    let name = data
+        .file_name()
+        .context("--data must name a file")?
+        .to_string_lossy()
+        .into_owned();
+    let manifest = out.join(name);
+    if manifest.canonicalize().ok() == data.canonicalize().ok() {
+        bail!(
+            "{}: the manifest would overwrite its own prompt set; choose another --out",
+            data.display()
+        );
+    }
+    let rows = render_set(
+        &items,
+        voices,
+        rate,
+        &out.join("wav"),
+        crate::progress_bars(),
+    )?;
+    write_manifest(&manifest, &rows)?;
+    eprintln!(
+        "{}: {} prompts × {} voice(s) → {}",
+        data.display(),
+        items.len(),
+        voices.len(),
+        manifest.display(),
+    );
+    Ok(manifest)
 }
 
 #[derive(Args)]

@@ -45,9 +45,31 @@ pub struct DemoArgs {
     /// A second SARSteer strength for the attack-strength curve (besides --alpha).
     #[arg(long, default_value_t = CURVE_ALPHA)]
     pub curve_alpha: f64,
-    /// Output directory (vectors, runs, report.md with plots). Re-running resumes.
-    #[arg(long, short, default_value = "out/demo")]
-    pub out: PathBuf,
+    /// Output directory (vectors, runs, report.md with plots; default out/demo, with --audio
+    /// out/demo-audio). Re-running resumes.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// The spoken setting instead: the speech model built from --head, --whisper and --model,
+    /// its comprehension gates (greedy WER, answers that address spoken questions), then ASR /
+    /// ORR on spoken AdvBench mirror pairs in text-only, audio-text and audio-only modes.
+    #[arg(long)]
+    pub audio: bool,
+    /// With --audio: the trained speech head.
+    #[arg(
+        long,
+        default_value = "heads/speech-qwen2.5-coder-1.5b",
+        requires = "audio"
+    )]
+    pub head: PathBuf,
+    /// With --audio: the Whisper encoder (CTranslate2 or HF directory).
+    #[arg(long, default_value = "models/whisper-base", requires = "audio")]
+    pub whisper: PathBuf,
+    /// With --audio: the head's posterior temperature.
+    #[arg(long, default_value_t = 1.0, requires = "audio")]
+    pub temperature: f32,
+    /// With --audio: spoken harmless_val questions for the understanding gate.
+    #[arg(long, default_value_t = 40, value_parser = crate::args::positive, requires = "audio")]
+    pub questions: usize,
 }
 
 /// The attack strengths of the curve (fraction of the refusal component removed).
@@ -56,6 +78,11 @@ const STRENGTHS: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 const CURVE_ALPHA: f64 = 0.3;
 
 pub fn run(args: DemoArgs) -> Result<()> {
+    if args.audio {
+        let out = args.out.clone().unwrap_or_else(|| "out/demo-audio".into());
+        return crate::demo_audio::run(&args, &out);
+    }
+    let out = args.out.clone().unwrap_or_else(|| "out/demo".into());
     let t0 = Instant::now();
     let train = args.data_dir.join("figstep_mirror_train.jsonl");
     let eval_set = args.data_dir.join("advbench_mirror.jsonl");
@@ -70,20 +97,20 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let model = crate::args::load_model(&args.model, false)?;
     let (harmful, benign, refs) =
         crate::fit::read_sets(std::slice::from_ref(&train), &[], &[], false)?;
-    std::fs::create_dir_all(&args.out)?;
+    std::fs::create_dir_all(&out)?;
 
     let setup = FitSetup {
         model: &model,
         style: InputStyle::new(Mode::TextOnly),
         hook: HookKind::ResidPost,
         batch_size: 8,
-        work_dir: Some(args.out.join("captures")),
+        work_dir: Some(out.join("captures")),
         progress: crate::progress_bars(),
         training_sets: refs.clone(),
         audio: AudioCache::new(),
     };
-    let sar_dir = args.out.join("vectors/sarsteer");
-    let rd_dir = args.out.join("vectors/refusal-direction");
+    let sar_dir = out.join("vectors/sarsteer");
+    let rd_dir = out.join("vectors/refusal-direction");
     eprintln!(
         "[demo] fitting SARSteer on {} harmful + {} benign prompts",
         harmful.len(),
@@ -103,10 +130,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     rd.save(&rd_dir)?;
     // The same fit without safe-space ablation (λ = 0), refitted from the cached captures: on
     // this text model the benign subspace holds much of the suffix contrast's refusal part.
-    let sar0_dir = args.out.join("vectors/sarsteer-lambda0");
-    refit_sarsteer(&sar, &args.out.join("captures"), 10, 0.0)?.save(&sar0_dir)?;
+    let sar0_dir = out.join("vectors/sarsteer-lambda0");
+    refit_sarsteer(&sar, &out.join("captures"), 10, 0.0)?.save(&sar0_dir)?;
     // SafeCoDe's verdict threshold, calibrated on the same training prompts.
-    let cal_dir = args.out.join("vectors/safecode-calibration");
+    let cal_dir = out.join("vectors/safecode-calibration");
     let calibrated = earguard_steer::defense::calibration::Calibration::load(&cal_dir)
         .is_ok_and(|c| c.model_identity == model.info.run_identity());
     if !calibrated {
@@ -173,7 +200,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             ]),
         ),
     ];
-    let base_dir = args.out.join("runs/none");
+    let base_dir = out.join("runs/none");
     let run_one = |name: &str, spec: &DefenseSpec| -> Result<Report> {
         eprintln!("[demo] evaluating {name}");
         let baseline = (name != "none").then_some(base_dir.as_path());
@@ -184,7 +211,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             spec,
             None,
             baseline,
-            &args.out.join("runs").join(name),
+            &out.join("runs").join(name),
         )
     };
     let mut reports: Vec<(String, Report)> = Vec::new();
@@ -248,7 +275,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         })
         .collect();
     plots::rate_curve(
-        &args.out,
+        &out,
         "attack_strength",
         &series,
         "ablation strength s (fraction of the refusal component removed)",
@@ -263,7 +290,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .filter_map(|(n, r)| tradeoff_point(r, n))
         .collect();
     plots::tradeoff(
-        &args.out,
+        &out,
         "tradeoff",
         &points,
         "Defenses on AdvBench mirror pairs (text-only)",
@@ -276,7 +303,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             .collect()
     };
     plots::layer_norms(
-        &args.out,
+        &out,
         "layer_norms",
         &[
             ("SARSteer v_l".into(), norms(&sar)?),
@@ -290,7 +317,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         .get("selected_layer")
         .and_then(|v| v.as_u64())
         .unwrap_or(0) as usize;
-    pca_plot(&args.out, layer)?;
+    pca_plot(&out, layer)?;
 
     let table: Vec<(String, &Report)> = reports.iter().map(|(n, r)| (n.clone(), r)).collect();
     println!();
@@ -299,10 +326,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
         model.info.name, args.pairs, args.max_tokens
     );
     print_table(&table);
-    write_summary(&args, &reports, &curve, &refs, layer, fit_seconds)?;
+    write_summary(&args, &out, &reports, &curve, &refs, layer, fit_seconds)?;
     println!(
         "report: {} ({:.0} s in all)",
-        args.out.join("report.md").display(),
+        out.join("report.md").display(),
         t0.elapsed().as_secs_f64()
     );
     Ok(())
@@ -336,6 +363,7 @@ fn pca_plot(out: &Path, layer: usize) -> Result<()> {
 
 fn write_summary(
     args: &DemoArgs,
+    out: &Path,
     reports: &[(String, Report)],
     curve: &[(String, Vec<(f64, Report)>)],
     refs: &[DatasetRef],
@@ -421,7 +449,7 @@ fn write_summary(
         md,
         "![ASR vs ORR](tradeoff.png)\n\n![Per-layer norms](layer_norms.png)\n\n![PCA](pca.png)"
     )?;
-    crate::write_file(&args.out.join("report.md"), md.as_bytes())?;
+    crate::write_file(&out.join("report.md"), md.as_bytes())?;
     let json = serde_json::json!({
         "model": args.model,
         "pairs": args.pairs,
@@ -433,7 +461,7 @@ fn write_summary(
         })).collect::<Vec<_>>(),
     });
     crate::write_file(
-        &args.out.join("report.json"),
+        &out.join("report.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     Ok(())

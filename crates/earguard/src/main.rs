@@ -7,6 +7,7 @@ mod bench_audio;
 mod commands;
 mod convert;
 mod demo;
+mod demo_audio;
 mod eval;
 mod fit;
 mod judge;

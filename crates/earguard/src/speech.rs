@@ -10,11 +10,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand};
-use earguard_data::{PromptSet, ReadOptions};
+use earguard_data::{PromptItem, PromptSet, ReadOptions};
 use earguard_model::loader::DEFAULT_MODEL;
 use earguard_model::speech::{HeadShape, SpeechHead};
 use earguard_model::whisper::WhisperEncoder;
+use earguard_model::Model;
 use earguard_train::speech::{self as sp, HeadTrainConfig, PrepareOptions};
+use serde::Serialize;
 
 const SHARED: &str = "../shared/data";
 
@@ -251,6 +253,16 @@ fn export_head(a: ExportArgs) -> Result<()> {
 }
 
 fn build(a: BuildArgs) -> Result<()> {
+    assemble(&a)?;
+    let model = crate::args::load_model(&a.out.to_string_lossy(), false)
+        .context("loading the model just built")?;
+    println!("{}", serde_json::to_string(&model.info)?);
+    Ok(())
+}
+
+/// Write a speech model directory (`a.out`): the head, the encoder (converted from
+/// CTranslate2 when needed) and `speech.json` naming the LLM.
+pub fn assemble(a: &BuildArgs) -> Result<()> {
     if !(a.temperature.is_finite() && a.temperature > 0.0) {
         bail!("--temperature {} must be a positive number", a.temperature);
     }
@@ -276,16 +288,13 @@ fn build(a: BuildArgs) -> Result<()> {
             .with_context(|| format!("copying {}", a.head.join(f).display()))?;
     }
     let cfg = earguard_model::speech::SpeechModelConfig {
-        llm: a.llm,
+        llm: a.llm.clone(),
         whisper: "encoder".into(),
         head: "head".into(),
         temperature: a.temperature,
     };
     let path = a.out.join(earguard_model::speech::SPEECH_CONFIG);
     earguard_data::atomic::write(&path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
-    let model = crate::args::load_model(&a.out.to_string_lossy(), false)
-        .context("loading the model just built")?;
-    println!("{}", serde_json::to_string(&model.info)?);
     Ok(())
 }
 
@@ -390,22 +399,82 @@ fn train(a: HeadArgs) -> Result<()> {
     Ok(())
 }
 
-fn transcribe(a: TranscribeArgs) -> Result<()> {
-    let model = crate::args::load_model(&a.model, true)?;
+/// One clip of a manifest and what the head heard in it.
+pub struct Heard {
+    pub item: PromptItem,
+    /// The manifest's voice, or "default".
+    pub voice: String,
+    /// The greedy transcript (token branch), decoded.
+    pub text: String,
+}
+
+/// Greedy transcripts of every item of an audio manifest by a speech model's head.
+pub fn transcribe_set(model: &Model, set: &PromptSet) -> Result<Vec<Heard>> {
+    let bar = earguard_data::progress::bar(
+        crate::progress_bars().then_some("transcribe"),
+        "clips",
+        set.items.len() as u64,
+    );
+    let mut out = Vec::with_capacity(set.items.len());
+    for item in &set.items {
+        let audio = item
+            .audio
+            .as_ref()
+            .with_context(|| format!("{}: item {} has no audio", set.path.display(), item.id))?;
+        out.push(Heard {
+            item: item.clone(),
+            voice: item.voice.clone().unwrap_or_else(|| "default".into()),
+            text: transcript(model, audio)?,
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// A greedy word error rate over the clips of one voice (or "all").
+#[derive(Debug, Clone, Serialize)]
+pub struct VoiceWer {
+    pub voice: String,
+    pub clips: usize,
+    /// None when the references have no words.
+    pub wer: Option<f64>,
+}
+
+/// Word error rate per voice (ascending voice names), then over all clips as "all".
+pub fn wer_by_voice(heard: &[Heard]) -> Vec<VoiceWer> {
+    let mut by_voice: std::collections::BTreeMap<&str, Vec<&Heard>> = Default::default();
+    for h in heard {
+        by_voice.entry(&h.voice).or_default().push(h);
+    }
+    let row = |voice: &str, hs: &[&Heard]| VoiceWer {
+        voice: voice.to_string(),
+        clips: hs.len(),
+        wer: earguard_data::wer::wer(hs.iter().map(|h| (h.item.text.as_str(), h.text.as_str()))),
+    };
+    let mut rows: Vec<VoiceWer> = by_voice.iter().map(|(v, hs)| row(v, hs)).collect();
+    rows.push(row("all", &heard.iter().collect::<Vec<_>>()));
+    rows
+}
+
+/// The greedy transcript of one audio file by `model`'s speech head.
+fn transcript(model: &Model, path: &Path) -> Result<String> {
     let Some(earguard_model::audio::AudioFrontEnd::Speech(tower)) = &model.audio else {
         bail!(
             "{} is not a speech model (make one with `earguard speech build`)",
-            a.model
+            model.info.name
         );
     };
-    let text_of = |path: &Path| -> Result<String> {
-        let audio = earguard_audio::load_audio(path, &Default::default())?;
-        let mel = earguard_audio::MelExtractor::new(tower.n_mels())?.extract(&audio)?;
-        let features =
-            candle_core::Tensor::from_vec(mel.data, (mel.n_mels, mel.n_frames), &Device::Cpu)?;
-        let ids = tower.transcript(&features, mel.valid_frames)?;
-        Ok(model.tokenizer.decode(&ids, true)?)
-    };
+    let audio = earguard_audio::load_audio(path, &Default::default())?;
+    let mel = earguard_audio::MelExtractor::new(tower.n_mels())?.extract(&audio)?;
+    let features =
+        candle_core::Tensor::from_vec(mel.data, (mel.n_mels, mel.n_frames), &Device::Cpu)?;
+    let ids = tower.transcript(&features, mel.valid_frames)?;
+    Ok(model.tokenizer.decode(&ids, true)?)
+}
+
+fn transcribe(a: TranscribeArgs) -> Result<()> {
+    let model = crate::args::load_model(&a.model, true)?;
     let Some(data) = &a.data else {
         if a.audio.is_empty() {
             bail!("give audio files, or --data MANIFEST");
@@ -413,62 +482,46 @@ fn transcribe(a: TranscribeArgs) -> Result<()> {
         for path in &a.audio {
             println!(
                 "{}",
-                serde_json::json!({"audio": path, "transcript": text_of(path)?})
+                serde_json::json!({"audio": path, "transcript": transcript(&model, path)?})
             );
         }
         return Ok(());
     };
     let set = PromptSet::read(data, &ReadOptions::default())?;
-    let mut by_voice: std::collections::BTreeMap<String, Vec<(String, String)>> =
-        Default::default();
-    let mut as_text = String::new();
-    let bar = earguard_data::progress::bar(Some("transcribe"), "clips", set.items.len() as u64);
-    for item in &set.items {
-        let audio = item
-            .audio
-            .as_ref()
-            .with_context(|| format!("{}: item {} has no audio", data.display(), item.id))?;
-        let voice = item.voice.clone().unwrap_or_else(|| "default".into());
-        let heard = text_of(audio)?;
-        if a.as_text.is_some() && heard.trim().is_empty() {
-            // A prompt set has no empty texts: the clip is left out of the text set, said.
-            tracing::warn!(
-                "{}: nothing was heard in item {}; left out of --as-text",
-                data.display(),
-                item.id
-            );
-        } else if a.as_text.is_some() {
-            let mut row = serde_json::to_value(item)?;
+    let heard = transcribe_set(&model, &set)?;
+    if let Some(path) = &a.as_text {
+        let mut as_text = String::new();
+        for h in &heard {
+            if h.text.trim().is_empty() {
+                // A prompt set has no empty texts: the clip is left out of the text set, said.
+                tracing::warn!(
+                    "{}: nothing was heard in item {}; left out of --as-text",
+                    data.display(),
+                    h.item.id
+                );
+                continue;
+            }
+            let mut row = serde_json::to_value(&h.item)?;
             row["reference"] = row["text"].take();
-            row["text"] = heard.clone().into();
+            row["text"] = h.text.clone().into();
             row["audio"] = serde_json::Value::Null;
             as_text.push_str(&format!("{row}\n"));
         }
-        by_voice
-            .entry(voice)
-            .or_default()
-            .push((item.text.clone(), heard));
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    if let Some(path) = &a.as_text {
         earguard_data::atomic::write(path, as_text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    let wer = |pairs: &[(String, String)]| {
-        earguard_data::wer::wer(pairs.iter().map(|(r, h)| (r.as_str(), h.as_str())))
-    };
-    for (voice, pairs) in &by_voice {
-        println!(
-            "{}",
-            serde_json::json!({"voice": voice, "clips": pairs.len(), "wer": wer(pairs),
-                "examples": pairs.iter().take(3).collect::<Vec<_>>()})
-        );
+    for w in wer_by_voice(&heard) {
+        let mut row = serde_json::to_value(&w)?;
+        if w.voice != "all" {
+            let examples: Vec<(&str, &str)> = heard
+                .iter()
+                .filter(|h| h.voice == w.voice)
+                .take(3)
+                .map(|h| (h.item.text.as_str(), h.text.as_str()))
+                .collect();
+            row["examples"] = serde_json::json!(examples);
+        }
+        println!("{row}");
     }
-    let all: Vec<(String, String)> = by_voice.into_values().flatten().collect();
-    println!(
-        "{}",
-        serde_json::json!({"voice": "all", "clips": all.len(), "wer": wer(&all)})
-    );
     Ok(())
 }

@@ -432,7 +432,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
             (Box::new(obj), serde_json::to_value(s)?)
         }
         None => {
-            let (obj, s) = build_rrs(&prompter, &pairs, select, frozen.clone())?;
+            let (obj, s) = build_rrs(
+                &prompter,
+                &pairs,
+                select,
+                frozen.clone(),
+                crate::progress_bars(),
+            )?;
             eprintln!(
                 "RRS: ΔV from {} pairs, {} of {} features kept (w_I·ΔVˢ = {:.3}), |ΔV| {:.3}, |ΔVˢ| {:.3}",
                 s.pairs, s.features_kept, s.features, s.refusal_logit_gain, s.delta_norm, s.delta_s_norm

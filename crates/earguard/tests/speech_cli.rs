@@ -251,3 +251,74 @@ fn the_committed_head_transcribes_held_out_speech() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `demo --audio` end to end on its real parts, small: 3 spoken questions and 2 spoken
+/// AdvBench mirror pairs, 4 tokens. Its report states both gates from its own measurements
+/// and the three input modes' rates on the same pairs.
+#[test]
+fn the_audio_demo_gates_then_compares_input_modes() {
+    let Some((whisper, llm)) = real_parts("qwen2.5-coder-1.5b-instruct") else {
+        return;
+    };
+    let dir = scratch("demo-audio");
+    let out = ok(bin()
+        .args([
+            "-q",
+            "demo",
+            "--audio",
+            "--questions",
+            "3",
+            "--pairs",
+            "2",
+            "--max-tokens",
+            "4",
+        ])
+        .arg("--data-dir")
+        .arg(root().join("../shared/data"))
+        .arg("--model")
+        .arg(&llm)
+        .arg("--whisper")
+        .arg(&whisper)
+        .arg("--head")
+        .arg(root().join("heads/speech-qwen2.5-coder-1.5b"))
+        .arg("-o")
+        .arg(&dir));
+    assert!(out.contains("understanding gate"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let gates = &report["gates"];
+    let wers: Vec<f64> = gates["wer"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["voices"].as_array().unwrap().clone())
+        .map(|v| v["wer"].as_f64().unwrap())
+        .collect();
+    assert_eq!(wers.len(), 4, "{gates}"); // two sets × (en-us, all)
+    assert!(wers.iter().all(|w| (0.0..=2.0).contains(w)), "{gates}");
+    let worst = wers.iter().cloned().fold(0.0, f64::max);
+    assert_eq!(
+        gates["asr_gate_met"].as_bool(),
+        Some(worst <= 0.15),
+        "{gates}"
+    );
+    let u = &gates["understanding"];
+    assert_eq!(u["questions"], 3, "{gates}");
+    let rate = u["rate"].as_f64().unwrap();
+    assert_eq!(gates["understanding_gate_met"].as_bool(), Some(rate >= 0.8));
+    let modes: Vec<&str> = report["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["text-only", "audio-text", "audio-only"]);
+    for r in report["runs"].as_array().unwrap() {
+        assert!(r["n_harmful"].as_u64().unwrap() <= 2, "{r}");
+        assert!(r["n_benign"].as_u64().unwrap() <= 2, "{r}");
+    }
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("## Gates: comprehension before safety"), "{md}");
+    assert!(dir.join("tradeoff.png").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}
