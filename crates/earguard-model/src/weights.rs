@@ -165,6 +165,33 @@ impl candle_core::CustomOp1 for FrozenMatmul {
 pub enum WeightStore {
     Gguf(GgufWeights),
     SafeTensors(SafeTensorWeights),
+    /// Tensors already in memory under HF names (e.g. converted from a CTranslate2 file as it
+    /// loads), with the file they came from for messages.
+    Memory(MemoryWeights),
+}
+
+pub struct MemoryWeights {
+    pub tensors: HashMap<String, Tensor>,
+    pub origin: PathBuf,
+    device: Device,
+}
+
+impl MemoryWeights {
+    pub fn new(tensors: HashMap<String, Tensor>, origin: PathBuf) -> Self {
+        Self {
+            tensors,
+            origin,
+            device: Device::Cpu,
+        }
+    }
+
+    fn load(&self, name: &str) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::file(&self.origin, format!("tensor {name} not found")))?;
+        Ok(t.to_dtype(DType::F32)?.to_device(&self.device)?)
+    }
 }
 
 pub struct GgufWeights {
@@ -489,6 +516,7 @@ impl WeightStore {
         match &mut self {
             WeightStore::Gguf(g) => g.device = device.clone(),
             WeightStore::SafeTensors(s) => s.device = device.clone(),
+            WeightStore::Memory(m) => m.device = device.clone(),
         }
         self
     }
@@ -498,12 +526,13 @@ impl WeightStore {
         match self {
             WeightStore::Gguf(g) => &g.device,
             WeightStore::SafeTensors(s) => &s.device,
+            WeightStore::Memory(m) => &m.device,
         }
     }
 
     fn resolve(&self, module: &str, leaf: &str) -> Result<String> {
         match self {
-            WeightStore::SafeTensors(_) => Ok(format!("{module}.{leaf}")),
+            WeightStore::SafeTensors(_) | WeightStore::Memory(_) => Ok(format!("{module}.{leaf}")),
             WeightStore::Gguf(g) => gguf_name(module)
                 .map(|n| format!("{n}.{leaf}"))
                 .ok_or_else(|| ModelError::file(&g.path, format!("no GGUF name for {module}"))),
@@ -518,6 +547,7 @@ impl WeightStore {
         match self {
             WeightStore::Gguf(g) => g.content.tensor_infos.contains_key(&name),
             WeightStore::SafeTensors(s) => s.owner.contains_key(&name),
+            WeightStore::Memory(m) => m.tensors.contains_key(&name),
         }
     }
 
@@ -527,6 +557,7 @@ impl WeightStore {
         match self {
             WeightStore::Gguf(g) => Ok(g.qtensor(&name)?.dequantize(&g.device)?),
             WeightStore::SafeTensors(s) => s.load(&name),
+            WeightStore::Memory(m) => m.load(&name),
         }
     }
 
@@ -543,6 +574,7 @@ impl WeightStore {
         let path = match self {
             WeightStore::Gguf(g) => g.path.clone(),
             WeightStore::SafeTensors(s) => s.paths.first().cloned().unwrap_or_default(),
+            WeightStore::Memory(m) => m.origin.clone(),
         };
         ModelError::file(
             path,
@@ -576,6 +608,13 @@ impl WeightStore {
                 }
                 w
             }
+            WeightStore::Memory(m) => {
+                let w = m.load(&self.resolve(module, "weight")?)?;
+                if w.dims() != [out, inp] {
+                    return Err(self.shape_error(module, "weight", &[out, inp], w.dims()));
+                }
+                QMatMul::Tensor(w)
+            }
         };
         let bias = if bias {
             Some(self.tensor_shaped(module, "bias", &[out])?)
@@ -590,6 +629,7 @@ impl WeightStore {
         match self {
             WeightStore::Gguf(g) => g.quantization(),
             WeightStore::SafeTensors(s) => s.dtype(),
+            WeightStore::Memory(_) => "f32 (converted on load)".into(),
         }
     }
 }

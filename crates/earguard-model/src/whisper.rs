@@ -241,6 +241,33 @@ pub struct WhisperEncoder {
 }
 
 impl WhisperEncoder {
+    /// Load the encoder of a Whisper directory: a CTranslate2 one (`model.bin` and no
+    /// safetensors, as `scripts/fetch-models.sh whisper-base` installs it) is converted in
+    /// memory as it loads (the names and config of [`crate::ct2::convert_ct2_whisper`], nothing
+    /// written); anything else is read as an HF directory ([`Self::load_hf_dir`]).
+    pub fn load_dir(dir: &std::path::Path, device: &Device) -> Result<Self> {
+        let bin = dir.join("model.bin");
+        if !bin.is_file() || dir.join("model.safetensors").is_file() {
+            return Self::load_hf_dir(dir, device);
+        }
+        let model = crate::ct2::Ct2Model::read(&bin)?;
+        if model.spec != "WhisperSpec" {
+            return Err(ModelError::file(
+                &bin,
+                format!(
+                    "is a CTranslate2 '{}' model, not a WhisperSpec one",
+                    model.spec
+                ),
+            ));
+        }
+        let (tensors, config) = crate::ct2::whisper_encoder_tensors(&model)?;
+        let cfg: WhisperEncoderConfig =
+            serde_json::from_value(config).map_err(|e| ModelError::file(&bin, e))?;
+        let store =
+            WeightStore::Memory(crate::weights::MemoryWeights::new(tensors, bin)).on(device);
+        Self::load(cfg, &store, "model.encoder.")
+    }
+
     /// Load the encoder of an HF Whisper directory (`config.json` + safetensors, tensors
     /// under `model.encoder.`) onto `device`. `earguard convert ct2-whisper` makes one from a
     /// CTranslate2 model.

@@ -192,6 +192,20 @@ fn converted_whisper_base_encoder_matches_candle() {
     println!("whisper-base encoder vs candle (tanh GELU, split q/k scale): max abs diff {d:.3e}");
     println!("  with HF's q scaling: {d_hf:.3e} (outputs up to {scale:.2})");
     println!("  with HF's exact GELU and q scaling (our default): {d_exact:.3e}");
+    // The CTranslate2 directory loaded as it is (converted in memory) is the same encoder.
+    let direct = WhisperEncoder::load_dir(&src, &Device::Cpu).unwrap();
+    let converted = WhisperEncoder::load_dir(&out, &Device::Cpu).unwrap();
+    assert_eq!(direct.config(), converted.config());
+    let short = mel.narrow(2, 0, 400).unwrap();
+    let (a, b) = (
+        direct.forward(&short, None).unwrap(),
+        converted.forward(&short, None).unwrap(),
+    );
+    assert_eq!(
+        max_diff(&a, &b),
+        0.0,
+        "in-memory and on-disk conversions differ"
+    );
     let _ = std::fs::remove_dir_all(&out);
     assert!(d < TOL, "our encoder differs from candle's by {d}");
     assert!(

@@ -115,12 +115,27 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     for (k, v) in rows {
         println!("{k:<18} {v}");
     }
-    match &info.audio_tower {
-        Some(a) => println!(
+    match (&info.audio_tower, &info.speech) {
+        (Some(a), _) => println!(
             "{:<18} Whisper encoder, {} layers, d_model {}, {} mel bins",
             "audio tower", a.n_layers, a.d_model, a.n_mels
         ),
-        None => println!("{:<18} none (text model)", "audio tower"),
+        (None, Some(s)) => {
+            println!(
+                "{:<18} speech model from parts: the LLM {}, the Whisper encoder of {} ({} layers, frozen), the CTC head {} (d {}, {} layers, {} token classes + blank, sha256 {}…), posterior temperature {}",
+                "audio",
+                s.llm,
+                s.whisper.display(),
+                s.encoder_layers,
+                s.head.display(),
+                s.head_d_model,
+                s.head_layers,
+                s.head_tokens,
+                s.head_sha256.get(..12).unwrap_or(&s.head_sha256),
+                s.temperature
+            );
+        }
+        (None, None) => println!("{:<18} none (text model)", "audio tower"),
     }
     Ok(())
 }

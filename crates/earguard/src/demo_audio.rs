@@ -22,13 +22,14 @@ use earguard_eval::plots::{self, TradeoffPoint};
 use earguard_eval::report::Report;
 use earguard_eval::runner;
 use earguard_eval::understanding::{closest_answers, Understanding};
+use earguard_model::speech::{SpeechModelConfig, SPEECH_CONFIG};
 use earguard_steer::defense::DefenseSpec;
 use earguard_steer::inputs::DEFAULT_INSTRUCTION;
 use serde_json::json;
 
 use crate::demo::DemoArgs;
 use crate::eval::{evaluate, prepare, print_table, tradeoff_point, EvalSettings};
-use crate::speech::{assemble, transcribe_set, wer_by_voice, BuildArgs, VoiceWer};
+use crate::speech::{transcribe_set, wer_by_voice, VoiceWer};
 
 /// The gates: greedy WER on seen voices, and answers that address their question.
 const MAX_WER: f64 = 0.15;
@@ -137,15 +138,27 @@ pub fn run(args: &DemoArgs, out: &Path) -> Result<()> {
     }
     let (harmless, advbench) = (spoken[0].clone(), spoken[1].clone());
 
-    // 2. The model.
-    let model_dir = out.join("model");
-    assemble(&BuildArgs {
-        head: args.head.clone(),
+    // 2. The model: a speech.json naming the parts where they are (a CTranslate2 Whisper
+    // directory is converted in memory as it loads).
+    let name = args.head.file_name().unwrap_or("speech-model".as_ref());
+    let model_dir = out.join(name);
+    let absolute = |p: &Path| -> Result<String> {
+        Ok(std::fs::canonicalize(p)
+            .with_context(|| format!("{}: not found", p.display()))?
+            .to_string_lossy()
+            .into_owned())
+    };
+    let cfg = SpeechModelConfig {
         llm: args.model.clone(),
-        whisper: args.whisper.clone(),
+        whisper: absolute(&args.whisper)?,
+        head: absolute(&args.head)?,
         temperature: args.temperature,
-        out: model_dir.clone(),
-    })?;
+    };
+    std::fs::create_dir_all(&model_dir)?;
+    crate::write_file(
+        &model_dir.join(SPEECH_CONFIG),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
     let model = crate::args::load_model(&model_dir.to_string_lossy(), false)?;
 
     // 3. The ASR gate.

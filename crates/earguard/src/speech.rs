@@ -262,7 +262,7 @@ fn build(a: BuildArgs) -> Result<()> {
 
 /// Write a speech model directory (`a.out`): the head, the encoder (converted from
 /// CTranslate2 when needed) and `speech.json` naming the LLM.
-pub fn assemble(a: &BuildArgs) -> Result<()> {
+fn assemble(a: &BuildArgs) -> Result<()> {
     if !(a.temperature.is_finite() && a.temperature > 0.0) {
         bail!("--temperature {} must be a positive number", a.temperature);
     }
