@@ -12,4 +12,4 @@ done
 cargo build --release --bin earguard
 OUT=()
 if [ -n "${EARGUARD_DEMO_OUT:-}" ]; then OUT=(--out "$EARGUARD_DEMO_OUT"); fi
-exec "${CARGO_TARGET_DIR:-target}/release/earguard" demo --data-dir "${EARGUARD_DATA:-../shared/data}" "${OUT[@]}" "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/earguard" demo --data-dir "${EARGUARD_DATA:-../shared/data}" ${OUT[@]+"${OUT[@]}"} "$@"

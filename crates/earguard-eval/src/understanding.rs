@@ -66,6 +66,14 @@ pub fn closest_answers(
     spoken: &[(String, String)],
     text: &[(String, String)],
 ) -> Result<Understanding> {
+    for (rows, what) in [(spoken, "spoken"), (text, "text")] {
+        let mut seen = std::collections::HashSet::new();
+        if let Some((id, _)) = rows.iter().find(|(i, _)| !seen.insert(i.as_str())) {
+            return Err(EvalError::Invalid(format!(
+                "question {id} has two {what} answers: compare one answer per question"
+            )));
+        }
+    }
     let text: HashMap<&str, &str> = text.iter().map(|(i, a)| (i.as_str(), a.as_str())).collect();
     let both: Vec<(&str, &str)> = spoken
         .iter()
@@ -147,5 +155,6 @@ mod tests {
         let u = closest_answers(&rows(&[("a", "yes"), ("b", "yes")]), &same).unwrap();
         assert_eq!(u.addressed, 0);
         assert!(closest_answers(&rows(&[("a", "x")]), &text).is_err());
+        assert!(closest_answers(&rows(&[("a", "x"), ("a", "y"), ("b", "z")]), &text).is_err());
     }
 }

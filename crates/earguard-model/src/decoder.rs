@@ -201,6 +201,9 @@ pub struct KvCache {
     pad: Vec<usize>,
     /// Each row's gate decision, once the prompt's pass has reached the plan's gate.
     gate: Option<Vec<bool>>,
+    /// The first layer holding keys and values ([`Decoder::forward_from`]): a cache filled
+    /// from layer L cannot serve a forward that starts below L.
+    first_layer: usize,
 }
 
 impl KvCache {
@@ -212,6 +215,7 @@ impl KvCache {
             prompt_end: 0,
             pad,
             gate: None,
+            first_layer: 0,
         }
     }
 
@@ -521,6 +525,20 @@ impl Decoder {
                 )));
             }
         }
+        if from > 0 && !cache.is_empty() {
+            return Err(ModelError::Invalid(format!(
+                "a forward from layer {from} needs an empty cache (it leaves layers below \
+                 {from} without keys)"
+            )));
+        }
+        if from < cache.first_layer {
+            return Err(ModelError::Invalid(format!(
+                "this cache holds no keys below layer {}: it was filled by a forward from \
+                 there, and cannot continue from layer {from}",
+                cache.first_layer
+            )));
+        }
+        cache.first_layer = from;
         let (b, q, d) = x.dims3()?;
         if d != self.cfg.hidden_size {
             return Err(ModelError::Shape(format!(

@@ -47,7 +47,8 @@ fn whole_model(
 /// `layer` is the frozen model's whatever the adapters hold. It is computed once per distinct
 /// input by the base model's first `layer` layers (memoised by a digest of its ids and audio
 /// rows), and every forward of the objective then runs only layers `layer..` of the adapted
-/// model: exact, since dropout acts inside the adapters only. Memory: one `[seq, hidden]`
+/// model: the same computation (dropout acts inside the adapters only), up to kernel rounding
+/// (the lower layers keep the base's fused ops; about 1e-6). Memory: one `[seq, hidden]`
 /// tensor per distinct input (each instruction variant counts).
 #[derive(Debug)]
 pub struct FrozenPrefix {

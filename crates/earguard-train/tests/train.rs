@@ -459,6 +459,16 @@ fn a_forward_from_a_layer_refuses_hooks_below_it() {
             Logits::Last
         )
         .is_err());
+    // A cache filled from layer 1 cannot continue a generation through layer 0.
+    let mut cache = base.new_cache(vec![0]);
+    let y = Tensor::zeros((1, 3, hidden), DType::F32, &Device::Cpu).unwrap();
+    base.forward_from(1, y, &mut cache, &InterventionPlan::new(), Logits::Last)
+        .unwrap();
+    let next = Tensor::new(&[[5u32]], &Device::Cpu).unwrap();
+    let err = base
+        .forward(&next, &mut cache, &InterventionPlan::new(), Logits::Last)
+        .unwrap_err();
+    assert!(err.to_string().contains("no keys below layer 1"), "{err}");
     assert!(base.first_layers(0).is_err());
     assert!(base.first_layers(3).is_err());
 }

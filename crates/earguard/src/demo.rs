@@ -40,10 +40,10 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 32, value_parser = crate::args::positive)]
     pub max_tokens: usize,
     /// SARSteer strength.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, conflicts_with = "audio")]
     pub alpha: f64,
     /// A second SARSteer strength for the attack-strength curve (besides --alpha).
-    #[arg(long, default_value_t = CURVE_ALPHA)]
+    #[arg(long, default_value_t = CURVE_ALPHA, conflicts_with = "audio")]
     pub curve_alpha: f64,
     /// Output directory (vectors, runs, report.md with plots; default out/demo, with --audio
     /// out/demo-audio). Re-running resumes.
@@ -61,15 +61,25 @@ pub struct DemoArgs {
         requires = "audio"
     )]
     pub head: PathBuf,
-    /// With --audio: the Whisper encoder (CTranslate2 or HF directory).
-    #[arg(long, default_value = "models/whisper-base", requires = "audio")]
-    pub whisper: PathBuf,
+    /// With --audio: the Whisper encoder (CTranslate2 or HF directory; default whisper-base
+    /// in the models directory, as scripts/fetch-models.sh installs it).
+    #[arg(long, requires = "audio")]
+    pub whisper: Option<PathBuf>,
     /// With --audio: the head's posterior temperature.
     #[arg(long, default_value_t = 1.0, requires = "audio")]
     pub temperature: f32,
-    /// With --audio: spoken harmless_val questions for the understanding gate.
-    #[arg(long, default_value_t = 40, value_parser = crate::args::positive, requires = "audio")]
+    /// With --audio: spoken harmless_val questions for the understanding gate (at least 2).
+    #[arg(long, default_value_t = 40, value_parser = at_least_two, requires = "audio")]
     pub questions: usize,
+}
+
+fn at_least_two(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 2 => Ok(n),
+        _ => Err(format!(
+            "'{s}': must be at least 2 (the gate compares answers)"
+        )),
+    }
 }
 
 /// The attack strengths of the curve (fraction of the refusal component removed).

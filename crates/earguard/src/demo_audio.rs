@@ -44,7 +44,7 @@ struct Gates {
 }
 
 impl Gates {
-    /// WER over every spoken clip (all sets, the demo's one voice).
+    /// The highest WER of a spoken set (each set's over all its clips).
     fn worst_wer(&self) -> Option<f64> {
         self.wer
             .iter()
@@ -119,6 +119,31 @@ pub fn run(args: &DemoArgs, out: &Path) -> Result<()> {
         }
     }
 
+    let whisper = args
+        .whisper
+        .clone()
+        .unwrap_or_else(|| earguard_model::loader::models_dir().join("whisper-base"));
+    // The model: a speech.json naming the parts where they are (a CTranslate2 Whisper
+    // directory is converted in memory as it loads), checked before anything is spoken.
+    let name = args.head.file_name().unwrap_or("speech-model".as_ref());
+    let model_dir = out.join(name);
+    let absolute = |p: &Path| -> Result<String> {
+        Ok(std::fs::canonicalize(p)
+            .with_context(|| format!("{}: not found", p.display()))?
+            .to_string_lossy()
+            .into_owned())
+    };
+    let cfg = SpeechModelConfig {
+        llm: args.model.clone(),
+        whisper: absolute(&whisper)?,
+        head: absolute(&args.head)?,
+        temperature: args.temperature,
+    };
+    std::fs::create_dir_all(&model_dir)?;
+    crate::write_file(
+        &model_dir.join(SPEECH_CONFIG),
+        serde_json::to_string_pretty(&cfg)?.as_bytes(),
+    )?;
     // 1. The spoken sets.
     let voices = [DEFAULT_VOICE.to_string()];
     let speech = out.join("speech");
@@ -138,27 +163,6 @@ pub fn run(args: &DemoArgs, out: &Path) -> Result<()> {
     }
     let (harmless, advbench) = (spoken[0].clone(), spoken[1].clone());
 
-    // 2. The model: a speech.json naming the parts where they are (a CTranslate2 Whisper
-    // directory is converted in memory as it loads).
-    let name = args.head.file_name().unwrap_or("speech-model".as_ref());
-    let model_dir = out.join(name);
-    let absolute = |p: &Path| -> Result<String> {
-        Ok(std::fs::canonicalize(p)
-            .with_context(|| format!("{}: not found", p.display()))?
-            .to_string_lossy()
-            .into_owned())
-    };
-    let cfg = SpeechModelConfig {
-        llm: args.model.clone(),
-        whisper: absolute(&args.whisper)?,
-        head: absolute(&args.head)?,
-        temperature: args.temperature,
-    };
-    std::fs::create_dir_all(&model_dir)?;
-    crate::write_file(
-        &model_dir.join(SPEECH_CONFIG),
-        serde_json::to_string_pretty(&cfg)?.as_bytes(),
-    )?;
     let model = crate::args::load_model(&model_dir.to_string_lossy(), false)?;
 
     // 3. The ASR gate.
@@ -232,6 +236,7 @@ pub fn run(args: &DemoArgs, out: &Path) -> Result<()> {
     print_table(&table);
     write_report(
         args,
+        &whisper,
         out,
         &model.info.name,
         &gates,
@@ -285,6 +290,7 @@ fn print_gates(g: &Gates) {
 
 fn write_report(
     args: &DemoArgs,
+    whisper: &Path,
     out: &Path,
     model: &str,
     g: &Gates,
@@ -300,7 +306,7 @@ fn write_report(
          temperature {}) and the LLM `{}`. Not Qwen2-Audio: the LLM hears what the head \
          transcribes, softly. Spoken with espeak-ng ({DEFAULT_VOICE}, {DEFAULT_RATE_WPM} wpm); \
          none of these prompts was trained on. {seconds:.0} s in all.\n",
-        args.whisper.display(),
+        whisper.display(),
         args.head.display(),
         args.temperature,
         args.model
