@@ -447,17 +447,7 @@ pub fn convert_ct2_whisper(in_dir: &Path, out_dir: &Path) -> Result<()> {
             "missing: expected a CTranslate2 model directory",
         ));
     }
-    let model = Ct2Model::read(&bin)?;
-    if model.spec != "WhisperSpec" {
-        return Err(ModelError::file(
-            &bin,
-            format!(
-                "is a CTranslate2 '{}' model, not a WhisperSpec one",
-                model.spec
-            ),
-        ));
-    }
-    let (tensors, config) = whisper_encoder_tensors(&model)?;
+    let (tensors, config) = whisper_encoder_tensors(&read_whisper(&bin)?)?;
     std::fs::create_dir_all(out_dir)
         .map_err(|e| ModelError::file(out_dir, format!("cannot create: {e}")))?;
     let st = out_dir.join("model.safetensors");
@@ -488,6 +478,21 @@ pub fn convert_ct2_whisper(in_dir: &Path, out_dir: &Path) -> Result<()> {
             .map_err(|e| ModelError::file(&dest, format!("cannot copy: {e}")))?;
     }
     Ok(())
+}
+
+/// Read a CTranslate2 `model.bin` that must be a Whisper model.
+pub fn read_whisper(bin: &Path) -> Result<Ct2Model> {
+    let model = Ct2Model::read(bin)?;
+    if model.spec != "WhisperSpec" {
+        return Err(ModelError::file(
+            bin,
+            format!(
+                "is a CTranslate2 '{}' model, not a WhisperSpec one",
+                model.spec
+            ),
+        ));
+    }
+    Ok(model)
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {

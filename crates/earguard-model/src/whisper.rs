@@ -250,17 +250,8 @@ impl WhisperEncoder {
         if !bin.is_file() || dir.join("model.safetensors").is_file() {
             return Self::load_hf_dir(dir, device);
         }
-        let model = crate::ct2::Ct2Model::read(&bin)?;
-        if model.spec != "WhisperSpec" {
-            return Err(ModelError::file(
-                &bin,
-                format!(
-                    "is a CTranslate2 '{}' model, not a WhisperSpec one",
-                    model.spec
-                ),
-            ));
-        }
-        let (tensors, config) = crate::ct2::whisper_encoder_tensors(&model)?;
+        let (tensors, config) =
+            crate::ct2::whisper_encoder_tensors(&crate::ct2::read_whisper(&bin)?)?;
         let cfg: WhisperEncoderConfig =
             serde_json::from_value(config).map_err(|e| ModelError::file(&bin, e))?;
         let store =

@@ -88,6 +88,16 @@ fn seeded(rng: &mut StdRng, dims: &[usize], std: f32) -> Tensor {
     Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
 }
 
+/// The largest absolute entry of `t`.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn scalar(t: &Tensor) -> f64 {
     t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
 }
@@ -301,14 +311,7 @@ fn resumed_run_ends_where_an_uninterrupted_one_does() {
     let (a, b) = (whole.tensors(), second.tensors());
     assert_eq!(a.len(), b.len());
     for (k, t) in &a {
-        let d = (t - &b[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs(&(t - &b[k]).unwrap());
         assert!(d <= 1e-6, "{k} differs by {d} after resuming");
     }
     for d in [whole_dir, split_dir] {
@@ -411,25 +414,11 @@ fn a_frozen_prefix_trains_the_same_adapter() {
     let moved: f32 = whole
         .iter()
         .filter(|(k, _)| k.contains("lora_B"))
-        .map(|(_, t)| {
-            t.abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        })
+        .map(|(_, t)| max_abs(t))
         .fold(0.0, f32::max);
     assert!(moved > 1e-3, "the adapters did not move ({moved})");
     for (k, t) in &whole {
-        let d = (t - &cut[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs(&(t - &cut[k]).unwrap());
         assert!(d <= 1e-5, "{k}: the runs differ by {d}");
     }
 }
