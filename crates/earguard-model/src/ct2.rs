@@ -44,8 +44,21 @@
 //! table is half precision and equals [`sinusoids`] up to that precision, the converter writes
 //! the f32 sinusoids (what OpenAI's and HF's checkpoints hold) instead of the rounded copy;
 //! any other table is written as stored. Every tensor is written as f32 (widening f16/bf16 is
-//! exact; quantized weights are dequantized). Decoder weights are not converted; config.json
-//! still records the decoder's sizes so that HF-style Whisper configs parse.
+//! exact; quantized weights are dequantized). `convert ct2-whisper` writes the encoder only;
+//! config.json still records the decoder's sizes so that HF-style Whisper configs parse.
+//!
+//! ## WhisperSpec decoder → HF `WhisperDecoder` names ([`whisper_decoder_tensors`])
+//!
+//! The same per-layer names as the encoder for self-attention and MLP, plus:
+//!
+//! | CTranslate2 (`decoder/…`) | HF (`model.decoder.…`) |
+//! |---|---|
+//! | `embeddings/weight` `[vocab, d]` (`projection/weight` is an alias: tied) | `embed_tokens.weight` |
+//! | `position_encodings/encodings` `[448, d]` (learned) | `embed_positions.weight` |
+//! | `layer_{i}/attention/layer_norm/{gamma,beta}` | `layers.{i}.encoder_attn_layer_norm.{weight,bias}` |
+//! | `layer_{i}/attention/linear_0/{weight,bias}` | `layers.{i}.encoder_attn.q_proj.*` |
+//! | `layer_{i}/attention/linear_1/weight` `[2d, d]` | rows `0..d` → `encoder_attn.k_proj.weight`, `d..2d` → `v_proj.weight` (k bias dropped) |
+//! | `layer_{i}/attention/linear_2/{weight,bias}` | `layers.{i}.encoder_attn.out_proj.*` |
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -526,117 +539,39 @@ pub fn whisper_encoder_tensors(
     if n_layers == 0 {
         return Err(err("the model has no encoder/layer_* variables".into()));
     }
-    let mut out: HashMap<String, Tensor> = HashMap::new();
-    let mut used: Vec<String> = vec!["encoder/num_heads".into()];
-    let mut put = |hf: String, t: Tensor| {
-        out.insert(format!("model.encoder.{hf}"), t);
-    };
-    let mut get = |ct2: &str| -> Result<Tensor> {
-        used.push(ct2.to_string());
-        model.tensor(ct2)
-    };
+    let mut r = Renamer::new(model, "encoder/", "model.encoder.");
+    r.mark_used("num_heads");
     for conv in ["conv1", "conv2"] {
-        put(
-            format!("{conv}.weight"),
-            get(&format!("encoder/{conv}/weight"))?,
-        );
-        put(
-            format!("{conv}.bias"),
-            get(&format!("encoder/{conv}/bias"))?,
-        );
+        r.linear(conv, conv)?;
     }
     let pos_name = "encoder/position_encodings/encodings";
-    let pos = get(pos_name)?;
+    let pos = r.get("position_encodings/encodings")?;
     let (n_pos, pd) = pos
         .dims2()
         .map_err(|_| err(format!("{pos_name} has shape {:?}", pos.dims())))?;
     if pd != d {
         return Err(err(format!("{pos_name} has width {pd}, d_model is {d}")));
     }
-    put(
-        "embed_positions.weight".into(),
+    r.put(
+        "embed_positions.weight",
         exact_positions(model, pos_name, pos)?,
     );
     let mut ffn_dim = 0;
     for l in 0..n_layers {
-        let c = |s: &str| format!("encoder/layer_{l}/{s}");
+        let c = |s: &str| format!("layer_{l}/{s}");
         let h = |s: &str| format!("layers.{l}.{s}");
-        let qkv_w = get(&c("self_attention/linear_0/weight"))?;
-        if qkv_w.dims() != [3 * d, d] {
-            return Err(err(format!(
-                "{} has shape {:?}, expected [{}, {d}] (fused q, k, v)",
-                c("self_attention/linear_0/weight"),
-                qkv_w.dims(),
-                3 * d
-            )));
-        }
-        let qkv_b = get(&c("self_attention/linear_0/bias"))?;
-        if qkv_b.dims() != [3 * d] {
-            return Err(err(format!(
-                "{} has shape {:?}",
-                c("self_attention/linear_0/bias"),
-                qkv_b.dims()
-            )));
-        }
-        put(
-            h("self_attn.q_proj.weight"),
-            qkv_w.narrow(0, 0, d)?.contiguous()?,
-        );
-        put(
-            h("self_attn.k_proj.weight"),
-            qkv_w.narrow(0, d, d)?.contiguous()?,
-        );
-        put(
-            h("self_attn.v_proj.weight"),
-            qkv_w.narrow(0, 2 * d, d)?.contiguous()?,
-        );
-        put(
-            h("self_attn.q_proj.bias"),
-            qkv_b.narrow(0, 0, d)?.contiguous()?,
-        );
-        put(
-            h("self_attn.v_proj.bias"),
-            qkv_b.narrow(0, 2 * d, d)?.contiguous()?,
-        );
-        put(
-            h("self_attn.out_proj.weight"),
-            get(&c("self_attention/linear_1/weight"))?,
-        );
-        put(
-            h("self_attn.out_proj.bias"),
-            get(&c("self_attention/linear_1/bias"))?,
-        );
-        put(
-            h("self_attn_layer_norm.weight"),
-            get(&c("self_attention/layer_norm/gamma"))?,
-        );
-        put(
-            h("self_attn_layer_norm.bias"),
-            get(&c("self_attention/layer_norm/beta"))?,
-        );
-        let fc1 = get(&c("ffn/linear_0/weight"))?;
-        ffn_dim = fc1.dim(0)?;
-        put(h("fc1.weight"), fc1);
-        put(h("fc1.bias"), get(&c("ffn/linear_0/bias"))?);
-        put(h("fc2.weight"), get(&c("ffn/linear_1/weight"))?);
-        put(h("fc2.bias"), get(&c("ffn/linear_1/bias"))?);
-        put(
-            h("final_layer_norm.weight"),
-            get(&c("ffn/layer_norm/gamma"))?,
-        );
-        put(h("final_layer_norm.bias"), get(&c("ffn/layer_norm/beta"))?);
+        r.split(
+            &c("self_attention/linear_0"),
+            &h("self_attn"),
+            &["q", "k", "v"],
+            d,
+        )?;
+        r.linear(&c("self_attention/linear_1"), &h("self_attn.out_proj"))?;
+        r.norm(&c("self_attention/layer_norm"), &h("self_attn_layer_norm"))?;
+        ffn_dim = r.ffn(&c("ffn"), &h(""))?;
     }
-    put("layer_norm.weight".into(), get("encoder/layer_norm/gamma")?);
-    put("layer_norm.bias".into(), get("encoder/layer_norm/beta")?);
-    // Nothing of the encoder may be silently left behind (scales belong to their weights).
-    if let Some(v) = model.variables().iter().find(|v| {
-        v.name.starts_with("encoder/") && !v.name.ends_with("_scale") && !used.contains(&v.name)
-    }) {
-        return Err(err(format!(
-            "encoder variable {} has no HF counterpart in this converter",
-            v.name
-        )));
-    }
+    r.norm("layer_norm", "layer_norm")?;
+    let out = r.finish()?;
 
     let mut config = serde_json::json!({
         "architectures": ["WhisperForConditionalGeneration"],
@@ -683,6 +618,200 @@ pub fn whisper_encoder_tensors(
         }
     }
     Ok((out, config))
+}
+
+/// HF-named decoder tensors (`model.decoder.*`, the names candle-transformers' and HF's
+/// Whisper decoders read) of a WhisperSpec model: the token embeddings (also its output
+/// projection, tied), the learned positions, and per layer the self-attention (fused
+/// q/k/v as in the encoder), the cross-attention (`attention/linear_0` q, `linear_1` fused
+/// k/v, `linear_2` out) and the MLP. Refused when the decoder is not Whisper's (embeddings
+/// scaled, post-norm, ALiBi) or a variable would be left behind.
+pub fn whisper_decoder_tensors(model: &Ct2Model) -> Result<HashMap<String, Tensor>> {
+    let err = |m: String| ModelError::file(&model.path, m);
+    let embed = model.tensor("decoder/embeddings/weight")?;
+    let (_, d) = embed.dims2().map_err(|_| {
+        err(format!(
+            "decoder/embeddings/weight has shape {:?}",
+            embed.dims()
+        ))
+    })?;
+    for (flag, want) in [
+        ("scale_embeddings", 0),
+        ("pre_norm", 1),
+        ("alibi", 0),
+        ("start_from_zero_embedding", 0),
+    ] {
+        let name = format!("decoder/{flag}");
+        if model.get(&name).is_some() && model.scalar(&name)? != want {
+            return Err(err(format!(
+                "{name} is {}, Whisper's decoder has {want}",
+                model.scalar(&name)?
+            )));
+        }
+    }
+    let n_layers = model.layer_count("decoder");
+    if n_layers == 0 {
+        return Err(err("the model has no decoder/layer_* variables".into()));
+    }
+    let mut r = Renamer::new(model, "decoder/", "model.decoder.");
+    for known in [
+        "num_heads",
+        "activation",
+        "alignment_heads",
+        "alignment_layer",
+        "scale_embeddings",
+        "pre_norm",
+        "alibi",
+        "start_from_zero_embedding",
+    ] {
+        r.mark_used(known);
+    }
+    let e = r.get("embeddings/weight")?;
+    r.put("embed_tokens.weight", e);
+    let p = r.get("position_encodings/encodings")?;
+    r.put("embed_positions.weight", p);
+    for l in 0..n_layers {
+        let c = |s: &str| format!("layer_{l}/{s}");
+        let h = |s: &str| format!("layers.{l}.{s}");
+        r.split(
+            &c("self_attention/linear_0"),
+            &h("self_attn"),
+            &["q", "k", "v"],
+            d,
+        )?;
+        r.linear(&c("self_attention/linear_1"), &h("self_attn.out_proj"))?;
+        r.norm(&c("self_attention/layer_norm"), &h("self_attn_layer_norm"))?;
+        r.split(&c("attention/linear_0"), &h("encoder_attn"), &["q"], d)?;
+        r.split(&c("attention/linear_1"), &h("encoder_attn"), &["k", "v"], d)?;
+        r.linear(&c("attention/linear_2"), &h("encoder_attn.out_proj"))?;
+        r.norm(&c("attention/layer_norm"), &h("encoder_attn_layer_norm"))?;
+        r.ffn(&c("ffn"), &h(""))?;
+    }
+    r.norm("layer_norm", "layer_norm")?;
+    r.finish()
+}
+
+/// Renames one scope of a CTranslate2 model (`encoder/`, `decoder/`) to HF names, recording
+/// what it read so that [`Renamer::finish`] can refuse a variable left behind.
+struct Renamer<'a> {
+    model: &'a Ct2Model,
+    ct2: &'static str,
+    hf: &'static str,
+    out: HashMap<String, Tensor>,
+    used: std::collections::HashSet<String>,
+}
+
+impl<'a> Renamer<'a> {
+    fn new(model: &'a Ct2Model, ct2: &'static str, hf: &'static str) -> Self {
+        Self {
+            model,
+            ct2,
+            hf,
+            out: HashMap::new(),
+            used: Default::default(),
+        }
+    }
+
+    fn mark_used(&mut self, rel: &str) {
+        self.used.insert(format!("{}{rel}", self.ct2));
+    }
+
+    fn get(&mut self, rel: &str) -> Result<Tensor> {
+        let name = format!("{}{rel}", self.ct2);
+        let t = self.model.tensor(&name)?;
+        self.used.insert(name);
+        Ok(t)
+    }
+
+    fn put(&mut self, rel: &str, t: Tensor) {
+        self.out.insert(format!("{}{rel}", self.hf), t);
+    }
+
+    /// `{weight,bias}` → `{weight,bias}`.
+    fn linear(&mut self, ct2: &str, hf: &str) -> Result<()> {
+        for p in ["weight", "bias"] {
+            let t = self.get(&format!("{ct2}/{p}"))?;
+            self.put(&format!("{hf}.{p}"), t);
+        }
+        Ok(())
+    }
+
+    /// A layer norm's `{gamma,beta}` → `{weight,bias}`.
+    fn norm(&mut self, ct2: &str, hf: &str) -> Result<()> {
+        for (c, h) in [("gamma", "weight"), ("beta", "bias")] {
+            let t = self.get(&format!("{ct2}/{c}"))?;
+            self.put(&format!("{hf}.{h}"), t);
+        }
+        Ok(())
+    }
+
+    /// A fused projection (`parts` stacked by rows, each `[d, d]`) → `{hf}.{part}_proj.*`.
+    /// The k bias is dropped: HF's Whisper has none (CTranslate2 stores zeros), and it could
+    /// not change the attention anyway (it adds the same `q·b` to every key's score).
+    fn split(&mut self, ct2: &str, hf: &str, parts: &[&str], d: usize) -> Result<()> {
+        let n = parts.len();
+        let (w_name, b_name) = (format!("{ct2}/weight"), format!("{ct2}/bias"));
+        let scope = self.ct2;
+        let w = self.get(&w_name)?;
+        let b = self.get(&b_name)?;
+        if w.dims() != [n * d, d] || b.dims() != [n * d] {
+            return Err(ModelError::file(
+                &self.model.path,
+                format!(
+                    "{scope}{w_name} / {scope}{b_name} have shapes {:?} / {:?}, expected [{}, {d}] / [{}] ({})",
+                    w.dims(),
+                    b.dims(),
+                    n * d,
+                    n * d,
+                    parts.join(", ")
+                ),
+            ));
+        }
+        for (i, part) in parts.iter().enumerate() {
+            self.put(
+                &format!("{hf}.{part}_proj.weight"),
+                w.narrow(0, i * d, d)?.contiguous()?,
+            );
+            if *part != "k" {
+                self.put(
+                    &format!("{hf}.{part}_proj.bias"),
+                    b.narrow(0, i * d, d)?.contiguous()?,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A pre-norm MLP (`{ct2}/layer_norm`, `linear_0`, `linear_1`) → `{hf}final_layer_norm`,
+    /// `fc1`, `fc2`; its hidden width.
+    fn ffn(&mut self, ct2: &str, hf: &str) -> Result<usize> {
+        self.norm(
+            &format!("{ct2}/layer_norm"),
+            &format!("{hf}final_layer_norm"),
+        )?;
+        self.linear(&format!("{ct2}/linear_0"), &format!("{hf}fc1"))?;
+        self.linear(&format!("{ct2}/linear_1"), &format!("{hf}fc2"))?;
+        Ok(self.out[&format!("{}{hf}fc1.weight", self.hf)].dim(0)?)
+    }
+
+    /// The renamed tensors, unless a variable of the scope was not read (quantization scales
+    /// belong to their weights).
+    fn finish(self) -> Result<HashMap<String, Tensor>> {
+        if let Some(v) = self.model.variables().iter().find(|v| {
+            v.name.starts_with(self.ct2)
+                && !v.name.ends_with("_scale")
+                && !self.used.contains(&v.name)
+        }) {
+            return Err(ModelError::file(
+                &self.model.path,
+                format!(
+                    "variable {} has no HF counterpart in this converter",
+                    v.name
+                ),
+            ));
+        }
+        Ok(self.out)
+    }
 }
 
 /// The position table to write: Whisper's f32 sinusoids when the stored table is a

@@ -454,6 +454,11 @@ impl Decoder {
         KvCache::new(self.cfg.n_layers, pad)
     }
 
+    /// The input embedding table `[vocab, hidden]`.
+    pub fn embedding_table(&self) -> &Tensor {
+        &self.embed
+    }
+
     /// Token embeddings `[batch, seq, hidden]` for ids `[batch, seq]`.
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;

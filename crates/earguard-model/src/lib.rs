@@ -32,6 +32,7 @@ pub mod stock_whisper;
 pub mod tokenizer;
 pub mod weights;
 pub mod whisper;
+pub mod whisper_listener;
 
 pub use audio::{AudioCache, WaveformNoise};
 pub use chat::{ChatMessage, ContentSpecials};

@@ -24,12 +24,13 @@ use crate::hub;
 use crate::model::{Model, ModelInfo};
 use crate::qwen2_audio::{self, AudioTower, Qwen2AudioConfig};
 use crate::speech::{
-    SpeechHead, SpeechInfo, SpeechModelConfig, SpeechTower, HEAD_WEIGHTS, PLACEHOLDERS,
-    SPEECH_CONFIG,
+    Listener, ListenerInfo, ListenerKind, SpeechHead, SpeechInfo, SpeechModelConfig, SpeechTower,
+    HEAD_WEIGHTS, PLACEHOLDERS, SPEECH_CONFIG,
 };
 use crate::tokenizer::Tokenizer;
 use crate::weights::{safetensor_files, GgufWeights, SafeTensorWeights, WeightStore};
 use crate::whisper::WhisperEncoder;
+use crate::whisper_listener::WhisperListener;
 
 /// Models `scripts/fetch-models.sh` knows how to install.
 pub const KNOWN_MODELS: &[&str] = &[
@@ -297,11 +298,6 @@ fn load_speech_dir(dir: &Path, name: String, device: &Device) -> Result<Model> {
     let whisper_dir = SpeechModelConfig::path(dir, &cfg.whisper);
     let encoder = WhisperEncoder::load_dir(&whisper_dir, device)?;
     let wtext = serde_json::to_string(encoder.config()).expect("config serialises");
-    let head_dir = SpeechModelConfig::path(dir, &cfg.head);
-    let head = SpeechHead::load(&head_dir, device)?;
-    let head_bytes = std::fs::read(head_dir.join(HEAD_WEIGHTS))
-        .map_err(|e| ModelError::file(head_dir.join(HEAD_WEIGHTS), e))?;
-    let head_sha256 = hex(&Sha256::digest(&head_bytes));
     let placeholder = PLACEHOLDERS
         .iter()
         .find_map(|p| {
@@ -318,31 +314,66 @@ fn load_speech_dir(dir: &Path, name: String, device: &Device) -> Result<Model> {
                 PLACEHOLDERS.join(" ")
             ))
         })?;
+    // What identifies the listener: the head's bytes, or Whisper's decoder by name (its
+    // weights are the encoder's file's).
+    let (listener, listener_info, listener_id) = match (cfg.listener, &cfg.head) {
+        (ListenerKind::CtcHead, Some(head)) => {
+            let head_dir = SpeechModelConfig::path(dir, head);
+            let head = SpeechHead::load(&head_dir, device)?;
+            let head_bytes = std::fs::read(head_dir.join(HEAD_WEIGHTS))
+                .map_err(|e| ModelError::file(head_dir.join(HEAD_WEIGHTS), e))?;
+            let sha256 = hex(&Sha256::digest(&head_bytes));
+            let shape = &head.config().shape;
+            let info = ListenerInfo::CtcHead {
+                head: head_dir.clone(),
+                sha256: sha256.clone(),
+                d_model: shape.d_model,
+                conv_layers: shape.layers,
+                attention_layers: shape.attention_layers,
+                tokens: head.config().tokens.len(),
+            };
+            (
+                Listener::ctc_head(head, &encoder, &model.decoder)?,
+                info,
+                sha256,
+            )
+        }
+        (ListenerKind::WhisperDecoder, None) => {
+            let w = WhisperListener::load(&whisper_dir, &model.tokenizer, device)?;
+            let info = ListenerInfo::WhisperDecoder {
+                shared_vocabulary: w.shared_vocabulary(),
+                top_k: crate::whisper_listener::TOP_K,
+            };
+            let id = format!("whisper-decoder top-{}", crate::whisper_listener::TOP_K);
+            (Listener::whisper_decoder(w, &model.decoder)?, info, id)
+        }
+        _ => {
+            return Err(ModelError::file(
+                dir.join(SPEECH_CONFIG),
+                "a ctc-head listener needs a head and a whisper-decoder one has none",
+            ))
+        }
+    };
     let info = SpeechInfo {
         llm: model.info.name.clone(),
         whisper: whisper_dir.clone(),
         encoder_layers: encoder.config().encoder_layers,
-        head: head_dir.clone(),
-        head_sha256: head_sha256.clone(),
-        head_d_model: head.config().shape.d_model,
-        head_layers: head.config().shape.layers,
-        head_tokens: head.config().tokens.len(),
+        listener: listener_info,
         temperature: cfg.temperature,
         placeholder: placeholder.1.clone(),
     };
     let tower = SpeechTower::new(
         encoder,
-        head,
-        &model.decoder,
+        listener,
         cfg.temperature,
         placeholder,
         info.clone(),
-    )?;
+    );
     let mut hasher = Sha256::new();
     for part in [
         model.info.identity.as_bytes(),
         wtext.as_bytes(),
-        head_sha256.as_bytes(),
+        listener_id.as_bytes(),
         &cfg.temperature.to_le_bytes(),
     ] {
         hasher.update(part);

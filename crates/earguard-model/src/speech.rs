@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::decoder::Decoder;
 use crate::error::{ModelError, Result};
 use crate::whisper::WhisperEncoder;
+use crate::whisper_listener::WhisperListener;
 
 pub const HEAD_CONFIG: &str = "head.json";
 pub const HEAD_WEIGHTS: &str = "head.safetensors";
@@ -454,15 +455,32 @@ pub fn real_length(features: &Tensor, valid_frames: usize) -> Result<Tensor> {
     Ok(f.narrow(2, 0, n)?.contiguous()?)
 }
 
+/// How a speech model hears: what turns Whisper's encoder states into LLM rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerKind {
+    /// A trained CTC head over the LLM's tokens ([`SpeechHead`]; LegoSLM).
+    #[default]
+    CtcHead,
+    /// Whisper's own decoder, its posteriors mapped onto the LLM's tokens
+    /// ([`crate::whisper_listener`]).
+    WhisperDecoder,
+}
+
 /// `speech.json`, what a speech model directory is built from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SpeechModelConfig {
     /// The text LLM: a short name, or a path (relative paths from this directory).
     pub llm: String,
-    /// The Whisper encoder, an HF directory (relative paths from this directory).
+    /// The Whisper model (its encoder, and for a whisper-decoder listener its decoder): a
+    /// CTranslate2 or HF directory (relative paths from this directory).
     pub whisper: String,
-    /// The head directory (relative paths from this directory).
-    pub head: String,
+    /// What turns the encoder's states into LLM rows (default: ctc-head).
+    #[serde(default)]
+    pub listener: ListenerKind,
+    /// The head directory of a ctc-head listener (relative paths from this directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<String>,
     /// Posterior temperature.
     #[serde(default = "default_temperature")]
     pub temperature: f32,
@@ -485,7 +503,17 @@ impl SpeechModelConfig {
                 format!("temperature {} must be a positive number", cfg.temperature),
             ));
         }
-        Ok(cfg)
+        match (cfg.listener, &cfg.head) {
+            (ListenerKind::CtcHead, None) => Err(ModelError::file(
+                &path,
+                "a ctc-head listener needs \"head\": the head directory",
+            )),
+            (ListenerKind::WhisperDecoder, Some(_)) => Err(ModelError::file(
+                &path,
+                "a whisper-decoder listener has no head: remove \"head\" (or say \"listener\": \"ctc-head\")",
+            )),
+            _ => Ok(cfg),
+        }
     }
 
     /// `p` relative to `dir` unless absolute.
@@ -517,37 +545,80 @@ pub struct SpeechInfo {
     pub llm: String,
     pub whisper: PathBuf,
     pub encoder_layers: usize,
-    pub head: PathBuf,
-    pub head_sha256: String,
-    pub head_d_model: usize,
-    pub head_layers: usize,
-    pub head_tokens: usize,
+    pub listener: ListenerInfo,
     pub temperature: f32,
     pub placeholder: String,
 }
 
-/// A text LLM's ears: frozen Whisper encoder + trained head → pseudo-audio embeddings.
-#[derive(Debug, Clone)]
-pub struct SpeechTower {
-    pub encoder: WhisperEncoder,
-    pub head: SpeechHead,
-    /// The LLM's input embeddings of the head's token classes, `[tokens, hidden]`.
-    embeddings: Tensor,
-    pub temperature: f32,
-    /// The placeholder token's id and text.
-    pub placeholder: (u32, String),
-    pub info: SpeechInfo,
+/// What `inspect` says a speech model's listener is.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ListenerInfo {
+    CtcHead {
+        head: PathBuf,
+        sha256: String,
+        d_model: usize,
+        /// Residual convolutions and self-attention layers after the strided convolution.
+        conv_layers: usize,
+        attention_layers: usize,
+        tokens: usize,
+    },
+    WhisperDecoder {
+        /// Share of Whisper's text tokens that are LLM tokens.
+        shared_vocabulary: f32,
+        top_k: usize,
+    },
 }
 
-impl SpeechTower {
-    pub fn new(
-        encoder: WhisperEncoder,
+impl std::fmt::Display for ListenerInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenerInfo::CtcHead {
+                head,
+                sha256,
+                d_model,
+                conv_layers,
+                attention_layers,
+                tokens,
+            } => write!(
+                f,
+                "the CTC head {} (d {d_model}, {conv_layers} residual convolutions, {attention_layers} self-attention layers, {tokens} token classes + blank, sha256 {}…)",
+                head.display(),
+                sha256.get(..12).unwrap_or(sha256)
+            ),
+            ListenerInfo::WhisperDecoder {
+                shared_vocabulary,
+                top_k,
+            } => write!(
+                f,
+                "Whisper's own decoder (greedy; each token a mix of its {top_k} likeliest that are LLM tokens; {:.1} % of Whisper's tokens are)",
+                100.0 * shared_vocabulary
+            ),
+        }
+    }
+}
+
+/// What turns a clip's encoder states into LLM rows.
+// A tower holds one listener, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Listener {
+    /// A trained CTC head and the LLM's input embeddings of its token classes `[tokens, hidden]`.
+    CtcHead {
         head: SpeechHead,
-        decoder: &Decoder,
-        temperature: f32,
-        placeholder: (u32, String),
-        info: SpeechInfo,
-    ) -> Result<Self> {
+        embeddings: Tensor,
+    },
+    /// Whisper's decoder and the LLM's whole input embedding table `[vocab, hidden]`.
+    WhisperDecoder {
+        listener: WhisperListener,
+        embeddings: Tensor,
+    },
+}
+
+impl Listener {
+    /// A ctc-head listener for the LLM `decoder`: refused when the head does not fit the
+    /// encoder's width or emits tokens outside the LLM's vocabulary.
+    pub fn ctc_head(head: SpeechHead, encoder: &WhisperEncoder, decoder: &Decoder) -> Result<Self> {
         let cfg = head.config();
         if cfg.d_in != encoder.config().d_model {
             return Err(ModelError::Invalid(format!(
@@ -564,90 +635,192 @@ impl SpeechTower {
         }
         let ids = Tensor::new(cfg.tokens.as_slice(), decoder.device())?.unsqueeze(0)?;
         let embeddings = decoder.embed(&ids)?.squeeze(0)?.to_dtype(DType::F32)?;
-        Ok(Self {
+        Ok(Listener::CtcHead { head, embeddings })
+    }
+
+    /// A whisper-decoder listener for the LLM `decoder`.
+    pub fn whisper_decoder(listener: WhisperListener, decoder: &Decoder) -> Result<Self> {
+        Ok(Listener::WhisperDecoder {
+            listener,
+            embeddings: decoder.embedding_table().to_dtype(DType::F32)?,
+        })
+    }
+}
+
+/// A text LLM's ears: frozen Whisper encoder + a listener → pseudo-audio embeddings.
+#[derive(Debug, Clone)]
+pub struct SpeechTower {
+    pub encoder: WhisperEncoder,
+    listener: Listener,
+    pub temperature: f32,
+    /// The placeholder token's id and text.
+    pub placeholder: (u32, String),
+    pub info: SpeechInfo,
+}
+
+impl SpeechTower {
+    pub fn new(
+        encoder: WhisperEncoder,
+        listener: Listener,
+        temperature: f32,
+        placeholder: (u32, String),
+        info: SpeechInfo,
+    ) -> Self {
+        Self {
             encoder,
-            head,
-            embeddings,
+            listener,
             temperature,
             placeholder,
             info,
-        })
+        }
     }
 
     pub fn n_mels(&self) -> usize {
         self.encoder.config().num_mel_bins
     }
 
-    /// Token-class logits `[out_frames, classes]` of one clip's padded log-mel.
-    pub fn logits(&self, features: &Tensor, valid_frames: usize) -> Result<Tensor> {
+    /// Token-class logits `[out_frames, classes]` of one clip's padded log-mel (a ctc-head
+    /// listener's).
+    fn head_logits(
+        &self,
+        head: &SpeechHead,
+        features: &Tensor,
+        valid_frames: usize,
+    ) -> Result<Tensor> {
         let _span = tracing::info_span!("encode_speech", valid_frames).entered();
         let x = real_length(features, valid_frames)?;
         let frames = self.encoder.forward(&x, None)?;
-        let (tokens, _) = self.head.forward(&frames)?;
+        let (tokens, _) = head.forward(&frames)?;
         Ok(tokens.squeeze(0)?)
     }
 
+    /// Encoder states of the padded 30 s window, what Whisper's decoder reads.
+    fn window_states(&self, features: &Tensor) -> Result<Tensor> {
+        let _span = tracing::info_span!("encode_speech_window").entered();
+        let x = match features.rank() {
+            2 => features.unsqueeze(0)?,
+            _ => features.clone(),
+        };
+        self.encoder.forward(&x, None)
+    }
+
     /// Pseudo-audio embeddings `[n, hidden]` of one clip's padded log-mel (see the module
-    /// docs; n is 0 for a clip where every frame is blank).
+    /// docs; n is 0 for a clip where nothing is heard).
     pub fn encode(&self, features: &Tensor, valid_frames: usize) -> Result<Tensor> {
-        let probs = self.posteriors(features, valid_frames)?;
-        self.pool(&probs, &segments(&probs)?)
+        match &self.listener {
+            Listener::CtcHead { head, embeddings } => {
+                let probs = self.posteriors(head, features, valid_frames)?;
+                pool(embeddings, &probs, &segments(&probs)?)
+            }
+            Listener::WhisperDecoder {
+                listener,
+                embeddings,
+            } => {
+                let xa = self.window_states(features)?;
+                let tokens = listener.transcribe(&xa)?;
+                listener.rows(&xa, &tokens, self.temperature, embeddings)
+            }
+        }
     }
 
     /// Pseudo-audio embeddings of a corrupted copy of a clip (`noised`, the same length as
-    /// `clean`), pooled over the *clean* clip's segments: as many rows as [`Self::encode`]
-    /// gives for `clean`, each the noised posteriors' mean over the frames the clean clip's
-    /// row covers. A contrast between the two (SafeCoDe) then shares its token ids, and the
-    /// noise acts on what each row says, not on how many rows there are.
+    /// `clean`) with as many rows as [`Self::encode`] gives for `clean`: a CTC head's noised
+    /// posteriors are pooled over the *clean* clip's segments, Whisper's decoder reads the
+    /// noised audio along the clean clip's transcript. A contrast between the two (SafeCoDe)
+    /// then shares its token ids, and the noise acts on what each row says, not on how many
+    /// rows there are.
     pub fn encode_on_segments_of(
         &self,
         clean: &Tensor,
         noised: &Tensor,
         valid_frames: usize,
     ) -> Result<Tensor> {
-        let runs = segments(&self.posteriors(clean, valid_frames)?)?;
-        self.pool(&self.posteriors(noised, valid_frames)?, &runs)
+        match &self.listener {
+            Listener::CtcHead { head, embeddings } => {
+                let runs = segments(&self.posteriors(head, clean, valid_frames)?)?;
+                pool(
+                    embeddings,
+                    &self.posteriors(head, noised, valid_frames)?,
+                    &runs,
+                )
+            }
+            Listener::WhisperDecoder {
+                listener,
+                embeddings,
+            } => {
+                let tokens = listener.transcribe(&self.window_states(clean)?)?;
+                listener.rows(
+                    &self.window_states(noised)?,
+                    &tokens,
+                    self.temperature,
+                    embeddings,
+                )
+            }
+        }
     }
 
     /// Token-class posteriors `[out_frames, classes]` at the tower's temperature.
-    fn posteriors(&self, features: &Tensor, valid_frames: usize) -> Result<Tensor> {
-        let logits = self.logits(features, valid_frames)?;
+    fn posteriors(
+        &self,
+        head: &SpeechHead,
+        features: &Tensor,
+        valid_frames: usize,
+    ) -> Result<Tensor> {
+        let logits = self.head_logits(head, features, valid_frames)?;
         Ok(candle_nn::ops::softmax_last_dim(
             &(logits / f64::from(self.temperature))?,
         )?)
     }
 
-    /// One row per segment: the segment's mean posteriors without blank, renormalised, times
-    /// the LLM's embeddings of the head's tokens.
-    fn pool(&self, probs: &Tensor, runs: &[(usize, usize)]) -> Result<Tensor> {
-        let hidden = self.embeddings.dim(1)?;
-        if runs.is_empty() {
-            return Ok(Tensor::zeros((0, hidden), DType::F32, probs.device())?);
+    /// The greedy transcript of one clip, as text.
+    pub fn transcript(&self, features: &Tensor, valid_frames: usize) -> Result<Transcript> {
+        match &self.listener {
+            Listener::CtcHead { head, .. } => {
+                let best: Vec<u32> = self
+                    .head_logits(head, features, valid_frames)?
+                    .argmax(D::Minus1)?
+                    .to_vec1()?;
+                let tokens = &head.config().tokens;
+                Ok(Transcript::LlmTokens(
+                    ctc_collapse(&best)
+                        .into_iter()
+                        .map(|k| tokens[k as usize - 1])
+                        .collect(),
+                ))
+            }
+            Listener::WhisperDecoder { listener, .. } => {
+                let tokens = listener.transcribe(&self.window_states(features)?)?;
+                Ok(Transcript::Text(listener.text(&tokens)?))
+            }
         }
-        let n_tok = self.embeddings.dim(0)?;
-        let rows = runs
-            .iter()
-            .map(|&(start, len)| probs.narrow(0, start, len)?.mean(0))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let q = Tensor::stack(&rows, 0)?.narrow(1, 1, n_tok)?;
-        // A noised clip pooled over the clean segments may put (nearly) all of a segment's
-        // mass on blank: keep the division finite.
-        let q = q.broadcast_div(&q.sum_keepdim(1)?.clamp(1e-30f32, f32::MAX)?)?;
-        Ok(q.matmul(&self.embeddings)?)
     }
+}
 
-    /// The greedy CTC transcript of one clip, as LLM token ids.
-    pub fn transcript(&self, features: &Tensor, valid_frames: usize) -> Result<Vec<u32>> {
-        let best: Vec<u32> = self
-            .logits(features, valid_frames)?
-            .argmax(D::Minus1)?
-            .to_vec1()?;
-        let tokens = &self.head.config().tokens;
-        Ok(ctc_collapse(&best)
-            .into_iter()
-            .map(|k| tokens[k as usize - 1])
-            .collect())
+/// A greedy transcript: a CTC head's LLM token ids (the LLM's tokenizer spells them), or
+/// Whisper's decoded text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transcript {
+    LlmTokens(Vec<u32>),
+    Text(String),
+}
+
+/// One row per segment: the segment's mean posteriors without blank, renormalised, times
+/// the LLM's embeddings of the head's tokens.
+fn pool(embeddings: &Tensor, probs: &Tensor, runs: &[(usize, usize)]) -> Result<Tensor> {
+    let hidden = embeddings.dim(1)?;
+    if runs.is_empty() {
+        return Ok(Tensor::zeros((0, hidden), DType::F32, probs.device())?);
     }
+    let n_tok = embeddings.dim(0)?;
+    let rows = runs
+        .iter()
+        .map(|&(start, len)| probs.narrow(0, start, len)?.mean(0))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let q = Tensor::stack(&rows, 0)?.narrow(1, 1, n_tok)?;
+    // A noised clip pooled over the clean segments may put (nearly) all of a segment's
+    // mass on blank: keep the division finite.
+    let q = q.broadcast_div(&q.sum_keepdim(1)?.clamp(1e-30f32, f32::MAX)?)?;
+    Ok(q.matmul(embeddings)?)
 }
 
 /// The segments `(first frame, frames)` a clip's rows come from: runs of frames with one

@@ -89,3 +89,22 @@ impl AdapterArg {
         Ok(())
     }
 }
+
+/// How a speech model hears (`--listener`; see `earguard_model::speech::ListenerKind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListenerArg {
+    /// A trained CTC head over the LLM's tokens (--head; LegoSLM).
+    CtcHead,
+    /// Whisper's own decoder, each transcript token a posterior-weighted mix of LLM token
+    /// embeddings (no head; the Whisper directory must hold the whole model).
+    WhisperDecoder,
+}
+
+impl From<ListenerArg> for earguard_model::speech::ListenerKind {
+    fn from(l: ListenerArg) -> Self {
+        match l {
+            ListenerArg::CtcHead => Self::CtcHead,
+            ListenerArg::WhisperDecoder => Self::WhisperDecoder,
+        }
+    }
+}

@@ -122,16 +122,12 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
         ),
         (None, Some(s)) => {
             println!(
-                "{:<18} speech model from parts: the LLM {}, the Whisper encoder of {} ({} layers, frozen), the CTC head {} (d {}, {} layers, {} token classes + blank, sha256 {}…), posterior temperature {}",
+                "{:<18} speech model from parts: the LLM {}, the Whisper encoder of {} ({} layers, frozen), {}, posterior temperature {}",
                 "audio",
                 s.llm,
                 s.whisper.display(),
                 s.encoder_layers,
-                s.head.display(),
-                s.head_d_model,
-                s.head_layers,
-                s.head_tokens,
-                s.head_sha256.get(..12).unwrap_or(&s.head_sha256),
+                s.listener,
                 s.temperature
             );
         }

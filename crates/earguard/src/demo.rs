@@ -54,7 +54,11 @@ pub struct DemoArgs {
     /// ORR on spoken AdvBench mirror pairs in text-only, audio-text and audio-only modes.
     #[arg(long)]
     pub audio: bool,
-    /// With --audio: the trained speech head.
+    /// With --audio: how the speech model hears: the trained CTC head (--head) or Whisper's
+    /// own decoder.
+    #[arg(long, value_enum, default_value = "ctc-head", requires = "audio")]
+    pub listener: crate::args::ListenerArg,
+    /// With --audio and the ctc-head listener: the trained speech head.
     #[arg(
         long,
         default_value = "heads/speech-qwen2.5-coder-1.5b",

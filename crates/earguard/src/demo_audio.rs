@@ -22,7 +22,7 @@ use earguard_eval::plots::{self, TradeoffPoint};
 use earguard_eval::report::Report;
 use earguard_eval::runner;
 use earguard_eval::understanding::{closest_answers, Understanding};
-use earguard_model::speech::{SpeechModelConfig, SPEECH_CONFIG};
+use earguard_model::speech::{ListenerKind, SpeechModelConfig, SPEECH_CONFIG};
 use earguard_steer::defense::DefenseSpec;
 use earguard_steer::inputs::DEFAULT_INSTRUCTION;
 use serde_json::json;
@@ -125,7 +125,11 @@ pub fn run(args: &DemoArgs, out: &Path) -> Result<()> {
         .unwrap_or_else(|| earguard_model::loader::models_dir().join("whisper-base"));
     // The model: a speech.json naming the parts where they are (a CTranslate2 Whisper
     // directory is converted in memory as it loads), checked before anything is spoken.
-    let name = args.head.file_name().unwrap_or("speech-model".as_ref());
+    let listener = ListenerKind::from(args.listener);
+    let name = match listener {
+        ListenerKind::CtcHead => args.head.file_name().unwrap_or("speech-model".as_ref()),
+        ListenerKind::WhisperDecoder => "speech-whisper-decoder".as_ref(),
+    };
     let model_dir = out.join(name);
     let absolute = |p: &Path| -> Result<String> {
         Ok(std::fs::canonicalize(p)
@@ -136,7 +140,11 @@ pub fn run(args: &DemoArgs, out: &Path) -> Result<()> {
     let cfg = SpeechModelConfig {
         llm: args.model.clone(),
         whisper: absolute(&whisper)?,
-        head: absolute(&args.head)?,
+        listener,
+        head: match listener {
+            ListenerKind::CtcHead => Some(absolute(&args.head)?),
+            ListenerKind::WhisperDecoder => None,
+        },
         temperature: args.temperature,
     };
     std::fs::create_dir_all(&model_dir)?;
@@ -302,12 +310,15 @@ fn write_report(
     writeln!(md, "# earguard demo --audio\n")?;
     writeln!(
         md,
-        "Speech model `{model}`: the Whisper encoder `{}`, the CTC head `{}` (posterior \
-         temperature {}) and the LLM `{}`. Not Qwen2-Audio: the LLM hears what the head \
-         transcribes, softly. Spoken with espeak-ng ({DEFAULT_VOICE}, {DEFAULT_RATE_WPM} wpm); \
+        "Speech model `{model}`: the Whisper encoder `{}`, {} (posterior temperature {}) and \
+         the LLM `{}`. Not Qwen2-Audio: the LLM hears what the listener transcribes, softly. \
+         Spoken with espeak-ng ({DEFAULT_VOICE}, {DEFAULT_RATE_WPM} wpm); \
          none of these prompts was trained on. {seconds:.0} s in all.\n",
         whisper.display(),
-        args.head.display(),
+        match ListenerKind::from(args.listener) {
+            ListenerKind::CtcHead => format!("the CTC head `{}`", args.head.display()),
+            ListenerKind::WhisperDecoder => "Whisper's own decoder".to_string(),
+        },
         args.temperature,
         args.model
     )?;
@@ -376,7 +387,8 @@ fn write_report(
     crate::write_file(&out.join("report.md"), md.as_bytes())?;
     let json = json!({
         "model": model,
-        "head": args.head,
+        "listener": ListenerKind::from(args.listener),
+        "head": (ListenerKind::from(args.listener) == ListenerKind::CtcHead).then_some(&args.head),
         "temperature": args.temperature,
         "gates": {
             "wer": g.wer.iter().map(|(set, rows)| json!({

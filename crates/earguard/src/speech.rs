@@ -12,7 +12,7 @@ use candle_core::Device;
 use clap::{Args, Subcommand};
 use earguard_data::{PromptItem, PromptSet, ReadOptions};
 use earguard_model::loader::DEFAULT_MODEL;
-use earguard_model::speech::{HeadShape, SpeechHead};
+use earguard_model::speech::{HeadShape, ListenerKind, SpeechHead, SpeechModelConfig, Transcript};
 use earguard_model::whisper::WhisperEncoder;
 use earguard_model::Model;
 use earguard_train::speech::{self as sp, HeadTrainConfig, PrepareOptions};
@@ -49,9 +49,13 @@ pub struct ExportArgs {
 
 #[derive(Args)]
 pub struct BuildArgs {
-    /// A trained head directory (head.json + head.safetensors).
+    /// How the model hears: a trained CTC head (--head), or Whisper's own decoder (its
+    /// CTranslate2 or HF directory is copied whole into the model).
+    #[arg(long, value_enum, default_value = "ctc-head")]
+    pub listener: crate::args::ListenerArg,
+    /// A trained head directory (head.json + head.safetensors), for the ctc-head listener.
     #[arg(long)]
-    pub head: PathBuf,
+    pub head: Option<PathBuf>,
     /// The LLM the head emits tokens of (a short name or a path; recorded as given).
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub llm: String,
@@ -266,32 +270,72 @@ fn assemble(a: &BuildArgs) -> Result<()> {
     if !(a.temperature.is_finite() && a.temperature > 0.0) {
         bail!("--temperature {} must be a positive number", a.temperature);
     }
-    // Check the parts before writing anything.
-    SpeechHead::load(&a.head, &Device::Cpu)
-        .with_context(|| format!("reading the head {}", a.head.display()))?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let encoder = a.out.join("encoder");
-    load_encoder(&a.whisper, &encoder)?;
-    if a.whisper.join("model.safetensors").is_file() {
-        std::fs::create_dir_all(&encoder)?;
-        for f in ["config.json", "model.safetensors"] {
-            std::fs::copy(a.whisper.join(f), encoder.join(f))?;
+    let listener = ListenerKind::from(a.listener);
+    let head = match (listener, &a.head) {
+        (ListenerKind::CtcHead, None) => {
+            bail!("--head: the ctc-head listener needs a trained head")
         }
+        (ListenerKind::WhisperDecoder, Some(_)) => {
+            bail!("--head is for the ctc-head listener; the whisper-decoder listener has none")
+        }
+        (_, head) => head.as_ref(),
+    };
+    // Check the parts before writing anything.
+    if let Some(head) = head {
+        SpeechHead::load(head, &Device::Cpu)
+            .with_context(|| format!("reading the head {}", head.display()))?;
     }
-    let head = a.out.join("head");
-    std::fs::create_dir_all(&head)?;
-    for f in [
-        earguard_model::speech::HEAD_CONFIG,
-        earguard_model::speech::HEAD_WEIGHTS,
-    ] {
-        std::fs::copy(a.head.join(f), head.join(f))
-            .with_context(|| format!("copying {}", a.head.join(f).display()))?;
-    }
-    let cfg = earguard_model::speech::SpeechModelConfig {
-        llm: a.llm.clone(),
-        whisper: "encoder".into(),
-        head: "head".into(),
-        temperature: a.temperature,
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let cfg = match head {
+        Some(head) => {
+            let encoder = a.out.join("encoder");
+            load_encoder(&a.whisper, &encoder)?;
+            if a.whisper.join("model.safetensors").is_file() {
+                std::fs::create_dir_all(&encoder)?;
+                for f in ["config.json", "model.safetensors"] {
+                    std::fs::copy(a.whisper.join(f), encoder.join(f))?;
+                }
+            }
+            let dest = a.out.join("head");
+            std::fs::create_dir_all(&dest)?;
+            for f in [
+                earguard_model::speech::HEAD_CONFIG,
+                earguard_model::speech::HEAD_WEIGHTS,
+            ] {
+                std::fs::copy(head.join(f), dest.join(f))
+                    .with_context(|| format!("copying {}", head.join(f).display()))?;
+            }
+            SpeechModelConfig {
+                llm: a.llm.clone(),
+                whisper: "encoder".into(),
+                listener,
+                head: Some("head".into()),
+                temperature: a.temperature,
+            }
+        }
+        None => {
+            // Whisper's decoder needs the whole model as it is: copied, not converted.
+            let dest = a.out.join("whisper");
+            std::fs::create_dir_all(&dest)?;
+            for f in [
+                "model.bin",
+                "model.safetensors",
+                "config.json",
+                "tokenizer.json",
+            ] {
+                if a.whisper.join(f).is_file() {
+                    std::fs::copy(a.whisper.join(f), dest.join(f))
+                        .with_context(|| format!("copying {}", a.whisper.join(f).display()))?;
+                }
+            }
+            SpeechModelConfig {
+                llm: a.llm.clone(),
+                whisper: "whisper".into(),
+                listener,
+                head: None,
+                temperature: a.temperature,
+            }
+        }
     };
     let path = a.out.join(earguard_model::speech::SPEECH_CONFIG);
     earguard_data::atomic::write(&path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
@@ -457,7 +501,7 @@ pub fn wer_by_voice(heard: &[Heard]) -> Vec<VoiceWer> {
     rows
 }
 
-/// The greedy transcript of one audio file by `model`'s speech head.
+/// The greedy transcript of one audio file by `model`'s listener.
 fn transcript(model: &Model, path: &Path) -> Result<String> {
     let Some(earguard_model::audio::AudioFrontEnd::Speech(tower)) = &model.audio else {
         bail!(
@@ -469,8 +513,10 @@ fn transcript(model: &Model, path: &Path) -> Result<String> {
     let mel = earguard_audio::MelExtractor::new(tower.n_mels())?.extract(&audio)?;
     let features =
         candle_core::Tensor::from_vec(mel.data, (mel.n_mels, mel.n_frames), &Device::Cpu)?;
-    let ids = tower.transcript(&features, mel.valid_frames)?;
-    Ok(model.tokenizer.decode(&ids, true)?)
+    Ok(match tower.transcript(&features, mel.valid_frames)? {
+        Transcript::LlmTokens(ids) => model.tokenizer.decode(&ids, true)?,
+        Transcript::Text(text) => text,
+    })
 }
 
 fn transcribe(a: TranscribeArgs) -> Result<()> {

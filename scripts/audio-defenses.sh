@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The seeds' table on the speech model (issues: a real speech model; training): defenses fitted
+# or trained on *spoken* requests, evaluated on spoken requests never used in training.
+#   1. speak the FigStep mirror train set (100 + 100; the head was trained on its renders, which
+#      is allowed: it is a train set) and the first PAIRS AdvBench mirror pairs (never trained
+#      on), espeak-ng en-us at 160 wpm;
+#   2. undefended: text-only, audio-text and audio-only;
+#   3. RRS trained in audio-text mode (the spoken question, then the text instruction, as the
+#      paper trains; Whisper and the head frozen, LoRA on the LLM's layers LAYERS, the frozen
+#      prefix below them computed once), then evaluated in the three modes;
+#   4. SARSteer fitted in audio-text mode (as the paper does), evaluated in both audio modes.
+# Greedy, 32 tokens, substring judge (its agreement with people is in every report).
+# Usage: scripts/audio-defenses.sh [OUT_DIR]   (MODEL, PAIRS, LAYERS, EPOCHS, LR, PENALTY override)
+# Every step resumes or is skipped when its output exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-out/audio-defenses}"
+MODEL="${MODEL:-speech-qwen2.5-coder-1.5b}"
+PAIRS="${PAIRS:-40}"
+LAYERS="${LAYERS:-24-27}"
+EPOCHS="${EPOCHS:-5}"
+LR="${LR:-1e-3}"
+PENALTY="${PENALTY:-0.00065}"
+BIN="${EARGUARD_BIN:-target/release/earguard}"
+DATA="${DATA:-../shared/data}"
+log() { printf '[audio-defenses %s] %s\n' "$(date +%T)" "$*"; }
+mkdir -p "$OUT/texts" "$OUT/runs"
+
+if [ ! -f "$OUT/speech/figstep_mirror_train.jsonl" ]; then
+  log "speak the train set"
+  "$BIN" -q tts --data "$DATA/figstep_mirror_train.jsonl" -o "$OUT/speech"
+fi
+TRAIN="$OUT/speech/figstep_mirror_train.jsonl"
+if [ ! -f "$OUT/speech/advbench.jsonl" ]; then
+  log "speak the first $PAIRS AdvBench mirror pairs"
+  head -n "$((2 * PAIRS))" "$DATA/advbench_mirror.jsonl" > "$OUT/texts/advbench.jsonl"
+  "$BIN" -q tts --data "$OUT/texts/advbench.jsonl" -o "$OUT/speech"
+fi
+TEST="$OUT/speech/advbench.jsonl"
+
+run() { # NAME MODE [eval args...]
+  local name="$1" mode="$2"; shift 2
+  [ -f "$OUT/runs/$name/report.json" ] && return 0
+  log "eval $name"
+  "$BIN" -q eval --model "$MODEL" --data "$TEST" --mode "$mode" --max-tokens 32 --judge substring \
+    "$@" -o "$OUT/runs/$name"
+}
+for mode in text-only audio-text audio-only; do run "none-$mode" "$mode"; done
+
+RRS="$OUT/lora/rrs"
+if ! grep -qs '"finished": true' "$RRS/train.json"; then
+  log "train rrs (audio-text)"
+  "$BIN" train rrs --model "$MODEL" --mode audio-text --data "$TRAIN" -o "$RRS" \
+    --layers "$LAYERS" --penalty "$PENALTY" --instructions fixed --epochs "$EPOCHS" --lr "$LR" \
+    --batch-size 8 --seed 0 --probe-pairs 30 --checkpoint-every 5
+fi
+for mode in text-only audio-text audio-only; do run "rrs-$mode" "$mode" --adapter "$RRS"; done
+
+if [ ! -f "$OUT/vec/sar/meta.json" ]; then
+  log "fit sarsteer (audio-text)"
+  "$BIN" -q fit sarsteer --model "$MODEL" --mode audio-text --data "$TRAIN" -o "$OUT/vec/sar"
+fi
+for mode in audio-text audio-only; do run "sarsteer-$mode" "$mode" --defense "sarsteer=$OUT/vec/sar"; done
+log "done"
