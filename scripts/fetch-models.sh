@@ -141,6 +141,17 @@ fetch_model() {
       rm -rf "$MODELS_DIR/$1"
       mv "$stmp" "$MODELS_DIR/$1"
       log "$1: ok ($MODELS_DIR/$1)" ;;
+    speech-whisper-qwen2.5-coder-1.5b)
+      # The same LLM hearing through Whisper-base's own decoder instead of the CTC head
+      # (speech.json "listener": "whisper-decoder"; README, Audio): a directory naming the parts.
+      fetch_model qwen2.5-coder-1.5b-instruct
+      fetch_model whisper-base
+      local wtmp2; wtmp2="$(new_tmp speech)"
+      chmod 755 "$wtmp2"
+      printf '{\n  "llm": "qwen2.5-coder-1.5b-instruct",\n  "whisper": "../whisper-base",\n  "listener": "whisper-decoder",\n  "temperature": 1.0\n}\n' > "$wtmp2/speech.json"
+      rm -rf "$MODELS_DIR/$1"
+      mv "$wtmp2" "$MODELS_DIR/$1"
+      log "$1: ok ($MODELS_DIR/$1)" ;;
     human-labels)
       # Not a model: real LLM responses with human refusal / jailbreak labels, for scoring
       # judges (earguard judge --gold-field refused). Both MIT; see scripts/human_labels.py.
@@ -153,7 +164,7 @@ fetch_model() {
         pyrit 1.1.0 pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv
       python3 "$(dirname "$0")/human_labels.py" "$hdir/classifier_comparison.csv" \
         "$hdir/refusal.csv" "$hdir" ;;
-    *) log "unknown model '$1' (known: qwen2.5-coder-1.5b-instruct (alias qwen2.5-1.5b-instruct) smollm2-135m-instruct qwen2.5-0.5b-instruct whisper-base speech-qwen2.5-coder-1.5b human-labels)"; return 2 ;;
+    *) log "unknown model '$1' (known: qwen2.5-coder-1.5b-instruct (alias qwen2.5-1.5b-instruct) smollm2-135m-instruct qwen2.5-0.5b-instruct whisper-base speech-qwen2.5-coder-1.5b speech-whisper-qwen2.5-coder-1.5b human-labels)"; return 2 ;;
   esac
 }
 

@@ -38,6 +38,7 @@ pub const KNOWN_MODELS: &[&str] = &[
     "smollm2-135m-instruct",
     "qwen2.5-0.5b-instruct",
     "speech-qwen2.5-coder-1.5b",
+    "speech-whisper-qwen2.5-coder-1.5b",
 ];
 
 /// Former short names, `(alias, name)`: an alias resolves to the model's files, and a model

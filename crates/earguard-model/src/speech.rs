@@ -516,6 +516,14 @@ impl SpeechModelConfig {
         }
     }
 
+    /// Write `dir/speech.json` (atomically).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(SPEECH_CONFIG);
+        let text = serde_json::to_string_pretty(self).map_err(|e| ModelError::file(&path, e))?;
+        earguard_data::atomic::write(&path, (text + "\n").as_bytes())
+            .map_err(|e| ModelError::file(&path, e))
+    }
+
     /// `p` relative to `dir` unless absolute.
     pub fn path(dir: &Path, p: &str) -> PathBuf {
         let p = Path::new(p);

@@ -223,7 +223,7 @@ impl WhisperListener {
                 continue;
             }
             self.flush(&mut pending, embeddings, &mut rows)?;
-            let (ids, weights) = self.mixture(&logits[i], temperature);
+            let (ids, weights) = mixture(&logits[i], &self.to_llm, TOP_K, temperature);
             let e = embeddings.index_select(&Tensor::new(ids.as_slice(), device)?, 0)?;
             let w = Tensor::from_vec(weights, (1, ids.len()), device)?.to_dtype(e.dtype())?;
             rows.push(w.matmul(&e)?);
@@ -237,32 +237,6 @@ impl WhisperListener {
             )?);
         }
         Ok(Tensor::cat(&rows, 0)?)
-    }
-
-    /// The LLM ids and weights of one step's soft row: its [`TOP_K`] most likely Whisper
-    /// tokens that are LLM tokens, softmaxed among themselves at `temperature`.
-    fn mixture(&self, logits: &[f32], temperature: f32) -> (Vec<u32>, Vec<f32>) {
-        let mut cand: Vec<(f32, u32)> = logits
-            .iter()
-            .zip(&self.to_llm)
-            .filter_map(|(&l, t)| Some((l, (*t)?)))
-            .filter(|(l, _)| l.is_finite())
-            .collect();
-        let k = TOP_K.min(cand.len());
-        if k < cand.len() {
-            cand.select_nth_unstable_by(k, |a, b| b.0.total_cmp(&a.0));
-            cand.truncate(k);
-        }
-        let top = cand.iter().map(|c| c.0).fold(f32::NEG_INFINITY, f32::max);
-        let e: Vec<f32> = cand
-            .iter()
-            .map(|c| ((c.0 - top) / temperature).exp())
-            .collect();
-        let z: f32 = e.iter().sum();
-        (
-            cand.iter().map(|c| c.1).collect(),
-            e.iter().map(|v| v / z).collect(),
-        )
     }
 
     /// Hard rows for a run of Whisper tokens that are not LLM tokens: their text, tokenized by
@@ -291,6 +265,36 @@ impl WhisperListener {
     pub fn text(&self, tokens: &[u32]) -> Result<String> {
         self.whisper_tokenizer.decode(tokens, true)
     }
+}
+
+/// The LLM ids and weights of one step's soft row: the `k` most likely Whisper tokens that are
+/// LLM tokens (`to_llm`), softmaxed among themselves at `temperature`.
+fn mixture(
+    logits: &[f32],
+    to_llm: &[Option<u32>],
+    k: usize,
+    temperature: f32,
+) -> (Vec<u32>, Vec<f32>) {
+    let mut cand: Vec<(f32, u32)> = logits
+        .iter()
+        .zip(to_llm)
+        .filter_map(|(&l, t)| Some((l, (*t)?)))
+        .filter(|(l, _)| l.is_finite())
+        .collect();
+    if k < cand.len() {
+        cand.select_nth_unstable_by(k, |a, b| b.0.total_cmp(&a.0));
+        cand.truncate(k);
+    }
+    let top = cand.iter().map(|c| c.0).fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = cand
+        .iter()
+        .map(|c| ((c.0 - top) / temperature).exp())
+        .collect();
+    let z: f32 = e.iter().sum();
+    (
+        cand.iter().map(|c| c.1).collect(),
+        e.iter().map(|v| v / z).collect(),
+    )
 }
 
 fn argmax(values: impl Iterator<Item = f32>) -> u32 {
@@ -350,4 +354,30 @@ fn read_weights(
         ));
     }
     Ok((tensors, config, suppress, begin))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_soft_row_mixes_the_likeliest_llm_tokens() {
+        // Whisper tokens 0..6; 1 and 4 are not LLM tokens, 5 is suppressed.
+        let to_llm = [Some(10), None, Some(12), Some(13), None, Some(15)];
+        let logits = [1.0, 9.0, 3.0, 2.0, 8.0, f32::NEG_INFINITY];
+        let (ids, w) = mixture(&logits, &to_llm, 2, 1.0);
+        let mut pairs: Vec<(u32, f32)> = ids.into_iter().zip(w).collect();
+        pairs.sort_by_key(|p| p.0);
+        assert_eq!(pairs.iter().map(|p| p.0).collect::<Vec<_>>(), [12, 13]);
+        let e = 1f32.exp();
+        assert!((pairs[0].1 - e / (e + 1.0)).abs() < 1e-6, "{pairs:?}");
+        assert!((pairs[0].1 + pairs[1].1 - 1.0).abs() < 1e-6);
+        // A cold temperature is the best LLM token alone; a hot one flattens the mix.
+        let (ids, w) = mixture(&logits, &to_llm, 16, 1e-4);
+        let best = ids[w.iter().position(|&v| v > 0.99).unwrap()];
+        assert_eq!(best, 12);
+        let (_, w) = mixture(&logits, &to_llm, 16, 1e4);
+        assert_eq!(w.len(), 3, "the suppressed token never enters");
+        assert!(w.iter().all(|&v| (v - 1.0 / 3.0).abs() < 1e-3), "{w:?}");
+    }
 }

@@ -22,7 +22,7 @@ use earguard_eval::plots::{self, TradeoffPoint};
 use earguard_eval::report::Report;
 use earguard_eval::runner;
 use earguard_eval::understanding::{closest_answers, Understanding};
-use earguard_model::speech::{ListenerKind, SpeechModelConfig, SPEECH_CONFIG};
+use earguard_model::speech::{ListenerKind, SpeechModelConfig};
 use earguard_steer::defense::DefenseSpec;
 use earguard_steer::inputs::DEFAULT_INSTRUCTION;
 use serde_json::json;
@@ -148,10 +148,7 @@ pub fn run(args: &DemoArgs, out: &Path) -> Result<()> {
         temperature: args.temperature,
     };
     std::fs::create_dir_all(&model_dir)?;
-    crate::write_file(
-        &model_dir.join(SPEECH_CONFIG),
-        serde_json::to_string_pretty(&cfg)?.as_bytes(),
-    )?;
+    cfg.write(&model_dir)?;
     // 1. The spoken sets.
     let voices = [DEFAULT_VOICE.to_string()];
     let speech = out.join("speech");

@@ -337,8 +337,7 @@ fn assemble(a: &BuildArgs) -> Result<()> {
             }
         }
     };
-    let path = a.out.join(earguard_model::speech::SPEECH_CONFIG);
-    earguard_data::atomic::write(&path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    cfg.write(&a.out)?;
     Ok(())
 }
 
