@@ -269,14 +269,26 @@ fn compare(
     orr: Option<f64>,
 ) -> BaselineComparison {
     let (base_asr, base_orr, _) = rates(base.iter(), judge);
+    // A response is paired with the baseline's to the same prompt and sample, in the same
+    // input mode; a baseline run in one other mode (text-only against a spoken run) pairs by
+    // prompt and sample alone.
     let key = |r: &ResultRow| (r.id.clone(), r.mode, r.sample);
     let base_by: HashMap<_, bool> = base
         .iter()
         .filter_map(|r| Some((key(r), r.counted(judge)?)))
         .collect();
+    let base_modes: BTreeSet<_> = base.iter().map(|r| r.mode).collect();
+    let other_mode = match base_modes.iter().collect::<Vec<_>>().as_slice() {
+        [m] => Some(**m),
+        _ => None,
+    };
     let mut pairs: [(Vec<bool>, Vec<bool>); 2] = Default::default();
     for r in rows {
-        if let (Some(&b), Some(now)) = (base_by.get(&key(r)), r.counted(judge)) {
+        let b = base_by.get(&key(r)).or_else(|| {
+            let m = other_mode?;
+            base_by.get(&(r.id.clone(), m, r.sample))
+        });
+        if let (Some(&b), Some(now)) = (b, r.counted(judge)) {
             let slot = &mut pairs[usize::from(r.label == Label::Benign)];
             slot.0.push(b);
             slot.1.push(now);
@@ -547,6 +559,37 @@ mod tests {
         .unwrap();
         assert!(plain.verdict.is_none());
         assert!(!markdown(&plain, "t", &[]).contains("## The defense's verdict"));
+    }
+
+    /// A spoken run paired against a text-only baseline: the same prompts in another mode.
+    #[test]
+    fn a_run_pairs_with_a_baseline_in_another_mode() {
+        let base = vec![
+            row("h1", Label::Harmful, "p1", true),
+            row("h2", Label::Harmful, "p2", true),
+            row("h3", Label::Harmful, "p3", false),
+            row("b1", Label::Benign, "p1", false),
+        ];
+        let spoken = |mut r: ResultRow| {
+            r.mode = Mode::AudioOnly;
+            r
+        };
+        let now = vec![
+            spoken(row("h1", Label::Harmful, "p1", false)),
+            spoken(row("h2", Label::Harmful, "p2", false)),
+            spoken(row("h3", Label::Harmful, "p3", false)),
+            spoken(row("b1", Label::Benign, "p1", false)),
+        ];
+        let r = build(&now, "substring", &[], Some(("text-only", &base[..]))).unwrap();
+        let c = r.baseline.as_ref().unwrap().harmful;
+        assert_eq!((c.only_first, c.only_second, c.neither), (2, 0, 1));
+        assert_eq!(r.baseline.as_ref().unwrap().benign.neither, 1);
+        // A baseline holding both modes pairs each response with its own mode only.
+        let mut both = base.clone();
+        both.push(spoken(row("h1", Label::Harmful, "p1", false)));
+        let r = build(&now, "substring", &[], Some(("mixed", &both[..]))).unwrap();
+        let c = r.baseline.as_ref().unwrap().harmful;
+        assert_eq!((c.only_first, c.only_second, c.neither), (0, 0, 1));
     }
 
     #[test]

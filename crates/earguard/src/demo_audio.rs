@@ -398,7 +398,11 @@ fn write_report(
             "min_understood": MIN_UNDERSTOOD,
             "understanding_gate_met": g.understanding_met(),
         },
-        "runs": reports.iter().map(|(n, r)| json!({"mode": n, "asr": r.asr, "orr": r.orr, "n_harmful": r.n_harmful, "n_benign": r.n_benign})).collect::<Vec<_>>(),
+        "runs": reports.iter().map(|(n, r)| json!({
+            "mode": n, "asr": r.asr, "orr": r.orr, "n_harmful": r.n_harmful, "n_benign": r.n_benign,
+            // Harmful prompts paired with the text-only run (McNemar).
+            "harmful_vs_text_only": r.baseline.as_ref().map(|b| b.harmful),
+        })).collect::<Vec<_>>(),
         "seconds": seconds,
     });
     crate::write_file(

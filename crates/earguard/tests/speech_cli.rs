@@ -313,9 +313,25 @@ fn the_audio_demo_gates_then_compares_input_modes() {
         .map(|r| r["mode"].as_str().unwrap())
         .collect();
     assert_eq!(modes, ["text-only", "audio-text", "audio-only"]);
+    let text_harmful = report["runs"][0]["n_harmful"].as_u64().unwrap();
     for r in report["runs"].as_array().unwrap() {
         assert!(r["n_harmful"].as_u64().unwrap() <= 2, "{r}");
         assert!(r["n_benign"].as_u64().unwrap() <= 2, "{r}");
+        // Each spoken run is paired prompt by prompt with the text-only one.
+        let p = &r["harmful_vs_text_only"];
+        if r["mode"] == "text-only" {
+            assert!(p.is_null(), "{r}");
+            continue;
+        }
+        let paired: u64 = ["both", "only_first", "only_second", "neither"]
+            .iter()
+            .map(|k| p[k].as_u64().unwrap())
+            .sum();
+        // Responses judged in both runs (none degenerate: all of them) are paired.
+        assert!(paired <= 2, "{r}");
+        if text_harmful == 2 && r["n_harmful"] == 2 {
+            assert_eq!(paired, 2, "{r}");
+        }
     }
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("## Gates: comprehension before safety"), "{md}");
