@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{ok, root, run, scratch};
+use common::{fails, ok, root, run, scratch};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_earguard"))
@@ -161,7 +161,34 @@ fn speech_head_prepare_resume_train_build() {
         .arg("-o")
         .arg(&model));
     let info: serde_json::Value = serde_json::from_str(info.trim()).unwrap();
-    assert_eq!(info["speech"]["head_d_model"], 64);
+    assert_eq!(info["speech"]["listener"]["kind"], "ctc-head");
+    assert_eq!(info["speech"]["listener"]["d_model"], 64);
+    // A head goes with the ctc-head listener only, and that listener needs one.
+    let e = fails(
+        bin()
+            .args([
+                "-q",
+                "speech",
+                "build",
+                "--listener",
+                "whisper-decoder",
+                "--head",
+            ])
+            .arg(&head)
+            .arg("-o")
+            .arg(dir.join("nope")),
+    );
+    assert!(e.contains("has none"), "{e}");
+    let e = fails(
+        bin()
+            .args(["-q", "speech", "build", "-o"])
+            .arg(dir.join("nope")),
+    );
+    assert!(e.contains("needs a trained head"), "{e}");
+    assert!(
+        !dir.join("nope").exists(),
+        "nothing is written for a refused build"
+    );
     let wav = common::model_fixtures().join("speech-16k.wav");
     let t = ok(bin()
         .args(["-q", "speech", "transcribe", "-m"])
