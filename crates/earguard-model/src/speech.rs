@@ -650,7 +650,8 @@ impl Listener {
     pub fn whisper_decoder(listener: WhisperListener, decoder: &Decoder) -> Result<Self> {
         Ok(Listener::WhisperDecoder {
             listener,
-            embeddings: decoder.embedding_table().to_dtype(DType::F32)?,
+            // Shared with the LLM (no copy); rows are gathered and widened as they are made.
+            embeddings: decoder.embedding_table().clone(),
         })
     }
 }

@@ -205,7 +205,8 @@ impl WhisperListener {
 
     /// The LLM rows `[n, hidden]` of `tokens` (a transcript from [`Self::transcribe`]) read
     /// from encoder states `xa` (the clip's, or a corrupted copy's) at `temperature`, with the
-    /// LLM's input embedding table `embeddings` (see the module docs).
+    /// LLM's input embedding table `embeddings` (any dtype; the rows are f32; see the module
+    /// docs).
     pub fn rows(
         &self,
         xa: &Tensor,
@@ -224,17 +225,15 @@ impl WhisperListener {
             }
             self.flush(&mut pending, embeddings, &mut rows)?;
             let (ids, weights) = mixture(&logits[i], &self.to_llm, TOP_K, temperature);
-            let e = embeddings.index_select(&Tensor::new(ids.as_slice(), device)?, 0)?;
-            let w = Tensor::from_vec(weights, (1, ids.len()), device)?.to_dtype(e.dtype())?;
+            let e = embeddings
+                .index_select(&Tensor::new(ids.as_slice(), device)?, 0)?
+                .to_dtype(DType::F32)?;
+            let w = Tensor::from_vec(weights, (1, ids.len()), device)?;
             rows.push(w.matmul(&e)?);
         }
         self.flush(&mut pending, embeddings, &mut rows)?;
         if rows.is_empty() {
-            return Ok(Tensor::zeros(
-                (0, embeddings.dim(1)?),
-                embeddings.dtype(),
-                device,
-            )?);
+            return Ok(Tensor::zeros((0, embeddings.dim(1)?), DType::F32, device)?);
         }
         Ok(Tensor::cat(&rows, 0)?)
     }
@@ -255,7 +254,9 @@ impl WhisperListener {
         let ids = self.llm_tokenizer.encode_literal(&text, false)?;
         if !ids.is_empty() {
             rows.push(
-                embeddings.index_select(&Tensor::new(ids.as_slice(), embeddings.device())?, 0)?,
+                embeddings
+                    .index_select(&Tensor::new(ids.as_slice(), embeddings.device())?, 0)?
+                    .to_dtype(DType::F32)?,
             );
         }
         Ok(())
