@@ -560,14 +560,7 @@ pub fn whisper_encoder_tensors(
     for l in 0..n_layers {
         let c = |s: &str| format!("layer_{l}/{s}");
         let h = |s: &str| format!("layers.{l}.{s}");
-        r.split(
-            &c("self_attention/linear_0"),
-            &h("self_attn"),
-            &["q", "k", "v"],
-            d,
-        )?;
-        r.linear(&c("self_attention/linear_1"), &h("self_attn.out_proj"))?;
-        r.norm(&c("self_attention/layer_norm"), &h("self_attn_layer_norm"))?;
+        r.self_attention(l, d)?;
         ffn_dim = r.ffn(&c("ffn"), &h(""))?;
     }
     r.norm("layer_norm", "layer_norm")?;
@@ -673,14 +666,7 @@ pub fn whisper_decoder_tensors(model: &Ct2Model) -> Result<HashMap<String, Tenso
     for l in 0..n_layers {
         let c = |s: &str| format!("layer_{l}/{s}");
         let h = |s: &str| format!("layers.{l}.{s}");
-        r.split(
-            &c("self_attention/linear_0"),
-            &h("self_attn"),
-            &["q", "k", "v"],
-            d,
-        )?;
-        r.linear(&c("self_attention/linear_1"), &h("self_attn.out_proj"))?;
-        r.norm(&c("self_attention/layer_norm"), &h("self_attn_layer_norm"))?;
+        r.self_attention(l, d)?;
         r.split(&c("attention/linear_0"), &h("encoder_attn"), &["q"], d)?;
         r.split(&c("attention/linear_1"), &h("encoder_attn"), &["k", "v"], d)?;
         r.linear(&c("attention/linear_2"), &h("encoder_attn.out_proj"))?;
@@ -780,6 +766,22 @@ impl<'a> Renamer<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Layer `l`'s self-attention (fused q/k/v, output, pre-norm), shared by encoder and decoder.
+    fn self_attention(&mut self, l: usize, d: usize) -> Result<()> {
+        let (c, h) = (format!("layer_{l}/self_attention"), format!("layers.{l}."));
+        self.split(
+            &format!("{c}/linear_0"),
+            &format!("{h}self_attn"),
+            &["q", "k", "v"],
+            d,
+        )?;
+        self.linear(&format!("{c}/linear_1"), &format!("{h}self_attn.out_proj"))?;
+        self.norm(
+            &format!("{c}/layer_norm"),
+            &format!("{h}self_attn_layer_norm"),
+        )
     }
 
     /// A pre-norm MLP (`{ct2}/layer_norm`, `linear_0`, `linear_1`) → `{hf}final_layer_norm`,

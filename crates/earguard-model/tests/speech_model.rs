@@ -165,14 +165,8 @@ fn a_speech_model_composes_its_parts() {
         .encode_prompt(&audio_only(), ContentSpecials::Literal, &cache)
         .unwrap();
     let rows = &prompt.audio.as_ref().unwrap().clips[0];
-    let audio = earguard_audio::load_audio(Path::new(CLIP), &Default::default()).unwrap();
-    let mel = earguard_audio::MelExtractor::new(80)
-        .unwrap()
-        .extract(&audio)
-        .unwrap();
-    let features = Tensor::from_vec(mel.data, (80, 3000), &Device::Cpu).unwrap();
-    let Transcript::LlmTokens(transcript) = tower.transcript(&features, mel.valid_frames).unwrap()
-    else {
+    let (features, valid) = clip_mel(None);
+    let Transcript::LlmTokens(transcript) = tower.transcript(&features, valid).unwrap() else {
         panic!("a CTC head transcribes in LLM tokens")
     };
     assert!(!transcript.is_empty());
@@ -272,28 +266,16 @@ fn a_noised_clip_keeps_the_clean_segments() {
 
     // What the test guards against: heard on its own, the noised clip segments differently.
     let audio = earguard_audio::load_audio(Path::new(CLIP), &Default::default()).unwrap();
-    let mel = |samples: Vec<f32>| {
-        let a = earguard_audio::Audio {
-            samples,
-            ..audio.clone()
-        };
-        let m = earguard_audio::MelExtractor::new(80)
-            .unwrap()
-            .extract(&a)
-            .unwrap();
-        Tensor::from_vec(m.data, (80, 3000), &Device::Cpu).unwrap()
-    };
-    let valid = earguard_audio::valid_frames(audio.samples.len());
-    let clean_mel = mel(audio.samples.clone());
+    let (clean_mel, valid) = clip_mel(None);
     let seed = {
         let sha: [u8; 32] = sha2::Sha256::digest(std::fs::read(CLIP).unwrap()).into();
         noise.seed ^ u64::from_le_bytes(sha[..8].try_into().unwrap())
     };
-    let noised_mel = mel(earguard_audio::add_noise_snr(
+    let (noised_mel, _) = clip_mel(Some(earguard_audio::add_noise_snr(
         &audio.samples,
         noise.snr_db,
         seed,
-    ));
+    )));
     let alone = tower.encode(&noised_mel, valid).unwrap();
     assert_ne!(alone.dim(0).unwrap(), rows(&clean).dim(0).unwrap());
     let companion = tower
