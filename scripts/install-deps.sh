@@ -4,6 +4,8 @@ set -euo pipefail
 need=()
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
+# A venv for Piper's program (scripts/fetch-models.sh piper-joe).
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 # Offline speech for audio prompt sets (earguard tts) and the audio tests.
 command -v espeak-ng >/dev/null 2>&1 || need+=(espeak-ng)
 if [ "${#need[@]}" -gt 0 ]; then

@@ -7,5 +7,5 @@ bash scripts/install-deps.sh
 # check itself fails when it should.
 bash scripts/check-deps.sh
 bash scripts/check-deps-test.sh
-bash scripts/fetch-models.sh qwen2.5-coder-1.5b-instruct smollm2-135m-instruct whisper-base human-labels
+bash scripts/fetch-models.sh qwen2.5-coder-1.5b-instruct smollm2-135m-instruct whisper-base human-labels piper-joe
 EARGUARD_REQUIRE_MODELS=1 EARGUARD_REQUIRE_WHISPER=1 cargo test --workspace --release

@@ -72,20 +72,18 @@ pub enum AudioError {
     /// Feature extraction was given audio it cannot featurise.
     #[error("{}: log-mel features: {detail}", path.display())]
     Features { path: PathBuf, detail: String },
-    /// The espeak-ng program could not be started.
-    #[error(
-        "{}: espeak-ng not found ({source}); install it: `apt-get install -y espeak-ng` \
-         (Debian/Ubuntu), `dnf install espeak-ng` (Fedora) or `brew install espeak-ng` (macOS)",
-        program.display()
-    )]
-    EspeakMissing {
+    /// A speech synthesiser's program could not be started.
+    #[error("{}: {engine} not found ({source}); {}", program.display(), engine.install_hint())]
+    SynthMissing {
+        engine: crate::tts::Engine,
         program: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    /// espeak-ng ran but failed.
-    #[error("{}: espeak-ng failed ({status}): {stderr}", path.display())]
-    EspeakFailed {
+    /// A speech synthesiser ran but failed.
+    #[error("{}: {engine} failed ({status}): {stderr}", path.display())]
+    SynthFailed {
+        engine: crate::tts::Engine,
         path: PathBuf,
         status: String,
         stderr: String,
@@ -143,10 +141,10 @@ impl AudioError {
             | AudioError::InvalidFormat { path, .. }
             | AudioError::Resample { path, .. }
             | AudioError::Features { path, .. }
-            | AudioError::EspeakFailed { path, .. }
+            | AudioError::SynthFailed { path, .. }
             | AudioError::InvalidArgument { path, .. }
             | AudioError::Manifest { path, .. } => path,
-            AudioError::EspeakMissing { program, .. } => program,
+            AudioError::SynthMissing { program, .. } => program,
             AudioError::Prompt { source, .. } => source.path(),
         }
     }

@@ -8,7 +8,7 @@
 //! | decode + resample to 16 kHz mono | [`decode`] | [`load_audio`], [`from_samples`] |
 //! | Whisper log-mel features (HF-exact) | [`mel`] | [`MelExtractor::new`], [`MelExtractor::extract`] |
 //! | seeded noise | [`noise`] | [`add_noise_snr`], [`add_gaussian`] |
-//! | offline speech (espeak-ng) | [`tts`] | [`synthesize`], [`render_set`], [`write_manifest`] |
+//! | offline speech (espeak-ng, Piper) | [`tts`] | [`synthesize`], [`render_set`], [`write_manifest`] |
 //!
 //! All errors are [`AudioError`]s that name the file concerned.
 //!
@@ -49,5 +49,6 @@ pub use error::{AudioError, Result};
 pub use mel::{mel_realtime_factor, valid_frames, MelExtractor, MelFeatures, N_FRAMES};
 pub use noise::{add_gaussian, add_noise_snr, measure_snr_db};
 pub use tts::{
-    read_manifest, render_set, synthesize, write_manifest, ManifestRow, TtsItem, TtsOptions,
+    read_manifest, render_set, synthesize, write_manifest, ManifestRow, Speakers, TtsItem,
+    TtsOptions, Voice,
 };

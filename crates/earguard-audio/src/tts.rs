@@ -1,15 +1,24 @@
-//! Stage 4: offline speech with the `espeak-ng` program.
+//! Stage 4: offline speech with the `espeak-ng` program, or with a Piper neural voice.
 //!
-//! [`synthesize`] runs `espeak-ng -v VOICE -s RATE -w TMP.wav --stdin`, feeding the text on
-//! standard input (never through a shell, never as an argument), decodes espeak-ng's
-//! 22 050 Hz output, resamples it to 16 kHz mono and writes a 16-bit PCM WAV named
-//! `<sha256>.wav`, where the hash covers ([`TTS_FORMAT_VERSION`], voice, rate, text).
-//! espeak-ng's output is byte-identical run to run and the resampler is deterministic, so
-//! renders are reproducible and an existing file is reused as a cache hit. Files are
-//! written atomically (temporary file, then rename), so a cache entry is never partial.
+//! A voice name selects the synthesiser ([`Voice`]): `piper:NAME` is the Piper voice
+//! `NAME.onnx` (a VITS model trained on one person's recordings, run by the `piper` program of
+//! the `piper-tts` package; `scripts/fetch-models.sh piper-joe` installs both), any other name
+//! an espeak-ng voice (formant synthesis: robotic, and harder for recognisers trained on
+//! people). [`synthesize`] runs `espeak-ng -v VOICE -s RATE -w TMP.wav --stdin`, or
+//! `piper -m NAME.onnx --length-scale 160/RATE --noise-scale 0 --noise-w-scale 0 -f TMP.wav`,
+//! feeding the text on standard input (never through a shell, never as an argument), decodes
+//! the 22 050 Hz output, resamples it to 16 kHz mono and writes a 16-bit PCM WAV named
+//! `<sha256>.wav`, where the hash covers ([`TTS_FORMAT_VERSION`], voice, rate, text). Both
+//! outputs are byte-identical run to run (Piper's sampling noise is off: with it every render
+//! differs) and the resampler is deterministic, so renders are reproducible and an existing
+//! file is reused as a cache hit. Files are written atomically (temporary file, then rename),
+//! so a cache entry is never partial.
 //!
-//! The cache key does not include the espeak-ng version: clear the output directory after
-//! upgrading espeak-ng if bit-exact renders matter.
+//! Text stays text: Piper reads `[[ … ]]` as raw phonemes, so square brackets (never spoken)
+//! reach it as parentheses, and line breaks as spaces (one utterance per text).
+//!
+//! The cache key does not include the synthesiser's version or a Piper voice's file: clear the
+//! output directory after upgrading either if bit-exact renders matter.
 //!
 //! Texts over [`MAX_TEXT_CHARS`] characters and renders longer than the 30 s the audio modes
 //! accept are refused, and espeak-ng's temporary file is removed on every path.
@@ -45,17 +54,124 @@ pub const RATE_RANGE: std::ops::RangeInclusive<u32> = 80..=450;
 /// a temporary file of ~350 bytes per character).
 pub const MAX_TEXT_CHARS: usize = 4_000;
 
+/// Which program speaks a voice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Espeak,
+    Piper,
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Espeak => "espeak-ng",
+            Engine::Piper => "piper",
+        })
+    }
+}
+
+impl Engine {
+    /// How to install the program.
+    pub fn install_hint(self) -> &'static str {
+        match self {
+            Engine::Espeak => {
+                "install it: `apt-get install -y espeak-ng` (Debian/Ubuntu), `dnf install \
+                 espeak-ng` (Fedora) or `brew install espeak-ng` (macOS)"
+            }
+            Engine::Piper => {
+                "install it with its voice: `scripts/fetch-models.sh piper-joe` (into the models \
+                 directory's piper/), or put a `piper` program (the piper-tts package) on PATH"
+            }
+        }
+    }
+}
+
+/// The prefix of a Piper voice's name.
+pub const PIPER_PREFIX: &str = "piper:";
+
+/// A voice name, read: `piper:NAME` a Piper voice, anything else an espeak-ng voice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Voice<'a> {
+    Espeak(&'a str),
+    Piper(&'a str),
+}
+
+impl<'a> Voice<'a> {
+    pub fn parse(name: &'a str) -> Self {
+        match name.strip_prefix(PIPER_PREFIX) {
+            Some(piper) => Voice::Piper(piper),
+            None => Voice::Espeak(name),
+        }
+    }
+
+    pub fn engine(self) -> Engine {
+        match self {
+            Voice::Espeak(_) => Engine::Espeak,
+            Voice::Piper(_) => Engine::Piper,
+        }
+    }
+}
+
+/// The programs that speak, and where Piper's voices are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Speakers {
+    /// The espeak-ng program (a name looked up on `PATH`, or a path).
+    pub espeak: PathBuf,
+    /// The piper program.
+    pub piper: PathBuf,
+    /// The directory holding Piper voices (`NAME.onnx` and `NAME.onnx.json`).
+    pub piper_voices: PathBuf,
+}
+
+impl Default for Speakers {
+    /// espeak-ng and piper on `PATH`, Piper voices in `./models/piper`.
+    fn default() -> Self {
+        Speakers {
+            espeak: PathBuf::from(DEFAULT_PROGRAM),
+            piper: PathBuf::from("piper"),
+            piper_voices: PathBuf::from("models").join("piper"),
+        }
+    }
+}
+
+impl Speakers {
+    /// espeak-ng on `PATH`, and Piper as `scripts/fetch-models.sh piper-joe` installs it in
+    /// `models_dir` (`piper/venv/bin/piper`, else a `piper` on `PATH`; voices in `piper/`).
+    pub fn installed(models_dir: &Path) -> Self {
+        let dir = models_dir.join("piper");
+        let venv = dir.join("venv").join("bin").join("piper");
+        Speakers {
+            espeak: PathBuf::from(DEFAULT_PROGRAM),
+            piper: if venv.is_file() {
+                venv
+            } else {
+                PathBuf::from("piper")
+            },
+            piper_voices: dir,
+        }
+    }
+
+    /// Only espeak-ng, as `program`.
+    pub fn with_espeak(program: &Path) -> Self {
+        Speakers {
+            espeak: program.to_path_buf(),
+            ..Speakers::default()
+        }
+    }
+}
+
 /// Settings for rendering speech.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TtsOptions {
-    /// espeak-ng voice, e.g. `en-us`, `en-gb`, `en-us+f3`.
+    /// Voice, e.g. `en-us`, `en-gb`, `en-us+f3` (espeak-ng) or `piper:en_US-joe-medium`.
     pub voice: String,
-    /// Speaking rate in words per minute (80–450).
+    /// Speaking rate in words per minute (80–450; a Piper voice speaks at its own pace at
+    /// [`DEFAULT_RATE_WPM`], its phonemes scaled by 160/rate otherwise).
     pub rate_wpm: u32,
     /// Where rendered WAVs go (created if missing).
     pub out_dir: PathBuf,
-    /// The espeak-ng program (a name looked up on `PATH`, or a path).
-    pub program: PathBuf,
+    /// The programs that speak.
+    pub speakers: Speakers,
 }
 
 impl Default for TtsOptions {
@@ -64,7 +180,7 @@ impl Default for TtsOptions {
             voice: DEFAULT_VOICE.to_string(),
             rate_wpm: DEFAULT_RATE_WPM,
             out_dir: PathBuf::from("tts"),
-            program: PathBuf::from(DEFAULT_PROGRAM),
+            speakers: Speakers::default(),
         }
     }
 }
@@ -73,7 +189,7 @@ impl TtsOptions {
     /// Render `text` with these options; see [`synthesize`].
     pub fn synthesize(&self, text: &str) -> Result<PathBuf> {
         synthesize_with(
-            &self.program,
+            &self.speakers,
             text,
             &self.voice,
             self.rate_wpm,
@@ -127,10 +243,11 @@ pub fn cache_key(text: &str, voice: &str, rate_wpm: u32) -> String {
     earguard_data::hex(&h.finalize())
 }
 
-/// Render `text` with espeak-ng (found on `PATH`) to `out_dir/<cache_key>.wav`
-/// (16 kHz mono 16-bit PCM) and return its path. An existing render is reused.
+/// Render `text` with its voice's synthesiser ([`Speakers::default`]) to
+/// `out_dir/<cache_key>.wav` (16 kHz mono 16-bit PCM) and return its path. An existing render
+/// is reused.
 pub fn synthesize(text: &str, voice: &str, rate_wpm: u32, out_dir: &Path) -> Result<PathBuf> {
-    synthesize_with(Path::new(DEFAULT_PROGRAM), text, voice, rate_wpm, out_dir)
+    synthesize_with(&Speakers::default(), text, voice, rate_wpm, out_dir)
 }
 
 fn validate(text: &str, voice: &str, rate_wpm: u32, out: &Path) -> Result<()> {
@@ -153,17 +270,28 @@ fn validate(text: &str, voice: &str, rate_wpm: u32, out: &Path) -> Result<()> {
     if text.contains('\0') {
         return bad("text contains a NUL character".into());
     }
-    let voice_ok = !voice.is_empty()
-        && voice.len() <= 64
-        && !voice.starts_with('-')
-        && !voice.contains("..")
-        && voice
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_+./".contains(c));
-    if !voice_ok {
-        return bad(format!(
-            "voice {voice:?} is not a valid espeak-ng voice name (letters, digits, - _ + . /)"
-        ));
+    let name_ok = |name: &str, extra: &str| {
+        !name.is_empty()
+            && name.len() <= 64
+            && !name.starts_with(['-', '.'])
+            && !name.contains("..")
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+    };
+    match Voice::parse(voice) {
+        Voice::Espeak(name) if !name_ok(name, "-_+./") => {
+            return bad(format!(
+                "voice {voice:?} is not a valid espeak-ng voice name (letters, digits, - _ + . /)"
+            ))
+        }
+        Voice::Piper(name) if !name_ok(name, "-_.") => {
+            return bad(format!(
+                "voice {voice:?} is not a valid Piper voice: {PIPER_PREFIX}NAME, NAME a voice \
+                 file's stem (letters, digits, - _ .), e.g. piper:en_US-joe-medium"
+            ))
+        }
+        _ => {}
     }
     if !RATE_RANGE.contains(&rate_wpm) {
         return bad(format!(
@@ -175,9 +303,9 @@ fn validate(text: &str, voice: &str, rate_wpm: u32, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// [`synthesize`] with an explicit espeak-ng program.
+/// [`synthesize`] with explicit programs.
 pub fn synthesize_with(
-    program: &Path,
+    speakers: &Speakers,
     text: &str,
     voice: &str,
     rate_wpm: u32,
@@ -194,9 +322,9 @@ pub fn synthesize_with(
         action: "creating output directory",
         source: e,
     })?;
-    let raw = out_dir.join(format!(".{key}.espeak-{}.wav", std::process::id()));
-    // Whatever happens, espeak-ng's temporary file goes.
-    let result = render_raw(program, text, voice, rate_wpm, &raw, &out).and_then(|()| {
+    let raw = out_dir.join(format!(".{key}.tts-{}.wav", std::process::id()));
+    // Whatever happens, the synthesiser's temporary file goes.
+    let result = render_raw(speakers, text, voice, rate_wpm, &raw, &out).and_then(|()| {
         let audio = decode::load_with_limit(&raw, Limit::Refuse).map_err(|e| match e {
             AudioError::TooLong { seconds, .. } => AudioError::InvalidArgument {
                 path: out.clone(),
@@ -217,48 +345,81 @@ pub fn synthesize_with(
 }
 
 fn render_raw(
-    program: &Path,
+    speakers: &Speakers,
     text: &str,
     voice: &str,
     rate_wpm: u32,
     raw: &Path,
     out: &Path,
 ) -> Result<()> {
-    let mut child = Command::new(program)
-        .arg("-v")
-        .arg(voice)
-        .arg("-s")
-        .arg(rate_wpm.to_string())
-        .arg("-w")
-        .arg(raw)
-        .arg("--stdin")
+    let (engine, mut command, text) = match Voice::parse(voice) {
+        Voice::Espeak(name) => {
+            let mut c = Command::new(&speakers.espeak);
+            c.arg("-v")
+                .arg(name)
+                .arg("-s")
+                .arg(rate_wpm.to_string())
+                .arg("-w")
+                .arg(raw)
+                .arg("--stdin");
+            (Engine::Espeak, c, text.to_string())
+        }
+        Voice::Piper(name) => {
+            let model = speakers.piper_voices.join(format!("{name}.onnx"));
+            let config = speakers.piper_voices.join(format!("{name}.onnx.json"));
+            if !model.is_file() || !config.is_file() {
+                return Err(AudioError::InvalidArgument {
+                    path: out.to_path_buf(),
+                    detail: format!(
+                        "Piper voice {name}: {} or its .json not found; {}",
+                        model.display(),
+                        Engine::Piper.install_hint()
+                    ),
+                });
+            }
+            let mut c = Command::new(&speakers.piper);
+            c.arg("-m")
+                .arg(&model)
+                .arg("-c")
+                .arg(&config)
+                .arg("--length-scale")
+                .arg(format!("{}", DEFAULT_RATE_WPM as f32 / rate_wpm as f32))
+                .args(["--noise-scale", "0", "--noise-w-scale", "0"])
+                .arg("-f")
+                .arg(raw);
+            (Engine::Piper, c, piper_text(text))
+        }
+    };
+    let program = PathBuf::from(command.get_program());
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| AudioError::EspeakMissing {
-            program: program.to_path_buf(),
+        .map_err(|e| AudioError::SynthMissing {
+            engine,
+            program,
             source: e,
         })?;
     // Feed the text from a separate thread so a chatty stderr cannot deadlock us.
     let stdin = child.stdin.take();
-    let owned = text.to_string();
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         if let Some(mut stdin) = stdin {
-            stdin.write_all(owned.as_bytes())?;
+            stdin.write_all(text.as_bytes())?;
             stdin.write_all(b"\n")?;
         }
         Ok(())
     });
     let output = child.wait_with_output().map_err(|e| AudioError::Io {
         path: out.to_path_buf(),
-        action: "waiting for espeak-ng",
+        action: "waiting for the speech synthesiser",
         source: e,
     })?;
     let write_result = writer.join();
     let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
     if !output.status.success() {
-        return Err(AudioError::EspeakFailed {
+        return Err(AudioError::SynthFailed {
+            engine,
             path: out.to_path_buf(),
             status: output.status.to_string(),
             stderr: if stderr.is_empty() {
@@ -271,18 +432,32 @@ fn render_raw(
     if let Ok(Err(e)) = write_result {
         return Err(AudioError::Io {
             path: out.to_path_buf(),
-            action: "sending text to espeak-ng",
+            action: "sending text to the speech synthesiser",
             source: e,
         });
     }
     if !raw.is_file() {
-        return Err(AudioError::EspeakFailed {
+        return Err(AudioError::SynthFailed {
+            engine,
             path: out.to_path_buf(),
             status: output.status.to_string(),
-            stderr: format!("espeak-ng wrote no WAV file. {stderr}"),
+            stderr: format!("{engine} wrote no WAV file. {stderr}"),
         });
     }
     Ok(())
+}
+
+/// `text` as Piper gets it: one line, and no `[[`, which would open raw phonemes (square
+/// brackets are not spoken, parentheses read the same).
+fn piper_text(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '[' => '(',
+            ']' => ')',
+            '\n' | '\r' => ' ',
+            c => c,
+        })
+        .collect()
 }
 
 /// The installed espeak-ng's version line (e.g. for provenance in reports).
@@ -292,7 +467,8 @@ pub fn espeak_version(program: &Path) -> Result<String> {
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
-        .map_err(|e| AudioError::EspeakMissing {
+        .map_err(|e| AudioError::SynthMissing {
+            engine: Engine::Espeak,
             program: program.to_path_buf(),
             source: e,
         })?;
@@ -310,7 +486,7 @@ pub fn render_set(
     progress: bool,
 ) -> Result<Vec<ManifestRow>> {
     render_set_with(
-        Path::new(DEFAULT_PROGRAM),
+        &Speakers::default(),
         items,
         voices,
         rate_wpm,
@@ -319,9 +495,9 @@ pub fn render_set(
     )
 }
 
-/// [`render_set`] with an explicit espeak-ng program.
+/// [`render_set`] with explicit programs.
 pub fn render_set_with(
-    program: &Path,
+    speakers: &Speakers,
     items: &[TtsItem],
     voices: &[String],
     rate_wpm: u32,
@@ -360,7 +536,7 @@ pub fn render_set_with(
     for item in items {
         for voice in voices {
             bar.set_message(format!("{} ({voice})", item.id));
-            let audio = synthesize_with(program, &item.text, voice, rate_wpm, out_dir)
+            let audio = synthesize_with(speakers, &item.text, voice, rate_wpm, out_dir)
                 .map_err(|e| AudioError::in_prompt(&item.id, voice, e))?;
             rows.push(ManifestRow {
                 id: if voices.len() > 1 {

@@ -12,7 +12,7 @@ use common::{fixture, scratch_dir};
 use earguard_audio::tts::{cache_key, render_set_with, synthesize_with, TTS_FORMAT_VERSION};
 use earguard_audio::{
     load_audio, read_manifest, render_set, synthesize, write_manifest, AudioError, LoadOptions,
-    ManifestRow, MelExtractor, TtsItem, TtsOptions,
+    ManifestRow, MelExtractor, Speakers, TtsItem, TtsOptions,
 };
 
 fn espeak_available() -> bool {
@@ -161,7 +161,7 @@ fn renders_are_cached_by_text_voice_and_rate() {
     let bytes = std::fs::read(&first).unwrap();
 
     // A cache hit never runs the program: a missing program still succeeds.
-    let missing = Path::new("/nonexistent/espeak-ng");
+    let missing = &Speakers::with_espeak(Path::new("/nonexistent/espeak-ng"));
     let again = synthesize_with(missing, "Cache me.", "en-us", 160, &dir).unwrap();
     assert_eq!(again, first);
     let again = synthesize("Cache me.", "en-us", 160, &dir).unwrap();
@@ -180,7 +180,7 @@ fn renders_are_cached_by_text_voice_and_rate() {
         ("Cache me.", "en-us", 170),
     ] {
         let e = synthesize_with(missing, text, voice, rate, &dir).unwrap_err();
-        assert!(matches!(e, AudioError::EspeakMissing { .. }), "{e}");
+        assert!(matches!(e, AudioError::SynthMissing { .. }), "{e}");
         assert!(e.to_string().contains("apt-get install"), "{e}");
         let p = synthesize(text, voice, rate, &dir).unwrap();
         assert_ne!(p, first);
@@ -196,7 +196,7 @@ fn renders_are_cached_by_text_voice_and_rate() {
         voice: "en-us".into(),
         rate_wpm: 160,
         out_dir: dir.clone(),
-        program: missing.to_path_buf(),
+        speakers: missing.clone(),
     };
     assert_eq!(opts.synthesize("Cache me.").unwrap(), first);
 }
@@ -303,7 +303,7 @@ fn render_set_and_manifest_round_trip() {
     assert_eq!(rows[4].pair_id, None);
 
     // A second render_set is all cache hits: it succeeds without the program.
-    let missing = Path::new("/nonexistent/espeak-ng");
+    let missing = &Speakers::with_espeak(Path::new("/nonexistent/espeak-ng"));
     let again = render_set_with(missing, &items(), &voices, 175, &audio_dir, false).unwrap();
     assert_eq!(again, rows);
 
@@ -411,7 +411,7 @@ fn bad_voice_and_arguments_give_clear_errors() {
     // A well-formed name espeak-ng does not have.
     let e = synthesize("Hello.", "zz-nonexistent", 160, &dir).unwrap_err();
     println!("{e}");
-    assert!(matches!(e, AudioError::EspeakFailed { .. }), "{e}");
+    assert!(matches!(e, AudioError::SynthFailed { .. }), "{e}");
     assert!(e.to_string().contains("voice"), "{e}");
     assert!(
         e.to_string()
@@ -432,7 +432,7 @@ fn bad_voice_and_arguments_give_clear_errors() {
     match &e {
         AudioError::Prompt { id, voice, source } => {
             assert_eq!((id.as_str(), voice.as_str()), ("h1", "zz-nonexistent"));
-            assert!(matches!(**source, AudioError::EspeakFailed { .. }), "{e}");
+            assert!(matches!(**source, AudioError::SynthFailed { .. }), "{e}");
         }
         other => panic!("expected a prompt-tagged error, got {other}"),
     }
@@ -527,4 +527,104 @@ fn text_is_passed_verbatim_not_through_a_shell() {
     let p = synthesize(&text, "en-us", 450, &dir).unwrap();
     assert!(p.is_file());
     assert!(!canary.exists(), "the text was interpreted");
+}
+
+/// Piper as `scripts/fetch-models.sh piper-joe` installs it, or None (skipped with a notice;
+/// required under `EARGUARD_REQUIRE_MODELS=1` or `CI`).
+fn piper_installed() -> Option<Speakers> {
+    let models = std::env::var_os("EARGUARD_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"));
+    let speakers = Speakers::installed(&models);
+    let found = speakers.piper.is_file()
+        && speakers
+            .piper_voices
+            .join(format!("{PIPER_VOICE}.onnx"))
+            .is_file();
+    if !found {
+        let required = std::env::var_os("EARGUARD_REQUIRE_MODELS").is_some()
+            || std::env::var_os("CI").is_some();
+        assert!(
+            !required,
+            "Piper is not installed; run scripts/fetch-models.sh piper-joe"
+        );
+        eprintln!("Piper not installed: skipping (run scripts/fetch-models.sh piper-joe)");
+    }
+    found.then_some(speakers)
+}
+
+const PIPER_VOICE: &str = "en_US-joe-medium";
+
+#[test]
+fn a_piper_voice_speaks_deterministically_and_reads_brackets_as_text() {
+    let Some(speakers) = piper_installed() else {
+        return;
+    };
+    let voice = format!("piper:{PIPER_VOICE}");
+    let (dir_a, dir_b) = (scratch_dir("piper-a"), scratch_dir("piper-b"));
+    let a = synthesize_with(&speakers, TEXT, &voice, 160, &dir_a).unwrap();
+    let b = synthesize_with(&speakers, TEXT, &voice, 160, &dir_b).unwrap();
+    let spec = wav_spec(&a);
+    assert_eq!(
+        (spec.sample_rate, spec.channels, spec.bits_per_sample),
+        (16_000, 1, 16)
+    );
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let seconds = |p: &Path| {
+        let audio = load_audio(p, &LoadOptions::default()).unwrap();
+        audio.samples.len() as f64 / audio.sample_rate as f64
+    };
+    let normal = seconds(&a);
+    assert!((0.8..6.0).contains(&normal), "{normal} s for {TEXT:?}");
+    // The rate scales phoneme lengths: 80 wpm is about twice as long.
+    let slow = seconds(&synthesize_with(&speakers, TEXT, &voice, 80, &dir_a).unwrap());
+    assert!(
+        slow > 1.6 * normal && slow < 2.4 * normal,
+        "{slow} s vs {normal} s"
+    );
+
+    // `[[ … ]]` would be raw phonemes to Piper: read as text it is the same speech as with
+    // parentheses, and a line break the same as a space.
+    let p =
+        |text: &str| std::fs::read(synthesize_with(&speakers, text, &voice, 160, &dir_a).unwrap());
+    let brackets = p("Say [[ h ə l oʊ ]] now.").unwrap();
+    assert_eq!(brackets, p("Say (( h ə l oʊ )) now.").unwrap());
+    assert_eq!(p("Say hello\nnow.").unwrap(), p("Say hello now.").unwrap());
+}
+
+#[test]
+fn piper_voices_are_checked_before_piper_runs() {
+    let dir = scratch_dir("piper-bad");
+    let speakers = Speakers {
+        piper: PathBuf::from("/nonexistent/piper"),
+        piper_voices: dir.clone(),
+        ..Speakers::default()
+    };
+    for voice in ["piper:", "piper:../voice", "piper:a/b", "piper:-x"] {
+        let e = synthesize_with(&speakers, "Hello.", voice, 160, &dir).unwrap_err();
+        assert!(
+            matches!(e, AudioError::InvalidArgument { .. }),
+            "{voice}: {e}"
+        );
+    }
+    // A voice that is not installed names the file and how to install it.
+    let e = synthesize_with(&speakers, "Hello.", "piper:en_US-nobody", 160, &dir).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, AudioError::InvalidArgument { .. }) && msg.contains("en_US-nobody.onnx"),
+        "{msg}"
+    );
+    assert!(msg.contains("fetch-models.sh piper-joe"), "{msg}");
+    // An installed voice without the program: the program is named, with the same advice.
+    std::fs::write(dir.join("v.onnx"), b"x").unwrap();
+    std::fs::write(dir.join("v.onnx.json"), b"{}").unwrap();
+    let e = synthesize_with(&speakers, "Hello.", "piper:v", 160, &dir).unwrap_err();
+    assert!(matches!(e, AudioError::SynthMissing { .. }), "{e}");
+    assert!(e.to_string().contains("fetch-models.sh piper-joe"), "{e}");
+    // Nothing was left behind.
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
 }

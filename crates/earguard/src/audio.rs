@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
-use earguard_audio::tts::{DEFAULT_RATE_WPM, DEFAULT_VOICE};
+use earguard_audio::tts::{render_set_with, DEFAULT_RATE_WPM, DEFAULT_VOICE};
 use earguard_audio::{
-    add_noise_snr, load_audio, render_set, write_manifest, AudioError, LoadOptions, MelExtractor,
+    add_noise_snr, load_audio, write_manifest, AudioError, LoadOptions, MelExtractor, Speakers,
     TtsItem,
 };
 use earguard_data::{PromptSet, ReadOptions};
@@ -24,13 +24,16 @@ pub struct TtsArgs {
     /// `--data` for audio-text and audio-only runs.
     #[arg(long, short)]
     pub out: PathBuf,
-    /// espeak-ng voices, comma-separated (e.g. en-us,en-gb,en-us+f3); each prompt is rendered
-    /// once per voice. With several voices each rendering is its own item, ID@VOICE, keeping
-    /// the prompt's pair_id (and its id as source_id). Texts over 4000 characters and speech
-    /// over 30 s are refused, naming the prompt.
+    /// Voices, comma-separated: espeak-ng voices (e.g. en-us,en-gb,en-us+f3) and Piper neural
+    /// voices as piper:NAME (e.g. piper:en_US-joe-medium, installed with its program by
+    /// `scripts/fetch-models.sh piper-joe` into the models directory's piper/). Each prompt is
+    /// rendered once per voice. With several voices each rendering is its own item, ID@VOICE,
+    /// keeping the prompt's pair_id (and its id as source_id). Texts over 4000 characters and
+    /// speech over 30 s are refused, naming the prompt.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_VOICE)]
     pub voices: Vec<String>,
-    /// Speaking rate in words per minute (80–450).
+    /// Speaking rate in words per minute (80–450; a Piper voice speaks at its own pace at 160,
+    /// its phonemes lengthened by 160/RATE otherwise).
     #[arg(long, default_value_t = DEFAULT_RATE_WPM)]
     pub rate: u32,
     /// Report malformed JSONL lines and go on instead of stopping at the first one.
@@ -38,7 +41,8 @@ pub struct TtsArgs {
     pub skip_bad_lines: bool,
 }
 
-/// Render every prompt to 16 kHz mono WAV with espeak-ng, cached by (text, voice, rate).
+/// Render every prompt to 16 kHz mono WAV with espeak-ng or Piper, cached by (text, voice,
+/// rate).
 pub fn tts(args: TtsArgs) -> Result<()> {
     let opts = ReadOptions {
         skip_bad_lines: args.skip_bad_lines,
@@ -86,7 +90,8 @@ pub fn speak(
             data.display()
         );
     }
-    let rows = render_set(
+    let rows = render_set_with(
+        &Speakers::installed(&earguard_model::loader::models_dir()),
         &items,
         voices,
         rate,

@@ -69,6 +69,11 @@ pub struct DemoArgs {
     /// in the models directory, as scripts/fetch-models.sh installs it).
     #[arg(long, requires = "audio")]
     pub whisper: Option<PathBuf>,
+    /// With --audio: the voice that speaks the questions and pairs: an espeak-ng voice, or a
+    /// Piper neural voice as piper:NAME (`scripts/fetch-models.sh piper-joe` installs
+    /// piper:en_US-joe-medium), as `earguard tts --voices` takes them.
+    #[arg(long, default_value = earguard_audio::tts::DEFAULT_VOICE, requires = "audio")]
+    pub voice: String,
     /// With --audio: the head's posterior temperature.
     #[arg(long, default_value_t = 1.0, requires = "audio")]
     pub temperature: f32,

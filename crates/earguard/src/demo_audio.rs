@@ -1,10 +1,12 @@
 //! `earguard demo --audio`: the seeds' spoken setting on the speech model built from parts
-//! (Whisper-base encoder → the committed CTC head → the LLM), comprehension first.
+//! (Whisper-base encoder → the committed CTC head or Whisper's decoder → the LLM),
+//! comprehension first.
 //!
 //! 1. Speak the first `--questions` harmless_val questions and the first `--pairs` AdvBench
-//!    mirror pairs (espeak-ng, en-us, 160 wpm; none of them trained on).
-//! 2. Assemble the speech model from `--head`, `--whisper` and `--model`.
-//! 3. The ASR gate: greedy WER of the head's transcripts (≤ 15 %).
+//!    mirror pairs (`--voice`: espeak-ng's en-us by default, or a Piper voice; 160 wpm; none
+//!    of them trained on).
+//! 2. Assemble the speech model from `--listener`, `--head`, `--whisper` and `--model`.
+//! 3. The ASR gate: greedy WER of the listener's transcripts (≤ 15 %).
 //! 4. The understanding gate: each spoken question's audio-only answer is closest to the
 //!    model's text answer to the same question ([`closest_answers`]; ≥ 80 %).
 //! 5. ASR / ORR on the spoken pairs in text-only, audio-text and audio-only modes (none
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use earguard_audio::tts::{DEFAULT_RATE_WPM, DEFAULT_VOICE};
+use earguard_audio::tts::DEFAULT_RATE_WPM;
 use earguard_data::{Mode, PromptSet, ReadOptions};
 use earguard_eval::judge::JudgeSpec;
 use earguard_eval::plots::{self, TradeoffPoint};
@@ -150,7 +152,7 @@ pub fn run(args: &DemoArgs, out: &Path) -> Result<()> {
     std::fs::create_dir_all(&model_dir)?;
     cfg.write(&model_dir)?;
     // 1. The spoken sets.
-    let voices = [DEFAULT_VOICE.to_string()];
+    let voices = [args.voice.clone()];
     let speech = out.join("speech");
     let mut spoken = Vec::new();
     for (src, n) in [(&harmless_src, args.questions), (&advbench_src, args.pairs)] {
@@ -309,9 +311,13 @@ fn write_report(
         md,
         "Speech model `{model}`: the Whisper encoder `{}`, {} (posterior temperature {}) and \
          the LLM `{}`. Not Qwen2-Audio: the LLM hears what the listener transcribes, softly. \
-         Spoken with espeak-ng ({DEFAULT_VOICE}, {DEFAULT_RATE_WPM} wpm); \
+         Spoken by {} ({DEFAULT_RATE_WPM} wpm); \
          none of these prompts was trained on. {seconds:.0} s in all.\n",
         whisper.display(),
+        match earguard_audio::Voice::parse(&args.voice) {
+            earguard_audio::Voice::Espeak(v) => format!("espeak-ng's {v}"),
+            earguard_audio::Voice::Piper(v) => format!("the Piper neural voice {v}"),
+        },
         match ListenerKind::from(args.listener) {
             ListenerKind::CtcHead => format!("the CTC head `{}`", args.head.display()),
             ListenerKind::WhisperDecoder => "Whisper's own decoder".to_string(),

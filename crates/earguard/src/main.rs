@@ -147,7 +147,7 @@ enum Command {
     /// Generate a reply to one prompt (streamed to stdout), optionally defended, optionally JSON.
     #[command(after_long_help = DEFENSE_SPECS)]
     Generate(commands::GenerateArgs),
-    /// Render prompt sets to speech offline (espeak-ng, 16 kHz mono WAV, cached) with a manifest.
+    /// Render prompt sets to speech offline (espeak-ng or a Piper neural voice; 16 kHz mono WAV, cached) with a manifest.
     Tts(audio::TtsArgs),
     /// Whisper log-mel features of one audio file, as HF's WhisperFeatureExtractor computes them.
     Features(audio::FeaturesArgs),
