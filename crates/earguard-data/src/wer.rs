@@ -1,20 +1,63 @@
 //! Word error rate: word-level Levenshtein distance (substitutions + deletions + insertions)
-//! over the reference's word count, after normalising both texts the same way (lower case,
-//! punctuation other than in-word apostrophes and hyphens removed, whitespace collapsed), as
-//! speech-recognition evaluations usually score transcripts.
+//! over the reference's word count, after normalising both texts the same way, as
+//! speech-recognition evaluations score transcripts: lower case; punctuation removed, except
+//! apostrophes inside a word; hyphens and slashes split words ("high-profile" is "high
+//! profile"); number words written as digits ("three" is "3", "twenty-one" is "21"), since a
+//! recogniser may write either. The number rule follows what Whisper's English normaliser does
+//! to numbers below a hundred (openai/whisper, `whisper/normalizers/english.py`); its spelling
+//! and filler-word rules are not ported.
 
 /// The words of `text`, normalised for scoring.
 pub fn normalise(text: &str) -> Vec<String> {
-    text.to_lowercase()
-        .split_whitespace()
+    let words = text
+        .to_lowercase()
+        .split(|c: char| c.is_whitespace() || c == '-' || c == '/')
         .map(|w| {
             w.trim_matches(|c: char| !c.is_alphanumeric())
                 .chars()
-                .filter(|c| c.is_alphanumeric() || *c == '\'' || *c == '-')
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
                 .collect::<String>()
         })
         .filter(|w| !w.is_empty())
-        .collect()
+        .collect::<Vec<_>>();
+    let mut out: Vec<String> = Vec::with_capacity(words.len());
+    let mut tens_before = false;
+    for w in words {
+        let value = number_word(&w);
+        match value {
+            // "twenty one" is 21: a unit after a tens word joins it.
+            Some(v @ 1..=9) if tens_before => {
+                let last = out.last_mut().expect("a tens word came before");
+                *last = (last.parse::<u32>().unwrap_or(0) + v).to_string();
+                tens_before = false;
+            }
+            Some(v) => {
+                out.push(v.to_string());
+                tens_before = v >= 20;
+            }
+            None => {
+                out.push(w);
+                tens_before = false;
+            }
+        }
+    }
+    out
+}
+
+/// The value of a number word below a hundred.
+fn number_word(w: &str) -> Option<u32> {
+    const UNITS: [&str; 20] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+        "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
+        "eighteen", "nineteen",
+    ];
+    const TENS: [&str; 8] = [
+        "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
+    ];
+    if let Some(i) = UNITS.iter().position(|u| *u == w) {
+        return Some(i as u32);
+    }
+    TENS.iter().position(|t| *t == w).map(|i| 20 + 10 * i as u32)
 }
 
 /// Edits (substitutions, deletions, insertions) turning `reference` into `hypothesis`.
@@ -63,10 +106,22 @@ mod tests {
     fn normalises_case_and_punctuation() {
         assert_eq!(
             normalise("Don't  STOP, well-known!"),
-            ["don't", "stop", "well-known"]
+            ["don't", "stop", "well", "known"]
         );
         let r = wer([("Name three colors.", "name three colours"), ("Hi", "hi")]).unwrap();
         assert!((r - 0.25).abs() < 1e-12);
         assert_eq!(wer([("", "x")]), None);
+    }
+
+    #[test]
+    fn writes_number_words_as_digits() {
+        assert_eq!(normalise("Find three sites"), ["find", "3", "sites"]);
+        assert_eq!(normalise("Find 3 sites."), normalise("Find three sites"));
+        assert_eq!(normalise("twenty-one, forty two"), ["21", "42"]);
+        assert_eq!(normalise("twenty twenty"), ["20", "20"]);
+        assert_eq!(normalise("ninety ten"), ["90", "10"]);
+        assert_eq!(normalise("11, 9, 5"), ["11", "9", "5"]);
+        assert_eq!(normalise("high-profile / low"), ["high", "profile", "low"]);
+        assert_eq!(wer([("List five items", "list 5 items.")]), Some(0.0));
     }
 }
