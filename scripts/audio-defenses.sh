@@ -3,14 +3,18 @@
 # or trained on *spoken* requests, evaluated on spoken requests never used in training.
 #   1. speak the FigStep mirror train set (100 + 100; the head was trained on its renders, which
 #      is allowed: it is a train set) and the first PAIRS AdvBench mirror pairs (never trained
-#      on), espeak-ng en-us at 160 wpm;
+#      on) in VOICE (espeak-ng en-us by default; piper:en_US-joe-medium after
+#      scripts/fetch-models.sh piper-joe) at 160 wpm;
 #   2. undefended: text-only, audio-text and audio-only;
 #   3. RRS trained in audio-text mode (the spoken question, then the text instruction, as the
 #      paper trains; Whisper and the head frozen, LoRA on the LLM's layers LAYERS, the frozen
 #      prefix below them computed once), then evaluated in the three modes;
-#   4. SARSteer fitted in audio-text mode (as the paper does), evaluated in both audio modes.
+#      (RRS=0 skips this step: some 80 min on 2 cores);
+#   4. SARSteer fitted in audio-text mode (as the paper does), evaluated in both audio modes at
+#      each strength of ALPHAS (default 0.1, the SPEC's).
 # Greedy, 32 tokens, substring judge (its agreement with people is in every report).
-# Usage: scripts/audio-defenses.sh [OUT_DIR]   (MODEL, PAIRS, LAYERS, EPOCHS, LR, PENALTY override)
+# Usage: scripts/audio-defenses.sh [OUT_DIR]
+#   (MODEL, VOICE, PAIRS, LAYERS, EPOCHS, LR, PENALTY, RRS, ALPHAS override)
 # Every step resumes or is skipped when its output exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +25,8 @@ LAYERS="${LAYERS:-24-27}"
 EPOCHS="${EPOCHS:-5}"
 LR="${LR:-1e-3}"
 PENALTY="${PENALTY:-0.00065}"
+VOICE="${VOICE:-en-us}"
+ALPHAS="${ALPHAS:-0.1}"
 BIN="${EARGUARD_BIN:-target/release/earguard}"
 DATA="${DATA:-../shared/data}"
 log() { printf '[audio-defenses %s] %s\n' "$(date +%T)" "$*"; }
@@ -28,13 +34,13 @@ mkdir -p "$OUT/texts" "$OUT/runs"
 
 if [ ! -f "$OUT/speech/figstep_mirror_train.jsonl" ]; then
   log "speak the train set"
-  "$BIN" -q tts --data "$DATA/figstep_mirror_train.jsonl" -o "$OUT/speech"
+  "$BIN" -q tts --data "$DATA/figstep_mirror_train.jsonl" -o "$OUT/speech" --voices "$VOICE"
 fi
 TRAIN="$OUT/speech/figstep_mirror_train.jsonl"
 if [ ! -f "$OUT/speech/advbench.jsonl" ]; then
   log "speak the first $PAIRS AdvBench mirror pairs"
   head -n "$((2 * PAIRS))" "$DATA/advbench_mirror.jsonl" > "$OUT/texts/advbench.jsonl"
-  "$BIN" -q tts --data "$OUT/texts/advbench.jsonl" -o "$OUT/speech"
+  "$BIN" -q tts --data "$OUT/texts/advbench.jsonl" -o "$OUT/speech" --voices "$VOICE"
 fi
 TEST="$OUT/speech/advbench.jsonl"
 
@@ -47,18 +53,26 @@ run() { # NAME MODE [eval args...]
 }
 for mode in text-only audio-text audio-only; do run "none-$mode" "$mode"; done
 
-RRS="$OUT/lora/rrs"
-if ! grep -qs '"finished": true' "$RRS/train.json"; then
-  log "train rrs (audio-text)"
-  "$BIN" train rrs --model "$MODEL" --mode audio-text --data "$TRAIN" -o "$RRS" \
-    --layers "$LAYERS" --penalty "$PENALTY" --instructions fixed --epochs "$EPOCHS" --lr "$LR" \
-    --batch-size 8 --seed 0 --probe-pairs 30 --checkpoint-every 5
+if [ "${RRS:-1}" != 0 ]; then
+  ADAPTER="$OUT/lora/rrs"
+  if ! grep -qs '"finished": true' "$ADAPTER/train.json"; then
+    log "train rrs (audio-text)"
+    "$BIN" train rrs --model "$MODEL" --mode audio-text --data "$TRAIN" -o "$ADAPTER" \
+      --layers "$LAYERS" --penalty "$PENALTY" --instructions fixed --epochs "$EPOCHS" --lr "$LR" \
+      --batch-size 8 --seed 0 --probe-pairs 30 --checkpoint-every 5
+  fi
+  for mode in text-only audio-text audio-only; do run "rrs-$mode" "$mode" --adapter "$ADAPTER"; done
 fi
-for mode in text-only audio-text audio-only; do run "rrs-$mode" "$mode" --adapter "$RRS"; done
 
 if [ ! -f "$OUT/vec/sar/meta.json" ]; then
   log "fit sarsteer (audio-text)"
   "$BIN" -q fit sarsteer --model "$MODEL" --mode audio-text --data "$TRAIN" -o "$OUT/vec/sar"
 fi
-for mode in audio-text audio-only; do run "sarsteer-$mode" "$mode" --defense "sarsteer=$OUT/vec/sar"; done
+for alpha in $ALPHAS; do
+  # The SPEC's strength keeps its old run name, so earlier outputs are resumed.
+  suffix=""; [ "$alpha" = 0.1 ] || suffix="-a$alpha"
+  for mode in audio-text audio-only; do
+    run "sarsteer$suffix-$mode" "$mode" --defense "sarsteer=$OUT/vec/sar:alpha=$alpha"
+  done
+done
 log "done"

@@ -47,9 +47,26 @@ pub fn normalise(text: &str) -> Vec<String> {
 /// The value of a number word below a hundred.
 fn number_word(w: &str) -> Option<u32> {
     const UNITS: [&str; 20] = [
-        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-        "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
-        "eighteen", "nineteen",
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
     ];
     const TENS: [&str; 8] = [
         "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
@@ -57,7 +74,9 @@ fn number_word(w: &str) -> Option<u32> {
     if let Some(i) = UNITS.iter().position(|u| *u == w) {
         return Some(i as u32);
     }
-    TENS.iter().position(|t| *t == w).map(|i| 20 + 10 * i as u32)
+    TENS.iter()
+        .position(|t| *t == w)
+        .map(|i| 20 + 10 * i as u32)
 }
 
 /// Edits (substitutions, deletions, insertions) turning `reference` into `hypothesis`.

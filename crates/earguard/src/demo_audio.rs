@@ -314,16 +314,16 @@ fn write_report(
          Spoken by {} ({DEFAULT_RATE_WPM} wpm); \
          none of these prompts was trained on. {seconds:.0} s in all.\n",
         whisper.display(),
-        match earguard_audio::Voice::parse(&args.voice) {
-            earguard_audio::Voice::Espeak(v) => format!("espeak-ng's {v}"),
-            earguard_audio::Voice::Piper(v) => format!("the Piper neural voice {v}"),
-        },
         match ListenerKind::from(args.listener) {
             ListenerKind::CtcHead => format!("the CTC head `{}`", args.head.display()),
             ListenerKind::WhisperDecoder => "Whisper's own decoder".to_string(),
         },
         args.temperature,
-        args.model
+        args.model,
+        match earguard_audio::Voice::parse(&args.voice) {
+            earguard_audio::Voice::Espeak(v) => format!("espeak-ng's {v}"),
+            earguard_audio::Voice::Piper(v) => format!("the Piper neural voice {v}"),
+        },
     )?;
     writeln!(md, "## Gates: comprehension before safety\n")?;
     writeln!(md, "| gate | target | measured | |\n|---|---|---|---|")?;
@@ -393,6 +393,8 @@ fn write_report(
         "listener": ListenerKind::from(args.listener),
         "head": (ListenerKind::from(args.listener) == ListenerKind::CtcHead).then_some(&args.head),
         "temperature": args.temperature,
+        "voice": args.voice,
+        "rate_wpm": DEFAULT_RATE_WPM,
         "gates": {
             "wer": g.wer.iter().map(|(set, rows)| json!({
                 "set": set,

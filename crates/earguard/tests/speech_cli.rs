@@ -362,6 +362,55 @@ fn the_audio_demo_gates_then_compares_input_modes() {
     }
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("## Gates: comprehension before safety"), "{md}");
+    assert!(md.contains("espeak-ng's en-us"), "{md}");
+    assert_eq!(report["voice"], "en-us");
     assert!(dir.join("tradeoff.png").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A person-like voice heard by Whisper's decoder: `demo --audio --listener whisper-decoder
+/// --voice piper:en_US-joe-medium`, small. Piper's renders are deterministic, and Whisper-base
+/// hears these 3 questions and 4 requests within the ASR gate (6 % and 2 % WER on the demo's
+/// 40 + 40; espeak-ng's robotic en-us costs it 20 % and 17 %).
+#[test]
+fn the_audio_demo_hears_a_piper_voice_through_whispers_decoder() {
+    let Some((whisper, llm)) = real_parts("qwen2.5-coder-1.5b-instruct") else {
+        return;
+    };
+    if !present(
+        &models().join("piper/venv/bin/piper"),
+        "EARGUARD_REQUIRE_MODELS",
+    ) {
+        return;
+    }
+    let dir = scratch("demo-audio-piper");
+    ok(bin()
+        .args(["-q", "demo", "--audio", "--questions", "3", "--pairs", "2"])
+        .args(["--max-tokens", "4", "--listener", "whisper-decoder"])
+        .args(["--voice", "piper:en_US-joe-medium", "--data-dir"])
+        .arg(root().join("../shared/data"))
+        .arg("--model")
+        .arg(&llm)
+        .arg("--whisper")
+        .arg(&whisper)
+        .arg("-o")
+        .arg(&dir));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["voice"], "piper:en_US-joe-medium");
+    assert_eq!(report["listener"], "whisper-decoder");
+    let gates = &report["gates"];
+    for set in gates["wer"].as_array().unwrap() {
+        for v in set["voices"].as_array().unwrap() {
+            let wer = v["wer"].as_f64().unwrap();
+            assert!(wer <= 0.15, "{set}");
+        }
+    }
+    assert_eq!(gates["asr_gate_met"], true, "{gates}");
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        md.contains("the Piper neural voice en_US-joe-medium"),
+        "{md}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
