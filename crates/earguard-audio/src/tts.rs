@@ -5,7 +5,8 @@
 //! the `piper-tts` package; `scripts/fetch-models.sh piper-joe` installs both), any other name
 //! an espeak-ng voice (formant synthesis: robotic, and harder for recognisers trained on
 //! people). [`synthesize`] runs `espeak-ng -v VOICE -s RATE -w TMP.wav --stdin`, or
-//! `piper -m NAME.onnx --length-scale 160/RATE --noise-scale 0 --noise-w-scale 0 -f TMP.wav`,
+//! `piper -m NAME.onnx -c NAME.onnx.json --noise-scale 0 --noise-w-scale 0 -f TMP.wav` (with
+//! `--length-scale 160/RATE` at other rates than 160),
 //! feeding the text on standard input (never through a shell, never as an argument), decodes
 //! the 22 050 Hz output, resamples it to 16 kHz mono and writes a 16-bit PCM WAV named
 //! `<sha256>.wav`, where the hash covers ([`TTS_FORMAT_VERSION`], voice, rate, text). Both
@@ -14,14 +15,14 @@
 //! file is reused as a cache hit. Files are written atomically (temporary file, then rename),
 //! so a cache entry is never partial.
 //!
-//! Text stays text: Piper reads `[[ … ]]` as raw phonemes, so square brackets (never spoken)
-//! reach it as parentheses, and line breaks as spaces (one utterance per text).
+//! Text stays text: both programs read `[[ … ]]` as raw phonemes, so square brackets (never
+//! spoken) reach them as parentheses, and line breaks as spaces (one utterance per text).
 //!
 //! The cache key does not include the synthesiser's version or a Piper voice's file: clear the
 //! output directory after upgrading either if bit-exact renders matter.
 //!
 //! Texts over [`MAX_TEXT_CHARS`] characters and renders longer than the 30 s the audio modes
-//! accept are refused, and espeak-ng's temporary file is removed on every path.
+//! accept are refused, and the synthesiser's temporary file is removed on every path.
 //!
 //! [`render_set`] checks every item first, then renders many items × voices with a progress
 //! bar and returns [`ManifestRow`]s (with several voices, one item `ID@VOICE` per rendering;
@@ -39,7 +40,7 @@ use crate::decode::{self, Limit, SAMPLE_RATE, WINDOW_SECONDS};
 use crate::error::{AudioError, Result};
 
 /// Bumped whenever the rendering pipeline changes in a way that changes output bytes.
-pub const TTS_FORMAT_VERSION: &str = "earguard-tts-v2";
+pub const TTS_FORMAT_VERSION: &str = "earguard-tts-v3";
 /// Default espeak-ng voice.
 pub const DEFAULT_VOICE: &str = "en-us";
 /// Default speaking rate in words per minute.
@@ -80,7 +81,8 @@ impl Engine {
             }
             Engine::Piper => {
                 "install it with its voice: `scripts/fetch-models.sh piper-joe` (into the models \
-                 directory's piper/), or put a `piper` program (the piper-tts package) on PATH"
+                 directory's piper/; run it again if that directory moved, as a venv cannot \
+                 move), or put a `piper` program (the piper-tts package) on PATH"
             }
         }
     }
@@ -166,7 +168,7 @@ pub struct TtsOptions {
     /// Voice, e.g. `en-us`, `en-gb`, `en-us+f3` (espeak-ng) or `piper:en_US-joe-medium`.
     pub voice: String,
     /// Speaking rate in words per minute (80–450; a Piper voice speaks at its own pace at
-    /// [`DEFAULT_RATE_WPM`], its phonemes scaled by 160/rate otherwise).
+    /// [`DEFAULT_RATE_WPM`], with phoneme lengths scaled by 160/rate otherwise).
     pub rate_wpm: u32,
     /// Where rendered WAVs go (created if missing).
     pub out_dir: PathBuf,
@@ -352,7 +354,7 @@ fn render_raw(
     raw: &Path,
     out: &Path,
 ) -> Result<()> {
-    let (engine, mut command, text) = match Voice::parse(voice) {
+    let (engine, mut command) = match Voice::parse(voice) {
         Voice::Espeak(name) => {
             let mut c = Command::new(&speakers.espeak);
             c.arg("-v")
@@ -362,7 +364,7 @@ fn render_raw(
                 .arg("-w")
                 .arg(raw)
                 .arg("--stdin");
-            (Engine::Espeak, c, text.to_string())
+            (Engine::Espeak, c)
         }
         Voice::Piper(name) => {
             let model = speakers.piper_voices.join(format!("{name}.onnx"));
@@ -382,14 +384,19 @@ fn render_raw(
                 .arg(&model)
                 .arg("-c")
                 .arg(&config)
-                .arg("--length-scale")
-                .arg(format!("{}", DEFAULT_RATE_WPM as f32 / rate_wpm as f32))
                 .args(["--noise-scale", "0", "--noise-w-scale", "0"])
                 .arg("-f")
-                .arg(raw);
-            (Engine::Piper, c, piper_text(text))
+                .arg(raw)
+                // Piper reads standard input in the locale's encoding otherwise.
+                .env("PYTHONUTF8", "1");
+            if rate_wpm != DEFAULT_RATE_WPM {
+                c.arg("--length-scale")
+                    .arg(format!("{}", DEFAULT_RATE_WPM as f32 / rate_wpm as f32));
+            }
+            (Engine::Piper, c)
         }
     };
+    let text = plain_text(text);
     let program = PathBuf::from(command.get_program());
     let mut child = command
         .stdin(Stdio::piped())
@@ -447,9 +454,9 @@ fn render_raw(
     Ok(())
 }
 
-/// `text` as Piper gets it: one line, and no `[[`, which would open raw phonemes (square
-/// brackets are not spoken, parentheses read the same).
-fn piper_text(text: &str) -> String {
+/// `text` as a synthesiser gets it: one line, and no `[[`, which espeak-ng and Piper read as
+/// the start of raw phonemes (square brackets are not spoken; parentheses read the same).
+fn plain_text(text: &str) -> String {
     text.chars()
         .map(|c| match c {
             '[' => '(',

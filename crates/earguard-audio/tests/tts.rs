@@ -628,3 +628,15 @@ fn piper_voices_are_checked_before_piper_runs() {
         .collect();
     assert_eq!(left.len(), 2, "{left:?}");
 }
+
+#[test]
+fn espeak_reads_square_brackets_as_text() {
+    if !espeak_available() {
+        return;
+    }
+    // espeak-ng reads `[[…]]` as raw phonemes: given as text it is spoken as with parentheses.
+    let dir = scratch_dir("espeak-brackets");
+    let p = |text: &str| std::fs::read(synthesize(text, "en-us", 160, &dir).unwrap()).unwrap();
+    assert_eq!(p("Say [[h@l'oU]] now."), p("Say ((h@l'oU)) now."));
+    assert_eq!(p("Say hello\nnow."), p("Say hello now."));
+}

@@ -2,10 +2,11 @@
 //! over the reference's word count, after normalising both texts the same way, as
 //! speech-recognition evaluations score transcripts: lower case; punctuation removed, except
 //! apostrophes inside a word; hyphens and slashes split words ("high-profile" is "high
-//! profile"); number words written as digits ("three" is "3", "twenty-one" is "21"), since a
-//! recogniser may write either. The number rule follows what Whisper's English normaliser does
-//! to numbers below a hundred (openai/whisper, `whisper/normalizers/english.py`); its spelling
-//! and filler-word rules are not ported.
+//! profile"); number words below a hundred written as digits ("three" is "3", "twenty-one" is
+//! "21"), since a recogniser may write either. A small rule after the number part of Whisper's
+//! English normaliser (openai/whisper, `whisper/normalizers/english.py`), which does more (it
+//! also reads "twenty twenty" as 2020, "oh" as 0, hundreds and ordinals); its spelling and
+//! filler-word rules are not ported.
 
 /// The words of `text`, normalised for scoring.
 pub fn normalise(text: &str) -> Vec<String> {
@@ -21,26 +22,22 @@ pub fn normalise(text: &str) -> Vec<String> {
         .filter(|w| !w.is_empty())
         .collect::<Vec<_>>();
     let mut out: Vec<String> = Vec::with_capacity(words.len());
-    let mut tens_before = false;
+    // A tens word not yet written out: "twenty one" is 21, a unit after it joins it.
+    let mut tens: Option<u32> = None;
     for w in words {
-        let value = number_word(&w);
-        match value {
-            // "twenty one" is 21: a unit after a tens word joins it.
-            Some(v @ 1..=9) if tens_before => {
-                let last = out.last_mut().expect("a tens word came before");
-                *last = (last.parse::<u32>().unwrap_or(0) + v).to_string();
-                tens_before = false;
-            }
-            Some(v) => {
-                out.push(v.to_string());
-                tens_before = v >= 20;
-            }
-            None => {
-                out.push(w);
-                tens_before = false;
+        match (number_word(&w), tens.take()) {
+            (Some(unit @ 1..=9), Some(t)) => out.push((t + unit).to_string()),
+            (value, pending) => {
+                out.extend(pending.map(|t| t.to_string()));
+                match value {
+                    Some(v) if v >= 20 => tens = Some(v),
+                    Some(v) => out.push(v.to_string()),
+                    None => out.push(w),
+                }
             }
         }
     }
+    out.extend(tens.map(|t| t.to_string()));
     out
 }
 

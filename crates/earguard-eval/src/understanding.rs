@@ -6,7 +6,7 @@
 //! question than to any other question's: a retrieval test whose chance level is 1/N. Beside
 //! it, the mean F1 to the own text answer against the mean F1 to the others' (what unrelated
 //! answers share). The measure `scripts/speech_understanding.py` computed for the README's
-//! gate, in the product.
+//! gate, in the product (the script's words have no number rule).
 
 use std::collections::HashMap;
 

@@ -370,8 +370,8 @@ fn the_audio_demo_gates_then_compares_input_modes() {
 
 /// A person-like voice heard by Whisper's decoder: `demo --audio --listener whisper-decoder
 /// --voice piper:en_US-joe-medium`, small. Piper's renders are deterministic, and Whisper-base
-/// hears these 3 questions and 4 requests within the ASR gate (6 % and 2 % WER on the demo's
-/// 40 + 40; espeak-ng's robotic en-us costs it 20 % and 17 %).
+/// hears these 3 questions and 4 requests within the ASR gate (6.2 % and 1.9 % WER on the
+/// demo's 40 + 40; espeak-ng's robotic en-us costs it 18.5 % and 14.6 %).
 #[test]
 fn the_audio_demo_hears_a_piper_voice_through_whispers_decoder() {
     let Some((whisper, llm)) = real_parts("qwen2.5-coder-1.5b-instruct") else {
