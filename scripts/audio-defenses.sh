@@ -31,6 +31,12 @@ BIN="${EARGUARD_BIN:-target/release/earguard}"
 DATA="${DATA:-../shared/data}"
 log() { printf '[audio-defenses %s] %s\n' "$(date +%T)" "$*"; }
 mkdir -p "$OUT/texts" "$OUT/runs"
+# Every later step reuses the renders: one directory speaks in one voice.
+if [ -f "$OUT/voice" ] && [ "$(cat "$OUT/voice")" != "$VOICE" ]; then
+  echo "audio-defenses: $OUT was spoken by $(cat "$OUT/voice"), not $VOICE; choose another OUT_DIR" >&2
+  exit 2
+fi
+[ -f "$OUT/speech/figstep_mirror_train.jsonl" ] || printf '%s\n' "$VOICE" > "$OUT/voice"
 
 if [ ! -f "$OUT/speech/figstep_mirror_train.jsonl" ]; then
   log "speak the train set"
