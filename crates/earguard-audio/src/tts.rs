@@ -354,7 +354,9 @@ fn render_raw(
     raw: &Path,
     out: &Path,
 ) -> Result<()> {
-    let (engine, mut command) = match Voice::parse(voice) {
+    let voice = Voice::parse(voice);
+    let engine = voice.engine();
+    let mut command = match voice {
         Voice::Espeak(name) => {
             let mut c = Command::new(&speakers.espeak);
             c.arg("-v")
@@ -364,7 +366,7 @@ fn render_raw(
                 .arg("-w")
                 .arg(raw)
                 .arg("--stdin");
-            (Engine::Espeak, c)
+            c
         }
         Voice::Piper(name) => {
             let model = speakers.piper_voices.join(format!("{name}.onnx"));
@@ -393,7 +395,7 @@ fn render_raw(
                 c.arg("--length-scale")
                     .arg(format!("{}", DEFAULT_RATE_WPM as f32 / rate_wpm as f32));
             }
-            (Engine::Piper, c)
+            c
         }
     };
     let text = plain_text(text);

@@ -15,6 +15,17 @@ use earguard_audio::{
     ManifestRow, MelExtractor, Speakers, TtsItem, TtsOptions,
 };
 
+/// `found`, or a skip with a notice (a failure under `EARGUARD_REQUIRE_MODELS` or `CI`).
+fn installed(found: bool, what: &str, install: &str) -> bool {
+    if !found {
+        let required = std::env::var_os("EARGUARD_REQUIRE_MODELS").is_some()
+            || std::env::var_os("CI").is_some();
+        assert!(!required, "{what} is not installed; run {install}");
+        eprintln!("{what} not installed: skipping (run {install})");
+    }
+    found
+}
+
 fn espeak_available() -> bool {
     let found = std::process::Command::new("espeak-ng")
         .arg("--version")
@@ -22,16 +33,7 @@ fn espeak_available() -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !found {
-        let required = std::env::var_os("EARGUARD_REQUIRE_MODELS").is_some()
-            || std::env::var_os("CI").is_some();
-        assert!(
-            !required,
-            "espeak-ng is not installed; run scripts/install-deps.sh"
-        );
-        eprintln!("espeak-ng not installed: skipping (run scripts/install-deps.sh)");
-    }
-    found
+    installed(found, "espeak-ng", "scripts/install-deps.sh")
 }
 
 #[cfg(unix)]
@@ -541,16 +543,7 @@ fn piper_installed() -> Option<Speakers> {
             .piper_voices
             .join(format!("{PIPER_VOICE}.onnx"))
             .is_file();
-    if !found {
-        let required = std::env::var_os("EARGUARD_REQUIRE_MODELS").is_some()
-            || std::env::var_os("CI").is_some();
-        assert!(
-            !required,
-            "Piper is not installed; run scripts/fetch-models.sh piper-joe"
-        );
-        eprintln!("Piper not installed: skipping (run scripts/fetch-models.sh piper-joe)");
-    }
-    found.then_some(speakers)
+    installed(found, "Piper", "scripts/fetch-models.sh piper-joe").then_some(speakers)
 }
 
 const PIPER_VOICE: &str = "en_US-joe-medium";
