@@ -80,6 +80,11 @@ pub struct DemoArgs {
     /// With --audio: spoken harmless_val questions for the understanding gate (at least 2).
     #[arg(long, default_value_t = 40, value_parser = at_least_two, requires = "audio")]
     pub questions: usize,
+    /// With --audio: also ask this model (e.g. qwen2.5-coder-1.5b-instruct) whether each
+    /// spoken answer answers its question, with the judge's controls (see `speech understand
+    /// --help`); reported beside the gate, about 4 s per answer judged on 2 cores.
+    #[arg(long, value_name = "MODEL", requires = "audio")]
+    pub understanding_judge: Option<String>,
 }
 
 fn at_least_two(s: &str) -> std::result::Result<usize, String> {

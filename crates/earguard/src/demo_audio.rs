@@ -22,8 +22,6 @@ use earguard_data::{Mode, PromptSet, ReadOptions};
 use earguard_eval::judge::JudgeSpec;
 use earguard_eval::plots::{self, TradeoffPoint};
 use earguard_eval::report::Report;
-use earguard_eval::runner;
-use earguard_eval::understanding::{closest_answers, Understanding};
 use earguard_model::speech::{ListenerKind, SpeechModelConfig};
 use earguard_steer::defense::DefenseSpec;
 use earguard_steer::inputs::DEFAULT_INSTRUCTION;
@@ -31,7 +29,7 @@ use serde_json::json;
 
 use crate::demo::DemoArgs;
 use crate::eval::{evaluate, prepare, print_table, tradeoff_point, EvalSettings};
-use crate::speech::{transcribe_set, wer_by_voice, VoiceWer};
+use crate::speech::{transcribe_set, understood, wer_by_voice, Understood, VoiceWer};
 
 /// The issue's gates: greedy WER on seen voices, and answers that address their question.
 const MAX_WER: f64 = 0.15;
@@ -42,7 +40,7 @@ const UNDERSTANDING_TOKENS: usize = 48;
 struct Gates {
     /// Per spoken set: its name and WER per voice, then "all".
     wer: Vec<(String, Vec<VoiceWer>)>,
-    understanding: Understanding,
+    understanding: Understood,
 }
 
 impl Gates {
@@ -59,7 +57,7 @@ impl Gates {
     }
 
     fn understanding_met(&self) -> bool {
-        self.understanding.rate >= MIN_UNDERSTOOD
+        self.understanding.retrieval.rate >= MIN_UNDERSTOOD
     }
 }
 
@@ -95,14 +93,6 @@ fn settings(model: &Path, data: PathBuf, mode: Mode, max_tokens: usize) -> EvalS
         tokens: Default::default(),
         adapter: Default::default(),
     }
-}
-
-/// (question id, response) of a finished run.
-fn answers(dir: &Path) -> Result<Vec<(String, String)>> {
-    Ok(runner::read_results(&dir.join(runner::RESULTS))?
-        .into_iter()
-        .map(|r| (r.id, r.response))
-        .collect())
 }
 
 pub fn run(args: &DemoArgs, out: &Path) -> Result<()> {
@@ -209,7 +199,19 @@ pub fn run(args: &DemoArgs, out: &Path) -> Result<()> {
             None,
         )?;
     }
-    let understanding = closest_answers(&answers(&audio_answers)?, &answers(&text_answers)?)?;
+    let understanding = understood(
+        &text_answers,
+        &audio_answers,
+        args.understanding_judge.as_deref(),
+    )?;
+    if let Some(j) = &understanding.judged {
+        let mut rows = String::new();
+        for r in &j.rows {
+            rows.push_str(&serde_json::to_string(r)?);
+            rows.push('\n');
+        }
+        crate::write_file(&runs.join("understanding/judged.jsonl"), rows.as_bytes())?;
+    }
     let gates = Gates { wer, understanding };
 
     // 5. Safety by input mode.
@@ -281,18 +283,16 @@ fn print_gates(g: &Gates) {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let u = &g.understanding;
     println!(
-        "understanding gate (≥ {:.0} % of spoken answers address their question): {} — {} of {} \
-         (chance {:.1} %; word F1 to its own text answer {:.2}, to the others' {:.2})",
+        "understanding gate (≥ {:.0} % of spoken answers closest, by word F1, to their own \
+         question's text answer): {} — {}",
         100.0 * MIN_UNDERSTOOD,
         met(g.understanding_met()),
-        u.addressed,
-        u.questions,
-        100.0 * u.chance,
-        u.mean_f1_own,
-        u.mean_f1_other
+        crate::speech::retrieval_sentence(&g.understanding.retrieval)
     );
+    if let Some(j) = &g.understanding.judged {
+        println!("  beside it, judged: {}", crate::speech::judged_sentence(j));
+    }
 }
 
 fn write_report(
@@ -340,7 +340,7 @@ fn write_report(
         }
     }
     writeln!(md, "| ASR gate | | | **{}** |", met(g.asr_met()))?;
-    let u = &g.understanding;
+    let u = &g.understanding.retrieval;
     writeln!(
         md,
         "| spoken answers closest (word F1) to their own question's text answer | ≥ {:.0} % | \
@@ -352,6 +352,13 @@ fn write_report(
         100.0 * u.chance,
         met(g.understanding_met())
     )?;
+    if let Some(j) = &g.understanding.judged {
+        writeln!(
+            md,
+            "Beside the gate, a model judge (`runs/understanding/judged.jsonl`): {}.\n",
+            crate::speech::judged_sentence(j)
+        )?;
+    }
     let gated = g.asr_met() && g.understanding_met();
     writeln!(md, "## ASR / ORR by input mode (no defense)\n")?;
     if !gated {
@@ -402,7 +409,8 @@ fn write_report(
             })).collect::<Vec<_>>(),
             "max_wer": MAX_WER,
             "asr_gate_met": g.asr_met(),
-            "understanding": g.understanding,
+            "understanding": g.understanding.retrieval,
+            "understanding_judged": g.understanding.judged,
             "min_understood": MIN_UNDERSTOOD,
             "understanding_gate_met": g.understanding_met(),
         },

@@ -31,6 +31,10 @@ pub enum SpeechCommand {
     Transcribe(TranscribeArgs),
     /// Write a trained head with its weights in f16 (half the size; what is committed).
     ExportHead(ExportArgs),
+    /// Did the model understand spoken questions? From two finished `eval` runs of the same
+    /// questions (audio-only and text-only): word-F1 retrieval, and optionally a model judge
+    /// asked whether each spoken answer addresses its question, with the judge's controls.
+    Understand(UnderstandArgs),
     /// Make a speech model directory from a trained head, the Whisper encoder and the LLM it
     /// was trained for: usable as `--model DIR` everywhere (generate --audio, eval's audio
     /// modes, fit, sweep).
@@ -187,6 +191,140 @@ pub struct TranscribeArgs {
     pub as_text: Option<PathBuf>,
 }
 
+#[derive(Args)]
+#[command(after_long_help = "\
+Word-F1 retrieval (no judge): a spoken answer addresses its question when, by word-overlap F1,
+it is closer to the text answer of its own question than to any other question's (chance 1/N).
+--judge MODEL also asks that model, of each spoken answer and the question as written, whether
+the answer answers this question (the log-odds of answering 1 against 0), and measures the
+judge on two controls of known truth per question: its own text answer (should be judged an
+answer) and the text answer to the question half the list away (should not). The threshold on
+the log-odds is the one that best separates the controls (a small judge leans to 0); the
+judge passes when it gets at least 90 % of each control right there, and the spoken rate
+corrected for its errors on them (Rogan-Gladen) is printed beside it. On 2 cores the 1.5B
+judge takes about 5 s per answer judged (3 per question).
+Example:
+  earguard speech understand --text out/demo-audio/runs/understanding/text-only \\
+      --spoken out/demo-audio/runs/understanding/audio-only --judge qwen2.5-coder-1.5b-instruct")]
+pub struct UnderstandArgs {
+    /// A finished text-only run of the questions.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// A finished audio-only run of the same questions, spoken.
+    #[arg(long)]
+    pub spoken: PathBuf,
+    /// A local model to judge whether each spoken answer addresses its question.
+    #[arg(long)]
+    pub judge: Option<String>,
+    /// Write the judged rows (per question: log-odds of the spoken answer and of both
+    /// controls) to this JSONL file.
+    #[arg(long, requires = "judge")]
+    pub rows: Option<PathBuf>,
+}
+
+/// Both understanding measures of two finished runs (the judged one when `judge` names a model).
+pub struct Understood {
+    pub retrieval: earguard_eval::understanding::Understanding,
+    pub judged: Option<earguard_eval::understanding::JudgedUnderstanding>,
+}
+
+pub fn understood(text: &Path, spoken: &Path, judge: Option<&str>) -> Result<Understood> {
+    use earguard_eval::runner;
+    use earguard_eval::understanding::{closest_answers, judge_answers, LlmAddressJudge};
+    let read = |dir: &Path| -> Result<Vec<runner::ResultRow>> {
+        runner::read_results(&dir.join(runner::RESULTS))
+            .with_context(|| format!("reading the answers of {}", dir.display()))
+    };
+    let (text, spoken) = (read(text)?, read(spoken)?);
+    let pairs = |rows: &[runner::ResultRow]| -> Vec<(String, String)> {
+        rows.iter()
+            .map(|r| (r.id.clone(), r.response.clone()))
+            .collect()
+    };
+    let retrieval = closest_answers(&pairs(&spoken), &pairs(&text))?;
+    let judged = match judge {
+        None => None,
+        Some(spec) => {
+            let questions: Vec<(String, String)> = text
+                .iter()
+                .map(|r| (r.id.clone(), r.prompt.clone()))
+                .collect();
+            let judge = LlmAddressJudge::load(spec, &crate::device()?)?;
+            Some(judge_answers(
+                &judge,
+                &questions,
+                &pairs(&spoken),
+                &pairs(&text),
+                8,
+                crate::progress_bars(),
+            )?)
+        }
+    };
+    Ok(Understood { retrieval, judged })
+}
+
+/// "31 of 40 (78 %; chance 2.5 %; word F1 to its own text answer 0.65, to the others' 0.12)".
+pub fn retrieval_sentence(u: &earguard_eval::understanding::Understanding) -> String {
+    format!(
+        "{} of {} ({:.0} %; chance {:.1} %; word F1 to its own text answer {:.2}, to the others' {:.2})",
+        u.addressed,
+        u.questions,
+        100.0 * u.rate,
+        100.0 * u.chance,
+        u.mean_f1_own,
+        u.mean_f1_other
+    )
+}
+
+/// The judged measure and its controls in one sentence.
+pub fn judged_sentence(j: &earguard_eval::understanding::JudgedUnderstanding) -> String {
+    format!(
+        "{}: {} of spoken answers judged to answer their question (log-odds above {:.2}, the \
+         threshold that best separates the controls; their ROC area {:.2}); controls: own text \
+         answers {} (should be all), other questions' text answers {} (should be none){}; \
+         corrected for the judge's errors on them {}",
+        j.judge,
+        j.spoken.display_percent(),
+        j.threshold,
+        j.controls_auc,
+        j.own_text.display_percent(),
+        j.other_text.display_percent(),
+        if j.controls_passed() {
+            ""
+        } else {
+            " — the judge FAILS its controls (below 90 % right on either), so its rate does not \
+             measure understanding"
+        },
+        j.corrected
+            .map_or("– (the controls do not separate)".into(), |c| format!(
+                "{:.0} %",
+                100.0 * c
+            ))
+    )
+}
+
+fn understand(a: UnderstandArgs) -> Result<()> {
+    let u = understood(&a.text, &a.spoken, a.judge.as_deref())?;
+    println!("word-F1 retrieval: {}", retrieval_sentence(&u.retrieval));
+    if let Some(j) = &u.judged {
+        println!("judged: {}", judged_sentence(j));
+        println!("judged not to answer: {}", j.missed.join(", "));
+        if let Some(path) = &a.rows {
+            let mut text = String::new();
+            for r in &j.rows {
+                text.push_str(&serde_json::to_string(r)?);
+                text.push('\n');
+            }
+            crate::write_file(path, text.as_bytes())?;
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"retrieval": u.retrieval, "judged": u.judged})
+    );
+    Ok(())
+}
+
 /// A Whisper encoder from a CTranslate2 or HF directory (a CTranslate2 model is converted once
 /// into `cache`).
 fn load_encoder(dir: &Path, cache: &Path) -> Result<WhisperEncoder> {
@@ -226,6 +364,7 @@ pub fn run(cmd: SpeechCommand) -> Result<()> {
         SpeechCommand::Transcribe(a) => transcribe(a),
         SpeechCommand::Build(a) => build(a),
         SpeechCommand::ExportHead(a) => export_head(a),
+        SpeechCommand::Understand(a) => understand(a),
     }
 }
 

@@ -391,6 +391,8 @@ fn the_audio_demo_hears_a_piper_voice_through_whispers_decoder() {
         .arg(root().join("../shared/data"))
         .arg("--model")
         .arg(&llm)
+        .arg("--understanding-judge")
+        .arg(&llm)
         .arg("--whisper")
         .arg(&whisper)
         .arg("-o")
@@ -398,6 +400,14 @@ fn the_audio_demo_hears_a_piper_voice_through_whispers_decoder() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["voice"], "piper:en_US-joe-medium");
+    // The judged measure beside the gate: 3 spoken answers and both controls judged, each row
+    // written.
+    let judged = &report["gates"]["understanding_judged"];
+    for rate in ["spoken", "own_text", "other_text"] {
+        assert_eq!(judged[rate]["n"], 3, "{judged}");
+    }
+    let rows = std::fs::read_to_string(dir.join("runs/understanding/judged.jsonl")).unwrap();
+    assert_eq!(rows.lines().count(), 3, "{rows}");
     assert_eq!(report["listener"], "whisper-decoder");
     let gates = &report["gates"];
     for set in gates["wer"].as_array().unwrap() {
@@ -409,7 +419,7 @@ fn the_audio_demo_hears_a_piper_voice_through_whispers_decoder() {
     assert_eq!(gates["asr_gate_met"], true, "{gates}");
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(
-        md.contains("the Piper neural voice en_US-joe-medium"),
+        md.contains("the Piper neural voice en_US-joe-medium") && md.contains("Beside the gate"),
         "{md}"
     );
     let _ = std::fs::remove_dir_all(&dir);

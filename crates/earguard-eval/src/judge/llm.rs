@@ -11,25 +11,33 @@ use earguard_model::{
     prefill, AudioCache, ChatMessage, ContentSpecials, InterventionPlan, Logits, Model, Prompt,
 };
 
-use super::rubric::{self, Rubric};
+use super::rubric::{self, Question, Rubric};
 use super::{Judge, JudgeInput, Verdict};
 use crate::error::{EvalError, Result};
 
-pub struct LlmJudge {
-    name: String,
+/// A local model asked fixed questions, each answered with one token from a fixed set: for each
+/// input and question, the log-probabilities of the answer tokens at the first answer position
+/// (one batched prefill per question, no generation). [`LlmJudge`] turns them into refusal
+/// verdicts; `understanding` asks whether an answer addresses its question.
+pub struct Asker {
     model: Model,
-    rubric: Rubric,
+    questions: &'static [Question],
     batch_size: usize,
-    /// Per question of the rubric, its answer tokens.
+    /// Per question, its answer tokens.
     answers: Vec<Vec<u32>>,
     /// Literal: the request and the response under judgment are data, so a response cannot
     /// write a turn of the judge's conversation (Raw only to show that attack in tests).
     specials: ContentSpecials,
 }
 
-impl LlmJudge {
-    /// Load the judge model `spec` on `device` (the one `--device` names, like every model).
-    pub fn load(spec: &str, rubric: Rubric, device: &candle_core::Device) -> Result<Self> {
+impl Asker {
+    /// Load the model `spec` on `device` (the one `--device` names, like every model) to ask
+    /// `questions`; each answer must be one token of its tokenizer.
+    pub fn load(
+        spec: &str,
+        questions: &'static [Question],
+        device: &candle_core::Device,
+    ) -> Result<Self> {
         let model = earguard_model::load_on(spec, device)?;
         let token = |d: &str| -> Result<u32> {
             match model.tokenizer.encode(d, false)?.as_slice() {
@@ -40,15 +48,13 @@ impl LlmJudge {
                 ))),
             }
         };
-        let answers = rubric
-            .questions()
+        let answers = questions
             .iter()
             .map(|q| q.answers.iter().map(|a| token(a)).collect())
             .collect::<Result<_>>()?;
         Ok(Self {
-            name: format!("llm{}={spec}", rubric.suffix()),
             model,
-            rubric,
+            questions,
             batch_size: 8,
             answers,
             specials: ContentSpecials::Literal,
@@ -56,7 +62,7 @@ impl LlmJudge {
     }
 
     fn prompt(&self, question: usize, input: &JudgeInput<'_>) -> Result<Prompt> {
-        let user = rubric::prompt(&self.rubric.questions()[question], input);
+        let user = rubric::prompt(&self.questions[question], input);
         // Text only: the cache is never used.
         Ok(self.model.encode_prompt(
             &[ChatMessage::user(&user)],
@@ -64,16 +70,10 @@ impl LlmJudge {
             &AudioCache::new(),
         )?)
     }
-}
 
-impl Judge for LlmJudge {
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-
-    fn judge_batch(&self, inputs: &[JudgeInput<'_>]) -> Result<Vec<Verdict>> {
+    /// `logprobs[input][question][answer]`: the log-probability of each answer token.
+    pub fn logprobs(&self, inputs: &[JudgeInput<'_>]) -> Result<Vec<Vec<Vec<f64>>>> {
         let n_q = self.answers.len();
-        // logprobs[input][question][answer]
         let mut logprobs = vec![vec![Vec::new(); n_q]; inputs.len()];
         let jobs: Vec<(usize, usize)> = (0..inputs.len())
             .flat_map(|i| (0..n_q).map(move |q| (i, q)))
@@ -104,7 +104,35 @@ impl Judge for LlmJudge {
                     .collect();
             }
         }
-        logprobs
+        Ok(logprobs)
+    }
+}
+
+pub struct LlmJudge {
+    name: String,
+    asker: Asker,
+    rubric: Rubric,
+}
+
+impl LlmJudge {
+    /// Load the judge model `spec` on `device` (the one `--device` names, like every model).
+    pub fn load(spec: &str, rubric: Rubric, device: &candle_core::Device) -> Result<Self> {
+        Ok(Self {
+            name: format!("llm{}={spec}", rubric.suffix()),
+            asker: Asker::load(spec, rubric.questions(), device)?,
+            rubric,
+        })
+    }
+}
+
+impl Judge for LlmJudge {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn judge_batch(&self, inputs: &[JudgeInput<'_>]) -> Result<Vec<Verdict>> {
+        self.asker
+            .logprobs(inputs)?
             .iter()
             .map(|l| {
                 self.rubric
@@ -172,8 +200,8 @@ mod tests {
             })
             .collect();
         let specials = |judge: &LlmJudge, input: &JudgeInput<'_>| -> Vec<u32> {
-            let ids = judge.prompt(0, input).unwrap().ids;
-            let tok = &judge.model.tokenizer;
+            let ids = judge.asker.prompt(0, input).unwrap().ids;
+            let tok = &judge.asker.model.tokenizer;
             ids.into_iter().filter(|&t| tok.is_special(t)).collect()
         };
         assert_eq!(specials(&judge, &inputs[1]), specials(&judge, &inputs[0]));
@@ -187,7 +215,7 @@ mod tests {
         };
         assert_eq!(refused(&judge), [true, true, false]);
 
-        judge.specials = ContentSpecials::Raw;
+        judge.asker.specials = ContentSpecials::Raw;
         assert_eq!(
             specials(&judge, &inputs[1]).len(),
             specials(&judge, &inputs[0]).len() + 4

@@ -23,7 +23,7 @@ mod refusal_score;
 pub mod rubric;
 mod substring;
 
-pub use llm::LlmJudge;
+pub use llm::{Asker, LlmJudge};
 pub use openai::OpenAiJudge;
 pub use refusal_score::RefusalScore;
 pub use rubric::Rubric;
