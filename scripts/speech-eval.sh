@@ -5,7 +5,8 @@
 #   2. ASR gate: greedy WER of the head on spoken prompts never used in training (harmless_val
 #      and the AdvBench mirror, espeak-ng), per voice;
 #   3. understanding gate: the model's audio-only answers to 40 spoken harmless_val questions
-#      against its text-only answers to the same questions (scripts/speech_understanding.py);
+#      against its text-only answers to the same questions (`earguard speech understand`; with
+#      JUDGE=MODEL also judged by that model, with its controls);
 #   4. ASR / ORR on 40 + 40 AdvBench mirror pairs in text-only, audio-text and audio-only modes
 #      (substring judge, greedy, 32 tokens), one eval run each under OUT/;
 #   5. two controls: the head's greedy transcripts fed as text (misrecognition without the
@@ -16,6 +17,8 @@
 #   from DATA, default ../shared/data).
 #   LLM (default qwen2.5-coder-1.5b-instruct): the head's LLM, which answers the text-only runs
 #   (a speech model's text path is its LLM alone); they are shared between heads and temperatures.
+#   JUDGE (unset by default): a model that also judges whether each spoken answer answers its
+#   question, with its controls (`earguard speech understand --help`; some 10 min on 2 cores).
 # Every eval run resumes if started again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,7 +53,8 @@ echo "== ASR gate: greedy WER on spoken prompts not used in training"
 echo "== understanding gate: audio-only answers vs text-only answers"
 "$BIN" -q eval -m "$LLM" "${UNDERSTAND[@]}" --mode text-only --data "$SPEECH/harmless_val40.jsonl" -o "$OUT/text-harmless40" >/dev/null
 "$BIN" -q eval -m "$MODEL" "${UNDERSTAND[@]}" --mode audio-only --data "$SPEECH/harmless_val40.jsonl" -o "$OUT/audio-harmless40-tau$TAU" >/dev/null
-python3 scripts/speech_understanding.py "$OUT/text-harmless40/results.jsonl" "$OUT/audio-harmless40-tau$TAU/results.jsonl" | tee "$OUT/understanding-tau$TAU.json"
+"$BIN" -q speech understand --text "$OUT/text-harmless40" --spoken "$OUT/audio-harmless40-tau$TAU" \
+  ${JUDGE:+--judge "$JUDGE" --rows "$OUT/understanding-judged-tau$TAU.jsonl"} | tee "$OUT/understanding-tau$TAU.txt"
 
 echo "== ASR / ORR by input mode (40 + 40 AdvBench mirror pairs)"
 "$BIN" -q eval -m "$LLM" "${SAFETY[@]}" --mode text-only --data "$SPEECH/advbench40.jsonl" -o "$OUT/text-advbench40"

@@ -17,8 +17,8 @@
 //! [`earguard_data::wer::normalise`]'s words), it is closer to the text answer of its own
 //! question than to any other question's: a retrieval test whose chance level is 1/N. Beside
 //! it, the mean F1 to the own text answer against the mean F1 to the others' (what unrelated
-//! answers share). The measure `scripts/speech_understanding.py` computed for the README's
-//! gate, in the product (the script's words have no number rule).
+//! answers share). Strict: an answer that addresses its question in other words than the text
+//! answer counts as a miss.
 
 use std::collections::HashMap;
 
@@ -81,8 +81,8 @@ pub fn closest_answers(
     spoken: &[(String, String)],
     text: &[(String, String)],
 ) -> Result<Understanding> {
-    unique(spoken, "spoken")?;
-    let text = unique(text, "text")?;
+    unique(spoken, "spoken answer")?;
+    let text = unique(text, "text answer")?;
     let both: Vec<(&str, &str)> = spoken
         .iter()
         .filter(|(i, _)| text.contains_key(i.as_str()))
@@ -256,9 +256,9 @@ pub fn judge_answers(
     batch: usize,
     progress: bool,
 ) -> Result<JudgedUnderstanding> {
-    let text: HashMap<&str, &str> = unique(text, "text")?;
-    let asked: HashMap<&str, &str> = unique(questions, "question")?;
-    unique(spoken, "spoken")?;
+    let text: HashMap<&str, &str> = unique(text, "text answer")?;
+    let asked: HashMap<&str, &str> = unique(questions, "text")?;
+    unique(spoken, "spoken answer")?;
     let both: Vec<(&str, &str, &str)> = spoken
         .iter()
         .filter_map(|(i, a)| Some((i.as_str(), *asked.get(i.as_str())?, a.as_str())))
@@ -291,6 +291,12 @@ pub fn judge_answers(
     let mut odds = Vec::with_capacity(inputs.len());
     for chunk in inputs.chunks(batch.max(1)) {
         let got = judge.log_odds(chunk)?;
+        if got.iter().any(|x| !x.is_finite()) {
+            return Err(EvalError::Invalid(format!(
+                "{} gave a log-odds that is not a finite number: {got:?}",
+                judge.name()
+            )));
+        }
         if got.len() != chunk.len() {
             return Err(EvalError::Invalid(format!(
                 "{} gave {} verdicts for {} answers",
@@ -391,7 +397,7 @@ fn unique<'a>(rows: &'a [(String, String)], what: &str) -> Result<HashMap<&'a st
     for (id, v) in rows {
         if map.insert(id.as_str(), v.as_str()).is_some() {
             return Err(EvalError::Invalid(format!(
-                "question {id} has two {what} rows: compare one answer per question"
+                "question {id} has two {what}s: compare one per question"
             )));
         }
     }
@@ -466,7 +472,7 @@ mod tests {
         // Above 0.55: 2 of 3 positives and no negative (J = 2/3); above 0.15: all positives and
         // one of two negatives (J = 1/2).
         assert!((youden_threshold(&[0.2, 0.8, 0.9], &[0.1, 0.3]) - 0.55).abs() < 1e-12);
-        // J = 1/2 above 0.15, 0.35 and 0.65: the nearest to 0.
+        // J = 1/2 above 0.15 and above 0.65 (0 above 0.35): the nearer to 0.
         assert!((youden_threshold(&[0.2, 0.8], &[0.1, 0.5]) - 0.15).abs() < 1e-12);
         assert_eq!(youden_threshold(&[-3.0, -2.0], &[-5.0, -4.0]), -3.5);
         assert!((auc(&[0.2, 0.8, 0.9], &[0.1, 0.3]) - 5.0 / 6.0).abs() < 1e-12);

@@ -82,7 +82,8 @@ pub struct DemoArgs {
     pub questions: usize,
     /// With --audio: also ask this model (e.g. qwen2.5-coder-1.5b-instruct) whether each
     /// spoken answer answers its question, with the judge's controls (see `speech understand
-    /// --help`); reported beside the gate, about 4 s per answer judged on 2 cores.
+    /// --help`); reported beside the gate, not gated; some 10 min per 40 questions on 2 cores,
+    /// with a second copy of the model in memory.
     #[arg(long, value_name = "MODEL", requires = "audio")]
     pub understanding_judge: Option<String>,
 }

@@ -8,7 +8,9 @@
 //! 2. Assemble the speech model from `--listener`, `--head`, `--whisper` and `--model`.
 //! 3. The ASR gate: greedy WER of the listener's transcripts (≤ 15 %).
 //! 4. The understanding gate: each spoken question's audio-only answer is closest to the
-//!    model's text answer to the same question ([`closest_answers`]; ≥ 80 %).
+//!    model's text answer to the same question
+//!    ([`closest_answers`](earguard_eval::understanding::closest_answers); ≥ 80 %); with
+//!    `--understanding-judge`, a model judge's verdicts beside it (reported, not gated).
 //! 5. ASR / ORR on the spoken pairs in text-only, audio-text and audio-only modes (none
 //!    defended; each audio mode paired against text-only). Below the gates the table is still
 //!    written, headed as this model's behaviour and not the seeds' setting reproduced.
@@ -205,12 +207,7 @@ pub fn run(args: &DemoArgs, out: &Path) -> Result<()> {
         args.understanding_judge.as_deref(),
     )?;
     if let Some(j) = &understanding.judged {
-        let mut rows = String::new();
-        for r in &j.rows {
-            rows.push_str(&serde_json::to_string(r)?);
-            rows.push('\n');
-        }
-        crate::write_file(&runs.join("understanding/judged.jsonl"), rows.as_bytes())?;
+        crate::speech::write_judged_rows(&runs.join("understanding/judged.jsonl"), j)?;
     }
     let gates = Gates { wer, understanding };
 

@@ -199,10 +199,11 @@ it is closer to the text answer of its own question than to any other question's
 the answer answers this question (the log-odds of answering 1 against 0), and measures the
 judge on two controls of known truth per question: its own text answer (should be judged an
 answer) and the text answer to the question half the list away (should not). The threshold on
-the log-odds is the one that best separates the controls (a small judge leans to 0); the
-judge passes when it gets at least 90 % of each control right there, and the spoken rate
-corrected for its errors on them (Rogan-Gladen) is printed beside it. On 2 cores the 1.5B
-judge takes about 5 s per answer judged (3 per question).
+the log-odds is the one that best separates the controls (a small judge leans to 0). The
+output says whether the judge gets at least 90 % of each control right there (if not, its rate
+does not measure understanding; nothing stops), and the spoken rate corrected for its errors
+on the controls (Rogan-Gladen). On 2 cores the 1.5B judge takes about 5 s per answer judged,
+3 per question: some 10 min for 40 questions.
 Example:
   earguard speech understand --text out/demo-audio/runs/understanding/text-only \\
       --spoken out/demo-audio/runs/understanding/audio-only --judge qwen2.5-coder-1.5b-instruct")]
@@ -236,12 +237,51 @@ pub fn understood(text: &Path, spoken: &Path, judge: Option<&str>) -> Result<Und
             .with_context(|| format!("reading the answers of {}", dir.display()))
     };
     let (text, spoken) = (read(text)?, read(spoken)?);
-    let pairs = |rows: &[runner::ResultRow]| -> Vec<(String, String)> {
-        rows.iter()
-            .map(|r| (r.id.clone(), r.response.clone()))
-            .collect()
+    // A rendering in one of several voices is the item ID@VOICE: compare one voice at a time,
+    // by its question's id.
+    let mut voices: Vec<&str> = spoken.iter().filter_map(|r| r.voice.as_deref()).collect();
+    voices.sort_unstable();
+    voices.dedup();
+    if voices.len() > 1 {
+        bail!(
+            "the spoken answers are in {} voices ({}): compare one voice at a time (a manifest \
+             spoken in one voice)",
+            voices.len(),
+            voices.join(", ")
+        );
+    }
+    let question_id = |r: &runner::ResultRow| -> String {
+        r.voice
+            .as_deref()
+            .and_then(|v| r.id.strip_suffix(&format!("@{v}")))
+            .unwrap_or(&r.id)
+            .to_string()
     };
-    let retrieval = closest_answers(&pairs(&spoken), &pairs(&text))?;
+    let asked: std::collections::HashMap<&str, &str> = text
+        .iter()
+        .map(|r| (r.id.as_str(), r.prompt.as_str()))
+        .collect();
+    for r in &spoken {
+        let id = question_id(r);
+        if let Some(q) = asked.get(id.as_str()) {
+            if *q != r.prompt {
+                bail!(
+                    "question {id} reads {q:?} in the text run but {:?} in the spoken run: \
+                     compare runs of the same questions",
+                    r.prompt
+                );
+            }
+        }
+    }
+    let text_answers: Vec<(String, String)> = text
+        .iter()
+        .map(|r| (r.id.clone(), r.response.clone()))
+        .collect();
+    let spoken_answers: Vec<(String, String)> = spoken
+        .iter()
+        .map(|r| (question_id(r), r.response.clone()))
+        .collect();
+    let retrieval = closest_answers(&spoken_answers, &text_answers)?;
     let judged = match judge {
         None => None,
         Some(spec) => {
@@ -253,14 +293,28 @@ pub fn understood(text: &Path, spoken: &Path, judge: Option<&str>) -> Result<Und
             Some(judge_answers(
                 &judge,
                 &questions,
-                &pairs(&spoken),
-                &pairs(&text),
+                &spoken_answers,
+                &text_answers,
                 8,
                 crate::progress_bars(),
             )?)
         }
     };
     Ok(Understood { retrieval, judged })
+}
+
+/// The judged rows (per question: the log-odds of the spoken answer and of both controls), as
+/// JSONL.
+pub fn write_judged_rows(
+    path: &Path,
+    j: &earguard_eval::understanding::JudgedUnderstanding,
+) -> Result<()> {
+    let mut text = String::new();
+    for r in &j.rows {
+        text.push_str(&serde_json::to_string(r)?);
+        text.push('\n');
+    }
+    crate::write_file(path, text.as_bytes())
 }
 
 /// "31 of 40 (78 %; chance 2.5 %; word F1 to its own text answer 0.65, to the others' 0.12)".
@@ -308,14 +362,16 @@ fn understand(a: UnderstandArgs) -> Result<()> {
     println!("word-F1 retrieval: {}", retrieval_sentence(&u.retrieval));
     if let Some(j) = &u.judged {
         println!("judged: {}", judged_sentence(j));
-        println!("judged not to answer: {}", j.missed.join(", "));
-        if let Some(path) = &a.rows {
-            let mut text = String::new();
-            for r in &j.rows {
-                text.push_str(&serde_json::to_string(r)?);
-                text.push('\n');
+        println!(
+            "judged not to answer: {}",
+            if j.missed.is_empty() {
+                "none".to_string()
+            } else {
+                j.missed.join(", ")
             }
-            crate::write_file(path, text.as_bytes())?;
+        );
+        if let Some(path) = &a.rows {
+            write_judged_rows(path, j)?;
         }
     }
     println!(

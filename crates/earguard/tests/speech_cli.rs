@@ -424,3 +424,113 @@ fn the_audio_demo_hears_a_piper_voice_through_whispers_decoder() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A finished run's results.jsonl with one row per (id, prompt, response), spoken in `voice`.
+fn answers_run(dir: &Path, mode: &str, voice: Option<&str>, rows: &[(&str, &str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut text = String::new();
+    for (id, prompt, response) in rows {
+        let row = serde_json::json!({
+            "id": id, "model": "m", "set": "harmless_val", "label": "benign", "category": null,
+            "pair_id": null, "voice": voice, "mode": mode, "sample": 0, "defense": "none",
+            "prompt": prompt, "response": response, "degenerate": null, "verdicts": {},
+            "refusal_score": null, "n_tokens": 8, "finish": "length", "seconds": 0.1
+        });
+        text.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(dir.join("results.jsonl"), text).unwrap();
+}
+
+/// `speech understand` scores spoken answers against text answers by word-F1 retrieval, reads
+/// the question of a rendering in one of several voices (ID@VOICE), and refuses runs of
+/// different questions or of several voices at once, saying why.
+#[test]
+fn speech_understand_compares_two_runs_of_the_same_questions() {
+    let dir = scratch("understand");
+    let text = dir.join("text");
+    answers_run(
+        &text,
+        "text-only",
+        None,
+        &[
+            (
+                "a",
+                "How do I bake bread?",
+                "Mix flour, water and yeast, then bake the dough.",
+            ),
+            (
+                "b",
+                "What is the capital of France?",
+                "The capital of France is Paris.",
+            ),
+            (
+                "c",
+                "Why is the sky blue?",
+                "Air scatters blue light more than red light.",
+            ),
+        ],
+    );
+    let spoken = dir.join("spoken");
+    answers_run(
+        &spoken,
+        "audio-only",
+        Some("v1"),
+        &[
+            (
+                "a@v1",
+                "How do I bake bread?",
+                "Bake the dough of flour, water and yeast.",
+            ),
+            (
+                "b@v1",
+                "What is the capital of France?",
+                "Paris is the capital.",
+            ),
+            (
+                "c@v1",
+                "Why is the sky blue?",
+                "A line is a straight path between two points.",
+            ),
+        ],
+    );
+    let understand = |spoken: &Path| {
+        let mut c = bin();
+        c.args(["speech", "understand", "--text"])
+            .arg(&text)
+            .arg("--spoken")
+            .arg(spoken);
+        c
+    };
+    let out = ok(&mut understand(&spoken));
+    let json: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(json["retrieval"]["questions"], 3, "{out}");
+    assert_eq!(json["retrieval"]["addressed"], 2, "{out}");
+    assert!(json["judged"].is_null());
+
+    let other = dir.join("other");
+    answers_run(
+        &other,
+        "audio-only",
+        None,
+        &[
+            ("a", "How do I bake a cake?", "Cream butter and sugar."),
+            ("b", "What is the capital of France?", "Paris."),
+        ],
+    );
+    let err = fails(&mut understand(&other));
+    assert!(err.contains("compare runs of the same questions"), "{err}");
+
+    let voices = dir.join("voices");
+    answers_run(
+        &voices,
+        "audio-only",
+        Some("v1"),
+        &[("a@v1", "How do I bake bread?", "Bake it.")],
+    );
+    let mut text2 = std::fs::read_to_string(voices.join("results.jsonl")).unwrap();
+    text2.push_str(&text2.replace("v1", "v2"));
+    std::fs::write(voices.join("results.jsonl"), text2).unwrap();
+    let err = fails(&mut understand(&voices));
+    assert!(err.contains("compare one voice at a time"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -43,7 +43,7 @@ impl Asker {
             match model.tokenizer.encode(d, false)?.as_slice() {
                 [t] => Ok(*t),
                 ids => Err(EvalError::Invalid(format!(
-                    "llm={spec}: the answer \"{d}\" is not one token ({ids:?}), so the verdict cannot \
+                    "judge {spec}: the answer \"{d}\" is not one token ({ids:?}), so the verdict cannot \
                      be read from one token's score"
                 ))),
             }
