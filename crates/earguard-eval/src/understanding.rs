@@ -41,6 +41,8 @@ pub struct Understanding {
     pub chance: f64,
     pub mean_f1_own: f64,
     pub mean_f1_other: f64,
+    /// Questions whose spoken answer is not closest to their own text answer.
+    pub missed: Vec<String>,
 }
 
 /// Word-overlap F1 of two texts (0 when either has no words).
@@ -95,6 +97,7 @@ pub fn closest_answers(
         )));
     }
     let (mut addressed, mut own, mut other) = (0usize, 0.0, 0.0);
+    let mut missed = Vec::new();
     for &(id, heard) in &both {
         let scores: Vec<(bool, f64)> = both
             .iter()
@@ -105,6 +108,8 @@ pub fn closest_answers(
         let at_best = scores.iter().filter(|s| s.1 == best).count();
         if mine == best && at_best == 1 {
             addressed += 1;
+        } else {
+            missed.push(id.to_string());
         }
         own += mine;
         other += scores.iter().filter(|s| !s.0).map(|s| s.1).sum::<f64>();
@@ -116,6 +121,7 @@ pub fn closest_answers(
         chance: 1.0 / n as f64,
         mean_f1_own: own / n as f64,
         mean_f1_other: other / (n * (n - 1)) as f64,
+        missed,
     })
 }
 
@@ -441,6 +447,7 @@ mod tests {
         ]);
         let u = closest_answers(&spoken, &text).unwrap();
         assert_eq!((u.questions, u.addressed), (3, 2));
+        assert_eq!(u.missed, ["c"]);
         assert!((u.rate - 2.0 / 3.0).abs() < 1e-12);
         assert!(u.mean_f1_own > u.mean_f1_other);
         // A tie at the top is a miss: identical text answers cannot tell questions apart.

@@ -360,16 +360,17 @@ pub fn judged_sentence(j: &earguard_eval::understanding::JudgedUnderstanding) ->
 fn understand(a: UnderstandArgs) -> Result<()> {
     let u = understood(&a.text, &a.spoken, a.judge.as_deref())?;
     println!("word-F1 retrieval: {}", retrieval_sentence(&u.retrieval));
+    let missed = |ids: &[String]| {
+        if ids.is_empty() {
+            "none".to_string()
+        } else {
+            ids.join(", ")
+        }
+    };
+    println!("not closest to their own: {}", missed(&u.retrieval.missed));
     if let Some(j) = &u.judged {
         println!("judged: {}", judged_sentence(j));
-        println!(
-            "judged not to answer: {}",
-            if j.missed.is_empty() {
-                "none".to_string()
-            } else {
-                j.missed.join(", ")
-            }
-        );
+        println!("judged not to answer: {}", missed(&j.missed));
         if let Some(path) = &a.rows {
             write_judged_rows(path, j)?;
         }

@@ -505,6 +505,11 @@ fn speech_understand_compares_two_runs_of_the_same_questions() {
     let json: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(json["retrieval"]["questions"], 3, "{out}");
     assert_eq!(json["retrieval"]["addressed"], 2, "{out}");
+    assert_eq!(
+        json["retrieval"]["missed"],
+        serde_json::json!(["c"]),
+        "{out}"
+    );
     assert!(json["judged"].is_null());
 
     let other = dir.join("other");
