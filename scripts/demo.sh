@@ -5,12 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/fetch-models.sh qwen2.5-coder-1.5b-instruct
-# --audio: the spoken setting on the speech model built from parts, which needs Whisper-base;
-# --voice piper:NAME needs Piper and its voice.
+# --audio: the spoken setting on the speech model built from parts, which needs Whisper-base
+# and (its default voice, or any piper:NAME) Piper with its voice.
 for a in "$@"; do
   case "$a" in
-    --audio) bash scripts/fetch-models.sh whisper-base ;;
-    piper:*|--voice=piper:*) bash scripts/fetch-models.sh piper-joe ;;
+    --audio) bash scripts/fetch-models.sh whisper-base piper-joe ;;
   esac
 done
 cargo build --release --bin earguard

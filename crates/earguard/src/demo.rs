@@ -54,9 +54,9 @@ pub struct DemoArgs {
     /// ORR on spoken AdvBench mirror pairs in text-only, audio-text and audio-only modes.
     #[arg(long)]
     pub audio: bool,
-    /// With --audio: how the speech model hears: the trained CTC head (--head) or Whisper's
-    /// own decoder.
-    #[arg(long, value_enum, default_value = "ctc-head", requires = "audio")]
+    /// With --audio: how the speech model hears: Whisper's own decoder (the listener that
+    /// meets both gates) or the trained CTC head (--head).
+    #[arg(long, value_enum, default_value = "whisper-decoder", requires = "audio")]
     pub listener: crate::args::ListenerArg,
     /// With --audio and the ctc-head listener: the trained speech head.
     #[arg(
@@ -69,10 +69,11 @@ pub struct DemoArgs {
     /// in the models directory, as scripts/fetch-models.sh installs it).
     #[arg(long, requires = "audio")]
     pub whisper: Option<PathBuf>,
-    /// With --audio: the voice that speaks the questions and pairs: an espeak-ng voice, or a
-    /// Piper neural voice as piper:NAME (`scripts/fetch-models.sh piper-joe` installs
-    /// piper:en_US-joe-medium), as `earguard tts --voices` takes them.
-    #[arg(long, default_value = earguard_audio::tts::DEFAULT_VOICE, requires = "audio")]
+    /// With --audio: the voice that speaks the questions and pairs: a Piper neural voice as
+    /// piper:NAME (`scripts/fetch-models.sh piper-joe` installs the default, a person-like
+    /// voice), or an espeak-ng voice (e.g. en-us: robotic), as `earguard tts --voices` takes
+    /// them.
+    #[arg(long, default_value = DEMO_VOICE, requires = "audio")]
     pub voice: String,
     /// With --audio: the head's posterior temperature.
     #[arg(long, default_value_t = 1.0, requires = "audio")]
@@ -87,6 +88,10 @@ pub struct DemoArgs {
     #[arg(long, value_name = "MODEL", requires = "audio")]
     pub understanding_judge: Option<String>,
 }
+
+/// `demo --audio`'s voice: with it, Whisper's decoder meets the ASR gate (espeak-ng's robotic
+/// en-us does not).
+pub const DEMO_VOICE: &str = "piper:en_US-joe-medium";
 
 fn at_least_two(s: &str) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {

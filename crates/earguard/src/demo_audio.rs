@@ -3,9 +3,10 @@
 //! comprehension first.
 //!
 //! 1. Speak the first `--questions` harmless_val questions and the first `--pairs` AdvBench
-//!    mirror pairs (`--voice`: espeak-ng's en-us by default, or a Piper voice; 160 wpm; none
-//!    of them trained on).
-//! 2. Assemble the speech model from `--listener`, `--head`, `--whisper` and `--model`.
+//!    mirror pairs (`--voice`: Piper's en_US-joe-medium by default, or an espeak-ng voice;
+//!    160 wpm; none of them trained on).
+//! 2. Assemble the speech model from `--listener` (Whisper's decoder by default, or the CTC
+//!    head), `--head`, `--whisper` and `--model`.
 //! 3. The ASR gate: greedy WER of the listener's transcripts (≤ 15 %).
 //! 4. The understanding gate: each spoken question's audio-only answer is closest to the
 //!    model's text answer to the same question

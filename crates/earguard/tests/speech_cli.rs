@@ -299,6 +299,10 @@ fn the_audio_demo_gates_then_compares_input_modes() {
             "2",
             "--max-tokens",
             "4",
+            "--listener",
+            "ctc-head",
+            "--voice",
+            "en-us",
         ])
         .arg("--data-dir")
         .arg(root().join("../shared/data"))
@@ -386,8 +390,8 @@ fn the_audio_demo_hears_a_piper_voice_through_whispers_decoder() {
     let dir = scratch("demo-audio-piper");
     ok(bin()
         .args(["-q", "demo", "--audio", "--questions", "3", "--pairs", "2"])
-        .args(["--max-tokens", "4", "--listener", "whisper-decoder"])
-        .args(["--voice", "piper:en_US-joe-medium", "--data-dir"])
+        // The defaults: Whisper's decoder hears Piper's en_US-joe-medium.
+        .args(["--max-tokens", "4", "--data-dir"])
         .arg(root().join("../shared/data"))
         .arg("--model")
         .arg(&llm)
