@@ -56,7 +56,12 @@ pub struct DemoArgs {
     pub audio: bool,
     /// With --audio: how the speech model hears: Whisper's own decoder (the listener that
     /// meets both gates) or the trained CTC head (--head).
-    #[arg(long, value_enum, default_value = "whisper-decoder", requires = "audio")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "whisper-decoder",
+        requires = "audio"
+    )]
     pub listener: crate::args::ListenerArg,
     /// With --audio and the ctc-head listener: the trained speech head.
     #[arg(
