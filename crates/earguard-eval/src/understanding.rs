@@ -330,12 +330,9 @@ pub fn judge_answers(
     let own: Vec<f64> = rows.iter().map(|r| r.own_text).collect();
     let others: Vec<f64> = rows.iter().map(|r| r.other_text).collect();
     let threshold = youden_threshold(&own, &others);
-    let above = |v: &mut dyn Iterator<Item = f64>| v.filter(|&x| x > threshold).count();
-    let (spoken, own_text, other_text) = (
-        Rate::new(above(&mut rows.iter().map(|r| r.spoken)), n),
-        Rate::new(above(&mut own.iter().copied()), n),
-        Rate::new(above(&mut others.iter().copied()), n),
-    );
+    let heard: Vec<f64> = rows.iter().map(|r| r.spoken).collect();
+    let above = |v: &[f64]| Rate::new(v.iter().filter(|&&x| x > threshold).count(), n);
+    let (spoken, own_text, other_text) = (above(&heard), above(&own), above(&others));
     let corrected = match (spoken.value, own_text.value, other_text.value) {
         (Some(p), Some(sens), Some(fpr)) if sens - fpr > 0.0 => {
             Some(((p - fpr) / (sens - fpr)).clamp(0.0, 1.0))
@@ -564,18 +561,9 @@ mod tests {
     /// above an answer to a similar-sounding one. Needs the real 1.5B model; skipped without it.
     #[test]
     fn the_llm_judge_tells_an_answer_from_an_answer_to_another_question() {
-        let name = earguard_model::loader::DEFAULT_MODEL;
-        let path = earguard_model::loader::resolve(name)
-            .unwrap_or_else(|_| earguard_model::loader::models_dir().join(name));
-        if !path.is_dir() {
-            assert!(
-                std::env::var("EARGUARD_REQUIRE_MODELS").as_deref() != Ok("1"),
-                "{} is missing and EARGUARD_REQUIRE_MODELS=1",
-                path.display()
-            );
-            println!("note: {} absent; test skipped", path.display());
+        let Some(path) = crate::judge::default_model_or_skip() else {
             return;
-        }
+        };
         let judge =
             LlmAddressJudge::load(path.to_str().unwrap(), &candle_core::Device::Cpu).unwrap();
         // (question, answer): an answer to it, then one that is not.

@@ -164,18 +164,9 @@ mod tests {
     /// model (SmolLM2-135M gives no 0/1 verdicts); skipped without it.
     #[test]
     fn fake_turn_in_a_response_cannot_set_the_verdict() {
-        let name = earguard_model::loader::DEFAULT_MODEL;
-        let path = earguard_model::loader::resolve(name)
-            .unwrap_or_else(|_| earguard_model::loader::models_dir().join(name));
-        if !path.is_dir() {
-            assert!(
-                std::env::var("EARGUARD_REQUIRE_MODELS").as_deref() != Ok("1"),
-                "{} is missing and EARGUARD_REQUIRE_MODELS=1",
-                path.display()
-            );
-            println!("note: {} absent; test skipped", path.display());
+        let Some(path) = crate::judge::default_model_or_skip() else {
             return;
-        }
+        };
         let mut judge = LlmJudge::load(
             path.to_str().unwrap(),
             Rubric::Comply,

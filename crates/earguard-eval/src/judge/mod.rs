@@ -191,6 +191,25 @@ pub fn build(spec: &str) -> Result<Box<dyn Judge>> {
     spec.parse::<JudgeSpec>()?.build(&candle_core::Device::Cpu)
 }
 
+/// For tests on the real default model: its directory, or None (skipped, said) when it is
+/// absent and `EARGUARD_REQUIRE_MODELS` is not 1.
+#[cfg(test)]
+pub(crate) fn default_model_or_skip() -> Option<std::path::PathBuf> {
+    let name = earguard_model::loader::DEFAULT_MODEL;
+    let path = earguard_model::loader::resolve(name)
+        .unwrap_or_else(|_| earguard_model::loader::models_dir().join(name));
+    if path.is_dir() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("EARGUARD_REQUIRE_MODELS").as_deref() != Ok("1"),
+        "{} is missing and EARGUARD_REQUIRE_MODELS=1",
+        path.display()
+    );
+    println!("note: {} absent; test skipped", path.display());
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
