@@ -276,7 +276,8 @@ pub struct SkippedItem {
 pub struct RunOutput {
     pub rows: Vec<ResultRow>,
     pub skipped: Vec<SkippedItem>,
-    /// Audio clips this run ran through the audio tower (each distinct clip once).
+    /// Audio clips this run ran through the audio tower (each distinct clip once, none that
+    /// an earlier run sharing its [`AudioCache`] encoded).
     pub audio_clips_encoded: usize,
 }
 
@@ -573,6 +574,9 @@ pub struct Run<'a> {
     pub config: &'a RunConfig,
     pub dir: &'a Path,
     pub opts: &'a RunOptions,
+    /// The prompts' encoded clips: runs that share a cache (the modes or sweep points over one
+    /// set) encode each clip once between them.
+    pub audio: &'a AudioCache,
 }
 
 impl Run<'_> {
@@ -602,17 +606,18 @@ pub fn run(run: &Run) -> Result<RunOutput> {
         config,
         dir,
         opts,
+        audio,
         ..
     } = *run;
     let style = config.style();
-    let audio = AudioCache::new();
+    let encoded_before = audio.encoded();
     let (items, skipped) = check_items(
         model,
         defense,
         &style,
         run.items,
         opts.skip_bad_items,
-        &audio,
+        audio,
     )?;
     let run_dir = prepare_dir(dir, config)?;
     let path = dir.join(RESULTS);
@@ -624,7 +629,7 @@ pub fn run(run: &Run) -> Result<RunOutput> {
         ))
     })?;
     let written = write_skipped(&dir.join(SKIPPED), &skipped)
-        .and_then(|()| generate_rows(run, &style, &items, &audio, &mut rows));
+        .and_then(|()| generate_rows(run, &style, &items, audio, &mut rows));
     match (written, run_dir) {
         (Err(e), RunDir::New { made_dir }) if rows.is_empty() => {
             discard_new_run(dir, made_dir);
@@ -634,7 +639,7 @@ pub fn run(run: &Run) -> Result<RunOutput> {
         (Ok(()), _) => Ok(RunOutput {
             rows,
             skipped,
-            audio_clips_encoded: audio.encoded(),
+            audio_clips_encoded: audio.encoded() - encoded_before,
         }),
     }
 }

@@ -1,14 +1,16 @@
 //! A run encodes each distinct audio clip once: an audio-text eval with three samples over
 //! three prompts that name two distinct files (one under two names) runs the audio tower twice,
 //! not once per (prompt, sample) plus once more in the pre-check; a resume with nothing left to
-//! generate runs it not at all. Model: the tiny random Qwen2-Audio fixture of earguard-model.
+//! generate runs it not at all; and an audio-only run of the same prompts that shares the first
+//! run's cache encodes nothing again. Model: the tiny random Qwen2-Audio fixture of
+//! earguard-model.
 
 use std::path::{Path, PathBuf};
 
 use earguard_data::{Label, Mode, PromptItem};
 use earguard_eval::judge;
 use earguard_eval::runner::{self, Run, RunConfig, RunItem, RunOptions};
-use earguard_model::ContentSpecials;
+use earguard_model::{AudioCache, ContentSpecials};
 use earguard_steer::defense::NoDefense;
 
 fn model_fixtures() -> PathBuf {
@@ -71,24 +73,43 @@ fn eval_encodes_each_distinct_clip_once() {
         progress: false,
         skip_bad_items: false,
     };
-    let out = dir.join("run");
-    let run = || {
+    let run = |config: &RunConfig, out: &Path, audio: &AudioCache| {
         runner::run(&Run {
             model: &model,
             defense: &NoDefense,
             judges: &judges,
             items: &items,
-            config: &config,
-            dir: &out,
+            config,
+            dir: out,
             opts: &opts,
+            audio,
         })
         .unwrap()
     };
-    let first = run();
+    let shared = AudioCache::new();
+    let first = run(&config, &dir.join("audio-text"), &shared);
     assert_eq!(first.rows.len(), 9);
     assert_eq!(first.audio_clips_encoded, 2, "clips encoded more than once");
-    let resumed = run();
+    let resumed = run(&config, &dir.join("audio-text"), &AudioCache::new());
     assert_eq!(resumed.rows.len(), 9);
     assert_eq!(resumed.audio_clips_encoded, 0);
+    // Another mode over the same clips: encoded by the first run already when the cache is
+    // shared, twice again when it is not.
+    let audio_only = RunConfig {
+        mode: Mode::AudioOnly,
+        ..config.clone()
+    };
+    let other_mode = run(&audio_only, &dir.join("audio-only"), &shared);
+    assert_eq!(other_mode.rows.len(), 9);
+    assert_eq!(
+        other_mode.audio_clips_encoded, 0,
+        "a shared cache encoded again"
+    );
+    let unshared = run(
+        &audio_only,
+        &dir.join("audio-only-fresh"),
+        &AudioCache::new(),
+    );
+    assert_eq!(unshared.audio_clips_encoded, 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }

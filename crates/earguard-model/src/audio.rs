@@ -4,8 +4,9 @@
 //!
 //! Clips are keyed by the sha256 of the file's bytes plus everything else that shapes the
 //! rows (the model and its mel bins), never by path alone: a file rewritten mid-run is encoded
-//! again. The run owns one [`AudioCache`]; it keeps the rows of recently used clips within a
-//! memory budget (least recently used first out) and the token count of every clip it has seen.
+//! again. A run uses one [`AudioCache`], and runs over the same prompts may share it (the modes
+//! of a demo, the points of a sweep); it keeps the rows of recently used clips within a memory
+//! budget (least recently used first out) and the token count of every clip it has seen.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -108,7 +109,8 @@ struct Entries {
     clock: u64,
 }
 
-/// Per-run cache of encoded audio clips. Shared by reference; safe across threads.
+/// A cache of encoded audio clips, for one run or several. Shared by reference; safe across
+/// threads.
 pub struct AudioCache {
     entries: Mutex<Entries>,
     budget: usize,

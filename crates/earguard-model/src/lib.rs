@@ -5,9 +5,10 @@
 //! [`InterventionPlan`](hooks::InterventionPlan) to capture and edit the residual stream.
 //!
 //! Data flows one way: a conversation ([`ChatMessage`], typed [`Content`]) → [`Model`] renders
-//! and tokenizes it, encoding each audio clip once per run through an [`AudioCache`] → a
-//! [`Prompt`] (ids + encoded audio) → [`prefill`] → [`score`] (first-token refusal log-odds
-//! from the prefill logits) and [`generate`] (sampling from the same prefill).
+//! and tokenizes it, encoding each audio clip once through an [`AudioCache`] (one per run, or
+//! shared by the runs over one set) → a [`Prompt`] (ids + encoded audio) → [`prefill`] →
+//! [`score`] (first-token refusal log-odds from the prefill logits) and [`generate`] (sampling
+//! from the same prefill).
 
 pub mod audio;
 pub mod chat;

@@ -31,7 +31,7 @@ use earguard_steer::inputs::DEFAULT_INSTRUCTION;
 use serde_json::json;
 
 use crate::demo::DemoArgs;
-use crate::eval::{evaluate, prepare, print_table, tradeoff_point, EvalSettings};
+use crate::eval::{evaluate, prepare, print_table, tradeoff_point, EvalSettings, Prepared};
 use crate::speech::{transcribe_set, understood, wer_by_voice, Understood, VoiceWer};
 
 /// The gates: greedy WER on seen voices, and answers that address their question.
@@ -176,13 +176,17 @@ pub fn run(args: &DemoArgs, out: &Path) -> Result<()> {
     }
 
     // 4. The understanding gate.
-    let run_one = |s: &EvalSettings, dir: &Path, baseline: Option<&Path>| -> Result<Report> {
+    // One `Prepared` per spoken set: its input modes share the set's encoded clips.
+    let run_one = |s: &EvalSettings,
+                   prepared: &Prepared,
+                   dir: &Path,
+                   baseline: Option<&Path>|
+     -> Result<Report> {
         eprintln!("[demo --audio] evaluating {}", dir.display());
-        let prepared = prepare(s)?;
         evaluate(
             &model,
             s,
-            &prepared,
+            prepared,
             &DefenseSpec::of(vec![]),
             None,
             baseline,
@@ -192,15 +196,13 @@ pub fn run(args: &DemoArgs, out: &Path) -> Result<()> {
     let runs = out.join("runs");
     let text_answers = runs.join("understanding/text-only");
     let audio_answers = runs.join("understanding/audio-only");
+    let questions = |mode| settings(&model_dir, harmless.clone(), mode, UNDERSTANDING_TOKENS);
+    let prepared = prepare(&questions(Mode::AudioOnly))?;
     for (mode, dir) in [
         (Mode::TextOnly, &text_answers),
         (Mode::AudioOnly, &audio_answers),
     ] {
-        run_one(
-            &settings(&model_dir, harmless.clone(), mode, UNDERSTANDING_TOKENS),
-            dir,
-            None,
-        )?;
+        run_one(&questions(mode), &prepared, dir, None)?;
     }
     let understanding = understood(
         &text_answers,
@@ -215,11 +217,15 @@ pub fn run(args: &DemoArgs, out: &Path) -> Result<()> {
     // 5. Safety by input mode.
     let mut reports: Vec<(String, Report)> = Vec::new();
     let text_dir = runs.join("text-only");
+    let pairs = |mode| settings(&model_dir, advbench.clone(), mode, args.max_tokens);
+    let prepared = prepare(&pairs(Mode::AudioText))?;
     for mode in [Mode::TextOnly, Mode::AudioText, Mode::AudioOnly] {
         let dir = runs.join(mode.to_string());
         let baseline = (mode != Mode::TextOnly).then_some(text_dir.as_path());
-        let s = settings(&model_dir, advbench.clone(), mode, args.max_tokens);
-        reports.push((mode.to_string(), run_one(&s, &dir, baseline)?));
+        reports.push((
+            mode.to_string(),
+            run_one(&pairs(mode), &prepared, &dir, baseline)?,
+        ));
     }
     let points: Vec<TradeoffPoint> = reports
         .iter()

@@ -14,7 +14,7 @@ use earguard_eval::runner::{
     self, DataRef, ResultRow, Run, RunConfig, RunItem, RunOptions, Shard, SkippedItem,
 };
 use earguard_model::loader::DEFAULT_MODEL;
-use earguard_model::Model;
+use earguard_model::{AudioCache, Model};
 use earguard_steer::defense::{self, DefenseKind, DefensePart, DefenseSpec};
 use earguard_steer::inputs::DEFAULT_INSTRUCTION;
 
@@ -157,10 +157,14 @@ pub fn judge_spec(s: &str) -> Result<JudgeSpec, String> {
         .map_err(|e: earguard_eval::EvalError| e.to_string())
 }
 
+/// The prompts, judges and encoded clips of one or more evaluations over the same sets: every
+/// run given the same `Prepared` (a sweep's points, the demo's input modes) encodes each clip
+/// once between them.
 pub struct Prepared {
     pub items: Vec<RunItem>,
     pub data: Vec<DataRef>,
     pub judges: Vec<Box<dyn Judge>>,
+    pub audio: AudioCache,
 }
 
 pub fn prepare(s: &EvalSettings) -> Result<Prepared> {
@@ -200,6 +204,7 @@ pub fn prepare(s: &EvalSettings) -> Result<Prepared> {
         items: runner::run_items(&sets, None),
         data,
         judges,
+        audio: AudioCache::new(),
     })
 }
 
@@ -256,6 +261,7 @@ pub fn evaluate(
             progress: crate::progress_bars(),
             skip_bad_items: s.skip_bad_lines,
         },
+        audio: &prepared.audio,
     })?;
     for bad in &out.skipped {
         tracing::warn!("skipped prompt '{}' ({}): {}", bad.id, bad.set, bad.reason);
