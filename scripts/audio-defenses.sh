@@ -11,10 +11,15 @@
 #      prefix below them computed once), then evaluated in the three modes;
 #      (RRS=0 skips this step: some 80 min on 2 cores);
 #   4. SARSteer fitted in audio-text mode (as the paper does), evaluated in both audio modes at
-#      each strength of ALPHAS (default 0.1, the SPEC's).
+#      each strength of ALPHAS (default 0.1, the SPEC's);
+#   5. SafeCoDe (the paper variant, waveform noise at 10 dB) in both audio modes, its verdict
+#      threshold calibrated in each mode on the spoken train set (SAFECODE=0 skips this step;
+#      SAFECODE_VARIANTS="paper reference" adds the released code's variant; some 50 min per
+#      mode on 2 cores).
 # Greedy, 32 tokens, substring judge (its agreement with people is in every report).
 # Usage: scripts/audio-defenses.sh [OUT_DIR]
-#   (MODEL, VOICE, PAIRS, LAYERS, EPOCHS, LR, PENALTY, RRS, ALPHAS override)
+#   (MODEL, VOICE, PAIRS, LAYERS, EPOCHS, LR, PENALTY, RRS, ALPHAS, SAFECODE, SAFECODE_VARIANTS
+#   override)
 # Every step resumes or is skipped when its output exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,4 +86,22 @@ for alpha in $ALPHAS; do
     run "sarsteer$suffix-$mode" "$mode" --defense "sarsteer=$OUT/vec/sar:alpha=$alpha"
   done
 done
+
+if [ "${SAFECODE:-1}" != 0 ]; then
+  for mode in audio-text audio-only; do
+    CAL="$OUT/cal-safecode-$mode"
+    if [ ! -f "$CAL/calibration.json" ]; then
+      log "calibrate safecode ($mode)"
+      "$BIN" -q fit safecode -m "$MODEL" --mode "$mode" --data "$TRAIN" -o "$CAL"
+    fi
+    for variant in ${SAFECODE_VARIANTS:-paper}; do
+      # The paper variant is SafeCoDe's default: plain run name and spec.
+      name="safecode" spec="safecode:calibration=$CAL"
+      if [ "$variant" != paper ]; then
+        name="safecode-variant=$variant" spec="safecode:variant=$variant,calibration=$CAL"
+      fi
+      run "$name-$mode" "$mode" --defense "$spec" --baseline "$OUT/runs/none-$mode"
+    done
+  done
+fi
 log "done"
