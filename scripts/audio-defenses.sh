@@ -16,7 +16,8 @@
 #      threshold calibrated in each mode on the spoken train set (SAFECODE=0 skips this step;
 #      SAFECODE_VARIANTS="paper reference" adds the released code's variant; some 50 min per
 #      mode on 2 cores).
-# Greedy, 32 tokens, substring judge (its agreement with people is in every report).
+# Greedy, 32 tokens, substring judge (its agreement with people is in every report); every
+# defended run's report compares it (NSI, McNemar) with the undefended run in its mode.
 # Usage: scripts/audio-defenses.sh [OUT_DIR]
 #   (MODEL, VOICE, PAIRS, LAYERS, EPOCHS, LR, PENALTY, RRS, ALPHAS, SAFECODE, SAFECODE_VARIANTS
 #   override)
@@ -72,7 +73,9 @@ if [ "${RRS:-1}" != 0 ]; then
       --layers "$LAYERS" --penalty "$PENALTY" --instructions fixed --epochs "$EPOCHS" --lr "$LR" \
       --batch-size 8 --seed 0 --probe-pairs 30 --checkpoint-every 5
   fi
-  for mode in text-only audio-text audio-only; do run "rrs-$mode" "$mode" --adapter "$ADAPTER"; done
+  for mode in text-only audio-text audio-only; do
+    run "rrs-$mode" "$mode" --adapter "$ADAPTER" --baseline "$OUT/runs/none-$mode"
+  done
 fi
 
 if [ ! -f "$OUT/vec/sar/meta.json" ]; then
@@ -83,7 +86,8 @@ for alpha in $ALPHAS; do
   # The SPEC's strength keeps its old run name, so earlier outputs are resumed.
   suffix=""; [ "$alpha" = 0.1 ] || suffix="-a$alpha"
   for mode in audio-text audio-only; do
-    run "sarsteer$suffix-$mode" "$mode" --defense "sarsteer=$OUT/vec/sar:alpha=$alpha"
+    run "sarsteer$suffix-$mode" "$mode" --defense "sarsteer=$OUT/vec/sar:alpha=$alpha" \
+      --baseline "$OUT/runs/none-$mode"
   done
 done
 
