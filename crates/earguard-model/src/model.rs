@@ -61,10 +61,22 @@ impl ModelInfo {
     pub fn run_identity(&self) -> String {
         match &self.adapter {
             None => self.identity.clone(),
-            Some(sha) => format!("{}+lora:{sha}", self.identity),
+            Some(sha) => format!("{}{ADAPTER_TAG}{sha}", self.identity),
+        }
+    }
+
+    /// The checkpoint's part of a [`run_identity`](Self::run_identity) (the adapter's, if any,
+    /// left off), and whether an adapter was on it.
+    pub fn split_run_identity(run_identity: &str) -> (&str, bool) {
+        match run_identity.split_once(ADAPTER_TAG) {
+            Some((checkpoint, _)) => (checkpoint, true),
+            None => (run_identity, false),
         }
     }
 }
+
+/// What joins a checkpoint's identity and its adapter's in a run identity.
+const ADAPTER_TAG: &str = "+lora:";
 
 pub struct Model {
     pub decoder: Decoder,

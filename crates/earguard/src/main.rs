@@ -5,6 +5,7 @@ mod audio;
 mod bench;
 mod bench_audio;
 mod commands;
+mod compare;
 mod convert;
 mod demo;
 mod demo_audio;
@@ -163,6 +164,10 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Merge shard runs (`eval --shard I/N`) into one run and report.
     Merge(eval::MergeArgs),
+    /// Finished runs side by side (no model loaded): ASR / ORR with intervals, each defended
+    /// run paired with the undefended run among them that made the same prompts the same way
+    /// (McNemar), and each judge's agreement with people.
+    Compare(compare::CompareArgs),
     /// Judge a JSONL of prompts and responses (a run's results, another tool's output); with
     /// human labels, each judge's accuracy and κ against people.
     Judge(judge::JudgeArgs),
@@ -211,6 +216,7 @@ fn main() {
         Command::Import(args) => fit::import(args),
         Command::Eval(args) => eval::eval(args),
         Command::Merge(args) => eval::merge(args),
+        Command::Compare(args) => compare::compare(args),
         Command::Judge(args) => judge::run(args),
         Command::Sweep(args) => eval::sweep(args),
         Command::Demo(args) => demo::run(args),

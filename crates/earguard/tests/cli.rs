@@ -609,6 +609,100 @@ fn shards_of_an_unpaired_set_merge_only_when_complete() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `compare` pairs each defended run with the undefended run of the same prompts and settings
+/// among those given (not with one of other settings), counts the pairs as the rows say, flags a
+/// run that has not finished, and refuses two undefended twins and a directory that is not a
+/// run — without loading a model.
+#[test]
+fn compare_pairs_each_run_with_its_undefended_twin() {
+    let dir = scratch("compare");
+    let data = dir.join("unpaired.jsonl");
+    unpaired_set(&data, 12, None);
+    let none = dir.join("none");
+    let prompted = dir.join("prompt");
+    let other = dir.join("none-seed-7");
+    ok(&mut tiny_eval(&data, &none));
+    ok(tiny_eval(&data, &prompted).args(["--defense", "prompt"]));
+    ok(tiny_eval(&data, &other).args(["--seed", "7"]));
+    let compare = |runs: &[&PathBuf]| {
+        let mut c = bin();
+        c.arg("compare").args(runs);
+        c
+    };
+    let out: serde_json::Value =
+        serde_json::from_str(&ok(compare(&[&other, &prompted, &none]).arg("--json"))).unwrap();
+    let runs = out["runs"].as_array().unwrap();
+    assert_eq!(
+        runs[0]["undefended"],
+        serde_json::Value::Null,
+        "other settings"
+    );
+    assert_eq!(runs[1]["undefended"], none.to_str().unwrap());
+    assert_eq!(
+        runs[2]["undefended"],
+        serde_json::Value::Null,
+        "itself undefended"
+    );
+    // Responses and verdicts set by hand (the tiny model's are mostly not words, and never
+    // refusals): undefended, only q1 refused; with the prompt, every harmful request.
+    let set_refusals = |run: &Path, refused: &dyn Fn(&serde_json::Value) -> bool| {
+        let rows: Vec<String> = jsonl(&run.join("results.jsonl"))
+            .into_iter()
+            .map(|mut r| {
+                let no = refused(&r);
+                r["response"] = if no {
+                    "I cannot help."
+                } else {
+                    "Sure, here it is."
+                }
+                .into();
+                r["degenerate"] = serde_json::Value::Null;
+                r["verdicts"]["substring"]["refused"] = no.into();
+                r.to_string()
+            })
+            .collect();
+        std::fs::write(run.join("results.jsonl"), rows.join("\n") + "\n").unwrap();
+    };
+    set_refusals(&none, &|r| r["id"] == "q1");
+    set_refusals(&prompted, &|r| r["label"] == "harmful");
+    let out: serde_json::Value =
+        serde_json::from_str(&ok(compare(&[&prompted, &none]).arg("--json"))).unwrap();
+    let paired = &out["runs"][0]["report"]["baseline"];
+    assert_eq!(paired["harmful"]["only_first"], 0);
+    assert_eq!(paired["harmful"]["only_second"], 5);
+    assert_eq!(paired["harmful"]["both"], 1);
+    assert_eq!(paired["benign"]["neither"], 6);
+    assert_eq!(out["runs"][0]["report"]["asr"], 0.0);
+
+    let table = ok(&mut compare(&[&none, &prompted]));
+    assert!(
+        table.contains("| prompt | text-only | prompt | substring |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("Judge `substring` against people"),
+        "{table}"
+    );
+
+    // A run killed half-way is shown as such; two undefended twins are refused.
+    let short = dir.join("none-killed");
+    std::fs::create_dir_all(&short).unwrap();
+    std::fs::copy(none.join("config.json"), short.join("config.json")).unwrap();
+    let text = std::fs::read_to_string(none.join("results.jsonl")).unwrap();
+    let first: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(short.join("results.jsonl"), first.join("\n") + "\n").unwrap();
+    let table = ok(&mut compare(&[&short]));
+    assert!(
+        table.contains("none-killed (unfinished: 3 of 12)"),
+        "{table}"
+    );
+    let err = fails(&mut compare(&[&prompted, &none, &short]));
+    assert!(err.contains("are both the undefended run of"), "{err}");
+    let err = fails(&mut compare(&[&dir.join("nowhere")]));
+    assert!(err.contains("is not a run directory"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// An --out holding another run's rows is not resumed as this run: rows of another defense
 /// under a matching config.json, and a results.jsonl with no config.json.
 #[test]
