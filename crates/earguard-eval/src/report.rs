@@ -305,7 +305,7 @@ fn compare(
 }
 
 /// Text as a markdown table cell: markup characters escaped, one line.
-fn cell(text: &str) -> String {
+pub fn cell(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -77,6 +77,20 @@ impl RunConfig {
             .ok_or_else(|| EvalError::Invalid("the run configuration names no judge".into()))
     }
 
+    /// The responses the run is made of when finished: every prompt of its data sets once per
+    /// sample, less the prompts it skipped; None for one shard of a run (whose share is not
+    /// recorded) or counts too large to hold.
+    pub fn expected_responses(&self, skipped: usize) -> Option<usize> {
+        if self.shard.is_some() {
+            return None;
+        }
+        let items = self
+            .data
+            .iter()
+            .try_fold(0usize, |n, d| n.checked_add(d.n_items))?;
+        items.saturating_sub(skipped).checked_mul(self.samples)
+    }
+
     /// How the run's prompts become conversations (mode, instruction, system message, special
     /// tokens: the settings this configuration records).
     pub fn style(&self) -> InputStyle {
@@ -277,7 +291,8 @@ pub struct RunOutput {
     pub rows: Vec<ResultRow>,
     pub skipped: Vec<SkippedItem>,
     /// Audio clips this run ran through the audio tower (each distinct clip once, none that
-    /// an earlier run sharing its [`AudioCache`] encoded).
+    /// an earlier run sharing its [`AudioCache`] encoded; counted from the cache's total, so
+    /// runs sharing a cache at the same time would count each other's).
     pub audio_clips_encoded: usize,
 }
 
@@ -456,10 +471,32 @@ pub fn read_complete_lines(path: &Path) -> Result<String> {
     String::from_utf8(bytes).map_err(|e| EvalError::io(path, e))
 }
 
+/// A run directory's config.json.
+pub fn read_config(dir: &Path) -> Result<RunConfig> {
+    let path = dir.join(CONFIG);
+    let text = earguard_data::read_small_text(&path).map_err(|e| EvalError::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| EvalError::io(&path, format!("malformed run configuration: {e}")))
+}
+
 /// Read results.jsonl, cutting off a half-written last line left by a kill. Each row's
 /// `degenerate` is set from its response (so rows written before it was recorded count right).
 pub fn read_results(path: &Path) -> Result<Vec<ResultRow>> {
-    let text = read_complete_lines(path)?;
+    parse_results(path, &read_complete_lines(path)?)
+}
+
+/// Read results.jsonl as it stands, leaving the file alone (its run may still be writing it):
+/// a half-written last line is left out, not cut off.
+pub fn peek_results(path: &Path) -> Result<Vec<ResultRow>> {
+    let text = match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        read => read.map_err(|e| EvalError::io(path, e))?,
+    };
+    let complete = text.rfind('\n').map_or(0, |last| last + 1);
+    parse_results(path, &text[..complete])
+}
+
+fn parse_results(path: &Path, text: &str) -> Result<Vec<ResultRow>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
@@ -574,8 +611,9 @@ pub struct Run<'a> {
     pub config: &'a RunConfig,
     pub dir: &'a Path,
     pub opts: &'a RunOptions,
-    /// The prompts' encoded clips: runs that share a cache (the modes or sweep points over one
-    /// set) encode each clip once between them.
+    /// The prompts' encoded clips: runs that share a cache, one after another (the modes or
+    /// sweep points over one set), encode each clip once between them while it stays within
+    /// the cache's memory budget.
     pub audio: &'a AudioCache,
 }
 

@@ -111,5 +111,15 @@ fn eval_encodes_each_distinct_clip_once() {
         &AudioCache::new(),
     );
     assert_eq!(unshared.audio_clips_encoded, 2);
+    // The shared cache gave each prompt its own clip's rows: the same responses as fresh ones.
+    let responses = |rows: &[runner::ResultRow]| -> Vec<(String, usize, String)> {
+        let mut v: Vec<_> = rows
+            .iter()
+            .map(|r| (r.id.clone(), r.sample, r.response.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(responses(&other_mode.rows), responses(&unshared.rows));
     std::fs::remove_dir_all(&dir).unwrap();
 }

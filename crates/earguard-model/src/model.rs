@@ -75,8 +75,9 @@ impl ModelInfo {
     }
 }
 
-/// What joins a checkpoint's identity and its adapter's in a run identity.
-const ADAPTER_TAG: &str = "+lora:";
+/// What joins a checkpoint's identity and its adapter's in a run identity (and, in a model's
+/// display name, its name and the adapter's directory).
+pub const ADAPTER_TAG: &str = "+lora:";
 
 pub struct Model {
     pub decoder: Decoder,

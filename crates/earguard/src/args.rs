@@ -85,7 +85,12 @@ impl AdapterArg {
         );
         // The identity runs record (and resume by) covers the adapter's content.
         model.info.adapter = Some(earguard_train::adapter_sha256(dir)?);
-        model.info.name = format!("{}+lora:{}", model.info.name, dir.display());
+        model.info.name = format!(
+            "{}{}{}",
+            model.info.name,
+            earguard_model::model::ADAPTER_TAG,
+            dir.display()
+        );
         Ok(())
     }
 }

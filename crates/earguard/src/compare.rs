@@ -1,52 +1,79 @@
 //! `earguard compare`: finished runs side by side, from their directories alone (no model is
-//! loaded). Each run is paired with the undefended run among those given that made the same
-//! prompts the same way: a run whose configuration is this run's with no defense and no
-//! adapter. So the runs of a defenses × input-modes table (none, SARSteer, SafeCoDe, an RRS
-//! adapter; text-only, audio-text, audio-only) each meet the undefended run in their own mode,
-//! and the table says, for every defended run, how many harmful (and benign) prompts it refused
-//! that the undefended run answered and the other way round, with McNemar's exact p.
+//! loaded, and no file is written). Each run is paired with the undefended run among those
+//! given that made the same prompts the same way: a run whose configuration is this run's with
+//! no defense and no adapter (the data sets compared by content, not path; the model by
+//! identity, not name). So the runs of a defenses × input-modes table (none, SARSteer,
+//! SafeCoDe, an RRS adapter; text-only, audio-text, audio-only) each meet the undefended run in
+//! their own mode, and the table says, for every defended run, how many harmful (and benign)
+//! prompts it refused that the undefended run answered and the other way round, with
+//! McNemar's exact p.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use earguard_eval::metrics::PairedComparison;
-use earguard_eval::report::{self, Report};
+use earguard_eval::report::{self, cell, Report};
 use earguard_eval::runner::{self, ResultRow, RunConfig};
 use earguard_model::ModelInfo;
 use serde::Serialize;
 
+use crate::eval::judge_trust_lines;
+
 #[derive(Args)]
 pub struct CompareArgs {
-    /// Finished run directories (`eval -o DIR`), in the order of the table's rows.
+    /// Finished run directories (`eval -o DIR`), in the order of the table's rows. A run still
+    /// going is read as it stands and marked unfinished.
     #[arg(required = true)]
     pub runs: Vec<PathBuf>,
+    /// The judge whose verdicts count, in every run (e.g. one added by `earguard judge --run`);
+    /// default: each run's first judge.
+    #[arg(long)]
+    pub judge: Option<String>,
     /// Print JSON (each run's directory, its undefended twin and its full report) instead of
     /// the table.
     #[arg(long)]
     pub json: bool,
 }
 
-/// One finished run, read back.
+/// One run, read back.
 struct Finished {
     dir: PathBuf,
     config: RunConfig,
     rows: Vec<ResultRow>,
     skipped: Vec<runner::SkippedItem>,
+    /// The judge whose verdicts count.
+    judge: String,
 }
 
 impl Finished {
-    fn read(dir: &Path) -> Result<Self> {
-        let path = dir.join(runner::CONFIG);
-        let text = earguard_data::read_small_text(&path)
-            .with_context(|| format!("{} is not a run directory", dir.display()))?;
-        let config: RunConfig =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    fn read(dir: &Path, judge: Option<&str>) -> Result<Self> {
+        if !dir.join(runner::CONFIG).is_file() {
+            bail!(
+                "{} is not a run directory (no {})",
+                dir.display(),
+                runner::CONFIG
+            );
+        }
+        let config = runner::read_config(dir)?;
         let results = dir.join(runner::RESULTS);
-        let rows = runner::read_results(&results)?;
+        let rows = runner::peek_results(&results)?;
         runner::check_rows(&results, &rows, &config, None)?;
         if rows.is_empty() {
             bail!("{} has no responses yet", dir.display());
+        }
+        let judge = match judge {
+            Some(j) => j.to_owned(),
+            None => config.primary_judge()?.to_owned(),
+        };
+        if let Some(r) = rows.iter().find(|r| r.refused(&judge).is_none()) {
+            bail!(
+                "{}: prompt '{}' has no verdict of judge `{judge}` (`earguard judge --run {} \
+                 --judge {judge}` adds it)",
+                results.display(),
+                r.id,
+                dir.display()
+            );
         }
         let skipped = runner::read_skipped(&dir.join(runner::SKIPPED))?;
         Ok(Self {
@@ -54,16 +81,23 @@ impl Finished {
             config,
             rows,
             skipped,
+            judge,
         })
     }
 
-    /// What makes the run's responses: its configuration but the model's display name (a
-    /// model is its identity, however it was named).
+    /// What makes the run's responses and counts them: its configuration, but the model's
+    /// display name (a model is its identity), the data sets' paths (a set is its content) and
+    /// the judges (the one that counts stands for them).
     fn key(&self) -> RunConfig {
-        RunConfig {
+        let mut key = RunConfig {
             model: String::new(),
+            judges: vec![self.judge.clone()],
             ..self.config.clone()
+        };
+        for d in &mut key.data {
+            d.path = PathBuf::new();
         }
+        key
     }
 
     /// The key of this run without its defense and adapter.
@@ -78,15 +112,6 @@ impl Finished {
 
     fn has_adapter(&self) -> bool {
         ModelInfo::split_run_identity(&self.config.model_identity).1
-    }
-
-    /// Responses the configuration asks for, when it is not a shard (whose share is unknown).
-    fn expected(&self) -> Option<usize> {
-        let items: usize = self.config.data.iter().map(|d| d.n_items).sum();
-        self.config
-            .shard
-            .is_none()
-            .then(|| (items - self.skipped.len().min(items)) * self.config.samples)
     }
 
     fn name(&self) -> String {
@@ -104,6 +129,20 @@ impl Finished {
             (d, true) => format!("{d} + LoRA adapter"),
         }
     }
+
+    /// "(shard 0/2)" or "(unfinished: 32 of 80)", or nothing.
+    fn state(&self) -> String {
+        match (
+            &self.config.shard,
+            self.config.expected_responses(self.skipped.len()),
+        ) {
+            (Some(s), _) => format!(" (shard {}/{})", s.index, s.count),
+            (None, Some(n)) if self.rows.len() < n => {
+                format!(" (unfinished: {} of {n})", self.rows.len())
+            }
+            _ => String::new(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -112,14 +151,16 @@ struct Compared {
     /// The undefended run it is paired with (none for an undefended run, or when none of the
     /// runs given is its twin).
     undefended: Option<PathBuf>,
-    /// Responses written of those the configuration asks for (a run still going, or killed).
+    /// Responses written of those the configuration asks for (a run still going, or killed;
+    /// unknown for a shard).
     responses: usize,
     expected: Option<usize>,
     report: Report,
 }
 
-/// For each run, the index of its undefended twin among `runs`, if any.
-fn twins(runs: &[Finished]) -> Result<Vec<Option<usize>>> {
+/// For each run, the index of its undefended twin among `runs`: None for an undefended run,
+/// Err(()) for a defended run without one.
+fn twins(runs: &[Finished]) -> Result<Vec<Option<Result<usize, ()>>>> {
     runs.iter()
         .enumerate()
         .map(|(i, run)| {
@@ -131,7 +172,8 @@ fn twins(runs: &[Finished]) -> Result<Vec<Option<usize>>> {
                 .filter(|&j| j != i && runs[j].key() == want)
                 .collect();
             match found[..] {
-                [] | [_] => Ok(found.first().copied()),
+                [] => Ok(Some(Err(()))),
+                [j] => Ok(Some(Ok(j))),
                 [a, b, ..] => bail!(
                     "{} and {} are both the undefended run of {}; give one",
                     runs[a].dir.display(),
@@ -147,16 +189,19 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     let runs = args
         .runs
         .iter()
-        .map(|d| Finished::read(d))
+        .map(|d| Finished::read(d, args.judge.as_deref()))
         .collect::<Result<Vec<_>>>()?;
     let twins = twins(&runs)?;
     let mut compared = Vec::new();
     for (run, twin) in runs.iter().zip(&twins) {
-        let base = twin.map(|j| &runs[j]);
+        let base = match twin {
+            Some(Ok(j)) => Some(&runs[*j]),
+            _ => None,
+        };
         let base_name = base.map(|b| b.dir.display().to_string());
         let report = report::build(
             &run.rows,
-            run.config.primary_judge()?,
+            &run.judge,
             &run.skipped,
             base.zip(base_name.as_deref())
                 .map(|(b, name)| (name, b.rows.as_slice())),
@@ -166,7 +211,7 @@ pub fn compare(args: CompareArgs) -> Result<()> {
             run: run.dir.clone(),
             undefended: base.map(|b| b.dir.clone()),
             responses: run.rows.len(),
-            expected: run.expected(),
+            expected: run.config.expected_responses(run.skipped.len()),
             report,
         });
     }
@@ -186,42 +231,47 @@ fn paired_cell(p: &PairedComparison) -> String {
     format!("{} / {} (p {:.3})", p.only_first, p.only_second, p.p_value)
 }
 
-/// The Markdown table, then each judge's agreement with people (once per judge).
-fn table(runs: &[Finished], twins: &[Option<usize>], compared: &[Compared]) -> String {
+/// The Markdown table; then the defended runs without an undefended twin among those given,
+/// and each judge's agreement with people (once per judge).
+fn table(runs: &[Finished], twins: &[Option<Result<usize, ()>>], compared: &[Compared]) -> String {
     let mut out = String::from(
         "| run | mode | defense | judge | ASR [95 % CI] | ORR [95 % CI] | degenerate | \
          vs undefended: harmful refused only there / only here | benign refused only there / \
          only here |\n|---|---|---|---|---|---|---|---|---|\n",
     );
+    let mut alone = Vec::new();
     for ((run, twin), c) in runs.iter().zip(twins).zip(compared) {
         let r = &c.report;
-        let unfinished = match c.expected {
-            Some(n) if c.responses < n => format!(" (unfinished: {} of {n})", c.responses),
-            _ => String::new(),
-        };
         let (harmful, benign) = match (&r.baseline, twin) {
-            (Some(b), Some(j)) => (
-                format!("{}: {}", runs[*j].name(), paired_cell(&b.harmful)),
+            (Some(b), Some(Ok(j))) => (
+                format!("{}: {}", cell(&runs[*j].name()), paired_cell(&b.harmful)),
                 paired_cell(&b.benign),
             ),
             _ => ("–".to_owned(), "–".to_owned()),
         };
+        if let Some(Err(())) = twin {
+            alone.push(run.name());
+        }
         out += &format!(
-            "| {}{unfinished} | {} | {} | {} | {} | {} | {} | {harmful} | {benign} |\n",
-            run.name(),
+            "| {}{} | {} | {} | {} | {} | {} | {} | {harmful} | {benign} |\n",
+            cell(&run.name()),
+            run.state(),
             run.config.mode,
-            run.defense(),
-            r.judge,
+            cell(&run.defense()),
+            cell(&r.judge),
             r.asr_rate.display_percent(),
             r.orr_rate.display_percent(),
             r.degenerate_rate.display_percent(),
         );
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for c in compared {
-        if seen.insert(c.report.judge.as_str()) {
-            out += &format!("\n{}\n", c.report.judge_trust.sentence(&c.report.judge));
-        }
+    if !alone.is_empty() {
+        out += &format!(
+            "\nNo undefended run of the same prompts, mode and settings was given for: {}.\n",
+            alone.join(", ")
+        );
+    }
+    for line in judge_trust_lines(compared.iter().map(|c| &c.report)) {
+        out += &format!("\n{line}\n");
     }
     out
 }

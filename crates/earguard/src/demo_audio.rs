@@ -197,12 +197,14 @@ pub fn run(args: &DemoArgs, out: &Path) -> Result<()> {
     let text_answers = runs.join("understanding/text-only");
     let audio_answers = runs.join("understanding/audio-only");
     let questions = |mode| settings(&model_dir, harmless.clone(), mode, UNDERSTANDING_TOKENS);
-    let prepared = prepare(&questions(Mode::AudioOnly))?;
-    for (mode, dir) in [
-        (Mode::TextOnly, &text_answers),
-        (Mode::AudioOnly, &audio_answers),
-    ] {
-        run_one(&questions(mode), &prepared, dir, None)?;
+    {
+        let prepared = prepare(&questions(Mode::AudioOnly))?;
+        for (mode, dir) in [
+            (Mode::TextOnly, &text_answers),
+            (Mode::AudioOnly, &audio_answers),
+        ] {
+            run_one(&questions(mode), &prepared, dir, None)?;
+        }
     }
     let understanding = understood(
         &text_answers,

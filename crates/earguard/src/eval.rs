@@ -157,9 +157,9 @@ pub fn judge_spec(s: &str) -> Result<JudgeSpec, String> {
         .map_err(|e: earguard_eval::EvalError| e.to_string())
 }
 
-/// The prompts, judges and encoded clips of one or more evaluations over the same sets: every
-/// run given the same `Prepared` (a sweep's points, the demo's input modes) encodes each clip
-/// once between them.
+/// The prompts, judges and encoded clips of one or more evaluations over the same sets: the
+/// runs given the same `Prepared` one after another (a sweep's points, the demo's input modes)
+/// encode each clip once between them.
 pub struct Prepared {
     pub items: Vec<RunItem>,
     pub data: Vec<DataRef>,
@@ -340,13 +340,18 @@ pub fn print_table(rows: &[(String, &Report)]) {
             r.degenerate_rate.display_percent()
         );
     }
-    // Each judge's agreement with people, once: a rate means no more than its judge.
-    let mut seen = std::collections::BTreeSet::new();
-    for (_, r) in rows {
-        if seen.insert(r.judge.as_str()) {
-            println!("{}", r.judge_trust.sentence(&r.judge));
-        }
+    for line in judge_trust_lines(rows.iter().map(|(_, r)| *r)) {
+        println!("{line}");
     }
+}
+
+/// Each judge's agreement with people, once per judge: a rate means no more than its judge.
+pub fn judge_trust_lines<'a>(reports: impl Iterator<Item = &'a Report>) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    reports
+        .filter(|r| seen.insert(r.judge.as_str()))
+        .map(|r| r.judge_trust.sentence(&r.judge))
+        .collect()
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
@@ -381,11 +386,7 @@ pub fn merge(args: MergeArgs) -> Result<()> {
     let mut skipped: Vec<SkippedItem> = Vec::new();
     let mut owner: HashMap<(String, usize), &Path> = HashMap::new();
     for dir in &args.dirs {
-        let path = dir.join(runner::CONFIG);
-        let text = earguard_data::read_small_text(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let mut c: RunConfig =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let mut c = runner::read_config(dir)?;
         let Some(shard) = c.shard.take() else {
             bail!(
                 "{} is not a shard run (made without --shard)",
@@ -457,7 +458,9 @@ pub fn merge(args: MergeArgs) -> Result<()> {
     // Every prompt of the data sets once per sample, or skipped; a shard killed half-way falls
     // short.
     let n_items: usize = config.data.iter().map(|d| d.n_items).sum();
-    let expected = (n_items - skipped.len().min(n_items)) * config.samples;
+    let expected = config
+        .expected_responses(skipped.len())
+        .context("the data sets' prompt counts are too large")?;
     if rows.len() != expected {
         bail!(
             "the shards hold {} responses, {} expected ({} prompts{} × {} samples): a shard run \

@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use earguard_eval::judge::{Judge, JudgeSpec};
 use earguard_eval::judging::{self, Fields};
-use earguard_eval::runner::{self, RunConfig};
+use earguard_eval::runner;
 
 #[derive(Args)]
 #[command(after_long_help = "\
@@ -105,12 +105,7 @@ pub fn run(args: JudgeArgs) -> Result<()> {
 
 /// Re-judge a finished run in place and rewrite its report.
 fn rejudge(dir: &Path, judges: &[Box<dyn Judge>], batch: usize) -> Result<()> {
-    let config_path = dir.join(runner::CONFIG);
-    let config: RunConfig = serde_json::from_str(
-        &earguard_data::read_small_text(&config_path)
-            .with_context(|| format!("reading {}", config_path.display()))?,
-    )
-    .with_context(|| format!("parsing {}", config_path.display()))?;
+    let config = runner::read_config(dir)?;
     let results = dir.join(runner::RESULTS);
     let mut rows = runner::read_results(&results)?;
     if rows.is_empty() {

@@ -680,6 +680,42 @@ fn compare_pairs_each_run_with_its_undefended_twin() {
         "{table}"
     );
     assert!(
+        table.contains("| none: 0 / 5 (p 0.062) | 0 / 0 (p 1.000) |"),
+        "{table}"
+    );
+
+    // A run with an adapter and no defense pairs with the run without it; the data set named
+    // by another path is the same set.
+    let adapted = dir.join("adapted");
+    std::fs::create_dir_all(&adapted).unwrap();
+    let mut config = json(&prompted.join("config.json"));
+    config["defense"] = "none".into();
+    config["model_identity"] =
+        format!("{}+lora:abc", config["model_identity"].as_str().unwrap()).into();
+    config["model"] = "tiny-qwen2+lora:somewhere".into();
+    config["data"][0]["path"] = "elsewhere/unpaired.jsonl".into();
+    std::fs::write(adapted.join("config.json"), config.to_string()).unwrap();
+    let rows: Vec<String> = jsonl(&prompted.join("results.jsonl"))
+        .into_iter()
+        .map(|mut r| {
+            r["defense"] = "none".into();
+            r["model"] = "tiny-qwen2+lora:somewhere".into();
+            r.to_string()
+        })
+        .collect();
+    std::fs::write(adapted.join("results.jsonl"), rows.join("\n") + "\n").unwrap();
+    let table = ok(&mut compare(&[&adapted, &none, &other]));
+    assert!(
+        table.contains("| adapted | text-only | LoRA adapter | substring |")
+            && table.contains("| none: 0 / 5 (p 0.062) |"),
+        "{table}"
+    );
+    // Counted by another judge of the runs: the tiny model's refusal scores.
+    let by_score = ok(compare(&[&prompted, &none]).args(["--judge", "refusal-score"]));
+    assert!(by_score.contains("| refusal-score |"), "{by_score}");
+    let err = fails(compare(&[&prompted]).args(["--judge", "llm"]));
+    assert!(err.contains("has no verdict of judge `llm`"), "{err}");
+    assert!(
         table.contains("Judge `substring` against people"),
         "{table}"
     );
