@@ -17,7 +17,8 @@
 #      SAFECODE_VARIANTS="paper reference" adds the released code's variant; some 50 min per
 #      mode on 2 cores).
 # Greedy, 32 tokens, substring judge (its agreement with people is in every report); every
-# defended run's report compares it (NSI, McNemar) with the undefended run in its mode.
+# defended run's report compares it (NSI, McNemar) with the undefended run in its mode, and
+# OUT_DIR/table.md puts them all side by side (earguard compare).
 # Usage: scripts/audio-defenses.sh [OUT_DIR]
 #   (MODEL, VOICE, PAIRS, LAYERS, EPOCHS, LR, PENALTY, RRS, ALPHAS, SAFECODE, SAFECODE_VARIANTS
 #   override)
@@ -108,4 +109,6 @@ if [ "${SAFECODE:-1}" != 0 ]; then
     done
   done
 fi
-log "done"
+# The table: every run here, each defended one paired with the undefended run in its mode.
+"$BIN" compare "$OUT"/runs/*/ > "$OUT/table.md"
+log "done: $OUT/table.md"
