@@ -228,7 +228,11 @@ pub fn compare(args: CompareArgs) -> Result<()> {
 
 /// "refused only by the undefended run / only by this one (p)".
 fn paired_cell(p: &PairedComparison) -> String {
-    format!("{} / {} (p {:.3})", p.only_first, p.only_second, p.p_value)
+    let p_value = match p.p_value {
+        v if v < 0.001 => "p < 0.001".to_owned(),
+        v => format!("p {v:.3}"),
+    };
+    format!("{} / {} ({p_value})", p.only_first, p.only_second)
 }
 
 /// The Markdown table; then the defended runs without an undefended twin among those given,
