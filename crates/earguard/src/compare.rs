@@ -44,6 +44,8 @@ struct Finished {
     skipped: Vec<runner::SkippedItem>,
     /// The judge whose verdicts count.
     judge: String,
+    /// The responses the configuration asks for (unknown for a shard).
+    expected: Option<usize>,
 }
 
 impl Finished {
@@ -76,12 +78,14 @@ impl Finished {
             );
         }
         let skipped = runner::read_skipped(&dir.join(runner::SKIPPED))?;
+        let expected = config.expected_responses(skipped.len());
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
             rows,
             skipped,
             judge,
+            expected,
         })
     }
 
@@ -132,10 +136,7 @@ impl Finished {
 
     /// "(shard 0/2)" or "(unfinished: 32 of 80)", or nothing.
     fn state(&self) -> String {
-        match (
-            &self.config.shard,
-            self.config.expected_responses(self.skipped.len()),
-        ) {
+        match (&self.config.shard, self.expected) {
             (Some(s), _) => format!(" (shard {}/{})", s.index, s.count),
             (None, Some(n)) if self.rows.len() < n => {
                 format!(" (unfinished: {} of {n})", self.rows.len())
@@ -158,22 +159,31 @@ struct Compared {
     report: Report,
 }
 
-/// For each run, the index of its undefended twin among `runs`: None for an undefended run,
-/// Err(()) for a defended run without one.
-fn twins(runs: &[Finished]) -> Result<Vec<Option<Result<usize, ()>>>> {
+/// What a run is paired with.
+enum Twin {
+    /// The run is undefended itself.
+    Itself,
+    /// The undefended run at this index of the runs given.
+    At(usize),
+    /// A defended run none of the runs given is the twin of.
+    Missing,
+}
+
+/// Each run's undefended twin among `runs`.
+fn twins(runs: &[Finished]) -> Result<Vec<Twin>> {
     runs.iter()
         .enumerate()
         .map(|(i, run)| {
             let want = run.undefended();
             if want == run.key() {
-                return Ok(None);
+                return Ok(Twin::Itself);
             }
             let found: Vec<usize> = (0..runs.len())
                 .filter(|&j| j != i && runs[j].key() == want)
                 .collect();
             match found[..] {
-                [] => Ok(Some(Err(()))),
-                [j] => Ok(Some(Ok(j))),
+                [] => Ok(Twin::Missing),
+                [j] => Ok(Twin::At(j)),
                 [a, b, ..] => bail!(
                     "{} and {} are both the undefended run of {}; give one",
                     runs[a].dir.display(),
@@ -195,8 +205,8 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     let mut compared = Vec::new();
     for (run, twin) in runs.iter().zip(&twins) {
         let base = match twin {
-            Some(Ok(j)) => Some(&runs[*j]),
-            _ => None,
+            Twin::At(j) => Some(&runs[*j]),
+            Twin::Itself | Twin::Missing => None,
         };
         let base_name = base.map(|b| b.dir.display().to_string());
         let report = report::build(
@@ -211,7 +221,7 @@ pub fn compare(args: CompareArgs) -> Result<()> {
             run: run.dir.clone(),
             undefended: base.map(|b| b.dir.clone()),
             responses: run.rows.len(),
-            expected: run.config.expected_responses(run.skipped.len()),
+            expected: run.expected,
             report,
         });
     }
@@ -237,7 +247,7 @@ fn paired_cell(p: &PairedComparison) -> String {
 
 /// The Markdown table; then the defended runs without an undefended twin among those given,
 /// and each judge's agreement with people (once per judge).
-fn table(runs: &[Finished], twins: &[Option<Result<usize, ()>>], compared: &[Compared]) -> String {
+fn table(runs: &[Finished], twins: &[Twin], compared: &[Compared]) -> String {
     let mut out = String::from(
         "| run | mode | defense | judge | ASR [95 % CI] | ORR [95 % CI] | degenerate | \
          vs undefended: harmful refused only there / only here | benign refused only there / \
@@ -247,13 +257,13 @@ fn table(runs: &[Finished], twins: &[Option<Result<usize, ()>>], compared: &[Com
     for ((run, twin), c) in runs.iter().zip(twins).zip(compared) {
         let r = &c.report;
         let (harmful, benign) = match (&r.baseline, twin) {
-            (Some(b), Some(Ok(j))) => (
+            (Some(b), Twin::At(j)) => (
                 format!("{}: {}", cell(&runs[*j].name()), paired_cell(&b.harmful)),
                 paired_cell(&b.benign),
             ),
             _ => ("–".to_owned(), "–".to_owned()),
         };
-        if let Some(Err(())) = twin {
+        if let Twin::Missing = twin {
             alone.push(run.name());
         }
         out += &format!(

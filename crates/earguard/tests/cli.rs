@@ -609,6 +609,18 @@ fn shards_of_an_unpaired_set_merge_only_when_complete() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Write `from`'s results.jsonl into `to`, each row changed by `edit`.
+fn rewrite_rows(from: &Path, to: &Path, edit: &dyn Fn(&mut serde_json::Value)) {
+    let rows: Vec<String> = jsonl(&from.join("results.jsonl"))
+        .into_iter()
+        .map(|mut r| {
+            edit(&mut r);
+            r.to_string()
+        })
+        .collect();
+    std::fs::write(to.join("results.jsonl"), rows.join("\n") + "\n").unwrap();
+}
+
 /// `compare` pairs each defended run with the undefended run of the same prompts and settings
 /// among those given (not with one of other settings), counts the pairs as the rows say, flags a
 /// run that has not finished, and refuses two undefended twins and a directory that is not a
@@ -646,22 +658,17 @@ fn compare_pairs_each_run_with_its_undefended_twin() {
     // Responses and verdicts set by hand (the tiny model's are mostly not words, and never
     // refusals): undefended, only q1 refused; with the prompt, every harmful request.
     let set_refusals = |run: &Path, refused: &dyn Fn(&serde_json::Value) -> bool| {
-        let rows: Vec<String> = jsonl(&run.join("results.jsonl"))
-            .into_iter()
-            .map(|mut r| {
-                let no = refused(&r);
-                r["response"] = if no {
-                    "I cannot help."
-                } else {
-                    "Sure, here it is."
-                }
-                .into();
-                r["degenerate"] = serde_json::Value::Null;
-                r["verdicts"]["substring"]["refused"] = no.into();
-                r.to_string()
-            })
-            .collect();
-        std::fs::write(run.join("results.jsonl"), rows.join("\n") + "\n").unwrap();
+        rewrite_rows(run, run, &|r| {
+            let no = refused(r);
+            r["response"] = if no {
+                "I cannot help."
+            } else {
+                "Sure, here it is."
+            }
+            .into();
+            r["degenerate"] = serde_json::Value::Null;
+            r["verdicts"]["substring"]["refused"] = no.into();
+        });
     };
     set_refusals(&none, &|r| r["id"] == "q1");
     set_refusals(&prompted, &|r| r["label"] == "harmful");
@@ -695,15 +702,10 @@ fn compare_pairs_each_run_with_its_undefended_twin() {
     config["model"] = "tiny-qwen2+lora:somewhere".into();
     config["data"][0]["path"] = "elsewhere/unpaired.jsonl".into();
     std::fs::write(adapted.join("config.json"), config.to_string()).unwrap();
-    let rows: Vec<String> = jsonl(&prompted.join("results.jsonl"))
-        .into_iter()
-        .map(|mut r| {
-            r["defense"] = "none".into();
-            r["model"] = "tiny-qwen2+lora:somewhere".into();
-            r.to_string()
-        })
-        .collect();
-    std::fs::write(adapted.join("results.jsonl"), rows.join("\n") + "\n").unwrap();
+    rewrite_rows(&prompted, &adapted, &|r| {
+        r["defense"] = "none".into();
+        r["model"] = "tiny-qwen2+lora:somewhere".into();
+    });
     let table = ok(&mut compare(&[&adapted, &none, &other]));
     assert!(
         table.contains("| adapted | text-only | LoRA adapter | substring |")
